@@ -1,0 +1,1 @@
+"""melsml: mixed-effects location scale models by exact maximum likelihood."""

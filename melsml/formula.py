@@ -1,0 +1,245 @@
+"""Formulas and data -> design matrices sorted by group.
+
+This is the only module that imports formulaic.  It owns the missing-data
+policy: rows with a missing value in any column that a formula or the
+``groups`` argument uses are dropped (listwise deletion), with a
+:class:`~melsml.exceptions.MissingDataWarning` that counts them; the count is
+kept on the design as ``n_dropped``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .exceptions import MELSInputError, MissingDataWarning
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DesignMatrices", "build_design"]
+
+
+@dataclass(frozen=True)
+class DesignMatrices:
+    """Everything the likelihood needs, sorted by group.
+
+    Attributes
+    ----------
+    y : (n_obs,) outcome
+    x_mean, x_bs, x_ws : (n_obs, k) designs of the mean, between-group (BS)
+        log-variance and within-group (WS) log-variance functions
+    mean_names, bs_names, ws_names : term names of the three designs
+    group_ptr : (n_groups + 1,) int offsets of each group in the sorted rows
+    group_labels : (n_groups,) the group identifiers, in sorted order
+    row_index : (n_obs,) the data frame index of each sorted row
+    n_dropped : rows dropped for missing values
+    """
+
+    y: np.ndarray
+    x_mean: np.ndarray
+    x_bs: np.ndarray
+    x_ws: np.ndarray
+    mean_names: tuple[str, ...]
+    bs_names: tuple[str, ...]
+    ws_names: tuple[str, ...]
+    group_ptr: np.ndarray
+    group_labels: np.ndarray
+    row_index: pd.Index
+    outcome: str
+    groups: str
+    formulas: Mapping[str, str]
+    n_dropped: int = 0
+    model_specs: Mapping[str, object] = field(default_factory=dict, repr=False)
+
+    @property
+    def n_obs(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.group_ptr.shape[0] - 1)
+
+    @property
+    def group_sizes(self) -> np.ndarray:
+        return np.diff(self.group_ptr)
+
+    @property
+    def group_index(self) -> np.ndarray:
+        """(n_obs,) position of each row's group, 0..n_groups-1."""
+        return np.repeat(np.arange(self.n_groups), self.group_sizes)
+
+
+def _parse(formula: str, option: str, *, needs_lhs: bool):
+    import formulaic
+
+    if not isinstance(formula, str) or not formula.strip():
+        raise MELSInputError(f"{option} must be a non-empty formula string, got {formula!r}")
+    try:
+        parsed = formulaic.Formula(formula)
+    except Exception as exc:  # formulaic raises several classes of syntax errors
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MELSInputError(f"{option}={formula!r} does not parse: {msg}") from None
+    has_lhs = hasattr(parsed, "lhs")
+    if needs_lhs and not has_lhs:
+        raise MELSInputError(f"{option}={formula!r} needs an outcome on the left, e.g. 'y ~ x'")
+    if not needs_lhs and has_lhs:
+        raise MELSInputError(
+            f"{option}={formula!r} must be one-sided (e.g. '~ x'): the outcome "
+            "is given by the mean formula"
+        )
+    return parsed
+
+
+def _required(parsed, data: pd.DataFrame, option: str, formula: str) -> list[str]:
+    names = sorted(str(v) for v in parsed.required_variables)
+    missing = [v for v in names if v not in data.columns]
+    if missing:
+        raise MELSInputError(
+            f"{option}={formula!r} uses column(s) not in the data: {', '.join(missing)}"
+        )
+    return names
+
+
+def _matrix(formula: str, data: pd.DataFrame, option: str):
+    import formulaic
+
+    try:
+        mm = formulaic.model_matrix(formula, data, na_action="raise")
+    except Exception as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MELSInputError(f"{option}={formula!r} could not be evaluated: {msg}") from None
+    return mm
+
+
+def _check_design(mat: np.ndarray, names: tuple[str, ...], option: str, formula: str) -> None:
+    if mat.shape[1] == 0:
+        raise MELSInputError(f"{option}={formula!r} has no terms (not even an intercept)")
+    bad = ~np.isfinite(mat).all(axis=0)
+    if bad.any():
+        cols = ", ".join(n for n, b in zip(names, bad, strict=True) if b)
+        raise MELSInputError(f"{option}={formula!r}: term(s) {cols} have infinite or NaN values")
+    rank = np.linalg.matrix_rank(mat)
+    if rank < mat.shape[1]:
+        raise MELSInputError(
+            f"{option}={formula!r} gives a rank-deficient design ({rank} of {mat.shape[1]} "
+            f"columns independent; terms: {', '.join(names)}): drop collinear terms"
+        )
+
+
+def build_design(
+    formula: str,
+    data: pd.DataFrame,
+    groups: str,
+    *,
+    bs_formula: str = "~ 1",
+    ws_formula: str = "~ 1",
+) -> DesignMatrices:
+    """Build the three design matrices of a MELS model from formulas.
+
+    Parameters
+    ----------
+    formula : str
+        Mean function with the outcome on the left, e.g. ``"y ~ prior + fsm"``.
+    data : pandas.DataFrame
+    groups : str
+        Column that identifies the groups (schools).
+    bs_formula, ws_formula : str
+        One-sided formulas of the between-group and within-group log-variance
+        functions.
+
+    Returns
+    -------
+    DesignMatrices
+        Rows sorted by group (stable, so the order within a group is kept).
+
+    Raises
+    ------
+    MELSInputError
+        Unknown columns, unparsable formulas, a non-numeric outcome,
+        infinite values, or a rank-deficient design.
+    """
+    if not isinstance(data, pd.DataFrame):
+        raise MELSInputError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    if not isinstance(groups, str) or groups not in data.columns:
+        raise MELSInputError(f"groups column {groups!r} is not in the data")
+    specs = {"formula": formula, "bs_formula": bs_formula, "ws_formula": ws_formula}
+    parsed = {opt: _parse(f, opt, needs_lhs=(opt == "formula")) for opt, f in specs.items()}
+    used: list[str] = [groups]
+    for opt, p in parsed.items():
+        for v in _required(p, data, opt, specs[opt]):
+            if v not in used:
+                used.append(v)
+    lhs_vars = sorted(str(v) for v in parsed["formula"].lhs.required_variables)
+    if len(lhs_vars) != 1:
+        raise MELSInputError(f"formula={formula!r} must have one outcome column on the left")
+    outcome = lhs_vars[0]
+    if not pd.api.types.is_numeric_dtype(data[outcome]) or pd.api.types.is_bool_dtype(
+        data[outcome]
+    ):
+        raise MELSInputError(
+            f"outcome column {outcome!r} must be numeric, got dtype {data[outcome].dtype}"
+        )
+
+    frame = data.loc[:, used]
+    keep = frame.notna().all(axis=1).to_numpy()
+    n_dropped = int((~keep).sum())
+    if n_dropped:
+        per_col = {c: int(frame[c].isna().sum()) for c in used if frame[c].isna().any()}
+        detail = ", ".join(f"{c}: {k}" for c, k in per_col.items())
+        warnings.warn(
+            f"dropped {n_dropped} of {len(frame)} rows with missing values ({detail})",
+            MissingDataWarning,
+            stacklevel=3,
+        )
+        logger.info("dropped %d rows with missing values", n_dropped)
+        frame = frame.loc[keep]
+    if len(frame) == 0:
+        raise MELSInputError("no rows left after dropping rows with missing values")
+    for c in used:
+        col = frame[c]
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            if not np.isfinite(col.to_numpy(dtype=float)).all():
+                raise MELSInputError(f"column {c!r} has infinite values")
+
+    # stable sort by group; keep the groups' first-appearance order undisturbed
+    # only where already sorted
+    codes, labels = pd.factorize(frame[groups], sort=True)
+    order = np.argsort(codes, kind="stable")
+    frame = frame.iloc[order]
+    codes = codes[order]
+    counts = np.bincount(codes, minlength=len(labels))
+    group_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.intp)
+
+    mm = _matrix(formula, frame, "formula")
+    y = np.ascontiguousarray(np.asarray(mm.lhs, dtype=float)[:, 0])
+    mats = {"formula": mm.rhs}
+    for opt in ("bs_formula", "ws_formula"):
+        mats[opt] = _matrix(specs[opt], frame, opt)
+    arrays, names = {}, {}
+    for opt, mat in mats.items():
+        arr = np.ascontiguousarray(np.asarray(mat, dtype=float))
+        nm = tuple(str(c) for c in mat.model_spec.column_names)
+        _check_design(arr, nm, opt, specs[opt])
+        arrays[opt], names[opt] = arr, nm
+    return DesignMatrices(
+        y=y,
+        x_mean=arrays["formula"],
+        x_bs=arrays["bs_formula"],
+        x_ws=arrays["ws_formula"],
+        mean_names=names["formula"],
+        bs_names=names["bs_formula"],
+        ws_names=names["ws_formula"],
+        group_ptr=group_ptr,
+        group_labels=np.asarray(labels),
+        row_index=frame.index,
+        outcome=outcome,
+        groups=groups,
+        formulas=specs,
+        n_dropped=n_dropped,
+        model_specs={opt: m.model_spec for opt, m in mats.items()},
+    )

@@ -1,0 +1,156 @@
+"""Maximisation of the log-likelihood and convergence diagnostics."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize
+
+from .likelihood import MELSObjective
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitInfo:
+    """How the maximisation went.
+
+    Attributes
+    ----------
+    converged : bool
+        The Newton decrement ``g' H^-1 g`` at the end is below ``tol`` and the
+        observed information is positive definite.
+    n_iter : quasi-Newton iterations plus Newton polishing steps
+    n_evals : likelihood evaluations, including those for the Hessian
+    max_abs_score : largest absolute gradient entry at the estimate
+    newton_decrement : g' (-H)^-1 g at the estimate (predicted llf gain x 2)
+    hessian_pd : the negative Hessian is positive definite
+    message : what the optimiser said
+    """
+
+    converged: bool
+    n_iter: int
+    n_evals: int
+    max_abs_score: float
+    newton_decrement: float
+    hessian_pd: bool
+    message: str
+    method: str
+
+
+def numerical_hessian(objective: MELSObjective, theta: np.ndarray) -> np.ndarray:
+    """Hessian of the log-likelihood by central differences of the analytic score."""
+    theta = np.asarray(theta, dtype=float)
+    k = theta.size
+    hess = np.empty((k, k))
+    for i in range(k):
+        h = 1e-5 * (1.0 + abs(theta[i]))
+        tp, tm = theta.copy(), theta.copy()
+        tp[i] += h
+        tm[i] -= h
+        hess[:, i] = (objective.score(tp) - objective.score(tm)) / (2.0 * h)
+    return 0.5 * (hess + hess.T)
+
+
+def _is_pd(mat: np.ndarray) -> bool:
+    try:
+        np.linalg.cholesky(mat)
+    except np.linalg.LinAlgError:
+        return False
+    return True
+
+
+def maximize(
+    objective: MELSObjective,
+    theta0: np.ndarray,
+    *,
+    maxiter: int = 500,
+    tol: float = 1e-8,
+) -> tuple[np.ndarray, np.ndarray, FitInfo]:
+    """Maximise the log-likelihood from ``theta0``.
+
+    BFGS with the analytic score, its initial inverse Hessian taken from the
+    outer product of the per-group scores (BHHH) at the start, then Newton
+    steps with the Hessian from differences of the score until the Newton
+    decrement is below ``tol``.
+
+    Returns
+    -------
+    theta : (k,) the maximiser
+    hessian : (k, k) Hessian of the log-likelihood at ``theta``
+    info : FitInfo
+    """
+    objective.reset_counter()
+    theta0 = np.asarray(theta0, dtype=float)
+    ev0 = objective.evaluate(theta0, score=False)
+    if not np.isfinite(ev0.llf):
+        raise FloatingPointError(
+            "the log-likelihood is not finite at the start values; check the data for "
+            "extreme values or supply start_params"
+        )
+    n = objective.design.n_obs
+    scores = objective.score_groups(theta0)
+    bhhh = scores.T @ scores
+    k = theta0.size
+    bhhh += 1e-8 * np.trace(bhhh) / k * np.eye(k)
+    try:
+        hess_inv0 = np.linalg.inv(bhhh) * n
+        hess_inv0 = 0.5 * (hess_inv0 + hess_inv0.T)
+        if not _is_pd(hess_inv0):
+            raise np.linalg.LinAlgError
+    except np.linalg.LinAlgError:
+        hess_inv0 = np.eye(k)
+
+    def fun(theta):
+        ev = objective.evaluate(theta)
+        if not np.isfinite(ev.llf):
+            return np.inf, np.zeros_like(theta)
+        return -ev.llf / n, -ev.score / n
+
+    res = optimize.minimize(
+        fun, theta0, jac=True, method="BFGS",
+        options={"gtol": 1e-9, "maxiter": maxiter, "hess_inv0": hess_inv0},
+    )
+    theta = res.x
+    n_iter = int(res.nit)
+    message = str(res.message)
+    ev = objective.evaluate(theta)
+    hess = numerical_hessian(objective, theta)
+    decrement = np.inf
+    for _ in range(8):
+        info_mat = -hess
+        if not _is_pd(info_mat):
+            break
+        step = np.linalg.solve(info_mat, ev.score)
+        decrement = float(ev.score @ step)
+        if decrement < tol:
+            break
+        t = 1.0
+        while t > 1e-4:
+            ev_new = objective.evaluate(theta + t * step)
+            if np.isfinite(ev_new.llf) and ev_new.llf >= ev.llf - 1e-10 * abs(ev.llf):
+                break
+            t *= 0.5
+        else:
+            break
+        theta, ev = theta + t * step, ev_new
+        n_iter += 1
+        hess = numerical_hessian(objective, theta)
+    hessian_pd = _is_pd(-hess)
+    if hessian_pd:
+        decrement = float(ev.score @ np.linalg.solve(-hess, ev.score))
+    converged = bool(hessian_pd and decrement < tol)
+    info = FitInfo(
+        converged=converged,
+        n_iter=n_iter,
+        n_evals=objective.n_evals,
+        max_abs_score=float(np.max(np.abs(ev.score))) if ev.score.size else 0.0,
+        newton_decrement=decrement,
+        hessian_pd=hessian_pd,
+        message=message,
+        method="BFGS + Newton",
+    )
+    logger.info("fit: llf=%.6f, %d iterations, %d evaluations", ev.llf, n_iter, objective.n_evals)
+    return theta, hess, info
