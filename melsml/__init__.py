@@ -1,1 +1,36 @@
-"""melsml: mixed-effects location scale models by exact maximum likelihood."""
+"""melsml: mixed-effects location scale (MELS) models by exact maximum likelihood.
+
+>>> from melsml import MELS
+>>> res = MELS.from_formula("y ~ prior", data=df, groups="school",
+...                         ws_formula="~ prior").fit()        # doctest: +SKIP
+>>> print(res.summary())                                       # doctest: +SKIP
+"""
+
+from .exceptions import (
+    BoundaryWarning,
+    ConvergenceWarning,
+    MELSInputError,
+    MELSWarning,
+    MissingDataWarning,
+)
+from .model import MELS
+from .results import MELSResults
+from .simulate import simulate, simulate_london
+from .summary import Summary, compare
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MELS",
+    "MELSResults",
+    "Summary",
+    "compare",
+    "simulate",
+    "simulate_london",
+    "MELSInputError",
+    "MELSWarning",
+    "MissingDataWarning",
+    "ConvergenceWarning",
+    "BoundaryWarning",
+    "__version__",
+]

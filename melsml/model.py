@@ -1,0 +1,199 @@
+"""MELS: the model class.  Orchestration only: formula -> design -> objective
+-> optimise -> results."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from .config import Association, Integration, ModelOptions
+from .exceptions import BoundaryWarning, ConvergenceWarning, MELSInputError
+from .formula import DesignMatrices, build_design
+from .likelihood import MELSObjective
+from .optimize import maximize
+from .params import ParamLayout
+from .results import CovType, MELSResults
+from .start import start_values
+
+__all__ = ["MELS"]
+
+
+class MELS:
+    """Mixed-effects location scale model with a random intercept.
+
+    ::
+
+        y_ij = x_ij' beta + sigma_u,ij theta1_j + e_ij
+        log sigma_u,ij^2 = s_ij' alpha              (between-group variance function)
+        e_ij ~ N(0, exp(w_ij' tau + omega_j))         (within-group variance function)
+        omega_j = tau_l theta1_j [+ tau_q theta1_j^2] + sigma_omega theta2_j
+
+    with theta1_j, theta2_j independent standard normal.
+
+    Parameters
+    ----------
+    design : DesignMatrices
+        Usually built by :meth:`from_formula`.
+    random_scale, association, integration, n_points
+        See :class:`melsml.config.ModelOptions`.
+    """
+
+    def __init__(
+        self,
+        design: DesignMatrices,
+        *,
+        random_scale: bool = True,
+        association: Association = "linear",
+        integration: Integration = "auto",
+        n_points: int = 11,
+    ):
+        self.design = design
+        self.options = ModelOptions(
+            random_scale=random_scale, association=association,
+            integration=integration, n_points=n_points,
+        )
+        self.layout = ParamLayout.for_model(
+            design.mean_names, design.bs_names, design.ws_names, self.options
+        )
+        if self.options.random_scale and design.n_groups < 2:
+            raise MELSInputError("a random scale needs at least two groups")
+
+    @classmethod
+    def from_formula(
+        cls,
+        formula: str,
+        data: pd.DataFrame,
+        groups: str,
+        *,
+        bs_formula: str = "~ 1",
+        ws_formula: str = "~ 1",
+        random_scale: bool = True,
+        association: Association = "linear",
+        integration: Integration = "auto",
+        n_points: int = 11,
+    ) -> MELS:
+        """Specify a MELS model with formulas.
+
+        Parameters
+        ----------
+        formula : str
+            Mean function, e.g. ``"y ~ prior + fsm"`` (formulaic syntax).
+        data : pandas.DataFrame
+        groups : str
+            Column identifying the groups (schools).
+        bs_formula : str
+            Between-group (location) log-variance function, default ``"~ 1"``.
+        ws_formula : str
+            Within-group (residual) log-variance function, default ``"~ 1"``.
+        random_scale : bool
+            Include the random scale effect (default True).
+        association : {"none", "linear", "quadratic"}
+            Location-scale association (default "linear").
+        integration : {"auto", "exact-location", "aghq"}
+        n_points : int
+            Quadrature points per dimension (default 11).
+
+        Notes
+        -----
+        Rows with a missing value in any used column are dropped with a
+        :class:`~melsml.exceptions.MissingDataWarning` giving the count.
+        """
+        ModelOptions(random_scale=random_scale, association=association,
+                     integration=integration, n_points=n_points)  # fail fast on options
+        design = build_design(formula, data, groups, bs_formula=bs_formula, ws_formula=ws_formula)
+        return cls(design, random_scale=random_scale, association=association,
+                   integration=integration, n_points=n_points)
+
+    # lme4-style access to the pipeline's stages ------------------------------------
+    def objective(self) -> MELSObjective:
+        """The log-likelihood as a function of the flat parameter vector."""
+        return MELSObjective(self.design, self.layout, self.options)
+
+    @property
+    def param_names(self) -> pd.MultiIndex:
+        return self.layout.index
+
+    def start_params(self) -> pd.Series:
+        """Moment-based starting values."""
+        return pd.Series(start_values(self.design, self.layout), index=self.layout.index)
+
+    def loglike(self, params) -> float:
+        """Log-likelihood at ``params`` (Series in :attr:`param_names` order or array)."""
+        return self.objective().loglike(self._as_vector(params, "params"))
+
+    def _as_vector(self, params, name: str) -> np.ndarray:
+        if isinstance(params, pd.Series):
+            try:
+                params = params.reindex(self.layout.index)
+            except Exception as exc:  # pragma: no cover - defensive
+                raise MELSInputError(f"{name} does not match the model's parameters") from exc
+            if params.isna().any():
+                missing = [f"{b}:{t}" for (b, t) in params.index[params.isna()]]
+                raise MELSInputError(f"{name} lacks values for {', '.join(missing)}")
+        arr = np.asarray(params, dtype=float)
+        if arr.shape != (self.layout.k_params,):
+            raise MELSInputError(
+                f"{name} must have {self.layout.k_params} values, got shape {arr.shape}"
+            )
+        if not np.isfinite(arr).all():
+            raise MELSInputError(f"{name} has non-finite values")
+        return arr
+
+    def fit(
+        self,
+        start_params=None,
+        *,
+        cov_type: CovType = "observed",
+        maxiter: int = 500,
+        tol: float = 1e-8,
+    ) -> MELSResults:
+        """Fit by maximum likelihood.
+
+        Parameters
+        ----------
+        start_params : Series or array, optional
+            Starting values; default :meth:`start_params`.
+        cov_type : {"observed", "robust"}
+            Standard errors from the inverse observed information (default) or
+            the sandwich estimator.
+        maxiter : int
+            Maximum quasi-Newton iterations.
+        tol : float
+            Convergence tolerance on the Newton decrement g'(-H)^-1 g.
+
+        Returns
+        -------
+        MELSResults
+        """
+        if cov_type not in ("observed", "robust"):
+            raise MELSInputError(
+                f"unknown cov_type {cov_type!r}; allowed values: 'observed', 'robust'"
+            )
+        theta0 = (start_values(self.design, self.layout) if start_params is None
+                  else self._as_vector(start_params, "start_params"))
+        obj = self.objective()
+        theta, hess, info = maximize(obj, theta0, maxiter=maxiter, tol=tol)
+        final = obj.evaluate(theta)
+        if not info.hessian_pd:
+            warnings.warn(
+                "the observed information is not positive definite at the estimate: "
+                "standard errors are unreliable (a variance may be on its boundary)",
+                BoundaryWarning, stacklevel=2,
+            )
+        elif not info.converged:
+            warnings.warn(
+                f"the fit did not converge (Newton decrement {info.newton_decrement:.2e}, "
+                f"max |score| {info.max_abs_score:.2e}); {info.message}",
+                ConvergenceWarning, stacklevel=2,
+            )
+        pos = self.layout.random_position("sigma_omega")
+        if pos is not None and abs(theta[pos]) < 1e-3:
+            warnings.warn(
+                f"sigma_omega = {abs(theta[pos]):.2e} is at (or near) its boundary 0: "
+                "there is little evidence of a random scale; test it with "
+                "melsml.compare(), which uses the 50:50 chi-square mixture",
+                BoundaryWarning, stacklevel=2,
+            )
+        return MELSResults(self, theta, hess, info, final, cov_type=cov_type)

@@ -1,0 +1,250 @@
+"""Empirical Bayes predictions of the groups' random effects (MODELS.md 4.4).
+
+At the estimates, the posterior of each group's effects is computed with the
+same integrand as the likelihood:
+
+* exact-location path and closed form: the posterior of omega_j is tabulated
+  on a fine grid (241 points over +-9 posterior SDs around its mode), and
+  theta1_j given omega_j is normal, so the posterior of theta1_j is a normal
+  mixture.  Posterior means, SDs and equal-tailed intervals (also of
+  nonlinear functions such as exp(wbar'tau + omega_j)) are then exact to grid
+  accuracy.
+* general 2-D path (quadratic association): posterior means and SDs from the
+  adaptive quadrature; intervals from normal approximations on the theta1
+  and omega scales (the latter mapped through exp).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from scipy.special import ndtr
+
+from ._quad_ref import h1
+from .config import MODE_AGHQ, MODE_CLOSED_FORM
+from .exceptions import MELSInputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .results import MELSResults
+
+_GRID = np.linspace(-9.0, 9.0, 241)
+
+
+def _group_stats(res: MELSResults) -> dict[str, np.ndarray]:
+    d = res.model.design
+    p = res.model.layout.unpack(res._theta)
+    r0 = d.y - d.x_mean @ p["beta"]
+    eta_ws = d.x_ws @ p["tau"]
+    s = np.exp(0.5 * d.x_bs @ p["alpha"])
+    inv_d = np.exp(-eta_ws)
+    starts = d.group_ptr[:-1]
+
+    def red(v):
+        return np.add.reduceat(v, starts)
+
+    lam, b0, A = red(s * s * inv_d), red(s * r0 * inv_d), red(r0 * r0 * inv_d)
+    n = d.group_sizes.astype(float)
+    return dict(n=n, sumlogd=red(eta_ws), lam=lam, b0=b0, A=A,
+                W=np.maximum(A - b0 * b0 / lam, 0.0), s_mean=red(s) / n)
+
+
+def _mixture_quantiles(weights, means, sds, probs, lo, hi, n_iter=60):
+    """Quantiles of per-row normal mixtures by vectorised bisection."""
+    out = []
+    for q in probs:
+        a, b = lo.copy(), hi.copy()
+        for _ in range(n_iter):
+            mid = 0.5 * (a + b)
+            cdf = np.sum(weights * ndtr((mid[:, None] - means) / sds), axis=1)
+            below = cdf < q
+            a = np.where(below, mid, a)
+            b = np.where(below, b, mid)
+        out.append(0.5 * (a + b))
+    return out
+
+
+def _grid_quantiles(values, weights, probs):
+    """Quantiles of per-row discrete distributions on increasing grids."""
+    cum = np.cumsum(weights, axis=1) - 0.5 * weights
+    return [np.array([np.interp(q, c, v) for c, v in zip(cum, values, strict=True)])
+            for q in probs]
+
+
+def _posterior(res: MELSResults, alpha: float, ws_shift: float) -> dict[str, np.ndarray]:
+    """Posterior summaries of theta1, omega, and exp(ws_shift + omega) per group."""
+    st = _group_stats(res)
+    p = res.model.layout.unpack(res._theta)
+    mode = res.model.options.mode
+    probs = (alpha / 2, 1 - alpha / 2)
+    tl, tq, sw = p["tau_l"], p["tau_q"], abs(p["sigma_omega"])
+    out: dict[str, np.ndarray] = {}
+    if mode == MODE_CLOSED_FORM:
+        P = 1.0 / (1.0 + st["lam"])
+        m = P * st["b0"]
+        sd = np.sqrt(P)
+        z = stats.norm.ppf(probs)
+        out.update(theta1_mean=m, theta1_sd=sd, theta1_lower=m + z[0] * sd,
+                   theta1_upper=m + z[1] * sd)
+        zero = np.zeros_like(m)
+        out.update(omega_mean=zero, omega_sd=zero, cov_theta1_omega=zero)
+        v = np.full_like(m, np.exp(ws_shift))
+        out.update(var_mean=v, var_sd=zero, var_lower=v, var_upper=v)
+    elif mode == MODE_AGHQ:
+        mom = res._evaluation.moments
+        m, v1 = mom[:, 0], np.maximum(mom[:, 1] - mom[:, 0] ** 2, 0)
+        om, vo = mom[:, 2], np.maximum(mom[:, 3] - mom[:, 2] ** 2, 0)
+        z = stats.norm.ppf(probs)
+        out.update(theta1_mean=m, theta1_sd=np.sqrt(v1), theta1_lower=m + z[0] * np.sqrt(v1),
+                   theta1_upper=m + z[1] * np.sqrt(v1), omega_mean=om, omega_sd=np.sqrt(vo),
+                   cov_theta1_omega=mom[:, 4] - m * om)
+        # E exp(c + omega) under the normal approximation of omega's posterior
+        out.update(var_mean=np.exp(ws_shift + om + vo / 2),
+                   var_sd=np.exp(ws_shift + om + vo / 2) * np.sqrt(np.expm1(vo)),
+                   var_lower=np.exp(ws_shift + om + z[0] * np.sqrt(vo)),
+                   var_upper=np.exp(ws_shift + om + z[1] * np.sqrt(vo)))
+    else:
+        V = tl**2 + sw**2
+        g, S = tl / V, sw**2 / V
+        cen = res._evaluation.centers
+        om = cen[:, [0]] + cen[:, [2]] * _GRID[None, :]
+        stc = {k: v[:, None] for k, v in st.items()}
+        logd = h1(om, stc, V, g, S)[0]
+        w = np.exp(logd - logd.max(axis=1, keepdims=True))
+        w /= w.sum(axis=1, keepdims=True)
+        eo = np.exp(om)
+        E = eo + S * stc["lam"]
+        b = stc["b0"] - stc["lam"] * g * om
+        th = g * om + S * b / E
+        P = S * eo / E
+        m1 = np.sum(w * th, axis=1)
+        v1 = np.sum(w * (th**2 + P), axis=1) - m1**2
+        mo = np.sum(w * om, axis=1)
+        vo = np.sum(w * om**2, axis=1) - mo**2
+        sd1 = np.sqrt(np.maximum(v1, 0))
+        lo1, hi1 = _mixture_quantiles(w, th, np.sqrt(P + 1e-300), probs,
+                                      m1 - 10 * sd1 - 1e-8, m1 + 10 * sd1 + 1e-8)
+        olo, ohi = _grid_quantiles(om, w, probs)
+        var = np.exp(ws_shift + om)
+        vm = np.sum(w * var, axis=1)
+        out.update(theta1_mean=m1, theta1_sd=sd1, theta1_lower=lo1, theta1_upper=hi1,
+                   omega_mean=mo, omega_sd=np.sqrt(np.maximum(vo, 0)),
+                   cov_theta1_omega=np.sum(w * om * th, axis=1) - m1 * mo,
+                   var_mean=vm, var_sd=np.sqrt(np.maximum(np.sum(w * var**2, axis=1) - vm**2, 0)),
+                   var_lower=np.exp(ws_shift + olo), var_upper=np.exp(ws_shift + ohi))
+    out["s_mean"] = st["s_mean"]
+    out["n"] = st["n"]
+    if sw > 0 and mode != MODE_CLOSED_FORM and tq == 0:
+        # MixWILD's standardised theta2 = (omega - tau_l theta1) / sigma_omega
+        m1, v1 = out["theta1_mean"], out["theta1_sd"] ** 2
+        c = out["cov_theta1_omega"]
+        out["theta2_mean"] = (out["omega_mean"] - tl * m1) / sw
+        v2 = (out["omega_sd"] ** 2 - 2 * tl * c + tl**2 * v1) / sw**2
+        out["theta2_sd"] = np.sqrt(np.maximum(v2, 0))
+        out["cov_theta12"] = (c - tl * v1) / sw
+    return out
+
+
+def random_effects(res: MELSResults) -> pd.DataFrame:
+    """Empirical Bayes posterior summaries of each group's random effects.
+
+    Columns: ``n`` (group size), ``u_mean``, ``u_sd`` (the location effect
+    sigma_u theta1, with sigma_u averaged over the group's units),
+    ``omega_mean``, ``omega_sd`` (the random scale effect), ``corr_u_omega``
+    (posterior correlation) and the standardised effects
+    ``theta1_mean``, ``theta1_sd``, ``theta2_mean``, ``theta2_sd``,
+    ``cov_theta12`` as in MixWILD's EB file (theta2 only for the linear or no
+    association).  Indexed by group identifier.
+    """
+    post = _posterior(res, 0.05, 0.0)
+    d = res.model.design
+    sd1, sdo = post["theta1_sd"], post["omega_sd"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.where((sd1 > 0) & (sdo > 0), post["cov_theta1_omega"] / (sd1 * sdo), np.nan)
+    cols = {
+        "n": post["n"].astype(int),
+        "u_mean": post["s_mean"] * post["theta1_mean"],
+        "u_sd": post["s_mean"] * sd1,
+        "omega_mean": post["omega_mean"],
+        "omega_sd": sdo,
+        "corr_u_omega": corr,
+        "theta1_mean": post["theta1_mean"],
+        "theta1_sd": sd1,
+    }
+    for k in ("theta2_mean", "theta2_sd", "cov_theta12"):
+        if k in post:
+            cols[k] = post[k]
+    return pd.DataFrame(cols, index=pd.Index(d.group_labels, name=d.groups))
+
+
+def _ws_shift(res: MELSResults, ws_reference) -> float:
+    names = res.model.design.ws_names
+    wbar = res.reference_values("ws").copy()
+    if ws_reference is not None:
+        ref = dict(ws_reference)
+        unknown = [k for k in ref if k not in names]
+        if unknown:
+            raise MELSInputError(
+                f"ws_reference names unknown WS term(s) {', '.join(map(str, unknown))}; "
+                f"WS terms are: {', '.join(names)}"
+            )
+        for k, v in ref.items():
+            wbar[names.index(k)] = float(v)
+    tau = res.model.layout.unpack(res._theta)["tau"]
+    return float(wbar @ tau)
+
+
+def school_effects(res: MELSResults, alpha: float = 0.05, ws_reference=None) -> pd.DataFrame:
+    """School means and variances of student adjusted achievement.
+
+    Parameters
+    ----------
+    res : MELSResults
+    alpha : float
+        1 - coverage of the equal-tailed posterior intervals (default 95%).
+    ws_reference : mapping, optional
+        Values of WS design terms (by term name) at which the school variance
+        exp(wbar'tau + omega_j) is evaluated; terms not given take their sample
+        means (the default for all).
+
+    Returns
+    -------
+    DataFrame indexed by school, with columns ``n``; ``mean``, ``mean_sd``,
+    ``mean_lower``, ``mean_upper``, ``mean_rank``, ``mean_separated``;
+    ``variance``, ``variance_sd``, ``variance_lower``, ``variance_upper``,
+    ``variance_rank``, ``variance_separated``.
+
+    Notes
+    -----
+    ``mean`` is the posterior mean of the school effect u_j; ``variance`` the
+    posterior mean (not the plug-in) of exp(wbar'tau + omega_j).  Ranks are
+    ascending (1 = lowest), as in a caterpillar plot.  A school is
+    *separated* when its interval excludes the overall average: 0 for the
+    mean and exp(wbar'tau) (the variance of a school with omega_j = 0) for the
+    variance; both are stored in ``DataFrame.attrs``.
+    """
+    if not 0 < alpha < 1:
+        raise MELSInputError(f"alpha must be in (0, 1), got {alpha!r}")
+    shift = _ws_shift(res, ws_reference)
+    post = _posterior(res, alpha, shift)
+    d = res.model.design
+    s = post["s_mean"]
+    mean = s * post["theta1_mean"]
+    lo, hi = s * post["theta1_lower"], s * post["theta1_upper"]
+    ref_var = float(np.exp(shift))
+    out = pd.DataFrame({
+        "n": post["n"].astype(int),
+        "mean": mean, "mean_sd": s * post["theta1_sd"], "mean_lower": lo, "mean_upper": hi,
+        "mean_rank": pd.Series(mean).rank(method="min").astype(int).to_numpy(),
+        "mean_separated": (lo > 0) | (hi < 0),
+        "variance": post["var_mean"], "variance_sd": post["var_sd"],
+        "variance_lower": post["var_lower"], "variance_upper": post["var_upper"],
+        "variance_rank": pd.Series(post["var_mean"]).rank(method="min").astype(int).to_numpy(),
+        "variance_separated": (post["var_lower"] > ref_var) | (post["var_upper"] < ref_var),
+    }, index=pd.Index(d.group_labels, name=d.groups))
+    if res.model.options.mode == MODE_CLOSED_FORM:
+        out["variance_separated"] = False
+    out.attrs.update(mean_reference=0.0, variance_reference=ref_var, alpha=alpha)
+    return out

@@ -1,0 +1,227 @@
+"""MELSResults: the fitted model, with statsmodels' attribute names."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .likelihood import Evaluation
+from .optimize import FitInfo
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model import MELS
+    from .summary import Summary
+
+CovType = Literal["observed", "robust"]
+
+
+def delta_method(fun, theta: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values of ``fun(theta)`` and their delta-method covariance.
+
+    The Jacobian is taken by central differences (step 1e-6 relative).
+    """
+    theta = np.asarray(theta, dtype=float)
+    val = np.asarray(fun(theta), dtype=float)
+    jac = np.empty((val.size, theta.size))
+    for i in range(theta.size):
+        h = 1e-6 * (1.0 + abs(theta[i]))
+        tp, tm = theta.copy(), theta.copy()
+        tp[i] += h
+        tm[i] -= h
+        jac[:, i] = (np.asarray(fun(tp)) - np.asarray(fun(tm))) / (2 * h)
+    return val, jac @ cov @ jac.T
+
+
+class MELSResults:
+    """Results of :meth:`melsml.MELS.fit`.
+
+    The attributes are computed once and not changed afterwards.  Parameters are
+    in MixWILD's parametrisation (see :mod:`melsml.params`), with a
+    ``(block, term)`` index: ``res.params[("tau", "Intercept")]``.
+
+    Attributes
+    ----------
+    params : Series
+    bse : Series
+        Standard errors from the observed information (or the sandwich with
+        ``cov_type="robust"``).
+    llf, aic, bic, deviance : float
+        ``aic = -2 llf + 2 k`` and ``bic = -2 llf + k log(nobs)`` with nobs the
+        number of observations (MixWILD prints ``llf - k`` and
+        ``llf - k/2 log(n_groups)`` instead).
+    nobs, n_groups, k_params : int
+    converged : bool
+    fit_info : FitInfo
+    """
+
+    def __init__(self, model: MELS, theta_raw: np.ndarray, hessian: np.ndarray, info: FitInfo,
+                 evaluation: Evaluation, cov_type: CovType = "observed"):
+        self.model = model
+        self.fit_info = info
+        self._evaluation = evaluation
+        self._hessian_raw = hessian
+        layout = model.layout
+        self._theta = layout.canonical(theta_raw)
+        flip = layout.sign_flip(theta_raw)
+        try:
+            cov_raw = np.linalg.inv(-hessian)
+        except np.linalg.LinAlgError:
+            cov_raw = np.full_like(hessian, np.nan)
+        self._cov_observed = cov_raw * np.outer(flip, flip)
+        self._flip = flip
+        self._theta_raw = np.asarray(theta_raw, dtype=float)
+        self.cov_type: CovType = cov_type
+        self.llf = float(evaluation.llf)
+        self.nobs = model.design.n_obs
+        self.n_groups = model.design.n_groups
+        self.k_params = layout.k_params
+        self.converged = bool(info.converged)
+
+    # --- the statsmodels surface ------------------------------------------------
+    @property
+    def params(self) -> pd.Series:
+        return pd.Series(self._theta, index=self.model.layout.index, name="params")
+
+    @cached_property
+    def _cov_robust(self) -> np.ndarray:
+        scores = self.model.objective().score_groups(self._theta_raw)
+        meat = scores.T @ scores
+        bread = np.linalg.inv(-self._hessian_raw)
+        cov = bread @ meat @ bread
+        return cov * np.outer(self._flip, self._flip)
+
+    def cov_params(self, cov_type: CovType | None = None) -> pd.DataFrame:
+        """Covariance of the estimates.
+
+        Parameters
+        ----------
+        cov_type : {"observed", "robust"}, optional
+            Inverse observed information, or the sandwich ``H^-1 B H^-1`` with
+            ``B`` the outer product of the per-group scores (robust to
+            misspecification of the variance functions).  Default: the
+            results' ``cov_type``.
+        """
+        kind = cov_type or self.cov_type
+        if kind not in ("observed", "robust"):
+            raise ValueError(f"unknown cov_type {kind!r}; allowed: 'observed', 'robust'")
+        cov = self._cov_observed if kind == "observed" else self._cov_robust
+        idx = self.model.layout.index
+        return pd.DataFrame(cov, index=idx, columns=idx)
+
+    @property
+    def bse(self) -> pd.Series:
+        return pd.Series(np.sqrt(np.diag(self.cov_params().to_numpy())),
+                         index=self.model.layout.index, name="bse")
+
+    @property
+    def tvalues(self) -> pd.Series:
+        return (self.params / self.bse).rename("z")
+
+    @property
+    def pvalues(self) -> pd.Series:
+        return pd.Series(2 * stats.norm.sf(np.abs(self.tvalues.to_numpy())),
+                         index=self.model.layout.index, name="pvalues")
+
+    def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
+        """Wald confidence intervals, columns ``lower`` and ``upper``."""
+        if not 0 < alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+        q = stats.norm.ppf(1 - alpha / 2)
+        return pd.DataFrame({"lower": self.params - q * self.bse,
+                             "upper": self.params + q * self.bse})
+
+    @property
+    def deviance(self) -> float:
+        return -2.0 * self.llf
+
+    @property
+    def aic(self) -> float:
+        return self.deviance + 2.0 * self.k_params
+
+    @property
+    def bic(self) -> float:
+        return self.deviance + self.k_params * np.log(self.nobs)
+
+    @property
+    def df_model(self) -> int:
+        return self.k_params
+
+    def tidy(self, alpha: float = 0.05) -> pd.DataFrame:
+        """One row per parameter: estimate, SE, z, p and CI (what summaries print)."""
+        ci = self.conf_int(alpha)
+        return pd.DataFrame({
+            "estimate": self.params, "std_error": self.bse, "z": self.tvalues,
+            "p_value": self.pvalues, "lower": ci["lower"], "upper": ci["upper"],
+        })
+
+    # --- derived parameters -------------------------------------------------------
+    def reference_values(self, block: Literal["bs", "ws"]) -> np.ndarray:
+        """Sample means of the BS or WS design's columns (the reference covariates)."""
+        d = self.model.design
+        return (d.x_bs if block == "bs" else d.x_ws).mean(axis=0)
+
+    def random_params(self, alpha: float = 0.05) -> pd.DataFrame:
+        """Natural random-effect parameters with delta-method standard errors.
+
+        Rows: ``var_u`` (between-group location variance at the reference BS
+        covariates), ``var_e`` (within-group variance exp(wbar'tau) of a school
+        with omega = 0, at the reference WS covariates) and, with a random
+        scale, ``var_omega`` (variance of the WS log-variance random effect),
+        ``cov_u_omega`` and ``corr_u_omega``.  The reference covariates are
+        the sample means of the designs' columns.
+        """
+        layout = self.model.layout
+        sbar, wbar = self.reference_values("bs"), self.reference_values("ws")
+        names = ["var_u", "var_e"]
+        if layout.random:
+            names += ["var_omega", "cov_u_omega", "corr_u_omega"]
+
+        def fun(theta):
+            p = layout.unpack(theta)
+            var_u = np.exp(sbar @ p["alpha"])
+            out = [var_u, np.exp(wbar @ p["tau"])]
+            if layout.random:
+                var_om = p["tau_l"] ** 2 + 2 * p["tau_q"] ** 2 + p["sigma_omega"] ** 2
+                out += [var_om, np.sqrt(var_u) * p["tau_l"], p["tau_l"] / np.sqrt(var_om)]
+            return np.array(out)
+
+        val, cov = delta_method(fun, self._theta, self.cov_params().to_numpy())
+        se = np.sqrt(np.clip(np.diag(cov), 0, None))
+        q = stats.norm.ppf(1 - alpha / 2)
+        return pd.DataFrame({"estimate": val, "std_error": se,
+                             "lower": val - q * se, "upper": val + q * se},
+                            index=pd.Index(names, name="parameter"))
+
+    # --- predictions --------------------------------------------------------------
+    def random_effects(self) -> pd.DataFrame:
+        """Empirical Bayes posterior summaries of each group's random effects.
+
+        See :func:`melsml.random_effects.random_effects`.
+        """
+        from .random_effects import random_effects
+
+        return random_effects(self)
+
+    def school_effects(self, alpha: float = 0.05, ws_reference=None) -> pd.DataFrame:
+        """School means and variances of adjusted achievement with intervals and ranks.
+
+        See :func:`melsml.random_effects.school_effects`.
+        """
+        from .random_effects import school_effects
+
+        return school_effects(self, alpha=alpha, ws_reference=ws_reference)
+
+    # --- printing ---------------------------------------------------------------
+    def summary(self, alpha: float = 0.05) -> Summary:
+        """A summary object; ``print()`` it, or use ``.as_text()`` / ``.as_html()``."""
+        from .summary import Summary
+
+        return Summary.from_results(self, alpha=alpha)
+
+    def __repr__(self) -> str:
+        return (f"<MELSResults: llf={self.llf:.3f}, {self.k_params} parameters, "
+                f"{self.nobs} obs in {self.n_groups} groups, converged={self.converged}>")

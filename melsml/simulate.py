@@ -1,0 +1,189 @@
+"""Data-generating process of the MELS model, for tests, docs and the demo."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from .exceptions import MELSInputError
+from .formula import build_design
+from .params import RANDOM_ORDER
+
+__all__ = ["simulate", "simulate_london", "LONDON_TRUE", "LONDON_COVARIATE_TRUE"]
+
+#: true parameters of :func:`simulate_london` with ``model=3`` (loosely after the
+#: article's model 3 for London: a negative location-scale association)
+LONDON_TRUE = {
+    "beta": {"Intercept": 0.0, "prior": 0.65},
+    "alpha": {"Intercept": np.log(0.09)},
+    "tau": {"Intercept": np.log(0.50), "prior": -0.12},
+    "random": {"tau_l": -0.12, "sigma_omega": 0.22},
+}
+#: true parameters with ``model=7`` (student characteristics in both functions)
+LONDON_COVARIATE_TRUE = {
+    "beta": {"Intercept": 0.05, "prior": 0.62, "female": 0.10, "fsm": -0.15, "eal": 0.12,
+             "sen": -0.25, "age": -0.02, "C(ethnicity)[T.Black]": 0.05,
+             "C(ethnicity)[T.Asian]": 0.15, "C(ethnicity)[T.Other]": 0.08},
+    "alpha": {"Intercept": np.log(0.08)},
+    "tau": {"Intercept": np.log(0.46), "prior": -0.12, "fsm": 0.10, "sen": 0.18,
+            "female": -0.05},
+    "random": {"tau_l": -0.12, "sigma_omega": 0.22},
+}
+_MODEL_FORMULAS = {
+    3: ("y ~ prior", "~ 1", "~ prior"),
+    7: ("y ~ prior + female + fsm + eal + sen + age + C(ethnicity)", "~ 1",
+        "~ prior + fsm + sen + female"),
+}
+
+
+def _lookup(params, block: str, names) -> np.ndarray:
+    if isinstance(params, pd.Series):
+        get = {b: params.xs(b, level="block").to_dict()
+               for b in params.index.get_level_values("block").unique()}
+    else:
+        get = {b: dict(v) for b, v in params.items()}
+    values = get.get(block, {})
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise MELSInputError(f"params lack {block} value(s) for {', '.join(missing)}")
+    return np.array([float(values[n]) for n in names])
+
+
+def simulate(
+    data: pd.DataFrame,
+    groups: str,
+    params: Mapping | pd.Series,
+    *,
+    formula: str = "y ~ 1",
+    bs_formula: str = "~ 1",
+    ws_formula: str = "~ 1",
+    seed: int | np.random.Generator | None = None,
+    return_effects: bool = False,
+):
+    """Simulate the outcome of a MELS model on given covariates.
+
+    Parameters
+    ----------
+    data : DataFrame
+        Covariates and the groups column (the outcome column, if present, is
+        replaced).
+    groups : str
+        Groups column.
+    params : mapping or Series
+        ``{"beta": {term: value}, "alpha": {...}, "tau": {...},
+        "random": {"tau_l": .., "tau_q": .., "sigma_omega": ..}}`` keyed by the
+        formulas' term names, or a fitted ``res.params``.  Absent random
+        parameters are 0 (no random scale when all are).
+    formula, bs_formula, ws_formula : str
+        As in :meth:`melsml.MELS.from_formula`.
+    seed : int or Generator, optional
+    return_effects : bool
+        Also return the groups' true effects (theta1, theta2, u, omega).
+
+    Returns
+    -------
+    DataFrame (a copy of ``data`` with the outcome), and with
+    ``return_effects`` a DataFrame of true effects indexed by group.
+    """
+    rng = np.random.default_rng(seed)
+    outcome = formula.split("~")[0].strip()
+    if not outcome.isidentifier():
+        raise MELSInputError(f"formula={formula!r} must name the outcome column on the left")
+    frame = data.copy()
+    frame[outcome] = 0.0
+    design = build_design(formula, frame, groups, bs_formula=bs_formula, ws_formula=ws_formula)
+    if design.n_dropped:
+        raise MELSInputError("simulate() needs covariates without missing values")
+    beta = _lookup(params, "beta", design.mean_names)
+    alpha = _lookup(params, "alpha", design.bs_names)
+    tau = _lookup(params, "tau", design.ws_names)
+    rand = {}
+    for name in RANDOM_ORDER:
+        try:
+            rand[name] = float(_lookup(params, "random", [name])[0])
+        except MELSInputError:
+            rand[name] = 0.0
+    j = design.n_groups
+    theta1, theta2 = rng.standard_normal(j), rng.standard_normal(j)
+    omega = rand["tau_l"] * theta1 + rand["tau_q"] * theta1**2 + rand["sigma_omega"] * theta2
+    gidx = design.group_index
+    sd_u = np.exp(0.5 * design.x_bs @ alpha)
+    sd_e = np.exp(0.5 * (design.x_ws @ tau + omega[gidx]))
+    y = design.x_mean @ beta + sd_u * theta1[gidx] + sd_e * rng.standard_normal(design.n_obs)
+    frame.loc[design.row_index, outcome] = y
+    if not return_effects:
+        return frame
+    effects = pd.DataFrame(
+        {"theta1": theta1, "theta2": theta2,
+         "u": np.add.reduceat(sd_u, design.group_ptr[:-1]) / design.group_sizes * theta1,
+         "omega": omega},
+        index=pd.Index(design.group_labels, name=groups),
+    )
+    return frame, effects
+
+
+def london_covariates(n_schools: int = 465, n_students: int = 71000,
+                      seed: int | np.random.Generator | None = 2024) -> pd.DataFrame:
+    """Student and school covariates shaped like the article's London data.
+
+    ``n_schools`` schools of 14 to 330 students (about ``n_students`` in all);
+    standardised prior score (with school-level sorting), female, fsm, eal,
+    sen, age (months from the cohort mean, / 12), ethnicity (White, Black,
+    Asian, Other) and school type (standard, academy, grammar).
+    """
+    rng = np.random.default_rng(seed)
+    mean_size = n_students / n_schools
+    lo, hi = 14, 330
+    frac = (mean_size - lo) / (hi - lo)
+    if not 0 < frac < 1:
+        raise MELSInputError("n_students / n_schools must lie between 14 and 330")
+    a = 2.0
+    sizes = lo + np.round((hi - lo) * rng.beta(a, a * (1 - frac) / frac, n_schools)).astype(int)
+    if n_schools >= 2:
+        sizes[0], sizes[1] = lo, hi
+    school = np.repeat(np.arange(1, n_schools + 1), sizes)
+    n = sizes.sum()
+    school_prior = rng.normal(0, 0.45, n_schools)
+    stype = rng.choice(["standard", "academy", "grammar"], n_schools, p=[0.55, 0.4, 0.05])
+    school_prior[stype == "grammar"] += 1.2
+    prior = school_prior[school - 1] + rng.normal(0, np.sqrt(1 - 0.45**2), n)
+    prior = (prior - prior.mean()) / prior.std()
+    fsm_p = 1 / (1 + np.exp(1.0 + 0.8 * school_prior))
+    return pd.DataFrame({
+        "school": school,
+        "prior": prior,
+        "female": rng.binomial(1, 0.5, n),
+        "fsm": rng.binomial(1, fsm_p[school - 1]),
+        "eal": rng.binomial(1, 0.3, n),
+        "sen": rng.binomial(1, 1 / (1 + np.exp(1.8 + 0.9 * prior))),
+        "age": rng.uniform(-0.5, 0.5, n),
+        "ethnicity": rng.choice(["White", "Black", "Asian", "Other"], n, p=[.45, .2, .2, .15]),
+        "school_type": stype[school - 1],
+    })
+
+
+def simulate_london(model: int = 3, *, seed: int = 2024, n_schools: int = 465,
+                    n_students: int = 71000, return_effects: bool = False):
+    """A London-sized simulated data set (465 schools, 14-330 students, ~71,000).
+
+    Parameters
+    ----------
+    model : {3, 7}
+        Data-generating model: the article's model 3 (prior score in the mean
+        and WS functions; true values :data:`LONDON_TRUE`) or model 7 (student
+        characteristics too; :data:`LONDON_COVARIATE_TRUE`).  The covariates
+        of model 7 are in the data either way.
+    seed : int
+    return_effects : bool
+        Also return the schools' true effects.
+    """
+    if model not in _MODEL_FORMULAS:
+        raise MELSInputError(f"unknown model {model!r}; allowed values: 3, 7")
+    rng = np.random.default_rng(seed)
+    data = london_covariates(n_schools, n_students, rng)
+    formula, bs, ws = _MODEL_FORMULAS[model]
+    params = LONDON_TRUE if model == 3 else LONDON_COVARIATE_TRUE
+    return simulate(data, "school", params, formula=formula, bs_formula=bs, ws_formula=ws,
+                    seed=rng, return_effects=return_effects)

@@ -1,0 +1,169 @@
+"""Summary tables and model comparison (likelihood-ratio tests, AIC, BIC)."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .results import MELSResults
+
+BLOCK_TITLES = {
+    "beta": "BETA (mean function)",
+    "alpha": "ALPHA (between-group log-variance function)",
+    "tau": "TAU (within-group log-variance function)",
+    "random": "Random scale (omega = tau_l*theta1 [+ tau_q*theta1^2] + sigma_omega*theta2)",
+}
+_WIDTH = 86
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The data behind a printed summary; render with :meth:`as_text` or :meth:`as_html`."""
+
+    info: list[tuple[str, str]]
+    params: pd.DataFrame  # tidy(): estimate, std_error, z, p_value, lower, upper
+    random: pd.DataFrame  # natural random-effect parameters
+    alpha: float
+    notes: list[str]
+
+    @classmethod
+    def from_results(cls, res: MELSResults, alpha: float = 0.05) -> Summary:
+        d, opt, fi = res.model.design, res.model.options, res.fit_info
+        sizes = d.group_sizes
+        assoc = opt.association if opt.random_scale else "-"
+        info = [
+            ("Outcome", d.outcome),
+            ("Groups column", d.groups),
+            ("Mean function", d.formulas["formula"]),
+            ("BS variance function", "log sigma_u^2 " + d.formulas["bs_formula"]),
+            ("WS variance function", "log sigma_e^2 " + d.formulas["ws_formula"]),
+            ("Random scale", f"{'yes' if opt.random_scale else 'no'} (association: {assoc})"),
+            ("Observations", f"{d.n_obs}" + (f" ({d.n_dropped} dropped: missing values)"
+                                             if d.n_dropped else "")),
+            ("Groups", f"{d.n_groups}"),
+            ("Group size min/mean/max", f"{sizes.min()} / {sizes.mean():.1f} / {sizes.max()}"),
+            ("Integration", opt.method),
+            ("Converged", f"{'yes' if res.converged else 'NO'} ({fi.n_iter} iterations, "
+                          f"{fi.n_evals} evaluations, max |score| {fi.max_abs_score:.1e})"),
+            ("Covariance", "inverse observed information" if res.cov_type == "observed"
+             else "robust (sandwich)"),
+            ("Log-likelihood", f"{res.llf:.4f}"),
+            ("Deviance", f"{res.deviance:.4f}"),
+            ("AIC", f"{res.aic:.4f}"),
+            ("BIC", f"{res.bic:.4f}"),
+        ]
+        notes = []
+        if not fi.hessian_pd:
+            notes.append("The observed information is not positive definite: SEs unreliable.")
+        if opt.random_scale:
+            notes.append("sigma_omega is reported >= 0; its z test is on the boundary "
+                         "(use melsml.compare for the mixture LR test).")
+        return cls(info=info, params=res.tidy(alpha), random=res.random_params(alpha),
+                   alpha=alpha, notes=notes)
+
+    def as_text(self) -> str:
+        lines = ["MELS: mixed-effects location scale model (maximum likelihood)".center(_WIDTH),
+                 "=" * _WIDTH]
+        key_w = max(len(k) for k, _ in self.info) + 2
+        lines += [f"{k + ':':<{key_w}}{v}" for k, v in self.info]
+        lo, hi = f"[{self.alpha / 2:.3f}", f"{1 - self.alpha / 2:.3f}]"
+        header = (f"{'':<24}{'estimate':>10}{'std.err':>10}{'z':>9}{'P>|z|':>9}"
+                  f"{lo:>12}{hi:>12}")
+        for block, title in BLOCK_TITLES.items():
+            tab = self.params.xs(block, level="block") if block in self.params.index.get_level_values(
+                "block") else None
+            if tab is None or tab.empty:
+                continue
+            lines += ["-" * _WIDTH, title, header]
+            for term, row in tab.iterrows():
+                name = term if len(term) <= 23 else term[:20] + "..."
+                lines.append(
+                    f"{name:<24}{row.estimate:>10.5f}{row.std_error:>10.5f}{row.z:>9.3f}"
+                    f"{row.p_value:>9.4f}{row.lower:>12.5f}{row.upper:>12.5f}"
+                )
+        lines += ["-" * _WIDTH,
+                  "Random-effect parameters, natural scale (delta-method SEs; at mean covariates)",
+                  f"{'':<24}{'estimate':>10}{'std.err':>10}{lo:>12}{hi:>12}"]
+        for name, row in self.random.iterrows():
+            lines.append(f"{name:<24}{row.estimate:>10.5f}{row.std_error:>10.5f}"
+                         f"{row.lower:>12.5f}{row.upper:>12.5f}")
+        lines.append("=" * _WIDTH)
+        lines += [f"Note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def as_html(self) -> str:
+        info = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                       for k, v in self.info)
+        return (f"<table>{info}</table>" + self.params.to_html(float_format="%.5f")
+                + self.random.to_html(float_format="%.5f"))
+
+    def __str__(self) -> str:
+        return self.as_text()
+
+    def _repr_html_(self) -> str:
+        return self.as_html()
+
+
+def _lr_pvalue(stat: float, df: int, boundary: bool) -> float:
+    """p-value of a likelihood-ratio statistic; ``boundary`` uses the 50:50 mixture
+    of chi-square(df - 1) and chi-square(df) (one variance tested on its boundary)."""
+    stat = max(stat, 0.0)
+    if not boundary:
+        return float(stats.chi2.sf(stat, df))
+    lower = (1.0 if stat <= 0 else 0.0) if df == 1 else float(stats.chi2.sf(stat, df - 1))
+    return 0.5 * lower + 0.5 * float(stats.chi2.sf(stat, df))
+
+
+def compare(*results: MELSResults, names: list[str] | None = None) -> pd.DataFrame:
+    """Compare fitted models: llf, AIC, BIC and likelihood-ratio tests.
+
+    Models are listed in the order given.  Each model is tested against the
+    previous one in the list when the two are nested (same observations and
+    the smaller one's parameters a subset of the larger one's).  A test that
+    adds the random scale (sigma_omega on its boundary 0) uses the 50:50
+    mixture of chi-square(df - 1) and chi-square(df).
+
+    Parameters
+    ----------
+    *results : MELSResults
+    names : list of str, optional
+        Row labels (default "model 1", "model 2", ...).
+
+    Returns
+    -------
+    DataFrame with columns k, llf, deviance, aic, bic, lr_stat, df, p_value, test.
+    """
+    if len(results) < 1:
+        raise ValueError("compare() needs at least one fitted model")
+    names = names or [f"model {i + 1}" for i in range(len(results))]
+    if len(names) != len(results):
+        raise ValueError(f"{len(names)} names for {len(results)} models")
+    rows = []
+    for i, res in enumerate(results):
+        row = dict(model=names[i], k=res.k_params, llf=res.llf, deviance=res.deviance,
+                   aic=res.aic, bic=res.bic, lr_stat=np.nan, df=np.nan, p_value=np.nan, test="")
+        if i > 0:
+            prev = results[i - 1]
+            small, big = (prev, res) if prev.k_params <= res.k_params else (res, prev)
+            same_data = (small.nobs == big.nobs and small.model.design.outcome
+                         == big.model.design.outcome
+                         and np.array_equal(small.model.design.y, big.model.design.y))
+            nested = set(small.params.index) <= set(big.params.index)
+            if same_data and nested and big.k_params > small.k_params:
+                df = big.k_params - small.k_params
+                stat = 2.0 * (big.llf - small.llf)
+                boundary = (("random", "sigma_omega") in big.params.index
+                            and ("random", "sigma_omega") not in small.params.index)
+                row.update(lr_stat=stat, df=df, p_value=_lr_pvalue(stat, df, boundary),
+                           test=f"vs {names[i - 1]}: " + ("50:50 chi2 mixture" if boundary
+                                                          else "chi2"))
+            else:
+                row["test"] = f"not nested in {names[i - 1]}"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("model")
