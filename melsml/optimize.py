@@ -68,13 +68,15 @@ def maximize(
     *,
     maxiter: int = 500,
     tol: float = 1e-8,
+    gtol: float = 1e-6,
 ) -> tuple[np.ndarray, np.ndarray, FitInfo]:
     """Maximise the log-likelihood from ``theta0``.
 
     BFGS with the analytic score, its initial inverse Hessian taken from the
     outer product of the per-group scores (BHHH) at the start, then Newton
     steps with the Hessian from differences of the score until the Newton
-    decrement is below ``tol``.
+    decrement is below ``tol``.  ``gtol`` is BFGS's tolerance on the largest
+    score entry per observation.
 
     Returns
     -------
@@ -111,7 +113,7 @@ def maximize(
 
     res = optimize.minimize(
         fun, theta0, jac=True, method="BFGS",
-        options={"gtol": 1e-9, "maxiter": maxiter, "hess_inv0": hess_inv0},
+        options={"gtol": gtol, "maxiter": maxiter, "hess_inv0": hess_inv0},
     )
     theta = res.x
     n_iter = int(res.nit)
@@ -119,7 +121,7 @@ def maximize(
     ev = objective.evaluate(theta)
     hess = numerical_hessian(objective, theta)
     decrement = np.inf
-    for _ in range(8):
+    for _ in range(10):
         info_mat = -hess
         if not _is_pd(info_mat):
             break
@@ -137,7 +139,9 @@ def maximize(
             break
         theta, ev = theta + t * step, ev_new
         n_iter += 1
-        hess = numerical_hessian(objective, theta)
+        if decrement > 1e-3 or t < 1.0:
+            # not yet in the region where the Hessian is effectively constant
+            hess = numerical_hessian(objective, theta)
     hessian_pd = _is_pd(-hess)
     if hessian_pd:
         decrement = float(ev.score @ np.linalg.solve(-hess, ev.score))

@@ -24,8 +24,8 @@ LONDON_TRUE = {
 #: true parameters with ``model=7`` (student characteristics in both functions)
 LONDON_COVARIATE_TRUE = {
     "beta": {"Intercept": 0.05, "prior": 0.62, "female": 0.10, "fsm": -0.15, "eal": 0.12,
-             "sen": -0.25, "age": -0.02, "C(ethnicity)[T.Black]": 0.05,
-             "C(ethnicity)[T.Asian]": 0.15, "C(ethnicity)[T.Other]": 0.08},
+             "sen": -0.25, "age": -0.02, "ethnicity[T.Black]": 0.05,
+             "ethnicity[T.Asian]": 0.15, "ethnicity[T.Other]": 0.08},
     "alpha": {"Intercept": np.log(0.08)},
     "tau": {"Intercept": np.log(0.46), "prior": -0.12, "fsm": 0.10, "sen": 0.18,
             "female": -0.05},
@@ -33,7 +33,7 @@ LONDON_COVARIATE_TRUE = {
 }
 _MODEL_FORMULAS = {
     3: ("y ~ prior", "~ 1", "~ prior"),
-    7: ("y ~ prior + female + fsm + eal + sen + age + C(ethnicity)", "~ 1",
+    7: ("y ~ prior + female + fsm + eal + sen + age + ethnicity", "~ 1",
         "~ prior + fsm + sen + female"),
 }
 
@@ -130,8 +130,9 @@ def london_covariates(n_schools: int = 465, n_students: int = 71000,
 
     ``n_schools`` schools of 14 to 330 students (about ``n_students`` in all);
     standardised prior score (with school-level sorting), female, fsm, eal,
-    sen, age (months from the cohort mean, / 12), ethnicity (White, Black,
-    Asian, Other) and school type (standard, academy, grammar).
+    sen, age (years from the cohort mean), ethnicity (categorical: White
+    (reference), Black, Asian, Other) and school type (categorical: standard
+    (reference), academy, grammar).
     """
     rng = np.random.default_rng(seed)
     mean_size = n_students / n_schools
@@ -146,7 +147,9 @@ def london_covariates(n_schools: int = 465, n_students: int = 71000,
     school = np.repeat(np.arange(1, n_schools + 1), sizes)
     n = sizes.sum()
     school_prior = rng.normal(0, 0.45, n_schools)
-    stype = rng.choice(["standard", "academy", "grammar"], n_schools, p=[0.55, 0.4, 0.05])
+    types = ["standard", "academy", "grammar"]
+    ethnic = ["White", "Black", "Asian", "Other"]
+    stype = rng.choice(types, n_schools, p=[0.55, 0.4, 0.05])
     school_prior[stype == "grammar"] += 1.2
     prior = school_prior[school - 1] + rng.normal(0, np.sqrt(1 - 0.45**2), n)
     prior = (prior - prior.mean()) / prior.std()
@@ -159,8 +162,9 @@ def london_covariates(n_schools: int = 465, n_students: int = 71000,
         "eal": rng.binomial(1, 0.3, n),
         "sen": rng.binomial(1, 1 / (1 + np.exp(1.8 + 0.9 * prior))),
         "age": rng.uniform(-0.5, 0.5, n),
-        "ethnicity": rng.choice(["White", "Black", "Asian", "Other"], n, p=[.45, .2, .2, .15]),
-        "school_type": stype[school - 1],
+        "ethnicity": pd.Categorical(
+            rng.choice(ethnic, n, p=[0.45, 0.2, 0.2, 0.15]), categories=ethnic),
+        "school_type": pd.Categorical(stype[school - 1], categories=types),
     })
 
 

@@ -1,0 +1,175 @@
+"""The ``melsml`` command: ``melsml fit`` and ``melsml demo``.
+
+Errors are one line on stderr with a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from . import __version__
+from .exceptions import MELSInputError
+from .model import MELS
+from .results import MELSResults
+from .summary import compare
+
+DEMO_MODELS = {
+    "model 1": dict(formula="y ~ prior", ws_formula="~ 1", random_scale=False),
+    "model 2": dict(formula="y ~ prior", ws_formula="~ 1", random_scale=True),
+    "model 3": dict(formula="y ~ prior", ws_formula="~ prior", random_scale=True),
+    "model 7": dict(formula="y ~ prior + female + fsm + eal + sen + age + ethnicity",
+                    ws_formula="~ prior + female + fsm + eal + sen + age + ethnicity",
+                    random_scale=True),
+}
+
+
+class CLIError(Exception):
+    """An error to report as one line."""
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def write_outputs(res: MELSResults, out: Path, stem: str = "") -> list[Path]:
+    """Write estimates (CSV), natural random parameters (CSV), school effects
+    (CSV) and a JSON record of the fit into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    pre = f"{stem}_" if stem else ""
+    paths = [out / f"{pre}estimates.csv", out / f"{pre}random_params.csv",
+             out / f"{pre}school_effects.csv", out / f"{pre}fit.json"]
+    res.tidy().to_csv(paths[0])
+    res.random_params().to_csv(paths[1])
+    res.school_effects().to_csv(paths[2])
+    d = res.model.design
+    record = {
+        "melsml_version": __version__,
+        "formulas": dict(d.formulas), "groups": d.groups,
+        "random_scale": res.model.options.random_scale,
+        "association": res.model.options.association,
+        "integration": res.model.options.method,
+        "nobs": res.nobs, "n_groups": res.n_groups, "n_dropped": d.n_dropped,
+        "llf": res.llf, "aic": res.aic, "bic": res.bic, "converged": res.converged,
+        "n_iter": res.fit_info.n_iter, "n_evals": res.fit_info.n_evals,
+        "params": [{"block": b, "term": t, "estimate": float(v), "std_error": float(s)}
+                   for (b, t), v, s in zip(res.params.index, res.params, res.bse, strict=True)],
+    }
+    paths[3].write_text(json.dumps(record, indent=2))
+    return paths
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    path = Path(args.data)
+    if not path.is_file():
+        raise CLIError(f"data file {str(path)!r} not found")
+    try:
+        data = pd.read_csv(path)
+    except Exception as exc:
+        raise CLIError(f"could not read {str(path)!r} as CSV: {exc}") from None
+    model = MELS.from_formula(
+        args.formula, data, args.groups, bs_formula=args.bs, ws_formula=args.ws,
+        random_scale=not args.no_random_scale, association=args.association,
+        integration=args.integration, n_points=args.points,
+    )
+    res = model.fit(cov_type="robust" if args.robust else "observed")
+    print(res.summary())
+    if args.out:
+        paths = write_outputs(res, Path(args.out))
+        print(f"\nwrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .simulate import simulate_london
+
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    _progress(f"simulating London-sized data (model 7 process, seed {args.seed}) ...")
+    data = simulate_london(7, seed=args.seed)
+    n_schools = data["school"].nunique()
+    _progress(f"  {len(data)} students in {n_schools} schools")
+    fits = {}
+    for i, (name, spec) in enumerate(DEMO_MODELS.items(), 1):
+        t = time.perf_counter()
+        fits[name] = MELS.from_formula(data=data, groups="school", **spec).fit()
+        _progress(f"[{i}/{len(DEMO_MODELS)}] fitted {name} in {time.perf_counter() - t:.2f} s "
+                  f"(llf {fits[name].llf:.2f})")
+    table = compare(*fits.values(), names=list(fits))
+    with pd.option_context("display.width", 120, "display.max_columns", 20):
+        print("Model comparison (each model against the one above it)")
+        print(table.to_string(float_format=lambda v: f"{v:.4g}"))
+    print()
+    print("Model 3 (random intercept + random scale, prior score in the WS function)")
+    print(fits["model 3"].summary())
+    out.mkdir(parents=True, exist_ok=True)
+    data.to_csv(out / "london_simulated.csv", index=False)
+    table.to_csv(out / "model_comparison.csv")
+    written = write_outputs(fits["model 3"], out, stem="model3")
+    effects = fits["model 3"].school_effects()
+    print(f"\nSchools separated from the average (95% intervals), model 3: "
+          f"means {int(effects['mean_separated'].sum())} of {len(effects)}, "
+          f"variances {int(effects['variance_separated'].sum())} of {len(effects)}")
+    print(f"School predictions written to {out / 'model3_school_effects.csv'}")
+    print(f"All outputs in {out.resolve()} ({len(written) + 2} files); "
+          f"total time {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="melsml",
+        description="Mixed-effects location scale models by exact maximum likelihood.",
+    )
+    parser.add_argument("--version", action="version", version=f"melsml {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="fit a MELS model to a CSV file")
+    fit.add_argument("data", help="CSV file with a header row")
+    fit.add_argument("--formula", required=True, help='mean function, e.g. "y ~ x"')
+    fit.add_argument("--groups", required=True, help="column identifying the groups")
+    fit.add_argument("--ws", default="~ 1", help='WS log-variance function (default "~ 1")')
+    fit.add_argument("--bs", default="~ 1", help='BS log-variance function (default "~ 1")')
+    fit.add_argument("--no-random-scale", action="store_true", help="omit the random scale")
+    fit.add_argument("--association", default="linear",
+                     choices=["none", "linear", "quadratic"])
+    fit.add_argument("--integration", default="auto",
+                     choices=["auto", "exact-location", "aghq"])
+    fit.add_argument("--points", type=int, default=11, help="quadrature points (default 11)")
+    fit.add_argument("--robust", action="store_true", help="sandwich standard errors")
+    fit.add_argument("--out", help="folder for estimates and school predictions (CSV/JSON)")
+    fit.set_defaults(func=_cmd_fit)
+
+    demo = sub.add_parser("demo", help="simulate London-sized data and fit models 1, 2, 3, 7")
+    demo.add_argument("--out", default="melsml-demo", help="output folder (default melsml-demo)")
+    demo.add_argument("--seed", type=int, default=2024)
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            status = args.func(args)
+        except (CLIError, MELSInputError, FloatingPointError, OSError) as exc:
+            print(f"melsml: error: {exc}", file=sys.stderr)
+            status = 1
+        except Exception as exc:  # noqa: BLE001 - the CLI never shows a traceback
+            print(f"melsml: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            status = 1
+    for w in caught:
+        print(f"melsml: warning: {w.message}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
