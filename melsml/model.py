@@ -147,7 +147,7 @@ class MELS:
         *,
         cov_type: CovType = "observed",
         maxiter: int = 500,
-        tol: float = 1e-8,
+        tol: float = 1e-12,
     ) -> MELSResults:
         """Fit by maximum likelihood.
 

@@ -67,7 +67,7 @@ def maximize(
     theta0: np.ndarray,
     *,
     maxiter: int = 500,
-    tol: float = 1e-8,
+    tol: float = 1e-12,
     gtol: float = 1e-6,
 ) -> tuple[np.ndarray, np.ndarray, FitInfo]:
     """Maximise the log-likelihood from ``theta0``.

@@ -1,0 +1,53 @@
+"""Shared fixtures: the MixWILD reference cases in tests/data/mixwild."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+DATA = Path(__file__).parent / "data" / "mixwild"
+
+#: case -> (csv, formula, bs, ws, groups, missing code of the outcome)
+CASES = {
+    "small": ("small/small.csv", "y ~ x", "~ 1", "~ x", "group", None),
+    "riesby": ("riesby/riesby.csv", "hamd ~ week + endog + endweek", "~ endog",
+               "~ week + endog", "id", None),
+    "sbm_mels": ("sbm_mels/sbm.csv", "LGA ~ Day", "~ Day", "~ Day", "ID", -99),
+}
+
+
+def read_est(path: Path) -> list[dict[str, object]]:
+    """Parse a MixWILD .EST file into its three blocks (llf, estimates, SEs)."""
+    blocks, cur = [], None
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) == 3 and parts[2] == "200":  # header: -2logL iterations maxit
+            cur = {"llf": -0.5 * float(parts[0]), "rows": []}
+            blocks.append(cur)
+        else:
+            cur["rows"].append([float(p) for p in parts])
+    out = []
+    for b in blocks:
+        rows = b["rows"]
+        out.append({"llf": b["llf"], "est": np.concatenate(rows[:-1]), "se": np.array(rows[-1])})
+    return out
+
+
+def load_case(name: str) -> tuple[pd.DataFrame, dict]:
+    csv, formula, bs, ws, groups, missing = CASES[name]
+    data = pd.read_csv(DATA / csv)
+    outcome = formula.split("~")[0].strip()
+    if missing is not None:
+        data = data[data[outcome] != missing]
+    spec = dict(formula=formula, bs_formula=bs, ws_formula=ws, groups=groups)
+    return data, spec
+
+
+@pytest.fixture(scope="session")
+def mixwild_cases():
+    return {name: (load_case(name), read_est(DATA / name / "estimates.EST")) for name in CASES}
