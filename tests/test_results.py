@@ -1,0 +1,78 @@
+"""The results surface: params, bse, intervals, criteria, natural parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from test_model import fit_case
+
+
+@pytest.fixture(scope="module")
+def res():
+    return fit_case("small")
+
+
+def test_statsmodels_attribute_names(res):
+    idx = res.params.index
+    assert list(idx.names) == ["block", "term"]
+    assert list(idx) == [("beta", "Intercept"), ("beta", "x"), ("alpha", "Intercept"),
+                         ("tau", "Intercept"), ("tau", "x"), ("random", "tau_l"),
+                         ("random", "sigma_omega")]
+    assert res.params[("random", "sigma_omega")] > 0
+    np.testing.assert_allclose(res.bse, np.sqrt(np.diag(res.cov_params())))
+    np.testing.assert_allclose(res.tvalues, res.params / res.bse)
+    np.testing.assert_allclose(res.pvalues, 2 * stats.norm.sf(np.abs(res.tvalues)))
+    ci = res.conf_int(0.1)
+    np.testing.assert_allclose(ci["upper"] - res.params, 1.6448536 * res.bse, rtol=1e-6)
+    assert res.nobs == 2400 and res.n_groups == 60 and res.k_params == 7
+    assert res.aic == pytest.approx(-2 * res.llf + 14)
+    assert res.bic == pytest.approx(-2 * res.llf + 7 * np.log(2400))
+    assert res.converged
+    assert res.fit_info.n_evals > 0 and res.fit_info.newton_decrement < 1e-12
+
+
+def test_params_do_not_change_when_the_returned_series_is_modified(res):
+    p = res.params
+    p.iloc[0] = 99.0
+    assert res.params.iloc[0] != 99.0
+
+
+def test_natural_random_parameters_and_delta_method(res):
+    rp = res.random_params()
+    assert list(rp.index) == ["var_u", "var_e", "var_omega", "cov_u_omega", "corr_u_omega"]
+    a0 = res.params[("alpha", "Intercept")]
+    tl, sw = res.params[("random", "tau_l")], res.params[("random", "sigma_omega")]
+    assert rp.loc["var_u", "estimate"] == pytest.approx(np.exp(a0))
+    assert rp.loc["var_omega", "estimate"] == pytest.approx(tl**2 + sw**2)
+    assert rp.loc["corr_u_omega", "estimate"] == pytest.approx(tl / np.hypot(tl, sw))
+    # analytic delta method for var_u = exp(alpha0)
+    se_a0 = res.bse[("alpha", "Intercept")]
+    assert rp.loc["var_u", "std_error"] == pytest.approx(np.exp(a0) * se_a0, rel=1e-6)
+
+
+def test_summary_shows_data_integration_and_every_block(res):
+    text = str(res.summary())
+    for needle in ["Observations:            2400", "Groups:                  60",
+                   "40 / 40.0 / 40", "exact location", "Converged:", "Log-likelihood:",
+                   "Deviance:", "AIC:", "BIC:", "BETA (mean function)",
+                   "ALPHA (between-group", "TAU (within-group", "sigma_omega", "tau_l",
+                   "corr_u_omega", "[0.025"]:
+        assert needle in text, needle
+    assert f"{res.llf:.4f}" in text
+    assert "<table>" in res.summary().as_html()
+
+
+def test_tidy_has_one_row_per_parameter(res):
+    tidy = res.tidy()
+    assert list(tidy.columns) == ["estimate", "std_error", "z", "p_value", "lower", "upper"]
+    pd.testing.assert_index_equal(tidy.index, res.params.index)
+
+
+def test_robust_cov_requested_after_fit(res):
+    rob = res.cov_params("robust")
+    assert rob.shape == (7, 7)
+    assert np.all(np.linalg.eigvalsh(rob.to_numpy()) > 0)
+    with pytest.raises(ValueError, match="cov_type"):
+        res.cov_params("bootstrap")
