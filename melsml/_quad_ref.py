@@ -66,8 +66,13 @@ def h1(om, st, V, g, S):
     b = st["b0"] - lam * g * om
     F = (n - 1.0) * om + np.log(E) + k * W + b * b / (lam * E)
     F1 = (n - 1.0) + eo / E - k * W - 2.0 * g * b / E - b * b * eo / (lam * E * E)
-    F2 = (S * lam * eo / E**2 + k * W + 2.0 * g * g * lam / E + 4.0 * g * b * eo / E**2
-          - b * b * eo * (E - 2.0 * eo) / (lam * E**3))
+    F2 = (
+        S * lam * eo / E**2
+        + k * W
+        + 2.0 * g * g * lam / E
+        + 4.0 * g * b * eo / E**2
+        - b * b * eo * (E - 2.0 * eo) / (lam * E**3)
+    )
     h = -0.5 * (n * LOG2PI + st["sumlogd"] + F) - 0.5 * om * om / V - 0.5 * np.log(2 * np.pi * V)
     return h, -0.5 * F1 - om / V, -0.5 * F2 - 1.0 / V
 
@@ -121,13 +126,31 @@ def _newton(fun, x, max_iter=200):
     return x, -H
 
 
-def group_loglik_ref(r0, eta_ws, eta_bs, group_ptr, mode, tau_l, tau_q, sigma_omega,
-                     gh_x, gh_logw, centers=None, adapt=True):
+def group_loglik_ref(
+    r0,
+    eta_ws,
+    eta_bs,
+    group_ptr,
+    mode,
+    tau_l,
+    tau_q,
+    sigma_omega,
+    gh_x,
+    gh_logw,
+    centers=None,
+    adapt=True,
+):
     """Same outputs as :func:`melsml._quad.group_loglik`, returned as a dict."""
     n_groups = len(group_ptr) - 1
     centers = np.zeros((n_groups, 5)) if centers is None else np.array(centers, dtype=float)
-    out = dict(ll=np.zeros(n_groups), mom=np.zeros((n_groups, 8)), grand=np.zeros((n_groups, 3)),
-               g_mu=np.zeros(len(r0)), g_ws=np.zeros(len(r0)), g_bs=np.zeros(len(r0)))
+    out = dict(
+        ll=np.zeros(n_groups),
+        mom=np.zeros((n_groups, 8)),
+        grand=np.zeros((n_groups, 3)),
+        g_mu=np.zeros(len(r0)),
+        g_ws=np.zeros(len(r0)),
+        g_bs=np.zeros(len(r0)),
+    )
     V = tau_l**2 + sigma_omega**2
     for j in range(n_groups):
         sl = slice(group_ptr[j], group_ptr[j + 1])
@@ -137,15 +160,20 @@ def group_loglik_ref(r0, eta_ws, eta_bs, group_ptr, mode, tau_l, tau_q, sigma_om
         if mode == 0:
             P = 1.0 / (1.0 + lam)
             th = P * b0
-            out["ll"][j] = -0.5 * (n * LOG2PI + st["sumlogd"] + np.log1p(lam) + st["A"] - b0 * b0 * P)
+            out["ll"][j] = -0.5 * (
+                n * LOG2PI + st["sumlogd"] + np.log1p(lam) + st["A"] - b0 * b0 * P
+            )
             mom = [th, th * th + P, 0.0, 0.0, 0.0, 1.0, th, th * th + P]
             centers[j, [0, 2]] = th, np.sqrt(P)
         elif mode == 1:
             g, S = tau_l / V, sigma_omega**2 / V
             if adapt:
-                x, M = _newton(lambda x: tuple(np.atleast_2d(a) if i == 2 else np.atleast_1d(a)
-                                               for i, a in enumerate(h1(x[0], st, V, g, S))),
-                               centers[j, 0])
+
+                def fun1(x, st=st, g=g, S=S):
+                    h, d1, d2 = h1(x[0], st, V, g, S)
+                    return h, np.atleast_1d(d1), np.atleast_2d(d2)
+
+                x, M = _newton(fun1, centers[j, 0])
                 centers[j, 0] = x[0]
                 centers[j, 2] = 1.0 / np.sqrt(M[0, 0]) if M[0, 0] > 0 else np.sqrt(V)
             om = centers[j, 0] + SQRT2 * centers[j, 2] * gh_x
@@ -157,20 +185,30 @@ def group_loglik_ref(r0, eta_ws, eta_bs, group_ptr, mode, tau_l, tau_q, sigma_om
             k = 1.0 / eo
             E = eo + S * lam
             b = b0 - lam * g * om
-            th = g * om + S * b / E          # E[theta1 | omega, y]
-            P = S * eo / E                   # var[theta1 | omega, y]
-            mom = [w @ th, w @ (th**2 + P), w @ om, w @ om**2, w @ (om * th),
-                   w @ k, w @ (k * th), w @ (k * (th**2 + P))]
-            eS = w @ (lam / E - b * b / E**2)     # E[dF/dS]
-            eg = w @ (-2.0 * b * om / E)          # E[dF/dg]
+            th = g * om + S * b / E  # E[theta1 | omega, y]
+            P = S * eo / E  # var[theta1 | omega, y]
+            mom = [
+                w @ th,
+                w @ (th**2 + P),
+                w @ om,
+                w @ om**2,
+                w @ (om * th),
+                w @ k,
+                w @ (k * th),
+                w @ (k * (th**2 + P)),
+            ]
+            eS = w @ (lam / E - b * b / E**2)  # E[dF/dS]
+            eg = w @ (-2.0 * b * om / E)  # E[dF/dg]
             dS = np.array([-2 * tau_l * sigma_omega**2, 2 * sigma_omega * tau_l**2]) / V**2
             dg = np.array([sigma_omega**2 - tau_l**2, -2 * tau_l * sigma_omega]) / V**2
             dV = np.array([2 * tau_l, 2 * sigma_omega])
             gr = -0.5 * (eS * dS + eg * dg) + (0.5 * mom[3] / V**2 - 0.5 / V) * dV
             grad_r[[0, 2]] = gr
         else:
+
             def fun(x, st=st):
                 return h2(x[0], x[1], st, tau_l, tau_q, sigma_omega)
+
             if adapt:
                 x, M = _newton(fun, centers[j, :2])
                 centers[j, :2] = x
@@ -192,9 +230,17 @@ def group_loglik_ref(r0, eta_ws, eta_bs, group_ptr, mode, tau_l, tau_q, sigma_om
             om = tau_l * u + tau_q * u * u + sigma_omega * v
             k = np.exp(-om)
             C = st["W"] + (b0 - lam * u) ** 2 / lam
-            Hd = -0.5 * n + 0.5 * k * C          # d log f(y | theta) / d omega
-            mom = [w @ u, w @ u**2, w @ om, w @ om**2, w @ (om * u), w @ k, w @ (k * u),
-                   w @ (k * u * u)]
+            Hd = -0.5 * n + 0.5 * k * C  # d log f(y | theta) / d omega
+            mom = [
+                w @ u,
+                w @ u**2,
+                w @ om,
+                w @ om**2,
+                w @ (om * u),
+                w @ k,
+                w @ (k * u),
+                w @ (k * u * u),
+            ]
             grad_r[:] = [w @ (u * Hd), w @ (u * u * Hd), w @ (v * Hd)]
         out["mom"][j] = mom
         out["grand"][j] = grad_r

@@ -24,9 +24,11 @@ DEMO_MODELS = {
     "model 1": dict(formula="y ~ prior", ws_formula="~ 1", random_scale=False),
     "model 2": dict(formula="y ~ prior", ws_formula="~ 1", random_scale=True),
     "model 3": dict(formula="y ~ prior", ws_formula="~ prior", random_scale=True),
-    "model 7": dict(formula="y ~ prior + female + fsm + eal + sen + age + ethnicity",
-                    ws_formula="~ prior + female + fsm + eal + sen + age + ethnicity",
-                    random_scale=True),
+    "model 7": dict(
+        formula="y ~ prior + female + fsm + eal + sen + age + ethnicity",
+        ws_formula="~ prior + female + fsm + eal + sen + age + ethnicity",
+        random_scale=True,
+    ),
 }
 
 
@@ -43,23 +45,36 @@ def write_outputs(res: MELSResults, out: Path, stem: str = "") -> list[Path]:
     (CSV) and a JSON record of the fit into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     pre = f"{stem}_" if stem else ""
-    paths = [out / f"{pre}estimates.csv", out / f"{pre}random_params.csv",
-             out / f"{pre}school_effects.csv", out / f"{pre}fit.json"]
+    paths = [
+        out / f"{pre}estimates.csv",
+        out / f"{pre}random_params.csv",
+        out / f"{pre}school_effects.csv",
+        out / f"{pre}fit.json",
+    ]
     res.tidy().to_csv(paths[0])
     res.random_params().to_csv(paths[1])
     res.school_effects().to_csv(paths[2])
     d = res.model.design
     record = {
         "melsml_version": __version__,
-        "formulas": dict(d.formulas), "groups": d.groups,
+        "formulas": dict(d.formulas),
+        "groups": d.groups,
         "random_scale": res.model.options.random_scale,
         "association": res.model.options.association,
         "integration": res.model.options.method,
-        "nobs": res.nobs, "n_groups": res.n_groups, "n_dropped": d.n_dropped,
-        "llf": res.llf, "aic": res.aic, "bic": res.bic, "converged": res.converged,
-        "n_iter": res.fit_info.n_iter, "n_evals": res.fit_info.n_evals,
-        "params": [{"block": b, "term": t, "estimate": float(v), "std_error": float(s)}
-                   for (b, t), v, s in zip(res.params.index, res.params, res.bse, strict=True)],
+        "nobs": res.nobs,
+        "n_groups": res.n_groups,
+        "n_dropped": d.n_dropped,
+        "llf": res.llf,
+        "aic": res.aic,
+        "bic": res.bic,
+        "converged": res.converged,
+        "n_iter": res.fit_info.n_iter,
+        "n_evals": res.fit_info.n_evals,
+        "params": [
+            {"block": b, "term": t, "estimate": float(v), "std_error": float(s)}
+            for (b, t), v, s in zip(res.params.index, res.params, res.bse, strict=True)
+        ],
     }
     paths[3].write_text(json.dumps(record, indent=2))
     return paths
@@ -74,9 +89,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     except Exception as exc:
         raise CLIError(f"could not read {str(path)!r} as CSV: {exc}") from None
     model = MELS.from_formula(
-        args.formula, data, args.groups, bs_formula=args.bs, ws_formula=args.ws,
-        random_scale=not args.no_random_scale, association=args.association,
-        integration=args.integration, n_points=args.points,
+        args.formula,
+        data,
+        args.groups,
+        bs_formula=args.bs,
+        ws_formula=args.ws,
+        random_scale=not args.no_random_scale,
+        association=args.association,
+        integration=args.integration,
+        n_points=args.points,
     )
     res = model.fit(cov_type="robust" if args.robust else "observed")
     print(res.summary())
@@ -99,8 +120,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for i, (name, spec) in enumerate(DEMO_MODELS.items(), 1):
         t = time.perf_counter()
         fits[name] = MELS.from_formula(data=data, groups="school", **spec).fit()
-        _progress(f"[{i}/{len(DEMO_MODELS)}] fitted {name} in {time.perf_counter() - t:.2f} s "
-                  f"(llf {fits[name].llf:.2f})")
+        _progress(
+            f"[{i}/{len(DEMO_MODELS)}] fitted {name} in {time.perf_counter() - t:.2f} s "
+            f"(llf {fits[name].llf:.2f})"
+        )
     table = compare(*fits.values(), names=list(fits))
     with pd.option_context("display.width", 120, "display.max_columns", 20):
         print("Model comparison (each model against the one above it)")
@@ -113,12 +136,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     table.to_csv(out / "model_comparison.csv")
     written = write_outputs(fits["model 3"], out, stem="model3")
     effects = fits["model 3"].school_effects()
-    print(f"\nSchools separated from the average (95% intervals), model 3: "
-          f"means {int(effects['mean_separated'].sum())} of {len(effects)}, "
-          f"variances {int(effects['variance_separated'].sum())} of {len(effects)}")
+    print(
+        f"\nSchools separated from the average (95% intervals), model 3: "
+        f"means {int(effects['mean_separated'].sum())} of {len(effects)}, "
+        f"variances {int(effects['variance_separated'].sum())} of {len(effects)}"
+    )
     print(f"School predictions written to {out / 'model3_school_effects.csv'}")
-    print(f"All outputs in {out.resolve()} ({len(written) + 2} files); "
-          f"total time {time.perf_counter() - t0:.1f} s")
+    print(
+        f"All outputs in {out.resolve()} ({len(written) + 2} files); "
+        f"total time {time.perf_counter() - t0:.1f} s"
+    )
     return 0
 
 
@@ -137,10 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--ws", default="~ 1", help='WS log-variance function (default "~ 1")')
     fit.add_argument("--bs", default="~ 1", help='BS log-variance function (default "~ 1")')
     fit.add_argument("--no-random-scale", action="store_true", help="omit the random scale")
-    fit.add_argument("--association", default="linear",
-                     choices=["none", "linear", "quadratic"])
-    fit.add_argument("--integration", default="auto",
-                     choices=["auto", "exact-location", "aghq"])
+    fit.add_argument("--association", default="linear", choices=["none", "linear", "quadratic"])
+    fit.add_argument("--integration", default="auto", choices=["auto", "exact-location", "aghq"])
     fit.add_argument("--points", type=int, default=11, help="quadrature points (default 11)")
     fit.add_argument("--robust", action="store_true", help="sandwich standard errors")
     fit.add_argument("--out", help="folder for estimates and school predictions (CSV/JSON)")

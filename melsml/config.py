@@ -52,10 +52,14 @@ class ModelOptions:
             raise MELSInputError(f"random_scale must be True or False, got {self.random_scale!r}")
         _check_choice("association", self.association, get_args(Association))
         _check_choice("integration", self.integration, get_args(Integration))
-        if isinstance(self.n_points, bool) or not isinstance(self.n_points, int) or not (
-            1 <= self.n_points <= 101
+        if (
+            isinstance(self.n_points, bool)
+            or not isinstance(self.n_points, int)
+            or not (1 <= self.n_points <= 101)
         ):
-            raise MELSInputError(f"n_points must be an integer from 1 to 101, got {self.n_points!r}")
+            raise MELSInputError(
+                f"n_points must be an integer from 1 to 101, got {self.n_points!r}"
+            )
         if self.association == "quadratic" and self.integration == "exact-location":
             raise MELSInputError(
                 "integration='exact-location' needs association 'none' or 'linear'; "

@@ -69,8 +69,14 @@ class MELSObjective:
     def reset_counter(self) -> None:
         self.n_evals = 0
 
-    def evaluate(self, theta: np.ndarray, *, score: bool = True, adapt: bool = True,
-                 centers: np.ndarray | None = None) -> Evaluation:
+    def evaluate(
+        self,
+        theta: np.ndarray,
+        *,
+        score: bool = True,
+        adapt: bool = True,
+        centers: np.ndarray | None = None,
+    ) -> Evaluation:
         """Evaluate log-likelihood (and score) at ``theta``.
 
         Parameters
@@ -93,26 +99,50 @@ class MELSObjective:
         cen = self._centers if centers is None else np.array(centers, dtype=float, order="C")
         g_mu, g_ws, g_bs = np.empty(n), np.empty(n), np.empty(n)
         _quad.group_loglik(
-            r0, eta_ws, eta_bs, d.group_ptr, self.mode,
-            p["tau_l"], p["tau_q"], p["sigma_omega"],
-            self.gh_x, self.gh_logw, ll, mom, grand, cen, g_mu, g_ws, g_bs, self._work,
-            adapt=adapt, compute_grad=score,
+            r0,
+            eta_ws,
+            eta_bs,
+            d.group_ptr,
+            self.mode,
+            p["tau_l"],
+            p["tau_q"],
+            p["sigma_omega"],
+            self.gh_x,
+            self.gh_logw,
+            ll,
+            mom,
+            grand,
+            cen,
+            g_mu,
+            g_ws,
+            g_bs,
+            self._work,
+            adapt=adapt,
+            compute_grad=score,
         )
         self.n_evals += 1
         llf = float(ll.sum())
         grad = None
         if score:
-            grad = np.concatenate([
-                d.x_mean.T @ g_mu,
-                d.x_bs.T @ g_bs,
-                d.x_ws.T @ g_ws,
-                grand.sum(axis=0) @ self._rand_jac,
-            ])
+            grad = np.concatenate(
+                [
+                    d.x_mean.T @ g_mu,
+                    d.x_bs.T @ g_bs,
+                    d.x_ws.T @ g_ws,
+                    grand.sum(axis=0) @ self._rand_jac,
+                ]
+            )
         return Evaluation(
-            theta=np.array(theta, dtype=float), llf=llf, score=grad, ll_groups=ll,
-            moments=mom, centers=cen.copy(),
-            grad_mu=g_mu if score else None, grad_ws=g_ws if score else None,
-            grad_bs=g_bs if score else None, grad_random=grand,
+            theta=np.array(theta, dtype=float),
+            llf=llf,
+            score=grad,
+            ll_groups=ll,
+            moments=mom,
+            centers=cen.copy(),
+            grad_mu=g_mu if score else None,
+            grad_ws=g_ws if score else None,
+            grad_bs=g_bs if score else None,
+            grad_random=grand,
         )
 
     # convenience wrappers ---------------------------------------------------------

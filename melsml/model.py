@@ -51,8 +51,10 @@ class MELS:
     ):
         self.design = design
         self.options = ModelOptions(
-            random_scale=random_scale, association=association,
-            integration=integration, n_points=n_points,
+            random_scale=random_scale,
+            association=association,
+            integration=integration,
+            n_points=n_points,
         )
         self.layout = ParamLayout.for_model(
             design.mean_names, design.bs_names, design.ws_names, self.options
@@ -100,11 +102,20 @@ class MELS:
         Rows with a missing value in any used column are dropped with a
         :class:`~melsml.exceptions.MissingDataWarning` giving the count.
         """
-        ModelOptions(random_scale=random_scale, association=association,
-                     integration=integration, n_points=n_points)  # fail fast on options
+        ModelOptions(
+            random_scale=random_scale,
+            association=association,
+            integration=integration,
+            n_points=n_points,
+        )  # fail fast on options
         design = build_design(formula, data, groups, bs_formula=bs_formula, ws_formula=ws_formula)
-        return cls(design, random_scale=random_scale, association=association,
-                   integration=integration, n_points=n_points)
+        return cls(
+            design,
+            random_scale=random_scale,
+            association=association,
+            integration=integration,
+            n_points=n_points,
+        )
 
     # lme4-style access to the pipeline's stages ------------------------------------
     def objective(self) -> MELSObjective:
@@ -171,29 +182,38 @@ class MELS:
             raise MELSInputError(
                 f"unknown cov_type {cov_type!r}; allowed values: 'observed', 'robust'"
             )
-        theta0 = (start_values(self.design, self.layout) if start_params is None
-                  else self._as_vector(start_params, "start_params"))
+        theta0 = (
+            start_values(self.design, self.layout)
+            if start_params is None
+            else self._as_vector(start_params, "start_params")
+        )
         obj = self.objective()
-        theta, hess, info = maximize(obj, theta0, maxiter=maxiter, tol=tol)
+        pos = self.layout.random_position("sigma_omega")
+        boundary = () if pos is None else (pos,)
+        theta, hess, info = maximize(
+            obj, theta0, maxiter=maxiter, tol=tol, boundary_params=boundary
+        )
         final = obj.evaluate(theta)
         if not info.hessian_pd:
             warnings.warn(
                 "the observed information is not positive definite at the estimate: "
                 "standard errors are unreliable (a variance may be on its boundary)",
-                BoundaryWarning, stacklevel=2,
+                BoundaryWarning,
+                stacklevel=2,
             )
         elif not info.converged:
             warnings.warn(
                 f"the fit did not converge (Newton decrement {info.newton_decrement:.2e}, "
                 f"max |score| {info.max_abs_score:.2e}); {info.message}",
-                ConvergenceWarning, stacklevel=2,
+                ConvergenceWarning,
+                stacklevel=2,
             )
-        pos = self.layout.random_position("sigma_omega")
         if pos is not None and abs(theta[pos]) < 1e-3:
             warnings.warn(
                 f"sigma_omega = {abs(theta[pos]):.2e} is at (or near) its boundary 0: "
                 "there is little evidence of a random scale; test it with "
                 "melsml.compare(), which uses the 50:50 chi-square mixture",
-                BoundaryWarning, stacklevel=2,
+                BoundaryWarning,
+                stacklevel=2,
             )
         return MELSResults(self, theta, hess, info, final, cov_type=cov_type)

@@ -69,6 +69,7 @@ def maximize(
     maxiter: int = 500,
     tol: float = 1e-12,
     gtol: float = 1e-6,
+    boundary_params: tuple[int, ...] = (),
 ) -> tuple[np.ndarray, np.ndarray, FitInfo]:
     """Maximise the log-likelihood from ``theta0``.
 
@@ -76,7 +77,10 @@ def maximize(
     outer product of the per-group scores (BHHH) at the start, then Newton
     steps with the Hessian from differences of the score until the Newton
     decrement is below ``tol``.  ``gtol`` is BFGS's tolerance on the largest
-    score entry per observation.
+    score entry per observation.  ``boundary_params`` are positions of
+    parameters whose value 0 is a boundary of the parameter space (the random
+    scale SD): when the fit ends at such a boundary, where the log-likelihood
+    is flat to second order, convergence is judged on the other parameters.
 
     Returns
     -------
@@ -112,7 +116,10 @@ def maximize(
         return -ev.llf / n, -ev.score / n
 
     res = optimize.minimize(
-        fun, theta0, jac=True, method="BFGS",
+        fun,
+        theta0,
+        jac=True,
+        method="BFGS",
         options={"gtol": gtol, "maxiter": maxiter, "hess_inv0": hess_inv0},
     )
     theta = res.x
@@ -146,6 +153,14 @@ def maximize(
     if hessian_pd:
         decrement = float(ev.score @ np.linalg.solve(-hess, ev.score))
     converged = bool(hessian_pd and decrement < tol)
+    at_boundary = [i for i in boundary_params if abs(theta[i]) < 1e-3]
+    if not converged and at_boundary:
+        keep = np.setdiff1d(np.arange(k), at_boundary)
+        sub = -hess[np.ix_(keep, keep)]
+        if _is_pd(sub):
+            decrement = float(ev.score[keep] @ np.linalg.solve(sub, ev.score[keep]))
+            converged = decrement < tol
+            message += " (ended on the boundary sigma_omega = 0)"
     info = FitInfo(
         converged=converged,
         n_iter=n_iter,

@@ -43,9 +43,7 @@ class ParamLayout:
     random: tuple[str, ...]
 
     @classmethod
-    def for_model(
-        cls, mean_names, bs_names, ws_names, options: ModelOptions
-    ) -> ParamLayout:
+    def for_model(cls, mean_names, bs_names, ws_names, options: ModelOptions) -> ParamLayout:
         """Layout for given term names and model options."""
         if not options.random_scale:
             random: tuple[str, ...] = ()

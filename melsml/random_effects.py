@@ -47,8 +47,15 @@ def _group_stats(res: MELSResults) -> dict[str, np.ndarray]:
 
     lam, b0, A = red(s * s * inv_d), red(s * r0 * inv_d), red(r0 * r0 * inv_d)
     n = d.group_sizes.astype(float)
-    return dict(n=n, sumlogd=red(eta_ws), lam=lam, b0=b0, A=A,
-                W=np.maximum(A - b0 * b0 / lam, 0.0), s_mean=red(s) / n)
+    return dict(
+        n=n,
+        sumlogd=red(eta_ws),
+        lam=lam,
+        b0=b0,
+        A=A,
+        W=np.maximum(A - b0 * b0 / lam, 0.0),
+        s_mean=red(s) / n,
+    )
 
 
 def _mixture_quantiles(weights, means, sds, probs, lo, hi, n_iter=60):
@@ -69,8 +76,7 @@ def _mixture_quantiles(weights, means, sds, probs, lo, hi, n_iter=60):
 def _grid_quantiles(values, weights, probs):
     """Quantiles of per-row discrete distributions on increasing grids."""
     cum = np.cumsum(weights, axis=1) - 0.5 * weights
-    return [np.array([np.interp(q, c, v) for c, v in zip(cum, values, strict=True)])
-            for q in probs]
+    return [np.array([np.interp(q, c, v) for c, v in zip(cum, values, strict=True)]) for q in probs]
 
 
 def _posterior(res: MELSResults, alpha: float, ws_shift: float) -> dict[str, np.ndarray]:
@@ -86,8 +92,9 @@ def _posterior(res: MELSResults, alpha: float, ws_shift: float) -> dict[str, np.
         m = P * st["b0"]
         sd = np.sqrt(P)
         z = stats.norm.ppf(probs)
-        out.update(theta1_mean=m, theta1_sd=sd, theta1_lower=m + z[0] * sd,
-                   theta1_upper=m + z[1] * sd)
+        out.update(
+            theta1_mean=m, theta1_sd=sd, theta1_lower=m + z[0] * sd, theta1_upper=m + z[1] * sd
+        )
         zero = np.zeros_like(m)
         out.update(omega_mean=zero, omega_sd=zero, cov_theta1_omega=zero)
         v = np.full_like(m, np.exp(ws_shift))
@@ -97,14 +104,22 @@ def _posterior(res: MELSResults, alpha: float, ws_shift: float) -> dict[str, np.
         m, v1 = mom[:, 0], np.maximum(mom[:, 1] - mom[:, 0] ** 2, 0)
         om, vo = mom[:, 2], np.maximum(mom[:, 3] - mom[:, 2] ** 2, 0)
         z = stats.norm.ppf(probs)
-        out.update(theta1_mean=m, theta1_sd=np.sqrt(v1), theta1_lower=m + z[0] * np.sqrt(v1),
-                   theta1_upper=m + z[1] * np.sqrt(v1), omega_mean=om, omega_sd=np.sqrt(vo),
-                   cov_theta1_omega=mom[:, 4] - m * om)
+        out.update(
+            theta1_mean=m,
+            theta1_sd=np.sqrt(v1),
+            theta1_lower=m + z[0] * np.sqrt(v1),
+            theta1_upper=m + z[1] * np.sqrt(v1),
+            omega_mean=om,
+            omega_sd=np.sqrt(vo),
+            cov_theta1_omega=mom[:, 4] - m * om,
+        )
         # E exp(c + omega) under the normal approximation of omega's posterior
-        out.update(var_mean=np.exp(ws_shift + om + vo / 2),
-                   var_sd=np.exp(ws_shift + om + vo / 2) * np.sqrt(np.expm1(vo)),
-                   var_lower=np.exp(ws_shift + om + z[0] * np.sqrt(vo)),
-                   var_upper=np.exp(ws_shift + om + z[1] * np.sqrt(vo)))
+        out.update(
+            var_mean=np.exp(ws_shift + om + vo / 2),
+            var_sd=np.exp(ws_shift + om + vo / 2) * np.sqrt(np.expm1(vo)),
+            var_lower=np.exp(ws_shift + om + z[0] * np.sqrt(vo)),
+            var_upper=np.exp(ws_shift + om + z[1] * np.sqrt(vo)),
+        )
     else:
         V = tl**2 + sw**2
         g, S = tl / V, sw**2 / V
@@ -124,16 +139,25 @@ def _posterior(res: MELSResults, alpha: float, ws_shift: float) -> dict[str, np.
         mo = np.sum(w * om, axis=1)
         vo = np.sum(w * om**2, axis=1) - mo**2
         sd1 = np.sqrt(np.maximum(v1, 0))
-        lo1, hi1 = _mixture_quantiles(w, th, np.sqrt(P + 1e-300), probs,
-                                      m1 - 10 * sd1 - 1e-8, m1 + 10 * sd1 + 1e-8)
+        lo1, hi1 = _mixture_quantiles(
+            w, th, np.sqrt(P + 1e-300), probs, m1 - 10 * sd1 - 1e-8, m1 + 10 * sd1 + 1e-8
+        )
         olo, ohi = _grid_quantiles(om, w, probs)
         var = np.exp(ws_shift + om)
         vm = np.sum(w * var, axis=1)
-        out.update(theta1_mean=m1, theta1_sd=sd1, theta1_lower=lo1, theta1_upper=hi1,
-                   omega_mean=mo, omega_sd=np.sqrt(np.maximum(vo, 0)),
-                   cov_theta1_omega=np.sum(w * om * th, axis=1) - m1 * mo,
-                   var_mean=vm, var_sd=np.sqrt(np.maximum(np.sum(w * var**2, axis=1) - vm**2, 0)),
-                   var_lower=np.exp(ws_shift + olo), var_upper=np.exp(ws_shift + ohi))
+        out.update(
+            theta1_mean=m1,
+            theta1_sd=sd1,
+            theta1_lower=lo1,
+            theta1_upper=hi1,
+            omega_mean=mo,
+            omega_sd=np.sqrt(np.maximum(vo, 0)),
+            cov_theta1_omega=np.sum(w * om * th, axis=1) - m1 * mo,
+            var_mean=vm,
+            var_sd=np.sqrt(np.maximum(np.sum(w * var**2, axis=1) - vm**2, 0)),
+            var_lower=np.exp(ws_shift + olo),
+            var_upper=np.exp(ws_shift + ohi),
+        )
     out["s_mean"] = st["s_mean"]
     out["n"] = st["n"]
     if sw > 0 and mode != MODE_CLOSED_FORM and tq == 0:
@@ -234,16 +258,24 @@ def school_effects(res: MELSResults, alpha: float = 0.05, ws_reference=None) -> 
     mean = s * post["theta1_mean"]
     lo, hi = s * post["theta1_lower"], s * post["theta1_upper"]
     ref_var = float(np.exp(shift))
-    out = pd.DataFrame({
-        "n": post["n"].astype(int),
-        "mean": mean, "mean_sd": s * post["theta1_sd"], "mean_lower": lo, "mean_upper": hi,
-        "mean_rank": pd.Series(mean).rank(method="min").astype(int).to_numpy(),
-        "mean_separated": (lo > 0) | (hi < 0),
-        "variance": post["var_mean"], "variance_sd": post["var_sd"],
-        "variance_lower": post["var_lower"], "variance_upper": post["var_upper"],
-        "variance_rank": pd.Series(post["var_mean"]).rank(method="min").astype(int).to_numpy(),
-        "variance_separated": (post["var_lower"] > ref_var) | (post["var_upper"] < ref_var),
-    }, index=pd.Index(d.group_labels, name=d.groups))
+    out = pd.DataFrame(
+        {
+            "n": post["n"].astype(int),
+            "mean": mean,
+            "mean_sd": s * post["theta1_sd"],
+            "mean_lower": lo,
+            "mean_upper": hi,
+            "mean_rank": pd.Series(mean).rank(method="min").astype(int).to_numpy(),
+            "mean_separated": (lo > 0) | (hi < 0),
+            "variance": post["var_mean"],
+            "variance_sd": post["var_sd"],
+            "variance_lower": post["var_lower"],
+            "variance_upper": post["var_upper"],
+            "variance_rank": pd.Series(post["var_mean"]).rank(method="min").astype(int).to_numpy(),
+            "variance_separated": (post["var_lower"] > ref_var) | (post["var_upper"] < ref_var),
+        },
+        index=pd.Index(d.group_labels, name=d.groups),
+    )
     if res.model.options.mode == MODE_CLOSED_FORM:
         out["variance_separated"] = False
     out.attrs.update(mean_reference=0.0, variance_reference=ref_var, alpha=alpha)

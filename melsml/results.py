@@ -58,8 +58,15 @@ class MELSResults:
     fit_info : FitInfo
     """
 
-    def __init__(self, model: MELS, theta_raw: np.ndarray, hessian: np.ndarray, info: FitInfo,
-                 evaluation: Evaluation, cov_type: CovType = "observed"):
+    def __init__(
+        self,
+        model: MELS,
+        theta_raw: np.ndarray,
+        hessian: np.ndarray,
+        info: FitInfo,
+        evaluation: Evaluation,
+        cov_type: CovType = "observed",
+    ):
         self.model = model
         self.fit_info = info
         self._evaluation = evaluation
@@ -114,8 +121,11 @@ class MELSResults:
 
     @property
     def bse(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.diag(self.cov_params().to_numpy())),
-                         index=self.model.layout.index, name="bse")
+        return pd.Series(
+            np.sqrt(np.diag(self.cov_params().to_numpy())),
+            index=self.model.layout.index,
+            name="bse",
+        )
 
     @property
     def tvalues(self) -> pd.Series:
@@ -123,16 +133,20 @@ class MELSResults:
 
     @property
     def pvalues(self) -> pd.Series:
-        return pd.Series(2 * stats.norm.sf(np.abs(self.tvalues.to_numpy())),
-                         index=self.model.layout.index, name="pvalues")
+        return pd.Series(
+            2 * stats.norm.sf(np.abs(self.tvalues.to_numpy())),
+            index=self.model.layout.index,
+            name="pvalues",
+        )
 
     def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
         """Wald confidence intervals, columns ``lower`` and ``upper``."""
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
         q = stats.norm.ppf(1 - alpha / 2)
-        return pd.DataFrame({"lower": self.params - q * self.bse,
-                             "upper": self.params + q * self.bse})
+        return pd.DataFrame(
+            {"lower": self.params - q * self.bse, "upper": self.params + q * self.bse}
+        )
 
     @property
     def deviance(self) -> float:
@@ -153,10 +167,16 @@ class MELSResults:
     def tidy(self, alpha: float = 0.05) -> pd.DataFrame:
         """One row per parameter: estimate, SE, z, p and CI (what summaries print)."""
         ci = self.conf_int(alpha)
-        return pd.DataFrame({
-            "estimate": self.params, "std_error": self.bse, "z": self.tvalues,
-            "p_value": self.pvalues, "lower": ci["lower"], "upper": ci["upper"],
-        })
+        return pd.DataFrame(
+            {
+                "estimate": self.params,
+                "std_error": self.bse,
+                "z": self.tvalues,
+                "p_value": self.pvalues,
+                "lower": ci["lower"],
+                "upper": ci["upper"],
+            }
+        )
 
     # --- derived parameters -------------------------------------------------------
     def reference_values(self, block: Literal["bs", "ws"]) -> np.ndarray:
@@ -192,9 +212,10 @@ class MELSResults:
         val, cov = delta_method(fun, self._theta, self.cov_params().to_numpy())
         se = np.sqrt(np.clip(np.diag(cov), 0, None))
         q = stats.norm.ppf(1 - alpha / 2)
-        return pd.DataFrame({"estimate": val, "std_error": se,
-                             "lower": val - q * se, "upper": val + q * se},
-                            index=pd.Index(names, name="parameter"))
+        return pd.DataFrame(
+            {"estimate": val, "std_error": se, "lower": val - q * se, "upper": val + q * se},
+            index=pd.Index(names, name="parameter"),
+        )
 
     # --- predictions --------------------------------------------------------------
     def random_effects(self) -> pd.DataFrame:
@@ -223,5 +244,7 @@ class MELSResults:
         return Summary.from_results(self, alpha=alpha)
 
     def __repr__(self) -> str:
-        return (f"<MELSResults: llf={self.llf:.3f}, {self.k_params} parameters, "
-                f"{self.nobs} obs in {self.n_groups} groups, converged={self.converged}>")
+        return (
+            f"<MELSResults: llf={self.llf:.3f}, {self.k_params} parameters, "
+            f"{self.nobs} obs in {self.n_groups} groups, converged={self.converged}>"
+        )

@@ -23,25 +23,38 @@ LONDON_TRUE = {
 }
 #: true parameters with ``model=7`` (student characteristics in both functions)
 LONDON_COVARIATE_TRUE = {
-    "beta": {"Intercept": 0.05, "prior": 0.62, "female": 0.10, "fsm": -0.15, "eal": 0.12,
-             "sen": -0.25, "age": -0.02, "ethnicity[T.Black]": 0.05,
-             "ethnicity[T.Asian]": 0.15, "ethnicity[T.Other]": 0.08},
+    "beta": {
+        "Intercept": 0.05,
+        "prior": 0.62,
+        "female": 0.10,
+        "fsm": -0.15,
+        "eal": 0.12,
+        "sen": -0.25,
+        "age": -0.02,
+        "ethnicity[T.Black]": 0.05,
+        "ethnicity[T.Asian]": 0.15,
+        "ethnicity[T.Other]": 0.08,
+    },
     "alpha": {"Intercept": np.log(0.08)},
-    "tau": {"Intercept": np.log(0.46), "prior": -0.12, "fsm": 0.10, "sen": 0.18,
-            "female": -0.05},
+    "tau": {"Intercept": np.log(0.46), "prior": -0.12, "fsm": 0.10, "sen": 0.18, "female": -0.05},
     "random": {"tau_l": -0.12, "sigma_omega": 0.22},
 }
 _MODEL_FORMULAS = {
     3: ("y ~ prior", "~ 1", "~ prior"),
-    7: ("y ~ prior + female + fsm + eal + sen + age + ethnicity", "~ 1",
-        "~ prior + fsm + sen + female"),
+    7: (
+        "y ~ prior + female + fsm + eal + sen + age + ethnicity",
+        "~ 1",
+        "~ prior + fsm + sen + female",
+    ),
 }
 
 
 def _lookup(params, block: str, names) -> np.ndarray:
     if isinstance(params, pd.Series):
-        get = {b: params.xs(b, level="block").to_dict()
-               for b in params.index.get_level_values("block").unique()}
+        get = {
+            b: params.xs(b, level="block").to_dict()
+            for b in params.index.get_level_values("block").unique()
+        }
     else:
         get = {b: dict(v) for b, v in params.items()}
     values = get.get(block, {})
@@ -116,16 +129,20 @@ def simulate(
     if not return_effects:
         return frame
     effects = pd.DataFrame(
-        {"theta1": theta1, "theta2": theta2,
-         "u": np.add.reduceat(sd_u, design.group_ptr[:-1]) / design.group_sizes * theta1,
-         "omega": omega},
+        {
+            "theta1": theta1,
+            "theta2": theta2,
+            "u": np.add.reduceat(sd_u, design.group_ptr[:-1]) / design.group_sizes * theta1,
+            "omega": omega,
+        },
         index=pd.Index(design.group_labels, name=groups),
     )
     return frame, effects
 
 
-def london_covariates(n_schools: int = 465, n_students: int = 71000,
-                      seed: int | np.random.Generator | None = 2024) -> pd.DataFrame:
+def london_covariates(
+    n_schools: int = 465, n_students: int = 71000, seed: int | np.random.Generator | None = 2024
+) -> pd.DataFrame:
     """Student and school covariates shaped like the article's London data.
 
     ``n_schools`` schools of 14 to 330 students (about ``n_students`` in all);
@@ -154,22 +171,31 @@ def london_covariates(n_schools: int = 465, n_students: int = 71000,
     prior = school_prior[school - 1] + rng.normal(0, np.sqrt(1 - 0.45**2), n)
     prior = (prior - prior.mean()) / prior.std()
     fsm_p = 1 / (1 + np.exp(1.0 + 0.8 * school_prior))
-    return pd.DataFrame({
-        "school": school,
-        "prior": prior,
-        "female": rng.binomial(1, 0.5, n),
-        "fsm": rng.binomial(1, fsm_p[school - 1]),
-        "eal": rng.binomial(1, 0.3, n),
-        "sen": rng.binomial(1, 1 / (1 + np.exp(1.8 + 0.9 * prior))),
-        "age": rng.uniform(-0.5, 0.5, n),
-        "ethnicity": pd.Categorical(
-            rng.choice(ethnic, n, p=[0.45, 0.2, 0.2, 0.15]), categories=ethnic),
-        "school_type": pd.Categorical(stype[school - 1], categories=types),
-    })
+    return pd.DataFrame(
+        {
+            "school": school,
+            "prior": prior,
+            "female": rng.binomial(1, 0.5, n),
+            "fsm": rng.binomial(1, fsm_p[school - 1]),
+            "eal": rng.binomial(1, 0.3, n),
+            "sen": rng.binomial(1, 1 / (1 + np.exp(1.8 + 0.9 * prior))),
+            "age": rng.uniform(-0.5, 0.5, n),
+            "ethnicity": pd.Categorical(
+                rng.choice(ethnic, n, p=[0.45, 0.2, 0.2, 0.15]), categories=ethnic
+            ),
+            "school_type": pd.Categorical(stype[school - 1], categories=types),
+        }
+    )
 
 
-def simulate_london(model: int = 3, *, seed: int = 2024, n_schools: int = 465,
-                    n_students: int = 71000, return_effects: bool = False):
+def simulate_london(
+    model: int = 3,
+    *,
+    seed: int = 2024,
+    n_schools: int = 465,
+    n_students: int = 71000,
+    return_effects: bool = False,
+):
     """A London-sized simulated data set (465 schools, 14-330 students, ~71,000).
 
     Parameters
@@ -189,5 +215,13 @@ def simulate_london(model: int = 3, *, seed: int = 2024, n_schools: int = 465,
     data = london_covariates(n_schools, n_students, rng)
     formula, bs, ws = _MODEL_FORMULAS[model]
     params = LONDON_TRUE if model == 3 else LONDON_COVARIATE_TRUE
-    return simulate(data, "school", params, formula=formula, bs_formula=bs, ws_formula=ws,
-                    seed=rng, return_effects=return_effects)
+    return simulate(
+        data,
+        "school",
+        params,
+        formula=formula,
+        bs_formula=bs,
+        ws_formula=ws,
+        seed=rng,
+        return_effects=return_effects,
+    )

@@ -44,15 +44,24 @@ class Summary:
             ("BS variance function", "log sigma_u^2 " + d.formulas["bs_formula"]),
             ("WS variance function", "log sigma_e^2 " + d.formulas["ws_formula"]),
             ("Random scale", f"{'yes' if opt.random_scale else 'no'} (association: {assoc})"),
-            ("Observations", f"{d.n_obs}" + (f" ({d.n_dropped} dropped: missing values)"
-                                             if d.n_dropped else "")),
+            (
+                "Observations",
+                f"{d.n_obs}" + (f" ({d.n_dropped} dropped: missing values)" if d.n_dropped else ""),
+            ),
             ("Groups", f"{d.n_groups}"),
             ("Group size min/mean/max", f"{sizes.min()} / {sizes.mean():.1f} / {sizes.max()}"),
             ("Integration", opt.method),
-            ("Converged", f"{'yes' if res.converged else 'NO'} ({fi.n_iter} iterations, "
-                          f"{fi.n_evals} evaluations, max |score| {fi.max_abs_score:.1e})"),
-            ("Covariance", "inverse observed information" if res.cov_type == "observed"
-             else "robust (sandwich)"),
+            (
+                "Converged",
+                f"{'yes' if res.converged else 'NO'} ({fi.n_iter} iterations, "
+                f"{fi.n_evals} evaluations, max |score| {fi.max_abs_score:.1e})",
+            ),
+            (
+                "Covariance",
+                "inverse observed information"
+                if res.cov_type == "observed"
+                else "robust (sandwich)",
+            ),
             ("Log-likelihood", f"{res.llf:.4f}"),
             ("Deviance", f"{res.deviance:.4f}"),
             ("AIC", f"{res.aic:.4f}"),
@@ -62,24 +71,31 @@ class Summary:
         if not fi.hessian_pd:
             notes.append("The observed information is not positive definite: SEs unreliable.")
         if opt.random_scale:
-            notes.append("sigma_omega is reported >= 0; its z test is on the boundary "
-                         "(use melsml.compare for the mixture LR test).")
-        return cls(info=info, params=res.tidy(alpha), random=res.random_params(alpha),
-                   alpha=alpha, notes=notes)
+            notes.append(
+                "sigma_omega is reported >= 0; its z test is on the boundary "
+                "(use melsml.compare for the mixture LR test)."
+            )
+        return cls(
+            info=info,
+            params=res.tidy(alpha),
+            random=res.random_params(alpha),
+            alpha=alpha,
+            notes=notes,
+        )
 
     def as_text(self) -> str:
-        lines = ["MELS: mixed-effects location scale model (maximum likelihood)".center(_WIDTH),
-                 "=" * _WIDTH]
+        lines = [
+            "MELS: mixed-effects location scale model (maximum likelihood)".center(_WIDTH),
+            "=" * _WIDTH,
+        ]
         key_w = max(len(k) for k, _ in self.info) + 2
         lines += [f"{k + ':':<{key_w}}{v}" for k, v in self.info]
         lo, hi = f"[{self.alpha / 2:.3f}", f"{1 - self.alpha / 2:.3f}]"
-        header = (f"{'':<24}{'estimate':>10}{'std.err':>10}{'z':>9}{'P>|z|':>9}"
-                  f"{lo:>12}{hi:>12}")
+        header = f"{'':<24}{'estimate':>10}{'std.err':>10}{'z':>9}{'P>|z|':>9}{lo:>12}{hi:>12}"
         for block, title in BLOCK_TITLES.items():
-            tab = self.params.xs(block, level="block") if block in self.params.index.get_level_values(
-                "block") else None
-            if tab is None or tab.empty:
+            if block not in self.params.index.get_level_values("block"):
                 continue
+            tab = self.params.xs(block, level="block")
             lines += ["-" * _WIDTH, title, header]
             for term, row in tab.iterrows():
                 name = term if len(term) <= 23 else term[:20] + "..."
@@ -87,21 +103,29 @@ class Summary:
                     f"{name:<24}{row.estimate:>10.5f}{row.std_error:>10.5f}{row.z:>9.3f}"
                     f"{row.p_value:>9.4f}{row.lower:>12.5f}{row.upper:>12.5f}"
                 )
-        lines += ["-" * _WIDTH,
-                  "Random-effect parameters, natural scale (delta-method SEs; at mean covariates)",
-                  f"{'':<24}{'estimate':>10}{'std.err':>10}{lo:>12}{hi:>12}"]
+        lines += [
+            "-" * _WIDTH,
+            "Random-effect parameters, natural scale (delta-method SEs; at mean covariates)",
+            f"{'':<24}{'estimate':>10}{'std.err':>10}{lo:>12}{hi:>12}",
+        ]
         for name, row in self.random.iterrows():
-            lines.append(f"{name:<24}{row.estimate:>10.5f}{row.std_error:>10.5f}"
-                         f"{row.lower:>12.5f}{row.upper:>12.5f}")
+            lines.append(
+                f"{name:<24}{row.estimate:>10.5f}{row.std_error:>10.5f}"
+                f"{row.lower:>12.5f}{row.upper:>12.5f}"
+            )
         lines.append("=" * _WIDTH)
         lines += [f"Note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     def as_html(self) -> str:
-        info = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
-                       for k, v in self.info)
-        return (f"<table>{info}</table>" + self.params.to_html(float_format="%.5f")
-                + self.random.to_html(float_format="%.5f"))
+        info = "".join(
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in self.info
+        )
+        return (
+            f"<table>{info}</table>"
+            + self.params.to_html(float_format="%.5f")
+            + self.random.to_html(float_format="%.5f")
+        )
 
     def __str__(self) -> str:
         return self.as_text()
@@ -146,23 +170,40 @@ def compare(*results: MELSResults, names: list[str] | None = None) -> pd.DataFra
         raise ValueError(f"{len(names)} names for {len(results)} models")
     rows = []
     for i, res in enumerate(results):
-        row = dict(model=names[i], k=res.k_params, llf=res.llf, deviance=res.deviance,
-                   aic=res.aic, bic=res.bic, lr_stat=np.nan, df=np.nan, p_value=np.nan, test="")
+        row = dict(
+            model=names[i],
+            k=res.k_params,
+            llf=res.llf,
+            deviance=res.deviance,
+            aic=res.aic,
+            bic=res.bic,
+            lr_stat=np.nan,
+            df=np.nan,
+            p_value=np.nan,
+            test="",
+        )
         if i > 0:
             prev = results[i - 1]
             small, big = (prev, res) if prev.k_params <= res.k_params else (res, prev)
-            same_data = (small.nobs == big.nobs and small.model.design.outcome
-                         == big.model.design.outcome
-                         and np.array_equal(small.model.design.y, big.model.design.y))
+            same_data = (
+                small.nobs == big.nobs
+                and small.model.design.outcome == big.model.design.outcome
+                and np.array_equal(small.model.design.y, big.model.design.y)
+            )
             nested = set(small.params.index) <= set(big.params.index)
             if same_data and nested and big.k_params > small.k_params:
                 df = big.k_params - small.k_params
                 stat = 2.0 * (big.llf - small.llf)
-                boundary = (("random", "sigma_omega") in big.params.index
-                            and ("random", "sigma_omega") not in small.params.index)
-                row.update(lr_stat=stat, df=df, p_value=_lr_pvalue(stat, df, boundary),
-                           test=f"vs {names[i - 1]}: " + ("50:50 chi2 mixture" if boundary
-                                                          else "chi2"))
+                boundary = ("random", "sigma_omega") in big.params.index and (
+                    "random",
+                    "sigma_omega",
+                ) not in small.params.index
+                row.update(
+                    lr_stat=stat,
+                    df=df,
+                    p_value=_lr_pvalue(stat, df, boundary),
+                    test=f"vs {names[i - 1]}: " + ("50:50 chi2 mixture" if boundary else "chi2"),
+                )
             else:
                 row["test"] = f"not nested in {names[i - 1]}"
         rows.append(row)

@@ -13,8 +13,14 @@ DATA = Path(__file__).parent / "data" / "mixwild"
 #: case -> (csv, formula, bs, ws, groups, missing code of the outcome)
 CASES = {
     "small": ("small/small.csv", "y ~ x", "~ 1", "~ x", "group", None),
-    "riesby": ("riesby/riesby.csv", "hamd ~ week + endog + endweek", "~ endog",
-               "~ week + endog", "id", None),
+    "riesby": (
+        "riesby/riesby.csv",
+        "hamd ~ week + endog + endweek",
+        "~ endog",
+        "~ week + endog",
+        "id",
+        None,
+    ),
     "sbm_mels": ("sbm_mels/sbm.csv", "LGA ~ Day", "~ Day", "~ Day", "ID", -99),
 }
 

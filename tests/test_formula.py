@@ -14,12 +14,14 @@ from melsml.formula import build_design
 def df():
     rng = np.random.default_rng(0)
     n = 60
-    return pd.DataFrame({
-        "school": np.repeat(["b", "a", "c"], 20),
-        "y": rng.normal(size=n),
-        "x": rng.normal(size=n),
-        "kind": np.tile(["p", "q", "r"], 20),
-    })
+    return pd.DataFrame(
+        {
+            "school": np.repeat(["b", "a", "c"], 20),
+            "y": rng.normal(size=n),
+            "x": rng.normal(size=n),
+            "kind": np.tile(["p", "q", "r"], 20),
+        }
+    )
 
 
 def test_rows_are_sorted_by_group_and_offsets_are_right(df):

@@ -45,8 +45,10 @@ def test_score_is_the_exact_gradient_with_nodes_held_fixed(data, name):
             tp, tm = theta.copy(), theta.copy()
             tp[i] += h
             tm[i] -= h
-            fd[i] = (obj.evaluate(tp, score=False, adapt=False, centers=ev.centers).llf
-                     - obj.evaluate(tm, score=False, adapt=False, centers=ev.centers).llf) / (2 * h)
+            fd[i] = (
+                obj.evaluate(tp, score=False, adapt=False, centers=ev.centers).llf
+                - obj.evaluate(tm, score=False, adapt=False, centers=ev.centers).llf
+            ) / (2 * h)
         np.testing.assert_allclose(ev.score, fd, rtol=1e-6, atol=1e-5)
 
 
@@ -57,8 +59,12 @@ def test_score_matches_differences_of_the_adaptive_objective(data, name):
     obj = model.objective()
     theta = random_points(model, 1, seed=5)[0]
     g = obj.score(theta)
-    fd = np.array([(obj.loglike(theta + h) - obj.loglike(theta - h)) / 2e-6
-                   for h in np.eye(theta.size) * 1e-6])
+    fd = np.array(
+        [
+            (obj.loglike(theta + h) - obj.loglike(theta - h)) / 2e-6
+            for h in np.eye(theta.size) * 1e-6
+        ]
+    )
     np.testing.assert_allclose(g, fd, rtol=1e-4, atol=1e-3)
 
 
@@ -77,7 +83,7 @@ def test_loglike_does_not_depend_on_the_warm_start(data):
     theta = model.start_params().to_numpy()
     fresh = model.objective().loglike(theta)
     obj = model.objective()
-    obj.loglike(theta + 0.3)          # leaves the modes somewhere else
+    obj.loglike(theta + 0.3)  # leaves the modes somewhere else
     assert obj.loglike(theta) == pytest.approx(fresh, rel=1e-13)
 
 

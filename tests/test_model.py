@@ -24,8 +24,9 @@ def fit_case(name: str, **overrides):
     data, spec = load_case(name)
     spec = {**spec, **overrides}
     rs = spec.pop("random_scale", True)
-    return MELS.from_formula(spec.pop("formula"), data, spec.pop("groups"), random_scale=rs,
-                             **spec).fit()
+    return MELS.from_formula(
+        spec.pop("formula"), data, spec.pop("groups"), random_scale=rs, **spec
+    ).fit()
 
 
 @pytest.mark.parametrize("name", ["small", "sbm_mels"])
@@ -64,8 +65,9 @@ def test_riesby_no_scale_models_match_mixwild(mixwild_cases, name):
 def mixedlm_fit(data, formula, groups):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return smf.mixedlm(formula, data, groups=data[groups]).fit(reml=False, method="bfgs",
-                                                                    gtol=1e-10)
+        return smf.mixedlm(formula, data, groups=data[groups]).fit(
+            reml=False, method="bfgs", gtol=1e-10
+        )
 
 
 @pytest.mark.parametrize("source", ["simulated", "riesby"])
@@ -113,8 +115,12 @@ def test_aghq_path_agrees_with_exact_location_path():
     np.testing.assert_allclose(general.params.to_numpy(), fast.params.to_numpy(), atol=1e-4)
     np.testing.assert_allclose(general.bse.to_numpy(), fast.bse.to_numpy(), rtol=1e-3)
     # with enough points both are converged, and agree at the same parameters
-    ll = [MELS.from_formula(formula, data, groups, integration=integ, n_points=21, **spec)
-          .loglike(fast.params) for integ in ("exact-location", "aghq")]
+    ll = [
+        MELS.from_formula(formula, data, groups, integration=integ, n_points=21, **spec).loglike(
+            fast.params
+        )
+        for integ in ("exact-location", "aghq")
+    ]
     assert ll[0] == pytest.approx(ll[1], abs=1e-6)
 
 
@@ -166,8 +172,9 @@ def test_fit_rejects_bad_options_and_start_values():
     with pytest.raises(MELSInputError, match="integration"):
         MELS.from_formula("y ~ x", data, "group", integration="laplace")
     with pytest.raises(MELSInputError, match="exact-location"):
-        MELS.from_formula("y ~ x", data, "group", association="quadratic",
-                          integration="exact-location")
+        MELS.from_formula(
+            "y ~ x", data, "group", association="quadratic", integration="exact-location"
+        )
     with pytest.raises(MELSInputError, match="n_points"):
         MELS.from_formula("y ~ x", data, "group", n_points=0)
     model = MELS.from_formula("y ~ x", data, "group")

@@ -12,10 +12,10 @@ from melsml.quadrature import gauss_hermite
 SETTINGS = [
     (0, 0.0, 0.0, 0.0),
     (1, 0.3, 0.0, 0.4),
-    (1, 0.0, 0.0, 0.5),     # association "none"
-    (1, -0.6, 0.0, 0.05),   # sigma_omega near its boundary
+    (1, 0.0, 0.0, 0.5),  # association "none"
+    (1, -0.6, 0.0, 0.05),  # sigma_omega near its boundary
     (2, 0.3, 0.0, 0.4),
-    (2, 0.3, 0.15, 0.4),    # quadratic association
+    (2, 0.3, 0.15, 0.4),  # quadratic association
     (2, -0.2, -0.1, 0.7),
 ]
 
@@ -33,21 +33,45 @@ def make_groups(sizes, seed=0):
 def run_kernel(r0, eta_ws, eta_bs, ptr, mode, tl, tq, sw, q=11, centers=None, adapt=True):
     x, lw = gauss_hermite(q)
     j, n = len(ptr) - 1, len(r0)
-    out = dict(ll=np.empty(j), mom=np.empty((j, 8)), grand=np.empty((j, 3)),
-               g_mu=np.empty(n), g_ws=np.empty(n), g_bs=np.empty(n))
+    out = dict(
+        ll=np.empty(j),
+        mom=np.empty((j, 8)),
+        grand=np.empty((j, 3)),
+        g_mu=np.empty(n),
+        g_ws=np.empty(n),
+        g_bs=np.empty(n),
+    )
     cen = np.zeros((j, 5)) if centers is None else np.array(centers)
     if centers is None:
         cen[:, 2] = cen[:, 4] = 1.0
-    _quad.group_loglik(r0, eta_ws, eta_bs, ptr, mode, tl, tq, sw, x, lw, out["ll"], out["mom"],
-                       out["grand"], cen, out["g_mu"], out["g_ws"], out["g_bs"],
-                       np.empty(2 * n), adapt=adapt)
+    _quad.group_loglik(
+        r0,
+        eta_ws,
+        eta_bs,
+        ptr,
+        mode,
+        tl,
+        tq,
+        sw,
+        x,
+        lw,
+        out["ll"],
+        out["mom"],
+        out["grand"],
+        cen,
+        out["g_mu"],
+        out["g_ws"],
+        out["g_bs"],
+        np.empty(2 * n),
+        adapt=adapt,
+    )
     out["centers"] = cen
     return out
 
 
 @pytest.mark.parametrize("mode,tl,tq,sw", SETTINGS)
 def test_kernel_equals_numpy_twin(mode, tl, tq, sw):
-    data = make_groups([1, 2, 1, 5, 40, 3, 1, 17])   # includes groups of size 1
+    data = make_groups([1, 2, 1, 5, 40, 3, 1, 17])  # includes groups of size 1
     start = np.zeros((8, 5))
     start[:, 2] = start[:, 4] = 1.0
     got = run_kernel(*data, mode, tl, tq, sw, centers=start)
@@ -76,8 +100,9 @@ def test_h1_derivatives_match_finite_differences():
     for om in (-1.0, 0.2, 1.5):
         h, d1, d2 = _quad_ref.h1(om, st, V, g, S)
         e = 1e-5
-        fd1 = (_quad_ref.h1(om + e, st, V, g, S)[0] - _quad_ref.h1(om - e, st, V, g, S)[0]) / (2 * e)
-        fd2 = (_quad_ref.h1(om + e, st, V, g, S)[1] - _quad_ref.h1(om - e, st, V, g, S)[1]) / (2 * e)
+        hp, hm = _quad_ref.h1(om + e, st, V, g, S), _quad_ref.h1(om - e, st, V, g, S)
+        fd1 = (hp[0] - hm[0]) / (2 * e)
+        fd2 = (hp[1] - hm[1]) / (2 * e)
         assert d1 == pytest.approx(fd1, rel=1e-7, abs=1e-8)
         assert d2 == pytest.approx(fd2, rel=1e-7, abs=1e-8)
 
@@ -128,8 +153,10 @@ def test_near_boundary_small_groups_converge_to_brute_force(mode):
     limitation, measured here."""
     r0, eta_ws, eta_bs, ptr = make_groups([3], seed=4)
     ref = brute_group_loglik(r0, eta_ws, eta_bs, -0.6, 0.0, 0.05)
-    err = [abs(run_kernel(r0, eta_ws, eta_bs, ptr, mode, -0.6, 0.0, 0.05, q=q)["ll"][0] - ref)
-           for q in (11, 81)]
+    err = [
+        abs(run_kernel(r0, eta_ws, eta_bs, ptr, mode, -0.6, 0.0, 0.05, q=q)["ll"][0] - ref)
+        for q in (11, 81)
+    ]
     assert err[0] < 1e-2
     assert err[1] < 2e-6
     assert err[1] < err[0]
@@ -139,9 +166,16 @@ def test_closed_form_matches_brute_force_with_no_random_scale():
     r0, eta_ws, eta_bs, ptr = make_groups([4], seed=2)
     got = run_kernel(r0, eta_ws, eta_bs, ptr, 0, 0.0, 0.0, 0.0)
     d, s = np.exp(eta_ws), np.exp(0.5 * eta_bs)
-    val, _ = integrate.quad(lambda t: np.exp(
-        -0.5 * np.sum(np.log(2 * np.pi * d) + (r0 - s * t) ** 2 / d) - 0.5 * t * t
-    ) / np.sqrt(2 * np.pi), -12, 12, epsabs=0, epsrel=1e-12)
+    val, _ = integrate.quad(
+        lambda t: (
+            np.exp(-0.5 * np.sum(np.log(2 * np.pi * d) + (r0 - s * t) ** 2 / d) - 0.5 * t * t)
+            / np.sqrt(2 * np.pi)
+        ),
+        -12,
+        12,
+        epsabs=0,
+        epsrel=1e-12,
+    )
     assert got["ll"][0] == pytest.approx(np.log(val), abs=1e-10)
 
 

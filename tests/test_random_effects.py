@@ -52,7 +52,8 @@ def test_closed_form_effects_equal_mixedlm_blups():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sm = smf.mixedlm("y ~ prior", data, groups=data["school"]).fit(
-            reml=False, method="bfgs", gtol=1e-10)
+            reml=False, method="bfgs", gtol=1e-10
+        )
     blup = pd.Series({k: v.iloc[0] for k, v in sm.random_effects.items()})
     re = res.random_effects()
     np.testing.assert_allclose(re["u_mean"], blup.loc[re.index], atol=1e-5)
@@ -69,9 +70,21 @@ def test_closed_form_effects_equal_mixedlm_blups():
 def test_school_effects_table(small_fit):
     se = small_fit.school_effects()
     assert len(se) == 60
-    expected = ["n", "mean", "mean_sd", "mean_lower", "mean_upper", "mean_rank", "mean_separated",
-                "variance", "variance_sd", "variance_lower", "variance_upper", "variance_rank",
-                "variance_separated"]
+    expected = [
+        "n",
+        "mean",
+        "mean_sd",
+        "mean_lower",
+        "mean_upper",
+        "mean_rank",
+        "mean_separated",
+        "variance",
+        "variance_sd",
+        "variance_lower",
+        "variance_upper",
+        "variance_rank",
+        "variance_separated",
+    ]
     assert list(se.columns) == expected
     assert (se["mean_lower"] < se["mean"]).all() and (se["mean"] < se["mean_upper"]).all()
     assert (se["variance_lower"] < se["variance"]).all()
@@ -92,14 +105,12 @@ def test_school_variance_is_a_posterior_expectation_not_a_plug_in(small_fit):
     plug_in = np.exp(c + re["omega_mean"])
     # Jensen: E exp(omega) > exp(E omega); close to the lognormal correction
     assert (se["variance"] > plug_in).all()
-    np.testing.assert_allclose(se["variance"], plug_in * np.exp(re["omega_sd"] ** 2 / 2),
-                               rtol=2e-3)
+    np.testing.assert_allclose(se["variance"], plug_in * np.exp(re["omega_sd"] ** 2 / 2), rtol=2e-3)
 
 
 def test_interval_coverage_of_true_school_effects():
     """EB intervals cover the simulated schools' true effects at about 95%."""
-    data, truth = simulate_london(3, seed=8, n_schools=300, n_students=30000,
-                                  return_effects=True)
+    data, truth = simulate_london(3, seed=8, n_schools=300, n_students=30000, return_effects=True)
     res = MELS.from_formula("y ~ prior", data, "school", ws_formula="~ prior").fit()
     se = res.school_effects()
     truth = truth.loc[se.index]

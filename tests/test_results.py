@@ -17,9 +17,15 @@ def res():
 def test_statsmodels_attribute_names(res):
     idx = res.params.index
     assert list(idx.names) == ["block", "term"]
-    assert list(idx) == [("beta", "Intercept"), ("beta", "x"), ("alpha", "Intercept"),
-                         ("tau", "Intercept"), ("tau", "x"), ("random", "tau_l"),
-                         ("random", "sigma_omega")]
+    assert list(idx) == [
+        ("beta", "Intercept"),
+        ("beta", "x"),
+        ("alpha", "Intercept"),
+        ("tau", "Intercept"),
+        ("tau", "x"),
+        ("random", "tau_l"),
+        ("random", "sigma_omega"),
+    ]
     assert res.params[("random", "sigma_omega")] > 0
     np.testing.assert_allclose(res.bse, np.sqrt(np.diag(res.cov_params())))
     np.testing.assert_allclose(res.tvalues, res.params / res.bse)
@@ -54,11 +60,24 @@ def test_natural_random_parameters_and_delta_method(res):
 
 def test_summary_shows_data_integration_and_every_block(res):
     text = str(res.summary())
-    for needle in ["Observations:            2400", "Groups:                  60",
-                   "40 / 40.0 / 40", "exact location", "Converged:", "Log-likelihood:",
-                   "Deviance:", "AIC:", "BIC:", "BETA (mean function)",
-                   "ALPHA (between-group", "TAU (within-group", "sigma_omega", "tau_l",
-                   "corr_u_omega", "[0.025"]:
+    for needle in [
+        "Observations:            2400",
+        "Groups:                  60",
+        "40 / 40.0 / 40",
+        "exact location",
+        "Converged:",
+        "Log-likelihood:",
+        "Deviance:",
+        "AIC:",
+        "BIC:",
+        "BETA (mean function)",
+        "ALPHA (between-group",
+        "TAU (within-group",
+        "sigma_omega",
+        "tau_l",
+        "corr_u_omega",
+        "[0.025",
+    ]:
         assert needle in text, needle
     assert f"{res.llf:.4f}" in text
     assert "<table>" in res.summary().as_html()

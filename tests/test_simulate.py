@@ -21,8 +21,12 @@ def test_london_shape():
 
 def test_simulate_is_reproducible_and_accepts_fitted_params():
     data = london_covariates(30, 1500, seed=2)
-    params = {"beta": {"Intercept": 1.0, "prior": 0.5}, "alpha": {"Intercept": -1.0},
-              "tau": {"Intercept": -0.5}, "random": {"tau_l": 0.2, "sigma_omega": 0.3}}
+    params = {
+        "beta": {"Intercept": 1.0, "prior": 0.5},
+        "alpha": {"Intercept": -1.0},
+        "tau": {"Intercept": -0.5},
+        "random": {"tau_l": 0.2, "sigma_omega": 0.3},
+    }
     a = simulate(data, "school", params, formula="y ~ prior", seed=4)
     b = simulate(data, "school", params, formula="y ~ prior", seed=4)
     pd.testing.assert_frame_equal(a, b)
@@ -33,10 +37,13 @@ def test_simulate_is_reproducible_and_accepts_fitted_params():
 
 def test_simulated_moments_match_the_model():
     data = london_covariates(400, 40000, seed=3)
-    params = {"beta": {"Intercept": 0.0, "prior": 0.0}, "alpha": {"Intercept": np.log(0.2)},
-              "tau": {"Intercept": np.log(0.5)}, "random": {"sigma_omega": 0.3}}
-    sim, eff = simulate(data, "school", params, formula="y ~ prior", seed=6,
-                        return_effects=True)
+    params = {
+        "beta": {"Intercept": 0.0, "prior": 0.0},
+        "alpha": {"Intercept": np.log(0.2)},
+        "tau": {"Intercept": np.log(0.5)},
+        "random": {"sigma_omega": 0.3},
+    }
+    sim, eff = simulate(data, "school", params, formula="y ~ prior", seed=6, return_effects=True)
     assert eff["u"].var() == pytest.approx(0.2, rel=0.2)
     # E var(e) = 0.5 * exp(0.3^2 / 2)
     within = sim.groupby("school")["y"].var().mean()
@@ -46,14 +53,22 @@ def test_simulated_moments_match_the_model():
 def test_missing_parameter_values_are_named():
     data = london_covariates(10, 500, seed=3)
     with pytest.raises(MELSInputError, match="beta value.*prior"):
-        simulate(data, "school", {"beta": {"Intercept": 0.0}, "alpha": {"Intercept": 0.0},
-                                  "tau": {"Intercept": 0.0}}, formula="y ~ prior")
+        simulate(
+            data,
+            "school",
+            {"beta": {"Intercept": 0.0}, "alpha": {"Intercept": 0.0}, "tau": {"Intercept": 0.0}},
+            formula="y ~ prior",
+        )
 
 
 def test_model7_process_recovers_covariate_effects():
     data = simulate_london(7, seed=12)
-    res = MELS.from_formula("y ~ prior + female + fsm + eal + sen + age + ethnicity", data,
-                            "school", ws_formula="~ prior + fsm + sen + female").fit()
+    res = MELS.from_formula(
+        "y ~ prior + female + fsm + eal + sen + age + ethnicity",
+        data,
+        "school",
+        ws_formula="~ prior + fsm + sen + female",
+    ).fit()
     for (block, term), value in res.params.items():
         truth = LONDON_COVARIATE_TRUE[block][term]
         assert abs(value - truth) < 3 * res.bse[(block, term)], (block, term)

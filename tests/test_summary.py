@@ -13,10 +13,12 @@ from melsml.summary import _lr_pvalue
 
 @pytest.fixture(scope="module")
 def fits():
-    return [fit_case("small", random_scale=False, ws_formula="~ 1"),
-            fit_case("small", random_scale=False),
-            fit_case("small"),
-            fit_case("small", association="none")]
+    return [
+        fit_case("small", random_scale=False, ws_formula="~ 1"),
+        fit_case("small", random_scale=False),
+        fit_case("small"),
+        fit_case("small", association="none"),
+    ]
 
 
 def test_compare_table_and_lr_tests(fits):
@@ -37,19 +39,21 @@ def test_boundary_mixture_p_values():
     assert _lr_pvalue(2.71, 1, True) == pytest.approx(0.5 * stats.chi2.sf(2.71, 1))
     assert _lr_pvalue(0.0, 1, True) == pytest.approx(1.0)
     assert _lr_pvalue(5.0, 2, True) == pytest.approx(
-        0.5 * stats.chi2.sf(5.0, 1) + 0.5 * stats.chi2.sf(5.0, 2))
+        0.5 * stats.chi2.sf(5.0, 1) + 0.5 * stats.chi2.sf(5.0, 2)
+    )
     assert _lr_pvalue(-1e-9, 3, False) == pytest.approx(1.0)
 
 
 def test_non_nested_models_get_no_test(fits):
     _, m2, _, none = fits
-    scale_only = fit_case("small", ws_formula="~ 1")   # random scale, no WS covariate
-    table = melsml.compare(scale_only, m2)             # m2: WS covariate, no random scale
+    scale_only = fit_case("small", ws_formula="~ 1")  # random scale, no WS covariate
+    table = melsml.compare(scale_only, m2)  # m2: WS covariate, no random scale
     assert np.isnan(table.iloc[1]["lr_stat"])
     assert "not nested" in table.iloc[1]["test"]
-    nested = melsml.compare(m2, none)                  # adds sigma_omega only: df 1 mixture
+    nested = melsml.compare(m2, none)  # adds sigma_omega only: df 1 mixture
     assert nested.iloc[1]["df"] == 1
     assert nested.iloc[1]["p_value"] == pytest.approx(
-        0.5 * stats.chi2.sf(nested.iloc[1]["lr_stat"], 1))
+        0.5 * stats.chi2.sf(nested.iloc[1]["lr_stat"], 1)
+    )
     with pytest.raises(ValueError):
         melsml.compare(m2, none, names=["a"])
