@@ -64,6 +64,10 @@ class MELSObjective:
         self._centers[:, 4] = 1.0
         self._work = np.empty(2 * n)
         self._rand_jac = layout.random_jacobian()
+        # column-major copies: X @ b and X.T @ g are both fast on them
+        self._x_mean = np.asfortranarray(design.x_mean)
+        self._x_ws = np.asfortranarray(design.x_ws)
+        self._x_bs = np.asfortranarray(design.x_bs)
         self.n_evals = 0
 
     def reset_counter(self) -> None:
@@ -88,10 +92,9 @@ class MELSObjective:
         """
         d = self.design
         p = self.layout.unpack(theta)
-        mu = d.x_mean @ p["beta"]
-        r0 = np.ascontiguousarray(d.y - mu)
-        eta_ws = np.ascontiguousarray(d.x_ws @ p["tau"])
-        eta_bs = np.ascontiguousarray(d.x_bs @ p["alpha"])
+        r0 = np.ascontiguousarray(d.y - self._x_mean @ p["beta"])
+        eta_ws = np.ascontiguousarray(self._x_ws @ p["tau"])
+        eta_bs = np.ascontiguousarray(self._x_bs @ p["alpha"])
         j, n = d.n_groups, d.n_obs
         ll = np.empty(j)
         mom = np.empty((j, 8))
@@ -126,9 +129,9 @@ class MELSObjective:
         if score:
             grad = np.concatenate(
                 [
-                    d.x_mean.T @ g_mu,
-                    d.x_bs.T @ g_bs,
-                    d.x_ws.T @ g_ws,
+                    self._x_mean.T @ g_mu,
+                    self._x_bs.T @ g_bs,
+                    self._x_ws.T @ g_ws,
                     grand.sum(axis=0) @ self._rand_jac,
                 ]
             )
