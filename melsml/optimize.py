@@ -154,13 +154,14 @@ def maximize(
         decrement = float(ev.score @ np.linalg.solve(-hess, ev.score))
     converged = bool(hessian_pd and decrement < tol)
     at_boundary = [i for i in boundary_params if abs(theta[i]) < 1e-3]
-    if not converged and at_boundary:
-        keep = np.setdiff1d(np.arange(k), at_boundary)
-        sub = -hess[np.ix_(keep, keep)]
-        if _is_pd(sub):
-            decrement = float(ev.score[keep] @ np.linalg.solve(sub, ev.score[keep]))
-            converged = decrement < tol
-            message += " (ended on the boundary sigma_omega = 0)"
+    if at_boundary:
+        message += " (ended at the boundary sigma_omega = 0)"
+        if not converged:
+            keep = np.setdiff1d(np.arange(k), at_boundary)
+            sub = -hess[np.ix_(keep, keep)]
+            if _is_pd(sub):
+                decrement = float(ev.score[keep] @ np.linalg.solve(sub, ev.score[keep]))
+                converged = decrement < tol
     info = FitInfo(
         converged=converged,
         n_iter=n_iter,
