@@ -408,3 +408,732 @@ def group_loglik(
                     g_mu[i] = (k0 * r - k1 * s) * invd
                     g_ws[i] = 0.5 * ((k0 * r * r - 2.0 * k1 * r * s + k2 * s * s) * invd - 1.0)
                     g_bs[i] = 0.5 * s * (k1 * r - k2 * s) * invd
+
+
+# ================================================================ several location effects
+# Readable specification: melsml._quad_ref.group_loglik_multi_ref (same names, same steps).
+from libc.stdlib cimport malloc, free
+
+
+cdef inline int chol(double* a, int n) noexcept nogil:
+    """In-place lower Cholesky factor of the row-major n x n matrix a; 0 if not PD."""
+    cdef int i, j, k
+    cdef double s
+    for j in range(n):
+        s = a[j * n + j]
+        for k in range(j):
+            s -= a[j * n + k] * a[j * n + k]
+        if s <= 0.0:
+            return 0
+        a[j * n + j] = sqrt(s)
+        for i in range(j + 1, n):
+            s = a[i * n + j]
+            for k in range(j):
+                s -= a[i * n + k] * a[j * n + k]
+            a[i * n + j] = s / a[j * n + j]
+        for i in range(j):
+            a[i * n + j] = 0.0
+    return 1
+
+
+cdef inline void chol_solve(const double* c, int n, double* b) noexcept nogil:
+    """Solve (C C') x = b in place, C lower triangular."""
+    cdef int i, k
+    cdef double s
+    for i in range(n):
+        s = b[i]
+        for k in range(i):
+            s -= c[i * n + k] * b[k]
+        b[i] = s / c[i * n + i]
+    for i in range(n - 1, -1, -1):
+        s = b[i]
+        for k in range(i + 1, n):
+            s -= c[k * n + i] * b[k]
+        b[i] = s / c[i * n + i]
+
+
+cdef struct MStats:
+    int q
+    double n
+    double sumlogd
+    double Asum
+    double* lam      # q x q
+    double* b0       # q
+    # exact-location constants
+    double V
+    double* g        # q
+    double* R        # q x q
+    double* G        # R' lam R
+    double* Rb0      # R' b0
+    double* RLg      # R' lam g
+    double* lamg     # lam g
+    double gb0
+    double gLg
+
+
+cdef struct MWork:
+    double* M        # q x q (Cholesky of I + k G)
+    double* Mi       # q x q inverse
+    double* Pt       # q x q
+    double* b        # q
+    double* h        # q
+    double* m        # q
+    double* y1       # q
+    double* y2       # q
+    double* tmp      # q x q
+
+
+cdef double multi_node(double om, MStats* st, MWork* wk, double* d1) noexcept nogil:
+    """log f(y | omega) (returned) and the posterior N(m, Pt) of u given omega.
+
+    With d1 != NULL also d log f / d omega."""
+    cdef int q = st.q
+    cdef int i, j, r
+    cdef double k = exp(-om)
+    cdef double logdet = 0.0, c, hv = 0.0, s, bPb, yy, tr
+    for i in range(q):
+        wk.b[i] = st.b0[i] - om * st.lamg[i]
+        wk.h[i] = st.Rb0[i] - om * st.RLg[i]
+        for j in range(q):
+            wk.M[i * q + j] = k * st.G[i * q + j] + (1.0 if i == j else 0.0)
+    chol(wk.M, q)
+    for i in range(q):
+        logdet += 2.0 * log(wk.M[i * q + i])
+        wk.y1[i] = wk.h[i]
+    chol_solve(wk.M, q, wk.y1)
+    for i in range(q):
+        hv += wk.h[i] * wk.y1[i]
+    c = st.Asum - 2.0 * om * st.gb0 + om * om * st.gLg
+    # Mi = M^-1, Pt = R Mi R'
+    for j in range(q):
+        for i in range(q):
+            wk.y2[i] = 1.0 if i == j else 0.0
+        chol_solve(wk.M, q, wk.y2)
+        for i in range(q):
+            wk.Mi[i * q + j] = wk.y2[i]
+    for i in range(q):
+        for j in range(q):
+            s = 0.0
+            for r in range(q):
+                s += wk.Mi[i * q + r] * st.R[j * q + r]
+            wk.tmp[i * q + j] = s          # Mi R'
+    for i in range(q):
+        for j in range(q):
+            s = 0.0
+            for r in range(q):
+                s += st.R[i * q + r] * wk.tmp[r * q + j]
+            wk.Pt[i * q + j] = s
+    for i in range(q):
+        s = 0.0
+        for j in range(q):
+            s += wk.Pt[i * q + j] * wk.b[j]
+        wk.y1[i] = s                         # Pt b
+    for i in range(q):
+        s = 0.0
+        for j in range(q):
+            s += st.lam[i * q + j] * wk.y1[j]
+        wk.y2[i] = s                         # lam Pt b
+        wk.m[i] = st.g[i] * om + k * wk.y1[i]
+    if d1 != NULL:
+        tr = 0.0
+        bPb = 0.0
+        yy = 0.0
+        s = 0.0
+        for i in range(q):
+            for j in range(q):
+                tr += wk.Pt[i * q + j] * st.lam[j * q + i]
+            bPb += wk.b[i] * wk.y1[i]
+            yy += wk.y1[i] * wk.y2[i]
+            s += st.g[i] * (wk.b[i] - k * wk.y2[i])
+        d1[0] = (-0.5 * (st.n - k * tr) + k * s
+                 + 0.5 * (k * c - 2.0 * k * k * bPb + k * k * k * yy))
+    return -0.5 * (st.n * LOG2PI + st.sumlogd + st.n * om + logdet + k * c - k * k * hv)
+
+
+cdef inline double multi_h1(double om, MStats* st, MWork* wk, double* d1) noexcept nogil:
+    cdef double v = multi_node(om, st, wk, d1)
+    d1[0] -= om / st.V
+    return v - 0.5 * om * om / st.V - 0.5 * log(2.0 * M_PI * st.V)
+
+
+cdef double multi_mode1(double x, MStats* st, MWork* wk, double* curv) noexcept nogil:
+    """Newton ascent on the omega integrand, curvature by differences of d1."""
+    cdef double d1, d2, h, hn, dn, step, t, e, a, b
+    cdef int it, ls
+    h = multi_h1(x, st, wk, &d1)
+    e = 1e-4 * (1.0 + fabs(x))
+    multi_h1(x + e, st, wk, &a)
+    multi_h1(x - e, st, wk, &b)
+    d2 = (a - b) / (2.0 * e)
+    for it in range(200):
+        if d2 < 0.0:
+            step = -d1 / d2
+        else:
+            step = 1.0 if d1 > 0.0 else -1.0
+        if step > 5.0:
+            step = 5.0
+        elif step < -5.0:
+            step = -5.0
+        t = 1.0
+        for ls in range(60):
+            hn = multi_h1(x + t * step, st, wk, &dn)
+            if hn >= h - 1e-13 * (1.0 + fabs(h)):
+                break
+            t *= 0.5
+        x = x + t * step
+        h = hn
+        d1 = dn
+        e = 1e-4 * (1.0 + fabs(x))
+        multi_h1(x + e, st, wk, &a)
+        multi_h1(x - e, st, wk, &b)
+        d2 = (a - b) / (2.0 * e)
+        if fabs(t * step) < 1e-11 * (1.0 + fabs(x)):
+            break
+    curv[0] = d2
+    return x
+
+
+cdef double multi_h_theta(const double* theta, MStats* st, const double* L, int d,
+                          double* x, double* s, double* grad, double* H, double* tmp) noexcept nogil:
+    """Log integrand over standardised theta; gradient and Hessian if grad != NULL."""
+    cdef int q = d - 1
+    cdef int i, j, r
+    cdef double om, k, C, acc, tt = 0.0
+    for i in range(d):
+        acc = 0.0
+        for j in range(i + 1):
+            acc += L[i * d + j] * theta[j]
+        x[i] = acc
+        tt += theta[i] * theta[i]
+    om = x[q]
+    k = exp(-om)
+    C = st.Asum
+    for i in range(q):
+        acc = 0.0
+        for j in range(q):
+            acc += st.lam[i * q + j] * x[j]
+        C += -2.0 * x[i] * st.b0[i] + x[i] * acc
+        s[i] = k * (st.b0[i] - acc)
+    s[q] = -0.5 * st.n + 0.5 * k * C
+    if grad != NULL:
+        for i in range(d):
+            acc = 0.0
+            for r in range(i, d):
+                acc += L[r * d + i] * s[r]
+            grad[i] = acc - theta[i]
+        # Hx (d x d) into tmp, then H = L' Hx L - I
+        for i in range(q):
+            for j in range(q):
+                tmp[i * d + j] = -k * st.lam[i * q + j]
+            tmp[i * d + q] = -s[i]
+            tmp[q * d + i] = -s[i]
+        tmp[q * d + q] = -0.5 * k * C
+        for i in range(d):
+            for j in range(d):
+                acc = 0.0
+                for r in range(d):
+                    acc += tmp[i * d + r] * L[r * d + j]
+                H[i * d + j] = acc      # Hx L (temporarily)
+        for i in range(d):
+            for j in range(d):
+                acc = 0.0
+                for r in range(d):
+                    acc += L[r * d + i] * H[r * d + j]
+                tmp[i * d + j] = acc
+        for i in range(d * d):
+            H[i] = tmp[i]
+        for i in range(d):
+            H[i * d + i] -= 1.0
+    return (-0.5 * (st.n * LOG2PI + st.sumlogd + st.n * om + k * C) - 0.5 * tt
+            - 0.5 * d * LOG2PI)
+
+
+def group_loglik_multi(
+    const double[::1] r0,
+    const double[::1] eta_ws,
+    const double[:, ::1] Z,
+    const Py_ssize_t[::1] group_ptr,
+    int mode,
+    const double[:, ::1] L,
+    const double[::1] gh_x,
+    const double[::1] gh_logw,
+    double[::1] ll,
+    double[:, ::1] eu,
+    double[:, :, ::1] euu,
+    double[::1] eom,
+    double[::1] eom2,
+    double[:, ::1] euom,
+    double[::1] k0,
+    double[:, ::1] k1,
+    double[:, :, ::1] k2,
+    double[:, :, ::1] dL,
+    double[:, ::1] centers,
+    double[::1] g_mu,
+    double[::1] g_ws,
+    bint adapt=True,
+    bint compute_grad=True,
+):
+    """Per-group likelihood with q random location effects and a random scale.
+
+    ``L`` is the lower-triangular factor of cov(u, omega) ((q+1) x (q+1), omega
+    last) or, in mode 0 (no random scale), of cov(u) (q x q).  Outputs per
+    group: log-likelihood, posterior moments of u and omega, E kappa,
+    E kappa u, E kappa u u', the gradient in L (lower triangle of ``dL``),
+    the node placement ``centers`` ((q+1) mode entries, then the scale: the
+    posterior SD of omega (mode 1) or the (q+1) x (q+1) Cholesky factor
+    (mode 2)), and per unit the gradient in the mean and WS linear predictors.
+    See melsml._quad_ref.group_loglik_multi_ref.
+    """
+    cdef Py_ssize_t n_groups = group_ptr.shape[0] - 1
+    cdef int q = Z.shape[1]
+    cdef int d = q + 1
+    cdef int n_q = gh_x.shape[0]
+    cdef Py_ssize_t j, i, node, n_nodes, start, stop
+    cdef int a, b, r, ok
+    cdef double invd, rr, acc, om, sd, curv, lw, mx, tot, wt, k, V, lwv, tl, zk1, quad
+    cdef double xi_s, nu, aGa, Gga
+    cdef MStats st
+    cdef MWork wk
+    cdef double lwd = 0.0
+    if L.shape[0] != (d if mode != 0 else q) or L.shape[1] != L.shape[0]:
+        raise ValueError("L has the wrong shape for this mode")
+    n_nodes = 1
+    for a in range(d if mode == 2 else 1):
+        n_nodes *= n_q
+    cdef double* buf = <double*> malloc(sizeof(double) * (40 * d * d + 20 * d + 2 * n_nodes))
+    cdef int* idx = <int*> malloc(sizeof(int) * (d + 1))
+    if buf == NULL or idx == NULL:
+        free(buf)
+        free(idx)
+        raise MemoryError()
+    cdef double* Lf
+    cdef double* A
+    cdef double* l
+    cdef double* av
+    cdef double* GS
+    cdef double* Gg
+    cdef double* xi
+    cdef double* th
+    cdef double* th2
+    cdef double* xv
+    cdef double* sv
+    cdef double* gr
+    cdef double* gr2
+    cdef double* Hm
+    cdef double* Hm2
+    cdef double* T1
+    cdef double* Lc
+    cdef double* step
+    cdef double* dLg
+    cdef double* lwbuf
+    cdef double h0, hn, t, nrm
+    cdef int it, ls
+    cdef double* p = buf
+    st.q = q
+    st.lam = p
+    p += q * q
+    st.b0 = p
+    p += q
+    st.g = p
+    p += q
+    st.R = p
+    p += q * q
+    st.G = p
+    p += q * q
+    st.Rb0 = p
+    p += q
+    st.RLg = p
+    p += q
+    st.lamg = p
+    p += q
+    wk.M = p
+    p += q * q
+    wk.Mi = p
+    p += q * q
+    wk.Pt = p
+    p += q * q
+    wk.b = p
+    p += q
+    wk.h = p
+    p += q
+    wk.m = p
+    p += q
+    wk.y1 = p
+    p += q
+    wk.y2 = p
+    p += q
+    wk.tmp = p
+    p += q * q
+    Lf = p
+    p += d * d            # L as flat (q+1)^2 (zero-padded in mode 0)
+    A = p
+    p += q * q
+    l = p
+    p += q
+    av = p
+    p += q                # A l
+    GS = p
+    p += q * q
+    Gg = p
+    p += q
+    xi = p
+    p += q
+    th = p
+    p += d
+    th2 = p
+    p += d
+    xv = p
+    p += d
+    sv = p
+    p += d
+    gr = p
+    p += d
+    gr2 = p
+    p += d
+    Hm = p
+    p += d * d
+    Hm2 = p
+    p += d * d
+    T1 = p
+    p += d * d
+    Lc = p
+    p += d * d
+    step = p
+    p += d
+    dLg = p
+    p += d * d
+    lwbuf = p
+    p += n_nodes
+
+    for a in range(d * d):
+        Lf[a] = 0.0
+    for a in range(L.shape[0]):
+        for b in range(a + 1):
+            Lf[a * d + b] = L[a, b]
+    for a in range(q):
+        for b in range(q):
+            A[a * q + b] = Lf[a * d + b]
+        l[a] = Lf[q * d + a] if mode != 0 else 0.0
+    lwv = Lf[q * d + q] if mode != 0 else 0.0
+    # exact-location constants (mode 1); mode 0 is the same with g = 0 and R = A
+    V = 0.0
+    for a in range(q):
+        V += l[a] * l[a]
+    tl = V
+    V += lwv * lwv
+    st.V = V
+    for a in range(q):
+        acc = 0.0
+        for b in range(q):
+            acc += A[a * q + b] * l[b]
+        av[a] = acc
+        st.g[a] = acc / V if mode == 1 else 0.0
+    acc = (1.0 - fabs(lwv) / sqrt(V)) / tl if (mode == 1 and tl > 0.0) else 0.0
+    for a in range(q):
+        for b in range(q):
+            rr = 0.0
+            for r in range(q):
+                rr += A[a * q + r] * ((1.0 if r == b else 0.0) - acc * l[r] * l[b])
+            st.R[a * q + b] = rr
+
+    try:
+        with nogil:
+            for j in range(n_groups):
+                start = group_ptr[j]
+                stop = group_ptr[j + 1]
+                st.n = <double>(stop - start)
+                st.sumlogd = 0.0
+                st.Asum = 0.0
+                for a in range(q * q):
+                    st.lam[a] = 0.0
+                for a in range(q):
+                    st.b0[a] = 0.0
+                for i in range(start, stop):
+                    invd = exp(-eta_ws[i])
+                    rr = r0[i]
+                    st.sumlogd += eta_ws[i]
+                    st.Asum += rr * rr * invd
+                    for a in range(q):
+                        st.b0[a] += Z[i, a] * rr * invd
+                        for b in range(a + 1):
+                            st.lam[a * q + b] += Z[i, a] * Z[i, b] * invd
+                for a in range(q):
+                    for b in range(a + 1, q):
+                        st.lam[a * q + b] = st.lam[b * q + a]
+                # R' lam R, R' b0, lam g, R' lam g, g'b0, g' lam g
+                for a in range(q):
+                    acc = 0.0
+                    for b in range(q):
+                        acc += st.lam[a * q + b] * st.g[b]
+                    st.lamg[a] = acc
+                st.gb0 = 0.0
+                st.gLg = 0.0
+                for a in range(q):
+                    st.gb0 += st.g[a] * st.b0[a]
+                    st.gLg += st.g[a] * st.lamg[a]
+                    st.Rb0[a] = 0.0
+                    st.RLg[a] = 0.0
+                    for r in range(q):
+                        st.Rb0[a] += st.R[r * q + a] * st.b0[r]
+                        st.RLg[a] += st.R[r * q + a] * st.lamg[r]
+                for a in range(q):
+                    for b in range(q):
+                        acc = 0.0
+                        for r in range(q):
+                            acc += st.lam[a * q + r] * st.R[r * q + b]
+                        wk.tmp[a * q + b] = acc
+                for a in range(q):
+                    for b in range(q):
+                        acc = 0.0
+                        for r in range(q):
+                            acc += st.R[r * q + a] * wk.tmp[r * q + b]
+                        st.G[a * q + b] = acc
+
+                for a in range(q):
+                    eu[j, a] = 0.0
+                    euom[j, a] = 0.0
+                    k1[j, a] = 0.0
+                    GS[a] = 0.0
+                    Gg[a] = 0.0
+                    for b in range(q):
+                        euu[j, a, b] = 0.0
+                        k2[j, a, b] = 0.0
+                        GS[a * q + b] = 0.0
+                for a in range(d * d):
+                    dLg[a] = 0.0
+                eom[j] = 0.0
+                eom2[j] = 0.0
+                k0[j] = 0.0
+
+                if mode == 0 or mode == 1:
+                    if mode == 0:
+                        n_nodes = 1
+                        lwbuf[0] = 1.0
+                        tot = 1.0
+                        ll[j] = multi_node(0.0, &st, &wk, NULL)
+                        sd = 0.0
+                        for a in range(d):
+                            centers[j, a] = 0.0
+                    else:
+                        n_nodes = n_q
+                        if adapt:
+                            om = multi_mode1(centers[j, 0], &st, &wk, &curv)
+                            centers[j, 0] = om
+                            centers[j, d] = 1.0 / sqrt(-curv) if curv < 0.0 else sqrt(V)
+                        sd = centers[j, d]
+                        mx = -1e300
+                        for node in range(n_q):
+                            om = centers[j, 0] + 1.4142135623730951 * sd * gh_x[node]
+                            lw = gh_logw[node] + gh_x[node] * gh_x[node] + multi_h1(om, &st, &wk, &curv)
+                            lwbuf[node] = lw
+                            if lw > mx:
+                                mx = lw
+                        tot = 0.0
+                        for node in range(n_q):
+                            lwbuf[node] = exp(lwbuf[node] - mx)
+                            tot += lwbuf[node]
+                        ll[j] = log(1.4142135623730951 * sd) + mx + log(tot)
+                    for node in range(n_nodes):
+                        wt = lwbuf[node] / tot
+                        om = 0.0 if mode == 0 else centers[j, 0] + 1.4142135623730951 * sd * gh_x[node]
+                        multi_node(om, &st, &wk, NULL)
+                        k = exp(-om)
+                        eom[j] += wt * om
+                        eom2[j] += wt * om * om
+                        k0[j] += wt * k
+                        for a in range(q):
+                            eu[j, a] += wt * wk.m[a]
+                            euom[j, a] += wt * om * wk.m[a]
+                            k1[j, a] += wt * k * wk.m[a]
+                            for b in range(q):
+                                rr = wk.Pt[a * q + b] + wk.m[a] * wk.m[b]
+                                euu[j, a, b] += wt * rr
+                                k2[j, a, b] += wt * k * rr
+                            # w = k (b - k lam Pt b) = k (b - k y2)
+                            xv[a] = k * (wk.b[a] - k * wk.y2[a])
+                        for a in range(q):
+                            Gg[a] += wt * xv[a] * om
+                        # GS += wt * 0.5 (w w' - (k lam - k^2 lam Pt lam))
+                        for a in range(q):
+                            for b in range(q):
+                                acc = 0.0
+                                for r in range(q):
+                                    acc += wk.Pt[a * q + r] * st.lam[r * q + b]
+                                wk.tmp[a * q + b] = acc          # Pt lam
+                        for a in range(q):
+                            for b in range(q):
+                                acc = 0.0
+                                for r in range(q):
+                                    acc += st.lam[a * q + r] * wk.tmp[r * q + b]
+                                GS[a * q + b] += wt * 0.5 * (
+                                    xv[a] * xv[b] - (k * st.lam[a * q + b] - k * k * acc))
+                    # chain rule to L
+                    if mode == 0:
+                        for a in range(q):
+                            for b in range(q):
+                                acc = 0.0
+                                for r in range(q):
+                                    acc += GS[a * q + r] * A[r * q + b]
+                                dLg[a * d + b] = 2.0 * acc
+                    else:
+                        aGa = 0.0
+                        Gga = 0.0
+                        for a in range(q):
+                            acc = 0.0
+                            for b in range(q):
+                                acc += GS[a * q + b] * av[b]
+                            xi[a] = (-2.0 * acc + Gg[a]) / V
+                            aGa += av[a] * acc
+                            Gga += Gg[a] * av[a]
+                        nu = (aGa - Gga) / (V * V) + eom2[j] / (2.0 * V * V) - 1.0 / (2.0 * V)
+                        for a in range(q):
+                            for b in range(q):
+                                acc = 0.0
+                                for r in range(q):
+                                    acc += GS[a * q + r] * A[r * q + b]
+                                dLg[a * d + b] = 2.0 * acc + xi[a] * l[b]
+                            acc = 0.0
+                            for r in range(q):
+                                acc += A[r * q + a] * xi[r]
+                            dLg[q * d + a] = acc + 2.0 * nu * l[a]
+                        dLg[q * d + q] = 2.0 * nu * lwv
+                else:
+                    # ---- general (q+1)-D adaptive quadrature over theta
+                    if adapt:
+                        for a in range(d):
+                            th[a] = centers[j, a]
+                        h0 = multi_h_theta(th, &st, Lf, d, xv, sv, gr, Hm, T1)
+                        for it in range(200):
+                            for a in range(d * d):
+                                Hm2[a] = -Hm[a]
+                            ok = chol(Hm2, d)
+                            if ok:
+                                for a in range(d):
+                                    step[a] = gr[a]
+                                chol_solve(Hm2, d, step)
+                            else:
+                                nrm = 0.0
+                                for a in range(d):
+                                    nrm += gr[a] * gr[a]
+                                nrm = sqrt(nrm)
+                                for a in range(d):
+                                    step[a] = gr[a] / (1.0 + nrm)
+                            nrm = 0.0
+                            for a in range(d):
+                                nrm += step[a] * step[a]
+                            nrm = sqrt(nrm)
+                            if nrm > 5.0:
+                                for a in range(d):
+                                    step[a] *= 5.0 / nrm
+                                nrm = 5.0
+                            t = 1.0
+                            for ls in range(60):
+                                for a in range(d):
+                                    th2[a] = th[a] + t * step[a]
+                                hn = multi_h_theta(th2, &st, Lf, d, xv, sv, gr2, Hm2, T1)
+                                if hn >= h0 - 1e-13 * (1.0 + fabs(h0)):
+                                    break
+                                t *= 0.5
+                            acc = 0.0
+                            for a in range(d):
+                                th[a] = th2[a]
+                                gr[a] = gr2[a]
+                                acc += fabs(th[a])
+                            for a in range(d * d):
+                                Hm[a] = Hm2[a]
+                            h0 = hn
+                            if t * nrm < 1e-11 * (1.0 + acc):
+                                break
+                        for a in range(d):
+                            centers[j, a] = th[a]
+                        # Cholesky factor of the inverse of -Hessian
+                        for a in range(d * d):
+                            Hm2[a] = -Hm[a]
+                        ok = chol(Hm2, d)
+                        if ok:
+                            for b in range(d):
+                                for a in range(d):
+                                    step[a] = 1.0 if a == b else 0.0
+                                chol_solve(Hm2, d, step)
+                                for a in range(d):
+                                    T1[a * d + b] = step[a]
+                            ok = chol(T1, d)
+                        for a in range(d):
+                            for b in range(d):
+                                centers[j, d + a * d + b] = (T1[a * d + b] if ok
+                                                             else (1.0 if a == b else 0.0))
+                    for a in range(d * d):
+                        Lc[a] = centers[j, d + a]
+                    lwd = 0.5 * d * log(2.0)
+                    for a in range(d):
+                        lwd += log(Lc[a * d + a])
+                    n_nodes = 1
+                    for a in range(d):
+                        n_nodes *= n_q
+                    mx = -1e300
+                    for node in range(n_nodes):
+                        r = <int>node
+                        lw = 0.0
+                        for a in range(d - 1, -1, -1):
+                            idx[a] = r % n_q
+                            r = r // n_q
+                            lw += gh_logw[idx[a]] + gh_x[idx[a]] * gh_x[idx[a]]
+                        for a in range(d):
+                            acc = 0.0
+                            for b in range(a + 1):
+                                acc += Lc[a * d + b] * gh_x[idx[b]]
+                            th[a] = centers[j, a] + 1.4142135623730951 * acc
+                        lw += multi_h_theta(th, &st, Lf, d, xv, sv, NULL, NULL, NULL)
+                        lwbuf[node] = lw
+                        if lw > mx:
+                            mx = lw
+                    tot = 0.0
+                    for node in range(n_nodes):
+                        lwbuf[node] = exp(lwbuf[node] - mx)
+                        tot += lwbuf[node]
+                    ll[j] = lwd + mx + log(tot)
+                    for node in range(n_nodes):
+                        wt = lwbuf[node] / tot
+                        r = <int>node
+                        for a in range(d - 1, -1, -1):
+                            idx[a] = r % n_q
+                            r = r // n_q
+                        for a in range(d):
+                            acc = 0.0
+                            for b in range(a + 1):
+                                acc += Lc[a * d + b] * gh_x[idx[b]]
+                            th[a] = centers[j, a] + 1.4142135623730951 * acc
+                        multi_h_theta(th, &st, Lf, d, xv, sv, NULL, NULL, NULL)
+                        om = xv[q]
+                        k = exp(-om)
+                        eom[j] += wt * om
+                        eom2[j] += wt * om * om
+                        k0[j] += wt * k
+                        for a in range(q):
+                            eu[j, a] += wt * xv[a]
+                            euom[j, a] += wt * om * xv[a]
+                            k1[j, a] += wt * k * xv[a]
+                            for b in range(q):
+                                euu[j, a, b] += wt * xv[a] * xv[b]
+                                k2[j, a, b] += wt * k * xv[a] * xv[b]
+                        for a in range(d):
+                            for b in range(a + 1):
+                                dLg[a * d + b] += wt * sv[a] * th[b]
+                for a in range(d):
+                    for b in range(d):
+                        dL[j, a, b] = dLg[a * d + b] if b <= a else 0.0
+                if compute_grad:
+                    for i in range(start, stop):
+                        invd = exp(-eta_ws[i])
+                        rr = r0[i]
+                        zk1 = 0.0
+                        quad = 0.0
+                        for a in range(q):
+                            zk1 += Z[i, a] * k1[j, a]
+                            for b in range(q):
+                                quad += Z[i, a] * k2[j, a, b] * Z[i, b]
+                        g_mu[i] = (k0[j] * rr - zk1) * invd
+                        g_ws[i] = 0.5 * ((k0[j] * rr * rr - 2.0 * rr * zk1 + quad) * invd - 1.0)
+    finally:
+        free(buf)
+        free(idx)

@@ -253,3 +253,226 @@ def group_loglik_ref(
         out["g_bs"][sl] = 0.5 * s * (k1 * r - k2 * s) * inv_d
     out["centers"] = centers
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Several random location effects (random slopes): x = (u, omega) = L theta, theta ~ N(0, I)
+#
+#   L = [[A, 0], [l', lw]]   A: q x q lower triangular, l: (q,), lw: scalar
+#   y_i = mu_i + z_i' u + e_i,   e_i ~ N(0, d_i exp(omega))
+#
+# Exact location (mode 1): omega ~ N(0, V), V = l'l + lw^2; u | omega ~ N(g omega, S) with
+# a = A l, g = a / V, S = A A' - a a' / V = R R',  R = A (I - c l l'),
+# c = (1 - |lw| / sqrt(V)) / l'l.  Given omega, with kappa = exp(-omega), b = b0 - lam g omega,
+# h = R'b, M = I + kappa R' lam R:
+#   -2 log f(y | omega) = n log 2pi + sum log d + n omega + log det M
+#                         + kappa c(omega) - kappa^2 h' M^-1 h,
+#   c(omega) = A_sum - 2 omega g'b0 + omega^2 g' lam g.
+# The posterior of u given omega is N(m, Pt) with Pt = R M^-1 R', m = g omega + kappa Pt b.
+# ---------------------------------------------------------------------------------------------
+
+
+def multi_stats(r0, eta_ws, Z):
+    """Sufficient statistics of one group with q random location effects."""
+    inv_d = np.exp(-eta_ws)
+    lam = (Z * inv_d[:, None]).T @ Z
+    b0 = Z.T @ (r0 * inv_d)
+    return dict(n=float(r0.size), sumlogd=float(eta_ws.sum()), lam=lam, b0=b0,
+                A=float(np.sum(r0 * r0 * inv_d)))
+
+
+def split_chol(L, q):
+    """Blocks (A, l, lw) of the lower-triangular factor of cov(u, omega)."""
+    L = np.asarray(L, dtype=float)
+    if L.shape == (q, q):
+        return L, np.zeros(q), 0.0
+    return L[:q, :q], L[q, :q].copy(), float(L[q, q])
+
+
+def exact_location_terms(A, l, lw):
+    """V, g, R of the exact-location path (see the block comment above)."""
+    V = float(l @ l + lw * lw)
+    a = A @ l
+    g = a / V
+    t = float(l @ l)
+    c = (1.0 - abs(lw) / np.sqrt(V)) / t if t > 0 else 0.0
+    R = A @ (np.eye(len(l)) - c * np.outer(l, l))
+    return V, a, g, R
+
+
+def multi_given_omega(om, st, g, R):
+    """log f(y | omega) and the Gaussian posterior of u given omega."""
+    q = len(st["b0"])
+    k = np.exp(-om)
+    lam = st["lam"]
+    b = st["b0"] - lam @ g * om
+    M = np.eye(q) + k * R.T @ lam @ R
+    Mi = np.linalg.inv(M)
+    h = R.T @ b
+    c = st["A"] - 2 * om * g @ st["b0"] + om * om * g @ lam @ g
+    logf = -0.5 * (st["n"] * LOG2PI + st["sumlogd"] + st["n"] * om + np.linalg.slogdet(M)[1]
+                   + k * c - k * k * h @ Mi @ h)
+    Pt = R @ Mi @ R.T
+    m = g * om + k * Pt @ b
+    return logf, m, Pt, b, k
+
+
+def multi_h1(om, st, V, g, R):
+    """Log integrand over omega, with d/domega (analytic) and d2 (difference of d1)."""
+
+    def value_d1(w):
+        logf, m, Pt, b, k = multi_given_omega(w, st, g, R)
+        # d log f / d omega = -1/2 (n - k tr(Pt lam)) + k g'(I - k lam Pt) b
+        #                     + 1/2 (k c - 2 k^2 b'Pt b + k^3 b'Pt lam Pt b)
+        lam = st["lam"]
+        c = st["A"] - 2 * w * g @ st["b0"] + w * w * g @ lam @ g
+        d1 = (-0.5 * (st["n"] - k * np.trace(Pt @ lam)) + k * g @ (b - k * lam @ Pt @ b)
+              + 0.5 * (k * c - 2 * k * k * b @ Pt @ b + k**3 * b @ Pt @ lam @ Pt @ b))
+        return (logf - 0.5 * w * w / V - 0.5 * np.log(2 * np.pi * V), d1 - w / V)
+
+    h, d1 = value_d1(om)
+    e = 1e-4 * (1.0 + abs(om))
+    d2 = (value_d1(om + e)[1] - value_d1(om - e)[1]) / (2 * e)
+    return h, d1, d2
+
+
+def multi_h_theta(theta, st, L, q):
+    """Log integrand over standardised theta (q + 1 dims), gradient and Hessian."""
+    x = L @ theta
+    u, om = x[:q], x[q]
+    k = np.exp(-om)
+    lam, b0 = st["lam"], st["b0"]
+    C = st["A"] - 2 * u @ b0 + u @ lam @ u
+    s = np.append(k * (b0 - lam @ u), -0.5 * st["n"] + 0.5 * k * C)
+    H = np.zeros((q + 1, q + 1))
+    H[:q, :q] = -k * lam
+    H[:q, q] = H[q, :q] = -s[:q]
+    H[q, q] = -0.5 * k * C
+    h = (-0.5 * (st["n"] * LOG2PI + st["sumlogd"] + st["n"] * om + k * C)
+         - 0.5 * theta @ theta - 0.5 * (q + 1) * LOG2PI)
+    return h, L.T @ s - theta, L.T @ H @ L - np.eye(q + 1), s
+
+
+def group_loglik_multi_ref(r0, eta_ws, Z, group_ptr, mode, L, gh_x, gh_logw, centers=None,
+                           adapt=True):
+    """Twin of :func:`melsml._quad.group_loglik_multi`: per-group log-likelihood,
+    posterior moments, gradient in L, and the gradient in the linear predictors."""
+    Z = np.asarray(Z, dtype=float)
+    q = Z.shape[1]
+    A, l, lw = split_chol(L, q)
+    d = q + 1
+    n_groups = len(group_ptr) - 1
+    centers = (np.zeros((n_groups, d + d * d)) if centers is None
+               else np.array(centers, dtype=float))
+    out = dict(ll=np.zeros(n_groups), eu=np.zeros((n_groups, q)), euu=np.zeros((n_groups, q, q)),
+               eom=np.zeros(n_groups), eom2=np.zeros(n_groups), euom=np.zeros((n_groups, q)),
+               k0=np.zeros(n_groups), k1=np.zeros((n_groups, q)), k2=np.zeros((n_groups, q, q)),
+               dL=np.zeros((n_groups, d, d)), g_mu=np.zeros(len(r0)), g_ws=np.zeros(len(r0)))
+    if mode == 1:
+        V, a, g, R = exact_location_terms(A, l, lw)
+    for j in range(n_groups):
+        sl = slice(group_ptr[j], group_ptr[j + 1])
+        st = multi_stats(r0[sl], eta_ws[sl], Z[sl])
+        lam = st["lam"]
+        if mode == 0:
+            logf, m, Pt, b, k = multi_given_omega(0.0, st, np.zeros(q), A)
+            out["ll"][j] = logf
+            eu, euu, k0, k1, k2 = m, Pt + np.outer(m, m), 1.0, m, Pt + np.outer(m, m)
+            eom = eom2 = 0.0
+            euom = np.zeros(q)
+            w = b - lam @ Pt @ b
+            GS = 0.5 * (np.outer(w, w) - (lam - lam @ Pt @ lam))
+            dL = np.zeros((d, d))
+            dL[:q, :q] = 2 * GS @ A
+            centers[j, :d] = 0.0
+        elif mode == 1:
+            if adapt:
+                x, Mneg = _newton(lambda x: tuple(
+                    np.atleast_2d(v) if i == 2 else np.atleast_1d(v)
+                    for i, v in enumerate(multi_h1(x[0], st, V, g, R))), centers[j, 0])
+                centers[j, 0] = x[0]
+                centers[j, d] = 1.0 / np.sqrt(Mneg[0, 0]) if Mneg[0, 0] > 0 else np.sqrt(V)
+            sd = centers[j, d]
+            oms = centers[j, 0] + SQRT2 * sd * gh_x
+            lw_k = np.array([gh_logw[i] + gh_x[i] ** 2 + multi_h1(oms[i], st, V, g, R)[0]
+                             for i in range(len(gh_x))])
+            mx = lw_k.max()
+            out["ll"][j] = np.log(SQRT2 * sd) + mx + np.log(np.exp(lw_k - mx).sum())
+            wts = np.exp(lw_k - mx) / np.exp(lw_k - mx).sum()
+            eu, euu, eom, eom2, euom = np.zeros(q), np.zeros((q, q)), 0.0, 0.0, np.zeros(q)
+            k0, k1, k2 = 0.0, np.zeros(q), np.zeros((q, q))
+            GS, Gg = np.zeros((q, q)), np.zeros(q)
+            for wt, om in zip(wts, oms, strict=True):
+                _, m, Pt, b, k = multi_given_omega(om, st, g, R)
+                mm = Pt + np.outer(m, m)
+                eu += wt * m
+                euu += wt * mm
+                eom += wt * om
+                eom2 += wt * om * om
+                euom += wt * om * m
+                k0 += wt * k
+                k1 += wt * k * m
+                k2 += wt * k * mm
+                w = k * (b - k * lam @ Pt @ b)
+                GS += wt * 0.5 * (np.outer(w, w) - (k * lam - k * k * lam @ Pt @ lam))
+                Gg += wt * w * om
+            xi = (-2 * GS @ a + Gg) / V
+            nu = (a @ GS @ a - Gg @ a) / V**2 + eom2 / (2 * V**2) - 1 / (2 * V)
+            dL = np.zeros((d, d))
+            dL[:q, :q] = 2 * GS @ A + np.outer(xi, l)
+            dL[q, :q] = A.T @ xi + 2 * nu * l
+            dL[q, q] = 2 * nu * lw
+        else:
+            def fun(t, st=st):
+                h, gr, H, _ = multi_h_theta(t, st, L, q)
+                return h, gr, H
+
+            if adapt:
+                x, Mneg = _newton(fun, centers[j, :d])
+                centers[j, :d] = x
+                try:
+                    Lc = np.linalg.cholesky(np.linalg.inv(Mneg))
+                except np.linalg.LinAlgError:
+                    Lc = np.eye(d)
+                centers[j, d:] = Lc.ravel()
+            Lc = centers[j, d:].reshape(d, d)
+            grids = np.meshgrid(*([gh_x] * d), indexing="ij")
+            wgrids = np.meshgrid(*([gh_logw] * d), indexing="ij")
+            X = np.vstack([gr.ravel() for gr in grids])
+            base = sum(wg.ravel() for wg in wgrids) + (X**2).sum(axis=0)
+            thetas = centers[j, :d, None] + SQRT2 * Lc @ X
+            hv = np.array([multi_h_theta(t, st, L, q)[0] for t in thetas.T])
+            lw_k = base + hv
+            mx = lw_k.max()
+            out["ll"][j] = (0.5 * d * np.log(2.0) + np.log(np.prod(np.diag(Lc))) + mx
+                            + np.log(np.exp(lw_k - mx).sum()))
+            wts = np.exp(lw_k - mx) / np.exp(lw_k - mx).sum()
+            eu, euu, eom, eom2, euom = np.zeros(q), np.zeros((q, q)), 0.0, 0.0, np.zeros(q)
+            k0, k1, k2 = 0.0, np.zeros(q), np.zeros((q, q))
+            dL = np.zeros((d, d))
+            for wt, t in zip(wts, thetas.T, strict=True):
+                x = L @ t
+                u, om = x[:q], x[q]
+                k = np.exp(-om)
+                eu += wt * u
+                euu += wt * np.outer(u, u)
+                eom += wt * om
+                eom2 += wt * om * om
+                euom += wt * om * u
+                k0 += wt * k
+                k1 += wt * k * u
+                k2 += wt * k * np.outer(u, u)
+                s = multi_h_theta(t, st, L, q)[3]
+                dL += wt * np.outer(s, t)
+            dL = np.tril(dL)
+        out["eu"][j], out["euu"][j], out["eom"][j], out["eom2"][j] = eu, euu, eom, eom2
+        out["euom"][j], out["k0"][j], out["k1"][j], out["k2"][j] = euom, k0, k1, k2
+        out["dL"][j] = np.tril(dL)
+        r, z = r0[sl], Z[sl]
+        inv_d = np.exp(-eta_ws[sl])
+        zk1 = z @ k1
+        out["g_mu"][sl] = (k0 * r - zk1) * inv_d
+        quad = np.einsum("ij,jk,ik->i", z, k2, z)
+        out["g_ws"][sl] = 0.5 * ((k0 * r * r - 2 * r * zk1 + quad) * inv_d - 1.0)
+    out["centers"] = centers
+    return out
