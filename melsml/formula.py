@@ -34,6 +34,8 @@ class DesignMatrices:
     x_mean, x_bs, x_ws : (n_obs, k) designs of the mean, between-group (BS)
         log-variance and within-group (WS) log-variance functions
     mean_names, bs_names, ws_names : term names of the three designs
+    x_re, re_names : (n_obs, q) design of the random location effects (a
+        column of ones for a random intercept) and its term names
     group_ptr : (n_groups + 1,) int offsets of each group in the sorted rows
     group_labels : (n_groups,) the group identifiers, in sorted order
     row_index : (n_obs,) the data frame index of each sorted row
@@ -47,6 +49,8 @@ class DesignMatrices:
     mean_names: tuple[str, ...]
     bs_names: tuple[str, ...]
     ws_names: tuple[str, ...]
+    x_re: np.ndarray
+    re_names: tuple[str, ...]
     group_ptr: np.ndarray
     group_labels: np.ndarray
     row_index: pd.Index
@@ -67,6 +71,11 @@ class DesignMatrices:
     @property
     def group_sizes(self) -> np.ndarray:
         return np.diff(self.group_ptr)
+
+    @property
+    def random_intercept_only(self) -> bool:
+        """A single random location effect, the intercept (MixWILD's model)."""
+        return self.re_names == ("Intercept",)
 
     @property
     def group_index(self) -> np.ndarray:
@@ -138,6 +147,7 @@ def build_design(
     *,
     bs_formula: str = "~ 1",
     ws_formula: str = "~ 1",
+    re_formula: str = "~ 1",
 ) -> DesignMatrices:
     """Build the three design matrices of a MELS model from formulas.
 
@@ -151,6 +161,9 @@ def build_design(
     bs_formula, ws_formula : str
         One-sided formulas of the between-group and within-group log-variance
         functions.
+    re_formula : str
+        One-sided formula of the random location effects (``"~ 1"``: random
+        intercept; ``"~ 1 + prior"``: random intercept and slope).
 
     Returns
     -------
@@ -167,7 +180,8 @@ def build_design(
         raise MELSInputError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     if not isinstance(groups, str) or groups not in data.columns:
         raise MELSInputError(f"groups column {groups!r} is not in the data")
-    specs = {"formula": formula, "bs_formula": bs_formula, "ws_formula": ws_formula}
+    specs = {"formula": formula, "bs_formula": bs_formula, "ws_formula": ws_formula,
+             "re_formula": re_formula}
     parsed = {opt: _parse(f, opt, needs_lhs=(opt == "formula")) for opt, f in specs.items()}
     used: list[str] = [groups]
     for opt, p in parsed.items():
@@ -218,7 +232,7 @@ def build_design(
     mm = _matrix(formula, frame, "formula")
     y = np.ascontiguousarray(np.asarray(mm.lhs, dtype=float)[:, 0])
     mats = {"formula": mm.rhs}
-    for opt in ("bs_formula", "ws_formula"):
+    for opt in ("bs_formula", "ws_formula", "re_formula"):
         mats[opt] = _matrix(specs[opt], frame, opt)
     arrays, names = {}, {}
     for opt, mat in mats.items():
@@ -226,6 +240,12 @@ def build_design(
         nm = tuple(str(c) for c in mat.model_spec.column_names)
         _check_design(arr, nm, opt, specs[opt])
         arrays[opt], names[opt] = arr, nm
+    if names["re_formula"] != ("Intercept",) and names["bs_formula"] != ("Intercept",):
+        raise MELSInputError(
+            f"bs_formula={bs_formula!r} needs a single random intercept: with "
+            f"re_formula={re_formula!r} the random effects have an unstructured covariance "
+            "(use bs_formula='~ 1')"
+        )
     return DesignMatrices(
         y=y,
         x_mean=arrays["formula"],
@@ -234,6 +254,8 @@ def build_design(
         mean_names=names["formula"],
         bs_names=names["bs_formula"],
         ws_names=names["ws_formula"],
+        x_re=arrays["re_formula"],
+        re_names=names["re_formula"],
         group_ptr=group_ptr,
         group_labels=np.asarray(labels),
         row_index=frame.index,

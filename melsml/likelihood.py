@@ -26,12 +26,13 @@ class Evaluation:
     llf: float
     score: np.ndarray | None
     ll_groups: np.ndarray
-    moments: np.ndarray  # (n_groups, 8), see melsml._quad.group_loglik
-    centers: np.ndarray  # (n_groups, 5) node placement
+    moments: np.ndarray | None  # (n_groups, 8), see melsml._quad.group_loglik (q = 1)
+    centers: np.ndarray  # node placement
     grad_mu: np.ndarray | None
     grad_ws: np.ndarray | None
-    grad_bs: np.ndarray | None
-    grad_random: np.ndarray  # (n_groups, 3)
+    grad_bs: np.ndarray | None  # None with several location effects
+    grad_random: np.ndarray  # (n_groups, k_random) per-group score of the random block
+    posterior: dict | None = None  # several location effects: eu, euu, eom, eom2, euom
 
 
 class MELSObjective:
@@ -59,11 +60,17 @@ class MELSObjective:
         self.mode = options.mode
         self.gh_x, self.gh_logw = gauss_hermite(options.n_points)
         n, j = design.n_obs, design.n_groups
-        self._centers = np.zeros((j, 5))
-        self._centers[:, 2] = 1.0
-        self._centers[:, 4] = 1.0
+        if layout.is_chol:
+            dim = layout.q + 1
+            self._centers = np.zeros((j, dim + dim * dim))
+            self._centers[:, dim] = 1.0
+            self._x_re = np.ascontiguousarray(design.x_re)
+        else:
+            self._centers = np.zeros((j, 5))
+            self._centers[:, 2] = 1.0
+            self._centers[:, 4] = 1.0
         self._work = np.empty(2 * n)
-        self._rand_jac = layout.random_jacobian()
+        self._rand_jac = None if layout.is_chol else layout.random_jacobian()
         # column-major copies: X @ b and X.T @ g are both fast on them
         self._x_mean = np.asfortranarray(design.x_mean)
         self._x_ws = np.asfortranarray(design.x_ws)
@@ -90,6 +97,8 @@ class MELSObjective:
         adapt : place the quadrature nodes anew (False: keep ``centers``)
         centers : (n_groups, 5) node placement to start from or to keep
         """
+        if self.layout.is_chol:
+            return self._evaluate_multi(theta, score=score, adapt=adapt, centers=centers)
         d = self.design
         p = self.layout.unpack(theta)
         r0 = np.ascontiguousarray(d.y - self._x_mean @ p["beta"])
@@ -135,6 +144,7 @@ class MELSObjective:
                     grand.sum(axis=0) @ self._rand_jac,
                 ]
             )
+        grad_random = grand @ self._rand_jac
         return Evaluation(
             theta=np.array(theta, dtype=float),
             llf=llf,
@@ -145,7 +155,45 @@ class MELSObjective:
             grad_mu=g_mu if score else None,
             grad_ws=g_ws if score else None,
             grad_bs=g_bs if score else None,
-            grad_random=grand,
+            grad_random=grad_random,
+        )
+
+    def _evaluate_multi(self, theta, *, score, adapt, centers) -> Evaluation:
+        """Several random location effects: the Cholesky-parametrised kernel."""
+        d = self.design
+        lay = self.layout
+        p = lay.unpack(theta)
+        r0 = np.ascontiguousarray(d.y - self._x_mean @ p["beta"])
+        eta_ws = np.ascontiguousarray(self._x_ws @ p["tau"])
+        chol = np.ascontiguousarray(lay.chol_matrix(theta))
+        j, n, q = d.n_groups, d.n_obs, lay.q
+        dim = q + 1
+        post = dict(
+            eu=np.empty((j, q)), euu=np.empty((j, q, q)), eom=np.empty(j), eom2=np.empty(j),
+            euom=np.empty((j, q)),
+        )
+        k0, k1, k2 = np.empty(j), np.empty((j, q)), np.empty((j, q, q))
+        ll, dL = np.empty(j), np.empty((j, dim, dim))
+        cen = self._centers if centers is None else np.array(centers, dtype=float, order="C")
+        g_mu, g_ws = np.empty(n), np.empty(n)
+        _quad.group_loglik_multi(
+            r0, eta_ws, self._x_re, d.group_ptr, self.mode, chol, self.gh_x, self.gh_logw,
+            ll, post["eu"], post["euu"], post["eom"], post["eom2"], post["euom"],
+            k0, k1, k2, dL, cen, g_mu, g_ws, adapt=adapt, compute_grad=score,
+        )
+        self.n_evals += 1
+        rows, cols = zip(*lay.chol_entries, strict=True)
+        grad_random = dL[:, list(rows), list(cols)]
+        grad = None
+        if score:
+            grad = np.concatenate(
+                [self._x_mean.T @ g_mu, self._x_ws.T @ g_ws, grad_random.sum(axis=0)]
+            )
+        return Evaluation(
+            theta=np.array(theta, dtype=float), llf=float(ll.sum()), score=grad,
+            ll_groups=ll, moments=None, centers=cen.copy(),
+            grad_mu=g_mu if score else None, grad_ws=g_ws if score else None,
+            grad_bs=None, grad_random=grad_random, posterior=post,
         )
 
     # convenience wrappers ---------------------------------------------------------
@@ -166,11 +214,12 @@ class MELSObjective:
         ev = self.evaluate(theta)
         d = self.design
         starts = d.group_ptr[:-1]
-        blocks = [
-            np.add.reduceat(d.x_mean * ev.grad_mu[:, None], starts, axis=0),
-            np.add.reduceat(d.x_bs * ev.grad_bs[:, None], starts, axis=0),
+        blocks = [np.add.reduceat(d.x_mean * ev.grad_mu[:, None], starts, axis=0)]
+        if ev.grad_bs is not None:
+            blocks.append(np.add.reduceat(d.x_bs * ev.grad_bs[:, None], starts, axis=0))
+        blocks += [
             np.add.reduceat(d.x_ws * ev.grad_ws[:, None], starts, axis=0),
-            ev.grad_random @ self._rand_jac,
+            ev.grad_random,
         ]
         return np.hstack(blocks)
 

@@ -56,8 +56,13 @@ class MELS:
             integration=integration,
             n_points=n_points,
         )
+        if not design.random_intercept_only and self.options.association == "quadratic":
+            raise MELSInputError(
+                "association='quadratic' needs a single random intercept (re_formula='~ 1')"
+            )
         self.layout = ParamLayout.for_model(
-            design.mean_names, design.bs_names, design.ws_names, self.options
+            design.mean_names, design.bs_names, design.ws_names, self.options,
+            re_names=design.re_names,
         )
         if self.options.random_scale and design.n_groups < 2:
             raise MELSInputError("a random scale needs at least two groups")
@@ -71,6 +76,7 @@ class MELS:
         *,
         bs_formula: str = "~ 1",
         ws_formula: str = "~ 1",
+        re_formula: str = "~ 1",
         random_scale: bool = True,
         association: Association = "linear",
         integration: Integration = "auto",
@@ -89,6 +95,10 @@ class MELS:
             Between-group (location) log-variance function, default ``"~ 1"``.
         ws_formula : str
             Within-group (residual) log-variance function, default ``"~ 1"``.
+        re_formula : str
+            Random location effects, default ``"~ 1"`` (random intercept);
+            ``"~ 1 + prior"`` adds a random slope on ``prior`` with an
+            unstructured covariance (then ``bs_formula`` must be ``"~ 1"``).
         random_scale : bool
             Include the random scale effect (default True).
         association : {"none", "linear", "quadratic"}
@@ -108,7 +118,10 @@ class MELS:
             integration=integration,
             n_points=n_points,
         )  # fail fast on options
-        design = build_design(formula, data, groups, bs_formula=bs_formula, ws_formula=ws_formula)
+        design = build_design(
+            formula, data, groups, bs_formula=bs_formula, ws_formula=ws_formula,
+            re_formula=re_formula,
+        )
         return cls(
             design,
             random_scale=random_scale,
@@ -188,8 +201,7 @@ class MELS:
             else self._as_vector(start_params, "start_params")
         )
         obj = self.objective()
-        pos = self.layout.random_position("sigma_omega")
-        boundary = () if pos is None else (pos,)
+        boundary = self.layout.boundary_positions
         theta, hess, info = maximize(
             obj, theta0, maxiter=maxiter, tol=tol, boundary_params=boundary
         )
@@ -208,12 +220,16 @@ class MELS:
                 ConvergenceWarning,
                 stacklevel=2,
             )
-        if pos is not None and abs(theta[pos]) < 1e-3:
-            warnings.warn(
-                f"sigma_omega = {abs(theta[pos]):.2e} is at (or near) its boundary 0: "
-                "there is little evidence of a random scale; test it with "
-                "melsml.compare(), which uses the 50:50 chi-square mixture",
-                BoundaryWarning,
-                stacklevel=2,
-            )
+        for pos in boundary:
+            if abs(theta[pos]) < 1e-3:
+                name = self.layout.index[pos][1]
+                what = ("a random scale" if name in ("sigma_omega", "L(omega,omega)")
+                        else "this variance component")
+                warnings.warn(
+                    f"{name} = {abs(theta[pos]):.2e} is at (or near) its boundary 0: "
+                    f"there is little evidence of {what}; test it with "
+                    "melsml.compare(), which uses the 50:50 chi-square mixture",
+                    BoundaryWarning,
+                    stacklevel=2,
+                )
         return MELSResults(self, theta, hess, info, final, cov_type=cov_type)

@@ -39,24 +39,53 @@ def start_values(design: DesignMatrices, layout: ParamLayout) -> np.ndarray:
     else:
         tau, *_ = np.linalg.lstsq(d.x_ws, np.full(d.n_obs, np.log(s2_within)), rcond=None)
 
+    if layout.is_chol:
+        alpha = np.zeros(0)
     theta = np.concatenate([beta, alpha, tau, np.zeros(len(layout.random))])
-    if layout.random:
-        big = sizes > 2
-        if big.sum() >= 3:
-            scaled_w = within**2 / np.exp(d.x_ws @ tau)
-            s2_g = np.bincount(gidx, weights=scaled_w)[big] / (sizes[big] - 1.0)
-            log_s2 = np.log(s2_g + 1e-12)
-            var_omega = float(np.var(log_s2) - np.mean(2.0 / (sizes[big] - 1.0)))
-            var_omega = max(var_omega, 0.01)
-            cov = float(np.cov(gmean[big], log_s2)[0, 1])
-            bound = 0.7 * np.sqrt(var_omega)
-            tau_l = float(np.clip(cov / np.sqrt(s2_between), -bound, bound))
-        else:
-            var_omega, tau_l = 0.1, 0.0
-        values = {"tau_l": tau_l, "tau_q": 0.0}
-        if "tau_l" not in layout.random:
-            tau_l = 0.0
-        values["sigma_omega"] = float(np.sqrt(max(var_omega - tau_l**2, 0.01)))
-        sl = layout.slices["random"]
+    var_omega, tau_l = 0.1, 0.0
+    big = sizes > 2
+    if big.sum() >= 3:
+        scaled_w = within**2 / np.exp(d.x_ws @ tau)
+        s2_g = np.bincount(gidx, weights=scaled_w)[big] / (sizes[big] - 1.0)
+        log_s2 = np.log(s2_g + 1e-12)
+        var_omega = float(np.var(log_s2) - np.mean(2.0 / (sizes[big] - 1.0)))
+        var_omega = max(var_omega, 0.01)
+        cov = float(np.cov(gmean[big], log_s2)[0, 1])
+        bound = 0.7 * np.sqrt(var_omega)
+        tau_l = float(np.clip(cov / np.sqrt(s2_between), -bound, bound))
+    has_tau_l = "tau_l" in layout.random or any(
+        i == layout.q and j < i for i, j in layout.chol_entries
+    )
+    if not has_tau_l:
+        tau_l = 0.0
+    sigma_omega = float(np.sqrt(max(var_omega - tau_l**2, 0.01)))
+    sl = layout.slices["random"]
+    if layout.is_chol:
+        theta[sl] = _chol_start(d, layout, np.sqrt(s2_between), tau_l, sigma_omega)
+    elif layout.random:
+        values = {"tau_l": tau_l, "tau_q": 0.0, "sigma_omega": sigma_omega}
         theta[sl] = [values[name] for name in layout.random]
     return theta
+
+
+def _chol_start(design: DesignMatrices, layout: ParamLayout, sd_between: float,
+                tau_l: float, sigma_omega: float) -> list[float]:
+    """Diagonal start for the Cholesky factor of cov(u, omega).
+
+    The random intercept takes the between-group SD; each random slope a third
+    of it per unit SD of its covariate; omega loads on the intercept by tau_l.
+    """
+    sd_z = design.x_re.std(axis=0)
+    values = []
+    for i, j in layout.chol_entries:
+        if i == j == layout.q:
+            values.append(sigma_omega)
+        elif i == layout.q:
+            values.append(tau_l if layout.re_terms[j] == "Intercept" else 0.0)
+        elif i == j:
+            term = layout.re_terms[i]
+            values.append(sd_between if term == "Intercept"
+                          else sd_between / (3.0 * max(float(sd_z[i]), 1e-8)))
+        else:
+            values.append(0.0)
+    return values
