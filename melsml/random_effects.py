@@ -182,6 +182,8 @@ def random_effects(res: MELSResults) -> pd.DataFrame:
     ``cov_theta12`` as in MixWILD's EB file (theta2 only for the linear or no
     association).  Indexed by group identifier.
     """
+    if res.model.layout.is_chol:
+        return _random_effects_multi(res)
     post = _posterior(res, 0.05, 0.0)
     d = res.model.design
     sd1, sdo = post["theta1_sd"], post["omega_sd"]
@@ -220,7 +222,8 @@ def _ws_shift(res: MELSResults, ws_reference) -> float:
     return float(wbar @ tau)
 
 
-def school_effects(res: MELSResults, alpha: float = 0.05, ws_reference=None) -> pd.DataFrame:
+def school_effects(res: MELSResults, alpha: float = 0.05, ws_reference=None,
+                   reference_var=None) -> pd.DataFrame:
     """School means and variances of student adjusted achievement.
 
     Parameters
@@ -232,6 +235,11 @@ def school_effects(res: MELSResults, alpha: float = 0.05, ws_reference=None) -> 
         Values of WS design terms (by term name) at which the school variance
         exp(wbar'tau + omega_j) is evaluated; terms not given take their sample
         means (the default for all).
+    reference_var : float or (s, s) array, optional
+        Random-slope models only: the variance (or covariance matrix) of the
+        random-slope covariates in the reference distribution of students;
+        the school variance is then ``u_s' V u_s + exp(wbar'tau + omega_j)``.
+        Default: their sample (co)variance over all students.
 
     Returns
     -------
@@ -252,6 +260,10 @@ def school_effects(res: MELSResults, alpha: float = 0.05, ws_reference=None) -> 
     if not 0 < alpha < 1:
         raise MELSInputError(f"alpha must be in (0, 1), got {alpha!r}")
     shift = _ws_shift(res, ws_reference)
+    if res.model.layout.is_chol:
+        return _school_effects_multi(res, alpha, shift, reference_var)
+    if reference_var is not None:
+        raise MELSInputError("reference_var applies to random-slope models (re_formula)")
     post = _posterior(res, alpha, shift)
     d = res.model.design
     s = post["s_mean"]
@@ -279,4 +291,79 @@ def school_effects(res: MELSResults, alpha: float = 0.05, ws_reference=None) -> 
     if res.model.options.mode == MODE_CLOSED_FORM:
         out["variance_separated"] = False
     out.attrs.update(mean_reference=0.0, variance_reference=ref_var, alpha=alpha)
+    return out
+
+
+def _effects_frame(res: MELSResults, cols: dict) -> pd.DataFrame:
+    d = res.model.design
+    return pd.DataFrame(cols, index=pd.Index(d.group_labels, name=d.groups))
+
+
+def _random_effects_multi(res: MELSResults) -> pd.DataFrame:
+    """Posterior means, SDs and covariances of (u, omega) with random slopes."""
+    from .posterior_multi import moments, posterior_grid
+
+    grid = posterior_grid(res)
+    mom = moments(grid)
+    terms = res.model.layout.re_terms
+    cols: dict[str, np.ndarray] = {"n": grid["n"].astype(int)}
+    for a, t in enumerate(terms):
+        cols[f"u_mean[{t}]"] = mom["mu"][:, a]
+        cols[f"u_sd[{t}]"] = np.sqrt(np.maximum(mom["cov_u"][:, a, a], 0))
+    scale = res.model.options.random_scale
+    if scale:
+        cols["omega_mean"] = mom["omega_mean"]
+        cols["omega_sd"] = np.sqrt(mom["omega_var"])
+    for a in range(len(terms)):
+        for b in range(a):
+            cols[f"cov[{terms[b]},{terms[a]}]"] = mom["cov_u"][:, a, b]
+        if scale:
+            cols[f"cov[{terms[a]},omega]"] = mom["cov_uo"][:, a]
+    return _effects_frame(res, cols)
+
+
+def _school_effects_multi(res: MELSResults, alpha: float, shift: float,
+                          reference_var) -> pd.DataFrame:
+    """School means over their own students and variances for a reference
+    distribution of students, with random slopes."""
+    from .posterior_multi import posterior_grid, variance_quantity
+
+    grid = posterior_grid(res)
+    terms = res.model.layout.re_terms
+    slopes = [a for a, t in enumerate(terms) if t != "Intercept"]
+    probs = (alpha / 2, 1 - alpha / 2)
+    z = grid["zbar"]
+    means = np.einsum("ja,jga->jg", z, grid["m"])
+    sds = np.sqrt(np.maximum(np.einsum("ja,jgab,jb->jg", z, grid["Pt"], z), 0) + 1e-300)
+    w = grid["w"]
+    mean = np.sum(w * means, axis=1)
+    mean_sd = np.sqrt(np.maximum(np.sum(w * (sds**2 + means**2), axis=1) - mean**2, 0))
+    lo, hi = _mixture_quantiles(w, means, sds, probs, mean - 10 * mean_sd - 1e-8,
+                                mean + 10 * mean_sd + 1e-8)
+    x_s = res.model.design.x_re[:, slopes]
+    if reference_var is None:
+        sigma_ref = np.atleast_2d(np.cov(x_s, rowvar=False)) if slopes else np.zeros((0, 0))
+    else:
+        sigma_ref = np.atleast_2d(np.asarray(reference_var, dtype=float))
+        if sigma_ref.shape != (len(slopes), len(slopes)) or not np.isfinite(sigma_ref).all():
+            raise MELSInputError(
+                f"reference_var must be a finite {len(slopes)} x {len(slopes)} (co)variance "
+                f"of the random-slope covariates ({', '.join(terms[a] for a in slopes)}), "
+                f"got {reference_var!r}"
+            )
+        if np.any(np.linalg.eigvalsh(sigma_ref) < 0):
+            raise MELSInputError("reference_var must be positive semi-definite")
+    vmean, vsd, (vlo, vhi) = variance_quantity(grid, slopes, sigma_ref, shift, probs)
+    ref_var = float(np.exp(shift))
+    out = _effects_frame(res, {
+        "n": grid["n"].astype(int),
+        "mean": mean, "mean_sd": mean_sd, "mean_lower": lo, "mean_upper": hi,
+        "mean_rank": pd.Series(mean).rank(method="min").astype(int).to_numpy(),
+        "mean_separated": (lo > 0) | (hi < 0),
+        "variance": vmean, "variance_sd": vsd, "variance_lower": vlo, "variance_upper": vhi,
+        "variance_rank": pd.Series(vmean).rank(method="min").astype(int).to_numpy(),
+        "variance_separated": (vlo > ref_var) | (vhi < ref_var),
+    })
+    out.attrs.update(mean_reference=0.0, variance_reference=ref_var, alpha=alpha,
+                     reference_var=sigma_ref.tolist())
     return out

@@ -187,7 +187,9 @@ class MELSResults:
     def random_params(self, alpha: float = 0.05) -> pd.DataFrame:
         """Natural random-effect parameters with delta-method standard errors.
 
-        Rows: ``var_u`` (between-group location variance at the reference BS
+        With several random location effects the rows are ``var(term)``,
+        ``cov(a,b)`` and ``corr(a,b)`` of (u, omega) and ``var_e``.  With a
+        random intercept, rows: ``var_u`` (between-group location variance at the reference BS
         covariates), ``var_e`` (within-group variance exp(wbar'tau) of a school
         with omega = 0, at the reference WS covariates) and, with a random
         scale, ``var_omega`` (variance of the WS log-variance random effect),
@@ -196,18 +198,21 @@ class MELSResults:
         """
         layout = self.model.layout
         sbar, wbar = self.reference_values("bs"), self.reference_values("ws")
-        names = ["var_u", "var_e"]
-        if layout.random:
-            names += ["var_omega", "cov_u_omega", "corr_u_omega"]
-
-        def fun(theta):
-            p = layout.unpack(theta)
-            var_u = np.exp(sbar @ p["alpha"])
-            out = [var_u, np.exp(wbar @ p["tau"])]
+        if layout.is_chol:
+            names, fun = self._chol_natural(wbar)
+        else:
+            names = ["var_u", "var_e"]
             if layout.random:
-                var_om = p["tau_l"] ** 2 + 2 * p["tau_q"] ** 2 + p["sigma_omega"] ** 2
-                out += [var_om, np.sqrt(var_u) * p["tau_l"], p["tau_l"] / np.sqrt(var_om)]
-            return np.array(out)
+                names += ["var_omega", "cov_u_omega", "corr_u_omega"]
+
+            def fun(theta):
+                p = layout.unpack(theta)
+                var_u = np.exp(sbar @ p["alpha"])
+                out = [var_u, np.exp(wbar @ p["tau"])]
+                if layout.random:
+                    var_om = p["tau_l"] ** 2 + 2 * p["tau_q"] ** 2 + p["sigma_omega"] ** 2
+                    out += [var_om, np.sqrt(var_u) * p["tau_l"], p["tau_l"] / np.sqrt(var_om)]
+                return np.array(out)
 
         val, cov = delta_method(fun, self._theta, self.cov_params().to_numpy())
         se = np.sqrt(np.clip(np.diag(cov), 0, None))
@@ -216,6 +221,29 @@ class MELSResults:
             {"estimate": val, "std_error": se, "lower": val - q * se, "upper": val + q * se},
             index=pd.Index(names, name="parameter"),
         )
+
+    def _chol_natural(self, wbar):
+        """Names and function of the natural parameters of a Cholesky layout:
+        variances, then covariances and correlations of (u, omega), then var_e."""
+        layout = self.model.layout
+        labels = list(layout.re_terms) + (["omega"] if layout.dim_chol > layout.q else [])
+        d = len(labels)
+        pairs = [(i, j) for i in range(d) for j in range(i)]
+        names = [f"var({lab})" for lab in labels]
+        names += [f"{kind}({labels[j]},{labels[i]})" for i, j in pairs for kind in ("cov", "corr")]
+        names.append("var_e")
+
+        def fun(theta):
+            chol = layout.chol_matrix(theta)
+            sigma = chol @ chol.T
+            sd = np.sqrt(np.diag(sigma))
+            out = list(np.diag(sigma))
+            for i, j in pairs:
+                out += [sigma[i, j], sigma[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else 0.0]
+            out.append(np.exp(wbar @ layout.unpack(theta)["tau"]))
+            return np.array(out)
+
+        return names, fun
 
     # --- predictions --------------------------------------------------------------
     def random_effects(self) -> pd.DataFrame:
@@ -227,14 +255,18 @@ class MELSResults:
 
         return random_effects(self)
 
-    def school_effects(self, alpha: float = 0.05, ws_reference=None) -> pd.DataFrame:
+    def school_effects(
+        self, alpha: float = 0.05, ws_reference=None, reference_var=None
+    ) -> pd.DataFrame:
         """School means and variances of adjusted achievement with intervals and ranks.
 
         See :func:`melsml.random_effects.school_effects`.
         """
         from .random_effects import school_effects
 
-        return school_effects(self, alpha=alpha, ws_reference=ws_reference)
+        return school_effects(
+            self, alpha=alpha, ws_reference=ws_reference, reference_var=reference_var
+        )
 
     # --- printing ---------------------------------------------------------------
     def summary(self, alpha: float = 0.05) -> Summary:

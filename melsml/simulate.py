@@ -11,7 +11,13 @@ from .exceptions import MELSInputError
 from .formula import build_design
 from .params import RANDOM_ORDER
 
-__all__ = ["simulate", "simulate_london", "LONDON_TRUE", "LONDON_COVARIATE_TRUE"]
+__all__ = [
+    "simulate",
+    "simulate_london",
+    "LONDON_TRUE",
+    "LONDON_SLOPE_TRUE",
+    "LONDON_COVARIATE_TRUE",
+]
 
 #: true parameters of :func:`simulate_london` with ``model=3`` (loosely after the
 #: article's model 3 for London: a negative location-scale association)
@@ -39,8 +45,19 @@ LONDON_COVARIATE_TRUE = {
     "tau": {"Intercept": np.log(0.46), "prior": -0.12, "fsm": 0.10, "sen": 0.18, "female": -0.05},
     "random": {"tau_l": -0.12, "sigma_omega": 0.22},
 }
+#: true parameters with ``model=5`` or ``6`` (random slope on prior; model 6 also
+#: has prior in the WS function): Cholesky entries of cov(u0, u1, omega)
+LONDON_SLOPE_TRUE = {
+    "beta": {"Intercept": 0.0, "prior": 0.65},
+    "tau": {"Intercept": np.log(0.50), "prior": -0.12},
+    "random": {"L(Intercept,Intercept)": 0.30, "L(prior,Intercept)": 0.03,
+               "L(prior,prior)": 0.095, "L(omega,Intercept)": -0.12,
+               "L(omega,prior)": 0.05, "L(omega,omega)": 0.20},
+}
 _MODEL_FORMULAS = {
     3: ("y ~ prior", "~ 1", "~ prior"),
+    5: ("y ~ prior", "~ 1", "~ 1"),
+    6: ("y ~ prior", "~ 1", "~ prior"),
     7: (
         "y ~ prior + female + fsm + eal + sen + age + ethnicity",
         "~ 1",
@@ -72,6 +89,7 @@ def simulate(
     formula: str = "y ~ 1",
     bs_formula: str = "~ 1",
     ws_formula: str = "~ 1",
+    re_formula: str = "~ 1",
     seed: int | np.random.Generator | None = None,
     return_effects: bool = False,
 ):
@@ -88,8 +106,11 @@ def simulate(
         ``{"beta": {term: value}, "alpha": {...}, "tau": {...},
         "random": {"tau_l": .., "tau_q": .., "sigma_omega": ..}}`` keyed by the
         formulas' term names, or a fitted ``res.params``.  Absent random
-        parameters are 0 (no random scale when all are).
-    formula, bs_formula, ws_formula : str
+        parameters are 0 (no random scale when all are).  With random slopes
+        (``re_formula``) the random block holds the Cholesky entries
+        ``L(row,col)`` of cov(u, omega) as in :mod:`melsml.params`; without
+        ``L(omega,...)`` entries there is no random scale.
+    formula, bs_formula, ws_formula, re_formula : str
         As in :meth:`melsml.MELS.from_formula`.
     seed : int or Generator, optional
     return_effects : bool
@@ -106,12 +127,17 @@ def simulate(
         raise MELSInputError(f"formula={formula!r} must name the outcome column on the left")
     frame = data.copy()
     frame[outcome] = 0.0
-    design = build_design(formula, frame, groups, bs_formula=bs_formula, ws_formula=ws_formula)
+    design = build_design(
+        formula, frame, groups, bs_formula=bs_formula, ws_formula=ws_formula,
+        re_formula=re_formula,
+    )
     if design.n_dropped:
         raise MELSInputError("simulate() needs covariates without missing values")
     beta = _lookup(params, "beta", design.mean_names)
-    alpha = _lookup(params, "alpha", design.bs_names)
     tau = _lookup(params, "tau", design.ws_names)
+    if not design.random_intercept_only:
+        return _simulate_slopes(frame, outcome, design, params, beta, tau, rng, return_effects)
+    alpha = _lookup(params, "alpha", design.bs_names)
     rand = {}
     for name in RANDOM_ORDER:
         try:
@@ -137,6 +163,41 @@ def simulate(
         },
         index=pd.Index(design.group_labels, name=groups),
     )
+    return frame, effects
+
+
+def _simulate_slopes(frame, outcome, design, params, beta, tau, rng, return_effects):
+    """Simulate with several random location effects from the Cholesky entries."""
+    q = len(design.re_names)
+    labels = (*design.re_names, "omega")
+    random = (params.xs("random", level="block").to_dict() if isinstance(params, pd.Series)
+              else dict(params.get("random", {})))
+    chol = np.zeros((q + 1, q + 1))
+    for name, value in random.items():
+        inner = name[2:-1].split(",") if name.startswith("L(") and name.endswith(")") else []
+        if len(inner) != 2 or inner[0] not in labels or inner[1] not in labels:
+            raise MELSInputError(
+                f"random parameter {name!r} is not an entry L(row,col) of the factor of "
+                f"cov(u, omega) with labels {', '.join(labels)}"
+            )
+        i, j = labels.index(inner[0]), labels.index(inner[1])
+        if j > i:
+            raise MELSInputError(f"{name!r} is above the diagonal of a lower-triangular factor")
+        chol[i, j] = float(value)
+    j = design.n_groups
+    theta = rng.standard_normal((j, q + 1))
+    x = theta @ chol.T
+    u, omega = x[:, :q], x[:, q]
+    gidx = design.group_index
+    sd_e = np.exp(0.5 * (design.x_ws @ tau + omega[gidx]))
+    y = (design.x_mean @ beta + np.sum(design.x_re * u[gidx], axis=1)
+         + sd_e * rng.standard_normal(design.n_obs))
+    frame.loc[design.row_index, outcome] = y
+    if not return_effects:
+        return frame
+    cols = {f"u[{t}]": u[:, a] for a, t in enumerate(design.re_names)}
+    cols["omega"] = omega
+    effects = pd.DataFrame(cols, index=pd.Index(design.group_labels, name=design.groups))
     return frame, effects
 
 
@@ -200,21 +261,26 @@ def simulate_london(
 
     Parameters
     ----------
-    model : {3, 7}
+    model : {3, 5, 6, 7}
         Data-generating model: the article's model 3 (prior score in the mean
-        and WS functions; true values :data:`LONDON_TRUE`) or model 7 (student
-        characteristics too; :data:`LONDON_COVARIATE_TRUE`).  The covariates
-        of model 7 are in the data either way.
+        and WS functions; true values :data:`LONDON_TRUE`), 5 or 6 (random
+        slope on prior, with prior in the WS function in model 6;
+        :data:`LONDON_SLOPE_TRUE`, whose ``tau["prior"]`` model 5 ignores),
+        or model 7 (student characteristics too;
+        :data:`LONDON_COVARIATE_TRUE`).  The covariates of model 7 are in the
+        data either way.
     seed : int
     return_effects : bool
         Also return the schools' true effects.
     """
     if model not in _MODEL_FORMULAS:
-        raise MELSInputError(f"unknown model {model!r}; allowed values: 3, 7")
+        raise MELSInputError(f"unknown model {model!r}; allowed values: 3, 5, 6, 7")
     rng = np.random.default_rng(seed)
     data = london_covariates(n_schools, n_students, rng)
     formula, bs, ws = _MODEL_FORMULAS[model]
-    params = LONDON_TRUE if model == 3 else LONDON_COVARIATE_TRUE
+    params = {3: LONDON_TRUE, 5: LONDON_SLOPE_TRUE, 6: LONDON_SLOPE_TRUE,
+              7: LONDON_COVARIATE_TRUE}[model]
+    re = "~ 1 + prior" if model in (5, 6) else "~ 1"
     return simulate(
         data,
         "school",
@@ -222,6 +288,7 @@ def simulate_london(
         formula=formula,
         bs_formula=bs,
         ws_formula=ws,
+        re_formula=re,
         seed=rng,
         return_effects=return_effects,
     )

@@ -41,7 +41,9 @@ class Summary:
             ("Outcome", d.outcome),
             ("Groups column", d.groups),
             ("Mean function", d.formulas["formula"]),
-            ("BS variance function", "log sigma_u^2 " + d.formulas["bs_formula"]),
+            ("BS variance function", "log sigma_u^2 " + d.formulas["bs_formula"])
+            if d.random_intercept_only
+            else ("Random location effects", d.formulas["re_formula"] + " (unstructured)"),
             ("WS variance function", "log sigma_e^2 " + d.formulas["ws_formula"]),
             ("Random scale", f"{'yes' if opt.random_scale else 'no'} (association: {assoc})"),
             (
@@ -96,6 +98,8 @@ class Summary:
             if block not in self.params.index.get_level_values("block"):
                 continue
             tab = self.params.xs(block, level="block")
+            if block == "random" and any(t.startswith("L(") for t in tab.index):
+                title = "Cholesky factor L of cov(u, omega) (omega last; (u, omega) = L theta)"
             lines += ["-" * _WIDTH, title, header]
             for term, row in tab.iterrows():
                 name = term if len(term) <= 23 else term[:20] + "..."
