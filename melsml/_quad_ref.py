@@ -258,12 +258,12 @@ def group_loglik_ref(
 # ---------------------------------------------------------------------------------------------
 # Several random location effects (random slopes): x = (u, omega) = L theta, theta ~ N(0, I)
 #
-#   L = [[A, 0], [l', lw]]   A: q x q lower triangular, l: (q,), lw: scalar
+#   L = [[A, 0], [lo', lw]]   A: q x q lower triangular, lo: (q,), lw: scalar
 #   y_i = mu_i + z_i' u + e_i,   e_i ~ N(0, d_i exp(omega))
 #
-# Exact location (mode 1): omega ~ N(0, V), V = l'l + lw^2; u | omega ~ N(g omega, S) with
-# a = A l, g = a / V, S = A A' - a a' / V = R R',  R = A (I - c l l'),
-# c = (1 - |lw| / sqrt(V)) / l'l.  Given omega, with kappa = exp(-omega), b = b0 - lam g omega,
+# Exact location (mode 1): omega ~ N(0, V), V = lo'lo + lw^2; u | omega ~ N(g omega, S) with
+# a = A lo, g = a / V, S = A A' - a a' / V = R R',  R = A (I - c lo lo'),
+# c = (1 - |lw| / sqrt(V)) / lo'lo.  Given omega, with kappa = exp(-omega), b = b0 - lam g omega,
 # h = R'b, M = I + kappa R' lam R:
 #   -2 log f(y | omega) = n log 2pi + sum log d + n omega + log det M
 #                         + kappa c(omega) - kappa^2 h' M^-1 h,
@@ -277,26 +277,31 @@ def multi_stats(r0, eta_ws, Z):
     inv_d = np.exp(-eta_ws)
     lam = (Z * inv_d[:, None]).T @ Z
     b0 = Z.T @ (r0 * inv_d)
-    return dict(n=float(r0.size), sumlogd=float(eta_ws.sum()), lam=lam, b0=b0,
-                A=float(np.sum(r0 * r0 * inv_d)))
+    return dict(
+        n=float(r0.size),
+        sumlogd=float(eta_ws.sum()),
+        lam=lam,
+        b0=b0,
+        A=float(np.sum(r0 * r0 * inv_d)),
+    )
 
 
 def split_chol(L, q):
-    """Blocks (A, l, lw) of the lower-triangular factor of cov(u, omega)."""
+    """Blocks (A, lo, lw) of the lower-triangular factor of cov(u, omega)."""
     L = np.asarray(L, dtype=float)
     if L.shape == (q, q):
         return L, np.zeros(q), 0.0
     return L[:q, :q], L[q, :q].copy(), float(L[q, q])
 
 
-def exact_location_terms(A, l, lw):
+def exact_location_terms(A, lo, lw):
     """V, g, R of the exact-location path (see the block comment above)."""
-    V = float(l @ l + lw * lw)
-    a = A @ l
+    V = float(lo @ lo + lw * lw)
+    a = A @ lo
     g = a / V
-    t = float(l @ l)
+    t = float(lo @ lo)
     c = (1.0 - abs(lw) / np.sqrt(V)) / t if t > 0 else 0.0
-    R = A @ (np.eye(len(l)) - c * np.outer(l, l))
+    R = A @ (np.eye(len(lo)) - c * np.outer(lo, lo))
     return V, a, g, R
 
 
@@ -310,8 +315,14 @@ def multi_given_omega(om, st, g, R):
     Mi = np.linalg.inv(M)
     h = R.T @ b
     c = st["A"] - 2 * om * g @ st["b0"] + om * om * g @ lam @ g
-    logf = -0.5 * (st["n"] * LOG2PI + st["sumlogd"] + st["n"] * om + np.linalg.slogdet(M)[1]
-                   + k * c - k * k * h @ Mi @ h)
+    logf = -0.5 * (
+        st["n"] * LOG2PI
+        + st["sumlogd"]
+        + st["n"] * om
+        + np.linalg.slogdet(M)[1]
+        + k * c
+        - k * k * h @ Mi @ h
+    )
     Pt = R @ Mi @ R.T
     m = g * om + k * Pt @ b
     return logf, m, Pt, b, k
@@ -326,8 +337,11 @@ def multi_h1(om, st, V, g, R):
         #                     + 1/2 (k c - 2 k^2 b'Pt b + k^3 b'Pt lam Pt b)
         lam = st["lam"]
         c = st["A"] - 2 * w * g @ st["b0"] + w * w * g @ lam @ g
-        d1 = (-0.5 * (st["n"] - k * np.trace(Pt @ lam)) + k * g @ (b - k * lam @ Pt @ b)
-              + 0.5 * (k * c - 2 * k * k * b @ Pt @ b + k**3 * b @ Pt @ lam @ Pt @ b))
+        d1 = (
+            -0.5 * (st["n"] - k * np.trace(Pt @ lam))
+            + k * g @ (b - k * lam @ Pt @ b)
+            + 0.5 * (k * c - 2 * k * k * b @ Pt @ b + k**3 * b @ Pt @ lam @ Pt @ b)
+        )
         return (logf - 0.5 * w * w / V - 0.5 * np.log(2 * np.pi * V), d1 - w / V)
 
     h, d1 = value_d1(om)
@@ -348,28 +362,41 @@ def multi_h_theta(theta, st, L, q):
     H[:q, :q] = -k * lam
     H[:q, q] = H[q, :q] = -s[:q]
     H[q, q] = -0.5 * k * C
-    h = (-0.5 * (st["n"] * LOG2PI + st["sumlogd"] + st["n"] * om + k * C)
-         - 0.5 * theta @ theta - 0.5 * (q + 1) * LOG2PI)
+    h = (
+        -0.5 * (st["n"] * LOG2PI + st["sumlogd"] + st["n"] * om + k * C)
+        - 0.5 * theta @ theta
+        - 0.5 * (q + 1) * LOG2PI
+    )
     return h, L.T @ s - theta, L.T @ H @ L - np.eye(q + 1), s
 
 
-def group_loglik_multi_ref(r0, eta_ws, Z, group_ptr, mode, L, gh_x, gh_logw, centers=None,
-                           adapt=True):
+def group_loglik_multi_ref(
+    r0, eta_ws, Z, group_ptr, mode, L, gh_x, gh_logw, centers=None, adapt=True
+):
     """Twin of :func:`melsml._quad.group_loglik_multi`: per-group log-likelihood,
     posterior moments, gradient in L, and the gradient in the linear predictors."""
     Z = np.asarray(Z, dtype=float)
     q = Z.shape[1]
-    A, l, lw = split_chol(L, q)
+    A, lo, lw = split_chol(L, q)
     d = q + 1
     n_groups = len(group_ptr) - 1
-    centers = (np.zeros((n_groups, d + d * d)) if centers is None
-               else np.array(centers, dtype=float))
-    out = dict(ll=np.zeros(n_groups), eu=np.zeros((n_groups, q)), euu=np.zeros((n_groups, q, q)),
-               eom=np.zeros(n_groups), eom2=np.zeros(n_groups), euom=np.zeros((n_groups, q)),
-               k0=np.zeros(n_groups), k1=np.zeros((n_groups, q)), k2=np.zeros((n_groups, q, q)),
-               dL=np.zeros((n_groups, d, d)), g_mu=np.zeros(len(r0)), g_ws=np.zeros(len(r0)))
+    centers = np.zeros((n_groups, d + d * d)) if centers is None else np.array(centers, dtype=float)
+    out = dict(
+        ll=np.zeros(n_groups),
+        eu=np.zeros((n_groups, q)),
+        euu=np.zeros((n_groups, q, q)),
+        eom=np.zeros(n_groups),
+        eom2=np.zeros(n_groups),
+        euom=np.zeros((n_groups, q)),
+        k0=np.zeros(n_groups),
+        k1=np.zeros((n_groups, q)),
+        k2=np.zeros((n_groups, q, q)),
+        dL=np.zeros((n_groups, d, d)),
+        g_mu=np.zeros(len(r0)),
+        g_ws=np.zeros(len(r0)),
+    )
     if mode == 1:
-        V, a, g, R = exact_location_terms(A, l, lw)
+        V, a, g, R = exact_location_terms(A, lo, lw)
     for j in range(n_groups):
         sl = slice(group_ptr[j], group_ptr[j + 1])
         st = multi_stats(r0[sl], eta_ws[sl], Z[sl])
@@ -387,15 +414,22 @@ def group_loglik_multi_ref(r0, eta_ws, Z, group_ptr, mode, L, gh_x, gh_logw, cen
             centers[j, :d] = 0.0
         elif mode == 1:
             if adapt:
-                x, Mneg = _newton(lambda x: tuple(
-                    np.atleast_2d(v) if i == 2 else np.atleast_1d(v)
-                    for i, v in enumerate(multi_h1(x[0], st, V, g, R))), centers[j, 0])
+
+                def fun1(x, st=st):
+                    h, d1, d2 = multi_h1(x[0], st, V, g, R)
+                    return h, np.atleast_1d(d1), np.atleast_2d(d2)
+
+                x, Mneg = _newton(fun1, centers[j, 0])
                 centers[j, 0] = x[0]
                 centers[j, d] = 1.0 / np.sqrt(Mneg[0, 0]) if Mneg[0, 0] > 0 else np.sqrt(V)
             sd = centers[j, d]
             oms = centers[j, 0] + SQRT2 * sd * gh_x
-            lw_k = np.array([gh_logw[i] + gh_x[i] ** 2 + multi_h1(oms[i], st, V, g, R)[0]
-                             for i in range(len(gh_x))])
+            lw_k = np.array(
+                [
+                    gh_logw[i] + gh_x[i] ** 2 + multi_h1(oms[i], st, V, g, R)[0]
+                    for i in range(len(gh_x))
+                ]
+            )
             mx = lw_k.max()
             out["ll"][j] = np.log(SQRT2 * sd) + mx + np.log(np.exp(lw_k - mx).sum())
             wts = np.exp(lw_k - mx) / np.exp(lw_k - mx).sum()
@@ -419,10 +453,11 @@ def group_loglik_multi_ref(r0, eta_ws, Z, group_ptr, mode, L, gh_x, gh_logw, cen
             xi = (-2 * GS @ a + Gg) / V
             nu = (a @ GS @ a - Gg @ a) / V**2 + eom2 / (2 * V**2) - 1 / (2 * V)
             dL = np.zeros((d, d))
-            dL[:q, :q] = 2 * GS @ A + np.outer(xi, l)
-            dL[q, :q] = A.T @ xi + 2 * nu * l
+            dL[:q, :q] = 2 * GS @ A + np.outer(xi, lo)
+            dL[q, :q] = A.T @ xi + 2 * nu * lo
             dL[q, q] = 2 * nu * lw
         else:
+
             def fun(t, st=st):
                 h, gr, H, _ = multi_h_theta(t, st, L, q)
                 return h, gr, H
@@ -444,8 +479,12 @@ def group_loglik_multi_ref(r0, eta_ws, Z, group_ptr, mode, L, gh_x, gh_logw, cen
             hv = np.array([multi_h_theta(t, st, L, q)[0] for t in thetas.T])
             lw_k = base + hv
             mx = lw_k.max()
-            out["ll"][j] = (0.5 * d * np.log(2.0) + np.log(np.prod(np.diag(Lc))) + mx
-                            + np.log(np.exp(lw_k - mx).sum()))
+            out["ll"][j] = (
+                0.5 * d * np.log(2.0)
+                + np.log(np.prod(np.diag(Lc)))
+                + mx
+                + np.log(np.exp(lw_k - mx).sum())
+            )
             wts = np.exp(lw_k - mx) / np.exp(lw_k - mx).sum()
             eu, euu, eom, eom2, euom = np.zeros(q), np.zeros((q, q)), 0.0, 0.0, np.zeros(q)
             k0, k1, k2 = 0.0, np.zeros(q), np.zeros((q, q))

@@ -180,8 +180,12 @@ def build_design(
         raise MELSInputError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     if not isinstance(groups, str) or groups not in data.columns:
         raise MELSInputError(f"groups column {groups!r} is not in the data")
-    specs = {"formula": formula, "bs_formula": bs_formula, "ws_formula": ws_formula,
-             "re_formula": re_formula}
+    specs = {
+        "formula": formula,
+        "bs_formula": bs_formula,
+        "ws_formula": ws_formula,
+        "re_formula": re_formula,
+    }
     parsed = {opt: _parse(f, opt, needs_lhs=(opt == "formula")) for opt, f in specs.items()}
     used: list[str] = [groups]
     for opt, p in parsed.items():

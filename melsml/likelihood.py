@@ -169,7 +169,10 @@ class MELSObjective:
         j, n, q = d.n_groups, d.n_obs, lay.q
         dim = q + 1
         post = dict(
-            eu=np.empty((j, q)), euu=np.empty((j, q, q)), eom=np.empty(j), eom2=np.empty(j),
+            eu=np.empty((j, q)),
+            euu=np.empty((j, q, q)),
+            eom=np.empty(j),
+            eom2=np.empty(j),
             euom=np.empty((j, q)),
         )
         k0, k1, k2 = np.empty(j), np.empty((j, q)), np.empty((j, q, q))
@@ -177,9 +180,29 @@ class MELSObjective:
         cen = self._centers if centers is None else np.array(centers, dtype=float, order="C")
         g_mu, g_ws = np.empty(n), np.empty(n)
         _quad.group_loglik_multi(
-            r0, eta_ws, self._x_re, d.group_ptr, self.mode, chol, self.gh_x, self.gh_logw,
-            ll, post["eu"], post["euu"], post["eom"], post["eom2"], post["euom"],
-            k0, k1, k2, dL, cen, g_mu, g_ws, adapt=adapt, compute_grad=score,
+            r0,
+            eta_ws,
+            self._x_re,
+            d.group_ptr,
+            self.mode,
+            chol,
+            self.gh_x,
+            self.gh_logw,
+            ll,
+            post["eu"],
+            post["euu"],
+            post["eom"],
+            post["eom2"],
+            post["euom"],
+            k0,
+            k1,
+            k2,
+            dL,
+            cen,
+            g_mu,
+            g_ws,
+            adapt=adapt,
+            compute_grad=score,
         )
         self.n_evals += 1
         rows, cols = zip(*lay.chol_entries, strict=True)
@@ -190,10 +213,17 @@ class MELSObjective:
                 [self._x_mean.T @ g_mu, self._x_ws.T @ g_ws, grad_random.sum(axis=0)]
             )
         return Evaluation(
-            theta=np.array(theta, dtype=float), llf=float(ll.sum()), score=grad,
-            ll_groups=ll, moments=None, centers=cen.copy(),
-            grad_mu=g_mu if score else None, grad_ws=g_ws if score else None,
-            grad_bs=None, grad_random=grad_random, posterior=post,
+            theta=np.array(theta, dtype=float),
+            llf=float(ll.sum()),
+            score=grad,
+            ll_groups=ll,
+            moments=None,
+            centers=cen.copy(),
+            grad_mu=g_mu if score else None,
+            grad_ws=g_ws if score else None,
+            grad_bs=None,
+            grad_random=grad_random,
+            posterior=post,
         )
 
     # convenience wrappers ---------------------------------------------------------

@@ -61,7 +61,10 @@ class MELS:
                 "association='quadratic' needs a single random intercept (re_formula='~ 1')"
             )
         self.layout = ParamLayout.for_model(
-            design.mean_names, design.bs_names, design.ws_names, self.options,
+            design.mean_names,
+            design.bs_names,
+            design.ws_names,
+            self.options,
             re_names=design.re_names,
         )
         if self.options.random_scale and design.n_groups < 2:
@@ -119,7 +122,11 @@ class MELS:
             n_points=n_points,
         )  # fail fast on options
         design = build_design(
-            formula, data, groups, bs_formula=bs_formula, ws_formula=ws_formula,
+            formula,
+            data,
+            groups,
+            bs_formula=bs_formula,
+            ws_formula=ws_formula,
             re_formula=re_formula,
         )
         return cls(
@@ -223,8 +230,11 @@ class MELS:
         for pos in boundary:
             if abs(theta[pos]) < 1e-3:
                 name = self.layout.index[pos][1]
-                what = ("a random scale" if name in ("sigma_omega", "L(omega,omega)")
-                        else "this variance component")
+                what = (
+                    "a random scale"
+                    if name in ("sigma_omega", "L(omega,omega)")
+                    else "this variance component"
+                )
                 warnings.warn(
                     f"{name} = {abs(theta[pos]):.2e} is at (or near) its boundary 0: "
                     f"there is little evidence of {what}; test it with "

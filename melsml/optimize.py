@@ -155,7 +155,7 @@ def maximize(
     converged = bool(hessian_pd and decrement < tol)
     at_boundary = [i for i in boundary_params if abs(theta[i]) < 1e-3]
     if at_boundary:
-        message += " (ended at the boundary sigma_omega = 0)"
+        message += " (ended on the boundary 0 of a variance parameter)"
         if not converged:
             keep = np.setdiff1d(np.arange(k), at_boundary)
             sub = -hess[np.ix_(keep, keep)]

@@ -174,8 +174,7 @@ class ParamLayout:
         theta_raw = np.asarray(theta_raw, dtype=float)
         if self.is_chol:
             start = self.slices["random"].start
-            diag = {j: theta_raw[start + c] for c, (i, j) in enumerate(self.chol_entries)
-                    if i == j}
+            diag = {j: theta_raw[start + c] for c, (i, j) in enumerate(self.chol_entries) if i == j}
             for c, (_, j) in enumerate(self.chol_entries):
                 if diag.get(j, 1.0) < 0:
                     flip[start + c] = -1.0

@@ -48,10 +48,10 @@ def posterior_grid(res: MELSResults) -> dict[str, np.ndarray]:
     a_sum = np.add.reduceat(r0 * r0 * inv_d, starts)
     sumlogd = np.add.reduceat(eta_ws, starts)
     zbar = np.add.reduceat(Z, starts, axis=0) / n[:, None]
-    A, l, lw = split_chol(chol, q)
+    A, lo, lw = split_chol(chol, q)
     scale = chol.shape[0] > q
     if scale:
-        V, _, g, R = exact_location_terms(A, l, lw)
+        V, _, g, R = exact_location_terms(A, lo, lw)
         post = res._evaluation.posterior
         center = post["eom"]
         sd = np.sqrt(np.maximum(post["eom2"] - center**2, 1e-12))
@@ -73,8 +73,9 @@ def posterior_grid(res: MELSResults) -> dict[str, np.ndarray]:
     logdet = np.linalg.slogdet(M)[1]
     c = a_sum[:, None] - 2 * om * gb0[:, None] + om**2 * glg[:, None]
     hmh = np.einsum("jgi,jgik,jgk->jg", h, Mi, h)
-    logw = -0.5 * (n[:, None] * LOG2PI + sumlogd[:, None] + n[:, None] * om + logdet + k * c
-                   - k * k * hmh)
+    logw = -0.5 * (
+        n[:, None] * LOG2PI + sumlogd[:, None] + n[:, None] * om + logdet + k * c - k * k * hmh
+    )
     if scale:
         logw = logw - 0.5 * om**2 / V
     w = np.exp(logw - logw.max(axis=1, keepdims=True))
@@ -93,12 +94,12 @@ def moments(grid: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     mo = np.sum(w * om, axis=1)
     var_o = np.sum(w * om**2, axis=1) - mo**2
     cov_uo = np.einsum("jg,jga->ja", w, m * om[..., None]) - mu * mo[:, None]
-    return dict(mu=mu, cov_u=cov_u, omega_mean=mo, omega_var=np.maximum(var_o, 0.0),
-                cov_uo=cov_uo)
+    return dict(mu=mu, cov_u=cov_u, omega_mean=mo, omega_var=np.maximum(var_o, 0.0), cov_uo=cov_uo)
 
 
-def variance_quantity(grid, slopes: list[int], sigma_ref: np.ndarray, shift: float,
-                      probs, seed: int = 20240101):
+def variance_quantity(
+    grid, slopes: list[int], sigma_ref: np.ndarray, shift: float, probs, seed: int = 20240101
+):
     """Posterior mean, SD and quantiles of u_s' Sigma_ref u_s + exp(shift + omega).
 
     Exact mean and SD; quantiles exact (normal-mixture CDF) with one slope, by
@@ -113,10 +114,18 @@ def variance_quantity(grid, slopes: list[int], sigma_ref: np.ndarray, shift: flo
     sp = np.einsum("ab,jgbc->jgac", sigma_ref, ps)
     eq = np.trace(sp, axis1=-2, axis2=-1) + np.einsum("jga,ab,jgb->jg", ms, sigma_ref, ms)
     var_q = 2 * np.einsum("jgab,jgba->jg", sp, sp) + 4 * np.einsum(
-        "jga,ab,jgbc,cd,jgd->jg", ms, sigma_ref, ps, sigma_ref, ms)
+        "jga,ab,jgbc,cd,jgd->jg", ms, sigma_ref, ps, sigma_ref, ms
+    )
     mean = np.sum(w * (eq + e), axis=1)
     second = np.sum(w * (var_q + (eq + e) ** 2), axis=1)
     sd = np.sqrt(np.maximum(second - mean**2, 0.0))
+    if not slopes or not np.any(sigma_ref):
+        # no slope part: quantiles of exp(shift + omega) from the omega grid
+        cum = np.cumsum(w, axis=1) - 0.5 * w
+        out = [
+            np.array([np.interp(prob, c, v) for c, v in zip(cum, e, strict=True)]) for prob in probs
+        ]
+        return mean, sd, out
     if len(slopes) == 1:
         v = float(sigma_ref[0, 0])
         mu1, s1 = ms[..., 0], np.sqrt(ps[..., 0, 0] + 1e-300)
@@ -142,8 +151,9 @@ def variance_quantity(grid, slopes: list[int], sigma_ref: np.ndarray, shift: flo
     for j in range(w.shape[0]):
         idx = rng.choice(w.shape[1], size=n_draw, p=w[j])
         chol = np.linalg.cholesky(ps[j][idx] + 1e-12 * np.eye(len(slopes)))
-        draws = ms[j][idx] + np.einsum("nab,nb->na", chol, rng.standard_normal((n_draw,
-                                                                                 len(slopes))))
+        draws = ms[j][idx] + np.einsum(
+            "nab,nb->na", chol, rng.standard_normal((n_draw, len(slopes)))
+        )
         t = np.einsum("na,ab,nb->n", draws, sigma_ref, draws) + e[j][idx]
         for k, prob in enumerate(probs):
             out[k][j] = np.quantile(t, prob)

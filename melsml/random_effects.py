@@ -222,8 +222,9 @@ def _ws_shift(res: MELSResults, ws_reference) -> float:
     return float(wbar @ tau)
 
 
-def school_effects(res: MELSResults, alpha: float = 0.05, ws_reference=None,
-                   reference_var=None) -> pd.DataFrame:
+def school_effects(
+    res: MELSResults, alpha: float = 0.05, ws_reference=None, reference_var=None
+) -> pd.DataFrame:
     """School means and variances of student adjusted achievement.
 
     Parameters
@@ -322,8 +323,9 @@ def _random_effects_multi(res: MELSResults) -> pd.DataFrame:
     return _effects_frame(res, cols)
 
 
-def _school_effects_multi(res: MELSResults, alpha: float, shift: float,
-                          reference_var) -> pd.DataFrame:
+def _school_effects_multi(
+    res: MELSResults, alpha: float, shift: float, reference_var
+) -> pd.DataFrame:
     """School means over their own students and variances for a reference
     distribution of students, with random slopes."""
     from .posterior_multi import posterior_grid, variance_quantity
@@ -338,8 +340,9 @@ def _school_effects_multi(res: MELSResults, alpha: float, shift: float,
     w = grid["w"]
     mean = np.sum(w * means, axis=1)
     mean_sd = np.sqrt(np.maximum(np.sum(w * (sds**2 + means**2), axis=1) - mean**2, 0))
-    lo, hi = _mixture_quantiles(w, means, sds, probs, mean - 10 * mean_sd - 1e-8,
-                                mean + 10 * mean_sd + 1e-8)
+    lo, hi = _mixture_quantiles(
+        w, means, sds, probs, mean - 10 * mean_sd - 1e-8, mean + 10 * mean_sd + 1e-8
+    )
     x_s = res.model.design.x_re[:, slopes]
     if reference_var is None:
         sigma_ref = np.atleast_2d(np.cov(x_s, rowvar=False)) if slopes else np.zeros((0, 0))
@@ -355,15 +358,28 @@ def _school_effects_multi(res: MELSResults, alpha: float, shift: float,
             raise MELSInputError("reference_var must be positive semi-definite")
     vmean, vsd, (vlo, vhi) = variance_quantity(grid, slopes, sigma_ref, shift, probs)
     ref_var = float(np.exp(shift))
-    out = _effects_frame(res, {
-        "n": grid["n"].astype(int),
-        "mean": mean, "mean_sd": mean_sd, "mean_lower": lo, "mean_upper": hi,
-        "mean_rank": pd.Series(mean).rank(method="min").astype(int).to_numpy(),
-        "mean_separated": (lo > 0) | (hi < 0),
-        "variance": vmean, "variance_sd": vsd, "variance_lower": vlo, "variance_upper": vhi,
-        "variance_rank": pd.Series(vmean).rank(method="min").astype(int).to_numpy(),
-        "variance_separated": (vlo > ref_var) | (vhi < ref_var),
-    })
-    out.attrs.update(mean_reference=0.0, variance_reference=ref_var, alpha=alpha,
-                     reference_var=sigma_ref.tolist())
+    out = _effects_frame(
+        res,
+        {
+            "n": grid["n"].astype(int),
+            "mean": mean,
+            "mean_sd": mean_sd,
+            "mean_lower": lo,
+            "mean_upper": hi,
+            "mean_rank": pd.Series(mean).rank(method="min").astype(int).to_numpy(),
+            "mean_separated": (lo > 0) | (hi < 0),
+            "variance": vmean,
+            "variance_sd": vsd,
+            "variance_lower": vlo,
+            "variance_upper": vhi,
+            "variance_rank": pd.Series(vmean).rank(method="min").astype(int).to_numpy(),
+            "variance_separated": (vlo > ref_var) | (vhi < ref_var),
+        },
+    )
+    out.attrs.update(
+        mean_reference=0.0,
+        variance_reference=ref_var,
+        alpha=alpha,
+        reference_var=sigma_ref.tolist(),
+    )
     return out

@@ -50,9 +50,14 @@ LONDON_COVARIATE_TRUE = {
 LONDON_SLOPE_TRUE = {
     "beta": {"Intercept": 0.0, "prior": 0.65},
     "tau": {"Intercept": np.log(0.50), "prior": -0.12},
-    "random": {"L(Intercept,Intercept)": 0.30, "L(prior,Intercept)": 0.03,
-               "L(prior,prior)": 0.095, "L(omega,Intercept)": -0.12,
-               "L(omega,prior)": 0.05, "L(omega,omega)": 0.20},
+    "random": {
+        "L(Intercept,Intercept)": 0.30,
+        "L(prior,Intercept)": 0.03,
+        "L(prior,prior)": 0.095,
+        "L(omega,Intercept)": -0.12,
+        "L(omega,prior)": 0.05,
+        "L(omega,omega)": 0.20,
+    },
 }
 _MODEL_FORMULAS = {
     3: ("y ~ prior", "~ 1", "~ prior"),
@@ -128,7 +133,11 @@ def simulate(
     frame = data.copy()
     frame[outcome] = 0.0
     design = build_design(
-        formula, frame, groups, bs_formula=bs_formula, ws_formula=ws_formula,
+        formula,
+        frame,
+        groups,
+        bs_formula=bs_formula,
+        ws_formula=ws_formula,
         re_formula=re_formula,
     )
     if design.n_dropped:
@@ -170,8 +179,11 @@ def _simulate_slopes(frame, outcome, design, params, beta, tau, rng, return_effe
     """Simulate with several random location effects from the Cholesky entries."""
     q = len(design.re_names)
     labels = (*design.re_names, "omega")
-    random = (params.xs("random", level="block").to_dict() if isinstance(params, pd.Series)
-              else dict(params.get("random", {})))
+    random = (
+        params.xs("random", level="block").to_dict()
+        if isinstance(params, pd.Series)
+        else dict(params.get("random", {}))
+    )
     chol = np.zeros((q + 1, q + 1))
     for name, value in random.items():
         inner = name[2:-1].split(",") if name.startswith("L(") and name.endswith(")") else []
@@ -190,8 +202,11 @@ def _simulate_slopes(frame, outcome, design, params, beta, tau, rng, return_effe
     u, omega = x[:, :q], x[:, q]
     gidx = design.group_index
     sd_e = np.exp(0.5 * (design.x_ws @ tau + omega[gidx]))
-    y = (design.x_mean @ beta + np.sum(design.x_re * u[gidx], axis=1)
-         + sd_e * rng.standard_normal(design.n_obs))
+    y = (
+        design.x_mean @ beta
+        + np.sum(design.x_re * u[gidx], axis=1)
+        + sd_e * rng.standard_normal(design.n_obs)
+    )
     frame.loc[design.row_index, outcome] = y
     if not return_effects:
         return frame
@@ -278,8 +293,9 @@ def simulate_london(
     rng = np.random.default_rng(seed)
     data = london_covariates(n_schools, n_students, rng)
     formula, bs, ws = _MODEL_FORMULAS[model]
-    params = {3: LONDON_TRUE, 5: LONDON_SLOPE_TRUE, 6: LONDON_SLOPE_TRUE,
-              7: LONDON_COVARIATE_TRUE}[model]
+    params = {3: LONDON_TRUE, 5: LONDON_SLOPE_TRUE, 6: LONDON_SLOPE_TRUE, 7: LONDON_COVARIATE_TRUE}[
+        model
+    ]
     re = "~ 1 + prior" if model in (5, 6) else "~ 1"
     return simulate(
         data,

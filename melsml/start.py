@@ -68,8 +68,9 @@ def start_values(design: DesignMatrices, layout: ParamLayout) -> np.ndarray:
     return theta
 
 
-def _chol_start(design: DesignMatrices, layout: ParamLayout, sd_between: float,
-                tau_l: float, sigma_omega: float) -> list[float]:
+def _chol_start(
+    design: DesignMatrices, layout: ParamLayout, sd_between: float, tau_l: float, sigma_omega: float
+) -> list[float]:
     """Diagonal start for the Cholesky factor of cov(u, omega).
 
     The random intercept takes the between-group SD; each random slope a third
@@ -84,8 +85,11 @@ def _chol_start(design: DesignMatrices, layout: ParamLayout, sd_between: float,
             values.append(tau_l if layout.re_terms[j] == "Intercept" else 0.0)
         elif i == j:
             term = layout.re_terms[i]
-            values.append(sd_between if term == "Intercept"
-                          else sd_between / (3.0 * max(float(sd_z[i]), 1e-8)))
+            values.append(
+                sd_between
+                if term == "Intercept"
+                else sd_between / (3.0 * max(float(sd_z[i]), 1e-8))
+            )
         else:
             values.append(0.0)
     return values

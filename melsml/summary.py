@@ -72,7 +72,12 @@ class Summary:
         notes = []
         if not fi.hessian_pd:
             notes.append("The observed information is not positive definite: SEs unreliable.")
-        if opt.random_scale:
+        if res.model.layout.is_chol:
+            notes.append(
+                "L is reported with a non-negative diagonal; z tests of its diagonal "
+                "entries are on the boundary (use melsml.compare for mixture LR tests)."
+            )
+        elif opt.random_scale:
             notes.append(
                 "sigma_omega is reported >= 0; its z test is on the boundary "
                 "(use melsml.compare for the mixture LR test)."

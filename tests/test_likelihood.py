@@ -22,6 +22,10 @@ SPECS = {
     "none": dict(ws_formula="~ prior", association="none"),
     "aghq": dict(ws_formula="~ prior", integration="aghq"),
     "quadratic": dict(ws_formula="~ prior", association="quadratic"),
+    "slopes": dict(ws_formula="~ prior", re_formula="~ 1 + prior"),
+    "slopes_none": dict(ws_formula="~ prior", re_formula="~ 1 + prior", association="none"),
+    "slopes_aghq": dict(ws_formula="~ prior", re_formula="~ 1 + prior", integration="aghq"),
+    "model4": dict(random_scale=False, re_formula="~ 1 + prior + fsm"),
 }
 
 

@@ -193,3 +193,118 @@ def test_robust_covariance_is_close_to_observed_under_the_true_model():
     np.testing.assert_allclose(res.bse.to_numpy(), obs, rtol=0.35)
     assert not np.allclose(res.bse.to_numpy(), obs)
     pd.testing.assert_index_equal(res.cov_params().index, res.params.index)
+
+
+# ------------------------------------------------------------------ random slopes
+@pytest.mark.parametrize("source", ["simulated", "riesby"])
+def test_model4_equals_statsmodels_mixedlm_ml(source):
+    """Random intercept and slope, no random scale = MixedLM (ML) with re_formula."""
+    if source == "simulated":
+        data = simulate_london(5, seed=3, n_schools=100, n_students=10000)
+        formula, groups, slope = "y ~ prior", "school", "prior"
+    else:
+        data, spec = load_case("riesby")
+        formula, groups, slope = "hamd ~ week + endog + endweek", "id", "week"
+    res = MELS.from_formula(
+        formula, data, groups, re_formula=f"~ 1 + {slope}", random_scale=False
+    ).fit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sm = smf.mixedlm(formula, data, groups=data[groups], re_formula=f"~ {slope}").fit(
+            reml=False, method="bfgs", gtol=1e-10
+        )
+    assert res.llf == pytest.approx(sm.llf, rel=1e-9)
+    np.testing.assert_allclose(
+        res.params["beta"].to_numpy(), sm.fe_params.to_numpy(), rtol=1e-6, atol=1e-6
+    )
+    chol = res.model.layout.chol_matrix(res.params.to_numpy())
+    np.testing.assert_allclose(chol @ chol.T, sm.cov_re.to_numpy(), rtol=1e-5, atol=1e-8)
+    assert np.exp(res.params[("tau", "Intercept")]) == pytest.approx(sm.scale, rel=1e-6)
+    # the same likelihood function at statsmodels' estimates
+    theta = res.params.copy()
+    theta["beta"] = sm.fe_params.to_numpy()
+    theta[("tau", "Intercept")] = np.log(sm.scale)
+    sm_chol = np.linalg.cholesky(sm.cov_re.to_numpy())
+    for (i, j), name in zip(res.model.layout.chol_entries, res.model.layout.random, strict=True):
+        theta[("random", name)] = sm_chol[i, j]
+    assert res.model.loglike(theta) == pytest.approx(sm.llf, rel=1e-10)
+
+
+@pytest.mark.parametrize("model,ws", [(5, "~ 1"), (6, "~ prior")])
+def test_slope_models_fast_and_general_paths_agree(model, ws):
+    data = simulate_london(model, seed=4, n_schools=80, n_students=8000)
+    kw = dict(re_formula="~ 1 + prior", ws_formula=ws)
+    fast = MELS.from_formula("y ~ prior", data, "school", **kw).fit()
+    general = MELS.from_formula("y ~ prior", data, "school", integration="aghq", **kw).fit()
+    assert fast.converged and general.converged
+    assert general.model.loglike(fast.params) == pytest.approx(fast.llf, abs=1e-6)
+    np.testing.assert_allclose(general.params.to_numpy(), fast.params.to_numpy(), atol=1e-4)
+    np.testing.assert_allclose(general.bse.to_numpy(), fast.bse.to_numpy(), rtol=1e-3)
+
+
+@pytest.mark.parametrize("model,ws", [(5, "~ 1"), (6, "~ prior")])
+def test_london_sized_slope_models_recover_every_parameter(model, ws):
+    from melsml.simulate import LONDON_SLOPE_TRUE
+
+    data = simulate_london(model, seed=2024)
+    res = MELS.from_formula(
+        "y ~ prior", data, "school", re_formula="~ 1 + prior", ws_formula=ws
+    ).fit()
+    assert res.converged
+    for (block, term), value in res.params.items():
+        truth = LONDON_SLOPE_TRUE[block][term]
+        assert abs(value - truth) < 3 * res.bse[(block, term)], (block, term, value, truth)
+
+
+def test_groups_smaller_than_the_number_of_random_effects():
+    data = simulate_london(6, seed=5, n_schools=60, n_students=3000)
+    singles = data.groupby("school").head(1).iloc[:10].copy()
+    singles["school"] += 10_000  # ten one-student schools
+    data = pd.concat([data, singles], ignore_index=True)
+    res = MELS.from_formula(
+        "y ~ prior", data, "school", re_formula="~ 1 + prior", ws_formula="~ prior"
+    ).fit()
+    assert res.converged
+    assert (res.model.design.group_sizes == 1).sum() >= 10
+    se = res.school_effects()
+    assert se.loc[10_001:, "mean_sd"].min() > se.loc[:10_000, "mean_sd"].median()
+
+
+def test_slope_variance_on_its_boundary_warns_and_does_not_crash():
+    from melsml.simulate import london_covariates
+
+    data = london_covariates(80, 6000, seed=2)
+    params = {
+        "beta": {"Intercept": 0.0, "prior": 0.5},
+        "tau": {"Intercept": -0.7},
+        "random": {"L(Intercept,Intercept)": 0.3},
+    }
+    sim = melsml_simulate(data, params)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = MELS.from_formula(
+            "y ~ prior", sim, "school", re_formula="~ 1 + prior", random_scale=False
+        ).fit()
+    assert np.isfinite(res.llf) and res.converged
+    assert abs(res.params[("random", "L(prior,prior)")]) < 1e-3  # no slope variance (seed 3)
+    assert any("L(prior,prior)" in str(w.message) for w in caught)
+    assert "boundary" in res.fit_info.message
+    assert np.isfinite(res.random_params()["estimate"]).all()
+
+
+def melsml_simulate(data, params):
+    from melsml import simulate
+
+    return simulate(data, "school", params, formula="y ~ prior", re_formula="~ 1 + prior", seed=3)
+
+
+def test_slope_options_are_checked():
+    data = simulate_london(5, seed=1, n_schools=20, n_students=1000)
+    with pytest.raises(MELSInputError, match="quadratic"):
+        MELS.from_formula(
+            "y ~ prior", data, "school", re_formula="~ 1 + prior", association="quadratic"
+        )
+    with pytest.raises(MELSInputError, match="bs_formula"):
+        MELS.from_formula("y ~ prior", data, "school", re_formula="~ 1 + prior", bs_formula="~ fsm")
+    with pytest.raises(MELSInputError, match="re_formula.*not in the data"):
+        MELS.from_formula("y ~ prior", data, "school", re_formula="~ 1 + nope")

@@ -210,3 +210,136 @@ def test_gauss_hermite_rule():
     assert np.exp(logw) @ x**2 == pytest.approx(np.sqrt(np.pi) / 2)
     with pytest.raises(ValueError):
         gauss_hermite(0)
+
+
+# ------------------------------------------------------------ several location effects
+def run_multi(r0, eta_ws, Z, ptr, mode, L, q_points=7, centers=None, adapt=True):
+    x, lw = gauss_hermite(q_points)
+    j, q = len(ptr) - 1, Z.shape[1]
+    d = q + 1
+    out = dict(
+        ll=np.empty(j),
+        eu=np.empty((j, q)),
+        euu=np.empty((j, q, q)),
+        eom=np.empty(j),
+        eom2=np.empty(j),
+        euom=np.empty((j, q)),
+        k0=np.empty(j),
+        k1=np.empty((j, q)),
+        k2=np.empty((j, q, q)),
+        dL=np.empty((j, d, d)),
+    )
+    cen = np.zeros((j, d + d * d)) if centers is None else np.array(centers)
+    g_mu, g_ws = np.empty(len(r0)), np.empty(len(r0))
+    _quad.group_loglik_multi(
+        r0,
+        eta_ws,
+        Z,
+        ptr,
+        mode,
+        np.ascontiguousarray(L),
+        x,
+        lw,
+        out["ll"],
+        out["eu"],
+        out["euu"],
+        out["eom"],
+        out["eom2"],
+        out["euom"],
+        out["k0"],
+        out["k1"],
+        out["k2"],
+        out["dL"],
+        cen,
+        g_mu,
+        g_ws,
+        adapt=adapt,
+    )
+    out.update(g_mu=g_mu, g_ws=g_ws, centers=cen)
+    return out
+
+
+def make_slope_groups(sizes, q, seed=0):
+    rng = np.random.default_rng(seed)
+    ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.intp)
+    n = ptr[-1]
+    Z = np.ascontiguousarray(np.c_[np.ones(n), rng.normal(size=(n, q - 1))])
+    r0 = rng.normal(size=n) + 0.4 * Z[:, -1]
+    eta_ws = rng.normal(size=n) * 0.3 - 0.4
+    return r0, eta_ws, Z, ptr
+
+
+def random_chol(q, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.tril(rng.normal(size=(q + 1, q + 1)) * 0.3) + 0.4 * np.eye(q + 1)
+
+
+@pytest.mark.parametrize("q", [1, 2, 3])
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_multi_kernel_equals_numpy_twin(q, mode):
+    r0, eta_ws, Z, ptr = make_slope_groups([1, 2, 6, 25, 1], q)  # groups smaller than q
+    L = random_chol(q)
+    L = L[:q, :q] if mode == 0 else L
+    got = run_multi(r0, eta_ws, Z, ptr, mode, L)
+    x, lw = gauss_hermite(7)
+    ref = _quad_ref.group_loglik_multi_ref(r0, eta_ws, Z, ptr, mode, L, x, lw)
+    for key in ("ll", "eu", "euu", "eom", "eom2", "euom", "k0", "k1", "k2", "dL", "g_mu", "g_ws"):
+        np.testing.assert_allclose(got[key], ref[key], rtol=1e-10, atol=1e-11, err_msg=key)
+
+
+def test_multi_kernel_with_one_effect_equals_the_random_intercept_kernel():
+    r0, eta_ws, eta_bs, ptr = make_groups([1, 3, 12, 40], seed=6)
+    s = np.ascontiguousarray(np.exp(0.5 * eta_bs)[:, None])
+    for mode, (tl, sw) in [(0, (0.0, 0.0)), (1, (0.3, 0.4)), (2, (-0.2, 0.6))]:
+        ref = run_kernel(r0, eta_ws, eta_bs, ptr, mode, tl, 0.0, sw, q=11)
+        L = np.array([[1.0]]) if mode == 0 else np.array([[1.0, 0.0], [tl, sw]])
+        got = run_multi(r0, eta_ws, s, ptr, mode, L, q_points=11)
+        np.testing.assert_allclose(got["ll"], ref["ll"], rtol=1e-12)
+        np.testing.assert_allclose(got["g_mu"], ref["g_mu"], rtol=1e-9, atol=1e-12)
+        if mode:
+            np.testing.assert_allclose(got["dL"][:, 1, 0], ref["grand"][:, 0], rtol=1e-8)
+            np.testing.assert_allclose(got["dL"][:, 1, 1], ref["grand"][:, 2], rtol=1e-8)
+
+
+def brute_multi(r0, eta_ws, Z, L):
+    """1-D integral over omega of the n-variate normal given omega, with the
+    conditional mean and covariance of u taken straight from L L'."""
+    q = Z.shape[1]
+    sigma = L @ L.T
+    V = sigma[q, q]
+    g = sigma[:q, q] / V
+    S = sigma[:q, :q] - np.outer(sigma[:q, q], sigma[:q, q]) / V
+    from scipy.stats import multivariate_normal, norm
+
+    def f(om):
+        cov = np.diag(np.exp(eta_ws + om)) + Z @ S @ Z.T
+        return np.exp(multivariate_normal(Z @ g * om, cov).logpdf(r0) + 10.0) * norm.pdf(
+            om, scale=np.sqrt(V)
+        )
+
+    val, _ = integrate.quad(f, -12 * np.sqrt(V), 12 * np.sqrt(V), epsabs=0, epsrel=1e-12, limit=200)
+    return np.log(val) - 10.0
+
+
+@pytest.mark.parametrize("mode,points", [(1, 21), (2, 21)])
+def test_multi_paths_match_a_brute_force_integral(mode, points):
+    r0, eta_ws, Z, ptr = make_slope_groups([2, 5, 9], 2, seed=3)
+    L = random_chol(2, seed=4)
+    got = run_multi(r0, eta_ws, Z, ptr, mode, L, q_points=points)
+    for j in range(3):
+        sl = slice(ptr[j], ptr[j + 1])
+        assert got["ll"][j] == pytest.approx(brute_multi(r0[sl], eta_ws[sl], Z[sl], L), abs=1e-6)
+
+
+def test_multi_score_in_L_is_exact_for_fixed_nodes():
+    r0, eta_ws, Z, ptr = make_slope_groups([3, 8, 20], 2, seed=5)
+    L = random_chol(2, seed=2)
+    for mode in (1, 2):
+        base = run_multi(r0, eta_ws, Z, ptr, mode, L)
+        for i, j in [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2)]:
+            E = np.zeros_like(L)
+            E[i, j] = 1e-6
+            up = run_multi(r0, eta_ws, Z, ptr, mode, L + E, centers=base["centers"], adapt=False)
+            dn = run_multi(r0, eta_ws, Z, ptr, mode, L - E, centers=base["centers"], adapt=False)
+            fd = (up["ll"].sum() - dn["ll"].sum()) / 2e-6
+            assert base["dL"].sum(axis=0)[i, j] == pytest.approx(fd, rel=1e-6, abs=1e-7)

@@ -139,3 +139,75 @@ def test_quadratic_association_predictions_are_available():
     se, se_lin = res.school_effects(), lin.school_effects()
     assert np.corrcoef(se["mean"], se_lin["mean"])[0, 1] > 0.99
     assert np.corrcoef(se["variance"], se_lin["variance"])[0, 1] > 0.95
+
+
+# ------------------------------------------------------------------ random slopes
+@pytest.fixture(scope="module")
+def slope_fit():
+    data, truth = simulate_london(6, seed=31, n_schools=200, n_students=25000, return_effects=True)
+    res = MELS.from_formula(
+        "y ~ prior", data, "school", re_formula="~ 1 + prior", ws_formula="~ prior"
+    ).fit()
+    return res, data, truth
+
+
+def test_slope_random_effects_match_the_kernel_posterior(slope_fit):
+    res, _, _ = slope_fit
+    re = res.random_effects()
+    post = res._evaluation.posterior
+    np.testing.assert_allclose(re["u_mean[Intercept]"], post["eu"][:, 0], atol=1e-6)
+    np.testing.assert_allclose(re["u_mean[prior]"], post["eu"][:, 1], atol=1e-6)
+    np.testing.assert_allclose(re["omega_mean"], post["eom"], atol=1e-6)
+    cov01 = post["euu"][:, 0, 1] - post["eu"][:, 0] * post["eu"][:, 1]
+    np.testing.assert_allclose(re["cov[Intercept,prior]"], cov01, atol=1e-6)
+    assert {"u_sd[prior]", "omega_sd", "cov[prior,omega]"} <= set(re.columns)
+
+
+def test_slope_school_means_average_over_own_students(slope_fit):
+    res, data, _ = slope_fit
+    re = res.random_effects()
+    se = res.school_effects()
+    xbar = data.groupby("school")["prior"].mean().loc[se.index]
+    np.testing.assert_allclose(
+        se["mean"], re["u_mean[Intercept]"] + re["u_mean[prior]"] * xbar, atol=1e-6
+    )
+
+
+def test_slope_school_variance_for_a_reference_distribution(slope_fit):
+    res, data, _ = slope_fit
+    re = res.random_effects()
+    v0 = res.school_effects(reference_var=0.0)
+    v1 = res.school_effects(reference_var=1.0)
+    # E[u1^2 V + exp(c + omega)] = V (var + mean^2 of u1) + E exp(c + omega)
+    e_u1sq = re["u_sd[prior]"] ** 2 + re["u_mean[prior]"] ** 2
+    np.testing.assert_allclose(v1["variance"] - v0["variance"], e_u1sq, rtol=1e-5, atol=1e-9)
+    assert (v1["variance_lower"] < v1["variance"]).all()
+    assert (v1["variance"] < v1["variance_upper"]).all()
+    default = res.school_effects()
+    assert default.attrs["reference_var"][0][0] == pytest.approx(data["prior"].var(), rel=1e-9)
+    with pytest.raises(MELSInputError, match="reference_var"):
+        res.school_effects(reference_var=[[1.0, 0.0], [0.0, 1.0]])
+
+
+def test_slope_school_effect_intervals_cover_the_truth(slope_fit):
+    res, data, truth = slope_fit
+    se = res.school_effects()
+    truth = truth.loc[se.index]
+    xbar = data.groupby("school")["prior"].mean().loc[se.index]
+    true_mean = truth["u[Intercept]"] + truth["u[prior]"] * xbar
+    cover = ((se["mean_lower"] <= true_mean) & (true_mean <= se["mean_upper"])).mean()
+    assert 0.9 < cover < 0.99
+    v = np.var(data["prior"], ddof=1)
+    true_var = truth["u[prior]"] ** 2 * v + se.attrs["variance_reference"] * np.exp(truth["omega"])
+    cover_v = ((se["variance_lower"] <= true_var) & (true_var <= se["variance_upper"])).mean()
+    assert 0.9 < cover_v < 0.99
+
+
+def test_two_slopes_use_monte_carlo_intervals():
+    data = simulate_london(5, seed=2, n_schools=40, n_students=4000)
+    res = MELS.from_formula("y ~ prior + fsm", data, "school", re_formula="~ 1 + prior + fsm").fit()
+    se = res.school_effects(reference_var=np.diag([1.0, 0.2]))
+    assert (se["variance_lower"] < se["variance"]).all()
+    assert (se["variance"] < se["variance_upper"]).all()
+    again = res.school_effects(reference_var=np.diag([1.0, 0.2]))
+    pd.testing.assert_frame_equal(se, again)  # a fixed seed: reproducible
