@@ -94,6 +94,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         args.groups,
         bs_formula=args.bs,
         ws_formula=args.ws,
+        re_formula=args.re,
         random_scale=not args.no_random_scale,
         association=args.association,
         integration=args.integration,
@@ -163,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--groups", required=True, help="column identifying the groups")
     fit.add_argument("--ws", default="~ 1", help='WS log-variance function (default "~ 1")')
     fit.add_argument("--bs", default="~ 1", help='BS log-variance function (default "~ 1")')
+    fit.add_argument(
+        "--re", default="~ 1", help='random location effects (default "~ 1"; e.g. "~ 1 + x")'
+    )
     fit.add_argument("--no-random-scale", action="store_true", help="omit the random scale")
     fit.add_argument("--association", default="linear", choices=["none", "linear", "quadratic"])
     fit.add_argument("--integration", default="auto", choices=["auto", "exact-location", "aghq"])

@@ -49,6 +49,28 @@ def test_fit_prints_summary_and_writes_outputs(small_csv, tmp_path, capsys):
     assert record["llf"] == pytest.approx(-2979.9025, abs=1e-3)
 
 
+def test_fit_with_a_random_slope(small_csv, capsys):
+    assert (
+        main(
+            [
+                "fit",
+                str(small_csv),
+                "--formula",
+                "y ~ x",
+                "--groups",
+                "group",
+                "--re",
+                "~ 1 + x",
+                "--ws",
+                "~ x",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "L(x,Intercept)" in out and "corr(Intercept,x)" in out
+
+
 def test_fit_options(small_csv, capsys):
     assert (
         main(
