@@ -1,0 +1,20 @@
+"""Classical school value-added baselines and reports.
+
+* :func:`dfe_value_added`: the DfE 2003 KS3 to GCSE/GNVQ median-line method;
+* :func:`mixedlm_va`: the traditional random-intercept (or random-slope)
+  value-added model by statsmodels MixedLM (maximum likelihood);
+* :func:`compare`: one table per school comparing these with MELS.
+"""
+
+from .dfe import DfEResult, dfe_value_added, round_half_up
+from .mixedlm import mixedlm_va
+from .report import compare, separation_summary
+
+__all__ = [
+    "DfEResult",
+    "dfe_value_added",
+    "round_half_up",
+    "mixedlm_va",
+    "compare",
+    "separation_summary",
+]
