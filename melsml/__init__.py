@@ -6,6 +6,7 @@
 >>> print(res.summary())                                       # doctest: +SKIP
 """
 
+from . import plots, valueadded
 from .exceptions import (
     BoundaryWarning,
     ConvergenceWarning,
@@ -25,6 +26,8 @@ __all__ = [
     "MELSResults",
     "Summary",
     "compare",
+    "plots",
+    "valueadded",
     "simulate",
     "simulate_london",
     "MELSInputError",

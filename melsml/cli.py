@@ -80,14 +80,18 @@ def write_outputs(res: MELSResults, out: Path, stem: str = "") -> list[Path]:
     return paths
 
 
-def _cmd_fit(args: argparse.Namespace) -> int:
-    path = Path(args.data)
+def _read_csv(name: str) -> pd.DataFrame:
+    path = Path(name)
     if not path.is_file():
         raise CLIError(f"data file {str(path)!r} not found")
     try:
-        data = pd.read_csv(path)
+        return pd.read_csv(path)
     except Exception as exc:
         raise CLIError(f"could not read {str(path)!r} as CSV: {exc}") from None
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    data = _read_csv(args.data)
     model = MELS.from_formula(
         args.formula,
         data,
@@ -150,6 +154,83 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_va_dfe(args: argparse.Namespace) -> int:
+    from .valueadded import dfe_value_added
+
+    res = dfe_value_added(_read_csv(args.pupils), median_line=args.median_line)
+    with pd.option_context(
+        "display.width", 120, "display.max_columns", 20, "display.max_rows", 200
+    ):
+        print(f"DfE 2003 KS3 to GCSE/GNVQ value added ({res.median_line})")
+        print(res.schools.to_string(float_format=lambda v: f"{v:.4g}"))
+    counts = res.pupils["status"].value_counts()
+    print("\npupils: " + "; ".join(f"{k}: {v}" for k, v in counts.items()))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        res.pupils.to_csv(out / "dfe_pupils.csv", index=False)
+        res.schools.to_csv(out / "dfe_schools.csv")
+        print(f"wrote {out / 'dfe_pupils.csv'}, {out / 'dfe_schools.csv'}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from . import plots
+    from .valueadded import compare as va_compare
+    from .valueadded import dfe_value_added, mixedlm_va
+
+    dfe = None
+    if args.pupils:
+        dfe = dfe_value_added(_read_csv(args.pupils), median_line=args.median_line)
+    if args.data:
+        data = _read_csv(args.data)
+        formula, groups, ws = args.formula, args.groups, args.ws
+        if not formula or not groups:
+            raise CLIError("--formula and --groups are needed with a DATA file")
+    elif dfe is not None:
+        # MELS on the pupils' own records: capped score on KS3 average point score
+        inc = dfe.pupils[dfe.pupils["included"]]
+        data = inc[["school", "ks3_aps", "capped_score"]].copy()
+        formula, groups = "capped_score ~ ks3_aps", "school"
+        ws = args.ws if args.ws != "~ 1" else "~ ks3_aps"
+    else:
+        raise CLIError("give a DATA file, --pupils PUPILS.csv, or both")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _progress(f"fitting MELS: {formula}, WS {ws}, groups {groups} ...")
+    res = MELS.from_formula(formula, data, groups, ws_formula=ws, re_formula=args.re).fit()
+    _progress("fitting the MixedLM baseline ...")
+    base = mixedlm_va(data, formula, groups, re_formula=args.re)
+    mels = res.school_effects()
+    report = va_compare(mels=mels, mixedlm=base, dfe=dfe)
+    report.table.to_csv(out / "schools.csv")
+    report.separation.to_csv(out / "separation.csv")
+    report.rank_correlations.to_csv(out / "rank_correlations.csv")
+    (out / "mels_summary.txt").write_text(res.summary().as_text())
+    figures = {
+        "caterpillar.png": plots.caterpillar_pair(mels),
+        "mean_vs_variance.png": plots.mean_variance_scatter(mels),
+        "ranks_mixedlm_vs_mels.png": plots.rank_scatter(base, mels, labels=("MixedLM", "MELS")),
+    }
+    if dfe is not None:
+        dfe_ranks = report.table[["dfe_rank"]].dropna().rename(columns={"dfe_rank": "mean_rank"})
+        figures["ranks_dfe_vs_mels.png"] = plots.rank_scatter(
+            dfe_ranks, mels, labels=("DfE median line", "MELS")
+        )
+    for name, fig in figures.items():
+        fig.savefig(out / name, dpi=120)
+    print(res.summary())
+    print("\nSchools separated from the average (95% intervals)")
+    print(report.separation.to_string(float_format=lambda v: f"{v:.1f}"))
+    print("\nRank correlations (Spearman)")
+    print(report.rank_correlations.to_string(float_format=lambda v: f"{v:.3f}"))
+    print(
+        f"\nwrote schools.csv, separation.csv, rank_correlations.csv, mels_summary.txt and "
+        f"{len(figures)} PNG plots to {out}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="melsml",
@@ -174,6 +255,25 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--robust", action="store_true", help="sandwich standard errors")
     fit.add_argument("--out", help="folder for estimates and school predictions (CSV/JSON)")
     fit.set_defaults(func=_cmd_fit)
+
+    va = sub.add_parser("va", help="classical value-added measures")
+    va_sub = va.add_subparsers(dest="method", required=True)
+    dfe = va_sub.add_parser("dfe", help="DfE 2003 median-line value added from pupil records")
+    dfe.add_argument("pupils", help="pupil records CSV (one row per qualification result)")
+    dfe.add_argument("--median-line", default="auto", choices=["auto", "A", "B", "data"])
+    dfe.add_argument("--out", help="folder for dfe_pupils.csv and dfe_schools.csv")
+    dfe.set_defaults(func=_cmd_va_dfe)
+
+    rep = sub.add_parser("report", help="school report: MELS, MixedLM and DfE side by side")
+    rep.add_argument("data", nargs="?", help="pupil-level CSV for MELS and MixedLM")
+    rep.add_argument("--pupils", help="pupil records CSV for the DfE measure")
+    rep.add_argument("--formula", help='mean function, e.g. "y ~ prior"')
+    rep.add_argument("--groups", help="schools column")
+    rep.add_argument("--ws", default="~ 1", help="WS log-variance function")
+    rep.add_argument("--re", default="~ 1", help="random location effects")
+    rep.add_argument("--median-line", default="auto", choices=["auto", "A", "B", "data"])
+    rep.add_argument("--out", default="melsml-report", help="output folder")
+    rep.set_defaults(func=_cmd_report)
 
     demo = sub.add_parser("demo", help="simulate London-sized data and fit models 1, 2, 3, 7")
     demo.add_argument("--out", default="melsml-demo", help="output folder (default melsml-demo)")

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import DATA
@@ -151,3 +152,80 @@ def test_demo_writes_school_predictions(tmp_path, capsys):
     schools = pd.read_csv(out / "model3_school_effects.csv")
     assert len(schools) == 465
     assert (out / "model_comparison.csv").exists()
+
+
+def test_va_dfe_on_the_example_file(tmp_path, capsys):
+    from melsml.valueadded import example_pupils_path
+
+    out = tmp_path / "dfe"
+    assert main(["va", "dfe", str(example_pupils_path()), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "DfE 2003" in text and "S030" in text and "included: disapplied, input 0" in text
+    schools = pd.read_csv(out / "dfe_schools.csv", index_col=0)
+    assert schools.loc["S001", "suppressed"] and np.isnan(schools.loc["S001", "va_published"])
+
+
+def test_va_dfe_bad_code_is_one_line(tmp_path, capsys):
+    path = tmp_path / "p.csv"
+    pd.DataFrame(
+        {
+            "pupil": [9],
+            "school": ["S"],
+            "ks3_english": ["5"],
+            "ks3_maths": ["5"],
+            "ks3_science": ["5"],
+            "qualification": ["gcse"],
+            "grade": ["Z"],
+        }
+    ).to_csv(path, index=False)
+    assert main(["va", "dfe", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "pupil 9: unknown gcse grade 'Z'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_end_to_end_on_demo_data_and_pupil_records(tmp_path, capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from melsml import simulate_london
+    from melsml.valueadded import example_pupils_path
+
+    data_path = tmp_path / "london.csv"
+    simulate_london(3, seed=5, n_schools=60, n_students=6000).to_csv(data_path, index=False)
+    out = tmp_path / "rep"
+    assert (
+        main(
+            [
+                "report",
+                str(data_path),
+                "--formula",
+                "y ~ prior",
+                "--groups",
+                "school",
+                "--ws",
+                "~ prior",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    for name in (
+        "schools.csv",
+        "separation.csv",
+        "rank_correlations.csv",
+        "caterpillar.png",
+        "mean_vs_variance.png",
+        "ranks_mixedlm_vs_mels.png",
+        "mels_summary.txt",
+    ):
+        assert (out / name).exists(), name
+    table = pd.read_csv(out / "schools.csv")
+    assert len(table) == 60 and "mels_variance_separated" in table.columns
+    out2 = tmp_path / "rep2"
+    assert main(["report", "--pupils", str(example_pupils_path()), "--out", str(out2)]) == 0
+    assert (out2 / "ranks_dfe_vs_mels.png").exists()
+    assert "dfe" in pd.read_csv(out2 / "rank_correlations.csv", index_col=0).index
+    capsys.readouterr()
+    assert main(["report", "--out", str(tmp_path / "x")]) == 1
+    assert "give a DATA file" in capsys.readouterr().err

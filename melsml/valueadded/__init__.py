@@ -7,6 +7,7 @@
 """
 
 from .dfe import DfEResult, dfe_value_added, round_half_up
+from .example import example_pupils_path, synthetic_pupil_records
 from .mixedlm import mixedlm_va
 from .report import compare, separation_summary
 
@@ -14,6 +15,8 @@ __all__ = [
     "DfEResult",
     "dfe_value_added",
     "round_half_up",
+    "example_pupils_path",
+    "synthetic_pupil_records",
     "mixedlm_va",
     "compare",
     "separation_summary",

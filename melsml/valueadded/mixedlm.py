@@ -54,10 +54,22 @@ def mixedlm_va(
     if "Intercept" not in design.re_names:
         raise MELSInputError("mixedlm_va needs a random intercept in re_formula")
     sm_re = "~ " + " + ".join(slope_terms) if slope_terms else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = smf.mixedlm(formula, frame, groups=frame[groups], re_formula=sm_re)
-        fit = model.fit(reml=False, method=["lbfgs", "bfgs"])
+    model = smf.mixedlm(formula, frame, groups=frame[groups], re_formula=sm_re)
+    fit = None
+    # statsmodels' optimisers can stop at a non-finite likelihood (seen with L-BFGS on
+    # numpy 2); take the first that gives a finite, converged maximum
+    for method in ("bfgs", "lbfgs", "powell"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                trial = model.fit(reml=False, method=method)
+            except (np.linalg.LinAlgError, ValueError):
+                continue
+        if np.isfinite(trial.llf) and trial.converged:
+            fit = trial
+            break
+    if fit is None:
+        raise MELSInputError("statsmodels MixedLM did not converge on these data")
     labels = design.group_labels
     zbar = np.add.reduceat(design.x_re, design.group_ptr[:-1], axis=0) / design.group_sizes[:, None]
     re_names = list(fit.cov_re.index)

@@ -1,0 +1,138 @@
+"""Caterpillar plots, school mean-versus-variance scatter and rank-versus-rank plots.
+
+Needs matplotlib (``pip install melsml[plots]``).  Each function returns the
+matplotlib Figure; save it with ``fig.savefig("file.png")`` (or ``.pdf``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .exceptions import MELSInputError
+
+
+def _plt():
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("melsml's plots need matplotlib: pip install 'melsml[plots]'") from exc
+    return plt
+
+
+def _check(effects: pd.DataFrame, columns) -> None:
+    missing = [c for c in columns if c not in effects.columns]
+    if missing:
+        raise MELSInputError(
+            f"the school table lacks column(s) {', '.join(missing)}; pass the output of "
+            "res.school_effects() or melsml.valueadded.mixedlm_va()"
+        )
+
+
+def caterpillar(
+    effects: pd.DataFrame,
+    measure: str = "mean",
+    *,
+    ax=None,
+    reference=None,
+    title: str | None = None,
+    ylabel: str | None = None,
+):
+    """Ranked school estimates with their intervals and the average line.
+
+    Parameters
+    ----------
+    effects : DataFrame
+        ``res.school_effects()`` (or a table with ``{measure}``,
+        ``{measure}_lower``, ``{measure}_upper``).
+    measure : {"mean", "variance"}
+    ax : matplotlib Axes, optional
+    reference : float, optional
+        The average line; default ``effects.attrs["{measure}_reference"]``.
+    """
+    _check(effects, [measure, f"{measure}_lower", f"{measure}_upper"])
+    plt = _plt()
+    fig = ax.figure if ax is not None else plt.figure(figsize=(7, 4.5))
+    ax = ax if ax is not None else fig.add_subplot()
+    order = np.argsort(effects[measure].to_numpy(), kind="stable")
+    est = effects[measure].to_numpy()[order]
+    lo = effects[f"{measure}_lower"].to_numpy()[order]
+    hi = effects[f"{measure}_upper"].to_numpy()[order]
+    x = np.arange(1, len(est) + 1)
+    ref = effects.attrs.get(f"{measure}_reference", None) if reference is None else reference
+    sep = np.zeros(len(est), bool) if ref is None else (lo > ref) | (hi < ref)
+    ax.vlines(x[~sep], lo[~sep], hi[~sep], color="0.7", lw=0.8)
+    ax.vlines(x[sep], lo[sep], hi[sep], color="tab:blue", lw=0.8)
+    ax.plot(x, est, "o", ms=2.0, color="black")
+    if ref is not None:
+        ax.axhline(ref, color="tab:red", lw=1.0, ls="--", label=f"average ({ref:.3g})")
+        ax.legend(loc="upper left", frameon=False)
+    ax.set_xlabel("school rank")
+    ax.set_ylabel(ylabel or f"school {measure} of adjusted achievement")
+    n_sep = int(sep.sum())
+    ax.set_title(
+        title or f"School {measure}s: {n_sep} of {len(est)} separated from average", fontsize=10
+    )
+    ax.set_xlim(0, len(est) + 1)
+    fig.tight_layout()
+    return fig
+
+
+def caterpillar_pair(effects: pd.DataFrame):
+    """The article's figure: caterpillars of school means (left) and variances (right)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    caterpillar(effects, "mean", ax=axes[0])
+    caterpillar(effects, "variance", ax=axes[1])
+    fig.tight_layout()
+    return fig
+
+
+def mean_variance_scatter(effects: pd.DataFrame, *, ax=None):
+    """School means against school variances, with the averages as reference lines."""
+    _check(effects, ["mean", "variance"])
+    plt = _plt()
+    fig = ax.figure if ax is not None else plt.figure(figsize=(6, 5))
+    ax = ax if ax is not None else fig.add_subplot()
+    ax.scatter(
+        effects["mean"], effects["variance"], s=10, alpha=0.7, color="tab:blue", edgecolor="none"
+    )
+    ax.axvline(effects.attrs.get("mean_reference", 0.0), color="0.4", lw=0.8, ls="--")
+    if "variance_reference" in effects.attrs:
+        ax.axhline(effects.attrs["variance_reference"], color="0.4", lw=0.8, ls="--")
+    r = np.corrcoef(effects["mean"], effects["variance"])[0, 1]
+    ax.set_xlabel("school mean of adjusted achievement")
+    ax.set_ylabel("school variance of adjusted achievement")
+    ax.set_title(f"School means against school variances (r = {r:.2f})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def rank_scatter(
+    a: pd.DataFrame,
+    b: pd.DataFrame,
+    measure: str = "mean",
+    *,
+    labels=("model A", "model B"),
+    ax=None,
+):
+    """Ranks of the schools on one measure under two models (or methods)."""
+    col = f"{measure}_rank"
+    _check(a, [col])
+    _check(b, [col])
+    joined = pd.concat([a[col].rename("a"), b[col].rename("b")], axis=1, join="inner")
+    if joined.empty:
+        raise MELSInputError("the two school tables have no school in common")
+    plt = _plt()
+    fig = ax.figure if ax is not None else plt.figure(figsize=(5.5, 5.5))
+    ax = ax if ax is not None else fig.add_subplot()
+    ax.scatter(joined["a"], joined["b"], s=8, alpha=0.7, edgecolor="none")
+    n = len(joined)
+    ax.plot([1, n], [1, n], color="tab:red", lw=0.8, ls="--")
+    rho = joined.corr(method="spearman").iloc[0, 1]
+    ax.set_xlabel(f"rank of school {measure}: {labels[0]}")
+    ax.set_ylabel(f"rank of school {measure}: {labels[1]}")
+    ax.set_title(f"School {measure} ranks (Spearman {rho:.3f})", fontsize=10)
+    ax.set_aspect("equal")
+    fig.tight_layout()
+    return fig
