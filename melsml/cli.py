@@ -231,6 +231,26 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mixwild(args: argparse.Namespace) -> int:
+    from . import mixwild
+
+    model = MELS.from_mixwild(args.definition)
+    res = model.fit()
+    print(res.summary())
+    if model.notes:
+        print("\nMixWILD settings read but not used by melsml:")
+        for note in model.notes:
+            print(f"  {note}")
+    if args.compare:
+        table = mixwild.compare(res, args.compare)
+        print(f"\nmelsml against MixWILD ({args.compare})")
+        print(table.to_string(float_format=lambda v: f"{v:.6g}"))
+    if args.out:
+        paths = write_outputs(res, Path(args.out))
+        print(f"\nwrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="melsml",
@@ -274,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--median-line", default="auto", choices=["auto", "A", "B", "data"])
     rep.add_argument("--out", default="melsml-report", help="output folder")
     rep.set_defaults(func=_cmd_report)
+
+    mw = sub.add_parser("mixwild", help="fit a MixWILD definition file")
+    mw.add_argument("definition", help="MixWILD stage-1 .def file (its data file beside it)")
+    mw.add_argument("--compare", help="MixWILD's stage1.out report to set beside the fit")
+    mw.add_argument("--out", help="folder for estimates and school predictions")
+    mw.set_defaults(func=_cmd_mixwild)
 
     demo = sub.add_parser("demo", help="simulate London-sized data and fit models 1, 2, 3, 7")
     demo.add_argument("--out", default="melsml-demo", help="output folder (default melsml-demo)")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
@@ -18,6 +19,8 @@ from .results import CovType, MELSResults
 from .start import start_values
 
 __all__ = ["MELS"]
+
+logger = logging.getLogger(__name__)
 
 
 class MELS:
@@ -67,6 +70,7 @@ class MELS:
             self.options,
             re_names=design.re_names,
         )
+        self.notes: tuple[str, ...] = ()
         if self.options.random_scale and design.n_groups < 2:
             raise MELSInputError("a random scale needs at least two groups")
 
@@ -136,6 +140,24 @@ class MELS:
             integration=integration,
             n_points=n_points,
         )
+
+    @classmethod
+    def from_mixwild(cls, def_path) -> MELS:
+        """Specify the model of a MixWILD stage-1 definition file (and read its data).
+
+        Settings melsml does not use (ridge, convergence, iteration limits) are
+        accepted and listed in :attr:`notes`; settings it cannot honour raise
+        an error that names them.  See :mod:`melsml.mixwild`.
+        """
+        from . import mixwild
+
+        spec = mixwild.read_def(def_path)
+        data = mixwild.read_data(spec)
+        model = cls.from_formula(data=data, **spec.model_kwargs())
+        model.notes = spec.notes
+        for note in spec.notes:
+            logger.info("MixWILD setting %s", note)
+        return model
 
     # lme4-style access to the pipeline's stages ------------------------------------
     def objective(self) -> MELSObjective:

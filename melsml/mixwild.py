@@ -1,0 +1,705 @@
+"""Interchange with MixWILD (stage 1, continuous outcomes: MIXREGLS / MIXREGMLS).
+
+* :func:`read_def` parses a stage-1 definition file into a :class:`MixWILDSpec`;
+* :func:`read_data` reads its whitespace-delimited data file (missing-value
+  code, MixWILD's grouping of consecutive rows);
+* :func:`fit` (and :meth:`melsml.MELS.from_mixwild`) fits it;
+* :func:`write` writes a data and definition file that MixWILD runs for a
+  melsml model;
+* :func:`read_output` / :func:`read_est` read MixWILD's report and estimates,
+  and :func:`compare` sets them beside a melsml fit.
+
+The definition file (as MixWILD's ``readdef_both`` reads it): two title
+lines, the data file, the output prefix, 28 settings (NVAR P R S PNINT RNINT
+SNINT PV RV SV CONV NQ AQUAD MAXIT YMISS NCENT NCOV RIDGEIN DISCARD0 MLS CHOL
+NREPS CUTOFF NORS MYSEED STAGE2 MULTI2ND SEPFILE), the id and outcome
+columns, the column lists of the mean (P), BS (R) and WS (S) functions, the
+lists of variables split into group means and deviations (PV, RV, SV), then
+the labels in the same order.  With MLS = 1 the R columns are random location
+effects (random slopes) instead of BS variance covariates.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .exceptions import MELSInputError, MELSWarning, MissingDataWarning
+
+SETTING_NAMES = (
+    "NVAR",
+    "P",
+    "R",
+    "S",
+    "PNINT",
+    "RNINT",
+    "SNINT",
+    "PV",
+    "RV",
+    "SV",
+    "CONV",
+    "NQ",
+    "AQUAD",
+    "MAXIT",
+    "YMISS",
+    "NCENT",
+    "NCOV",
+    "RIDGEIN",
+    "DISCARD0",
+    "MLS",
+    "CHOL",
+    "NREPS",
+    "CUTOFF",
+    "NORS",
+    "MYSEED",
+    "STAGE2",
+    "MULTI2ND",
+    "SEPFILE",
+)
+#: settings melsml accepts but does not use (its own optimiser and adaptive quadrature)
+_NOTED = {
+    "CONV": "convergence criterion (melsml converges on the Newton decrement)",
+    "AQUAD": "adaptive quadrature switch (melsml always adapts)",
+    "MAXIT": "iteration limit",
+    "RIDGEIN": "initial ridge (melsml's optimiser needs none)",
+    "CHOL": "Cholesky reporting of the random effects",
+    "NREPS": "stage-2 replications",
+    "CUTOFF": "stage-2 cutoff",
+    "MYSEED": "random seed",
+}
+ID_COLUMN = "id"
+
+
+class MixWILDWarning(MELSWarning):
+    """Something in a MixWILD file that melsml reads but treats differently."""
+
+
+class MixWILDFormatError(MELSInputError):
+    """A malformed MixWILD file (names the line)."""
+
+
+@dataclass(frozen=True)
+class MixWILDSpec:
+    """A parsed definition file and the melsml model it describes."""
+
+    path: Path
+    title: tuple[str, str]
+    data_file: Path
+    prefix: str
+    settings: dict[str, float]
+    id_col: int
+    y_col: int
+    mean_cols: tuple[int, ...]
+    bs_cols: tuple[int, ...]
+    ws_cols: tuple[int, ...]
+    split_cols: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+    y_label: str
+    mean_labels: tuple[str, ...]
+    bs_labels: tuple[str, ...]
+    ws_labels: tuple[str, ...]
+    split_labels: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def _setting(self, name: str) -> int:
+        return int(self.settings[name])
+
+    @property
+    def multiple_location(self) -> bool:
+        return self._setting("MLS") == 1
+
+    def _terms(self, labels, split, which: str, no_intercept: bool) -> str:
+        terms = ["0"] if no_intercept else ["1"]
+        terms += [_q(lab) for lab in labels]
+        for lab in split:
+            terms += [_q(f"{lab}_WS")] if which == "mls" else [_q(f"{lab}_BS"), _q(f"{lab}_WS")]
+        return " + ".join(terms)
+
+    def model_kwargs(self) -> dict:
+        """Arguments of :meth:`melsml.MELS.from_formula` for this model."""
+        pv, rv, sv = self.split_labels
+        formula = f"{_q(self.y_label)} ~ " + self._terms(
+            self.mean_labels, pv, "x", self._setting("PNINT") == 1
+        )
+        ws = "~ " + self._terms(self.ws_labels, sv, "w", self._setting("SNINT") == 1)
+        kw = dict(
+            formula=formula,
+            groups=ID_COLUMN,
+            ws_formula=ws,
+            n_points=self._setting("NQ"),
+            random_scale=self._setting("NORS") != 1,
+        )
+        u_terms = "~ " + self._terms(
+            self.bs_labels,
+            rv,
+            "mls" if self.multiple_location else "u",
+            self._setting("RNINT") == 1,
+        )
+        if self.multiple_location:
+            kw["re_formula"] = u_terms
+            kw["association"] = "linear"
+        else:
+            kw["bs_formula"] = u_terms
+            kw["association"] = {0: "none", 1: "linear", 2: "quadratic"}[
+                min(max(self._setting("NCOV"), 0), 2)
+            ]
+        return kw
+
+
+def _q(label: str) -> str:
+    """A label as a formula term (backticks unless a plain identifier)."""
+    return label if label.isidentifier() else f"`{label}`"
+
+
+def _lines(path: Path) -> list[tuple[int, str]]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise MELSInputError(f"cannot read definition file {str(path)!r}: {exc}") from None
+    return [(i + 1, ln) for i, ln in enumerate(text.splitlines())]
+
+
+def read_def(path) -> MixWILDSpec:
+    """Parse a MixWILD stage-1 definition file for a continuous outcome.
+
+    Raises
+    ------
+    MixWILDFormatError
+        With the line number: too few numbers, a column index beyond the data
+        (NVAR), a label count that does not match, or settings melsml cannot
+        honour (a stage-2 block, a separate stage-2 file, standardisation).
+    """
+    path = Path(path)
+    lines = _lines(path)
+    pos = 0
+
+    def take(what: str) -> tuple[int, str]:
+        nonlocal pos
+        while pos < len(lines) and lines[pos][1].strip() == "":
+            pos += 1
+        if pos >= len(lines):
+            raise MixWILDFormatError(f"{path.name}: ends before the {what}")
+        item = lines[pos]
+        pos += 1
+        return item
+
+    def ints(what: str, count: int) -> tuple[int, ...]:
+        if count <= 0:
+            return ()
+        no, text = take(what)
+        parts = text.split()
+        if len(parts) < count:
+            raise MixWILDFormatError(
+                f"{path.name}, line {no}: the {what} needs {count} numbers, found {len(parts)}"
+            )
+        try:
+            vals = tuple(int(float(p)) for p in parts[:count])
+        except ValueError:
+            raise MixWILDFormatError(
+                f"{path.name}, line {no}: the {what} must be column numbers: {text.strip()!r}"
+            ) from None
+        for v in vals:
+            if not 1 <= v <= nvar:
+                raise MixWILDFormatError(
+                    f"{path.name}, line {no}: column {v} in the {what} is outside the data's "
+                    f"{nvar} columns (NVAR)"
+                )
+        return vals
+
+    def labels(what: str, count: int) -> tuple[str, ...]:
+        if count <= 0:
+            return ()
+        no, text = take(what)
+        parts = text.split()
+        if len(parts) != count:
+            raise MixWILDFormatError(
+                f"{path.name}, line {no}: {count} label(s) expected for the {what}, found "
+                f"{len(parts)}: {text.strip()!r}"
+            )
+        return tuple(parts)
+
+    title = (lines[0][1].strip() if lines else "", lines[1][1].strip() if len(lines) > 1 else "")
+    pos = 2
+    _, data_name = take("data file name")
+    _, prefix = take("output prefix")
+    no, text = take("settings line")
+    parts = text.split()
+    if len(parts) < len(SETTING_NAMES):
+        raise MixWILDFormatError(
+            f"{path.name}, line {no}: the settings line needs {len(SETTING_NAMES)} numbers "
+            f"({' '.join(SETTING_NAMES)}), found {len(parts)}"
+        )
+    try:
+        settings = {k: float(v) for k, v in zip(SETTING_NAMES, parts, strict=False)}
+    except ValueError:
+        raise MixWILDFormatError(f"{path.name}, line {no}: the settings must be numbers") from None
+    nvar = int(settings["NVAR"])
+    notes = _check_settings(path, no, settings)
+    p, r, s = (int(settings[k]) for k in ("P", "R", "S"))
+    pv, rv, sv = (int(settings[k]) for k in ("PV", "RV", "SV"))
+    id_col, y_col = ints("id and outcome columns", 2)
+    mean_cols = ints("mean function columns (P)", p)
+    bs_cols = ints("BS/location columns (R)", r)
+    ws_cols = ints("WS function columns (S)", s)
+    split_cols = (
+        ints("split mean columns (PV)", pv),
+        ints("split BS columns (RV)", rv),
+        ints("split WS columns (SV)", sv),
+    )
+    y_label = labels("outcome label", 1)[0]
+    spec = MixWILDSpec(
+        path=path,
+        title=title,
+        data_file=(path.parent / data_name.strip()),
+        prefix=prefix.strip(),
+        settings=settings,
+        id_col=id_col,
+        y_col=y_col,
+        mean_cols=mean_cols,
+        bs_cols=bs_cols,
+        ws_cols=ws_cols,
+        split_cols=split_cols,
+        y_label=y_label,
+        mean_labels=labels("mean function labels", p),
+        bs_labels=labels("BS/location labels", r),
+        ws_labels=labels("WS function labels", s),
+        split_labels=(
+            labels("split mean labels", pv),
+            labels("split BS labels", rv),
+            labels("split WS labels", sv),
+        ),
+        notes=tuple(notes),
+    )
+    if int(settings["R"]) == 0 and int(settings["RNINT"]) == 1:
+        raise MixWILDFormatError(
+            f"{path.name}: R = 0 with RNINT = 1 leaves no random location "
+            "effect, which melsml does not fit"
+        )
+    return spec
+
+
+def _check_settings(path: Path, line: int, st: dict[str, float]) -> list[str]:
+    bad = []
+    if int(st["STAGE2"]) != 0:
+        bad.append("STAGE2 (a stage-2 model)")
+    if int(st["SEPFILE"]) != 0:
+        bad.append("SEPFILE (a separate stage-2 data file)")
+    if int(st["NCENT"]) == 1:
+        bad.append("NCENT = 1 (standardised covariates: standardise the columns instead)")
+    if int(st["MLS"]) == 1 and int(st["RV"]) > 0:
+        bad.append("RV with MLS = 1")
+    if bad:
+        raise MixWILDFormatError(
+            f"{path.name}, line {line}: melsml cannot honour " + "; ".join(bad)
+        )
+    notes = [f"{k} = {st[k]:g}: {why}; not used" for k, why in _NOTED.items()]
+    if int(st["MLS"]) == 1 and int(st["NCOV"]) != 1:
+        notes.append("MLS = 1: MixWILD always frees the location-scale association; so does melsml")
+    return notes
+
+
+def read_data(spec: MixWILDSpec) -> pd.DataFrame:
+    """Read the definition's data file into a data frame with labelled columns.
+
+    Rows with the missing-value code (YMISS, when not 0) in a used column are
+    dropped with a :class:`~melsml.exceptions.MissingDataWarning`.  Groups
+    are runs of consecutive rows with the same id, as MixWILD reads them; the
+    ``id`` column holds the id (or, when an id recurs in separate runs, a run
+    number, with a warning).  Split variables (PV, RV, SV) become
+    ``<label>_BS`` (group mean) and ``<label>_WS`` (deviation) columns.
+    """
+    path = spec.data_file
+    nvar = int(spec.settings["NVAR"])
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise MELSInputError(f"cannot read data file {str(path)!r}: {exc}") from None
+    rows = []
+    for no, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < nvar:
+            raise MixWILDFormatError(
+                f"{path.name}, line {no}: {len(parts)} values, the definition says NVAR = {nvar}"
+            )
+        try:
+            rows.append([float(v) for v in parts[:nvar]])
+        except ValueError:
+            raise MixWILDFormatError(f"{path.name}, line {no}: non-numeric value") from None
+    raw = np.array(rows)
+    used = [
+        spec.id_col,
+        spec.y_col,
+        *spec.mean_cols,
+        *spec.bs_cols,
+        *spec.ws_cols,
+        *[c for grp in spec.split_cols for c in grp],
+    ]
+    ymiss = spec.settings["YMISS"]
+    if ymiss != 0:
+        keep = ~np.isclose(raw[:, [c - 1 for c in used]], ymiss, rtol=0, atol=1e-12).any(axis=1)
+        dropped = int((~keep).sum())
+        if dropped:
+            warnings.warn(
+                f"dropped {dropped} of {len(raw)} rows with the missing-value code {ymiss:g}",
+                MissingDataWarning,
+                stacklevel=2,
+            )
+        raw = raw[keep]
+    ids = raw[:, spec.id_col - 1].astype(np.int64)
+    run = np.concatenate([[0], np.cumsum(ids[1:] != ids[:-1])])
+    if run[-1] + 1 != len(np.unique(ids)):
+        warnings.warn(
+            "an id recurs in separate runs of rows; like MixWILD, melsml treats each "
+            "run as its own group (the id column holds run numbers)",
+            MixWILDWarning,
+            stacklevel=2,
+        )
+        group = run + 1
+    else:
+        group = ids
+    frame = pd.DataFrame({ID_COLUMN: group})
+    cols: dict[str, int] = {spec.y_label: spec.y_col}
+    for labs, cs in (
+        (spec.mean_labels, spec.mean_cols),
+        (spec.bs_labels, spec.bs_cols),
+        (spec.ws_labels, spec.ws_cols),
+    ):
+        for lab, c in zip(labs, cs, strict=True):
+            if cols.get(lab, c) != c:
+                raise MixWILDFormatError(
+                    f"{spec.path.name}: label {lab!r} names columns {cols[lab]} and {c}"
+                )
+            cols[lab] = c
+    for lab, c in cols.items():
+        frame[lab] = raw[:, c - 1]
+    for labs, cs in zip(spec.split_labels, spec.split_cols, strict=True):
+        for lab, c in zip(labs, cs, strict=True):
+            v = pd.Series(raw[:, c - 1])
+            mean = v.groupby(run).transform("mean").to_numpy()
+            frame[f"{lab}_BS"] = mean
+            frame[f"{lab}_WS"] = v.to_numpy() - mean
+    if int(spec.settings["DISCARD0"]) == 1:
+        y = frame[spec.y_label]
+        constant = y.groupby(run).transform(lambda s: s.nunique() == 1).to_numpy(bool)
+        if constant.any():
+            warnings.warn(
+                f"DISCARD0: removed {len(np.unique(run[constant]))} group(s) whose "
+                "responses do not vary",
+                MixWILDWarning,
+                stacklevel=2,
+            )
+            frame = frame.loc[~constant].reset_index(drop=True)
+    return frame
+
+
+def fit(def_path, **fit_kwargs):
+    """Fit the model of a MixWILD definition file; returns MELSResults."""
+    from .model import MELS
+
+    return MELS.from_mixwild(def_path).fit(**fit_kwargs)
+
+
+# ------------------------------------------------------------------ writing
+def _label(name: str) -> str:
+    lab = re.sub(r"[^A-Za-z0-9_]", "_", name).strip("_") or "v"
+    return lab[:16]
+
+
+def write(
+    model,
+    data: pd.DataFrame | None = None,
+    folder=".",
+    *,
+    prefix: str = "melsml",
+    title: str = "written by melsml",
+) -> tuple[Path, Path]:
+    """Write a MixWILD data file (sorted by group) and a definition file for ``model``.
+
+    The data file holds the model's design columns (so categorical terms and
+    transformations are already expanded), without intercepts.  Group ids
+    that are not integers are written as 1..J, with the mapping in
+    ``<prefix>_groups.csv``.
+
+    Parameters
+    ----------
+    model : MELS
+    data : DataFrame, optional
+        Unused (the model holds its design); accepted for symmetry with
+        :func:`read_data`.
+    folder : path
+    prefix : str
+        File names ``<prefix>.dat``, ``<prefix>.def``; MixWILD's output prefix.
+
+    Returns
+    -------
+    (def_path, dat_path)
+    """
+    d, opt = model.design, model.options
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    labels_ = d.group_labels
+    try:
+        gid = np.asarray(labels_, dtype=np.int64)
+        if not np.array_equal(gid, np.asarray(labels_, dtype=float)):
+            raise ValueError
+    except (ValueError, TypeError):
+        gid = np.arange(1, d.n_groups + 1)
+        pd.DataFrame({"id": gid, d.groups: labels_}).to_csv(
+            folder / f"{prefix}_groups.csv", index=False
+        )
+    slopes = not d.random_intercept_only
+    loc_names, loc_x = (d.re_names, d.x_re) if slopes else (d.bs_names, d.x_bs)
+    blocks = [(d.mean_names, d.x_mean), (loc_names, loc_x), (d.ws_names, d.x_ws)]
+    cols = [np.repeat(gid, d.group_sizes).astype(float), d.y]
+    col_idx, labs, nint = [], [], []
+    where: dict[str, int] = {}  # a term used by several functions is written once
+    given: dict[str, str] = {}
+
+    def label_of(name: str) -> str:
+        if name not in given:
+            lab, k = _label(name), 1
+            while lab in given.values():
+                k += 1
+                lab = _label(name)[: 16 - len(str(k))] + str(k)
+            given[name] = lab
+        return given[name]
+
+    for names, x in blocks:
+        keep = [k for k, n in enumerate(names) if n != "Intercept"]
+        nint.append(0 if "Intercept" in names else 1)
+        idx = []
+        for k in keep:
+            if names[k] not in where:
+                cols.append(x[:, k])
+                where[names[k]] = len(cols)
+            idx.append(where[names[k]])
+        col_idx.append(idx)
+        labs.append([label_of(names[k]) for k in keep])
+    arr = np.column_stack(cols)
+    dat = folder / f"{prefix}.dat"
+    np.savetxt(dat, arr, fmt="%.10g")
+    ncov = {"none": 0, "linear": 1, "quadratic": 2}[opt.association]
+    nvar = arr.shape[1]
+    settings = [
+        nvar,
+        len(col_idx[0]),
+        len(col_idx[1]),
+        len(col_idx[2]),
+        nint[0],
+        nint[1],
+        nint[2],
+        0,
+        0,
+        0,
+        "0.00001",
+        opt.n_points,
+        1,
+        200,
+        0,
+        0,
+        ncov,
+        "0.1",
+        0,
+        1 if slopes else 0,
+        0,
+        500,
+        0,
+        0 if opt.random_scale else 1,
+        12345,
+        0,
+        0,
+        0,
+    ]
+    lines = [
+        title[:72],
+        f"{d.groups}: {d.formulas['formula']}"[:72],
+        dat.name,
+        prefix,
+        " ".join(str(v) for v in settings),
+        "1 2",
+    ]
+    lines += [" ".join(map(str, c)) for c in col_idx if c]
+    lines.append(_label(d.outcome))
+    lines += [" ".join(lab) for lab in labs if lab]
+    def_path = folder / f"{prefix}.def"
+    def_path.write_text("\n".join(lines) + "\n")
+    return def_path, dat
+
+
+# ------------------------------------------------------------------ reading output
+_BLOCKS = {
+    "Model without Scale Parameters": "no scale",
+    "Model WITH Scale Parameters": "scale",
+    "Model WITH RANDOM Scale": "random scale",
+}
+_SECTIONS = (
+    ("BETA", "beta"),
+    ("ALPHA", "alpha"),
+    ("TAU", "tau"),
+    ("Random scale standard deviation", "random"),
+    ("Random location (mean) effect", "random"),
+    ("Random (location)", "random"),
+)
+_RANDOM_NAMES = {"Std Dev": "sigma_omega", "Loc Eff": "tau_l", "Loc  Eff": "tau_l"}
+_ROW = re.compile(
+    r"^(\S.*?)\s+(-?\d[\d.]*(?:[eEdD][+-]?\d+)?)\s+(-?\d[\d.]*(?:[eEdD][+-]?\d+)?)"
+    r"\s+(-?\d[\d.]*(?:[eEdD][+-]?\d+)?)\s+(-?\d[\d.]*(?:[eEdD][+-]?\d+)?)\s*$"
+)
+
+
+def read_output(path) -> pd.DataFrame:
+    """Read MixWILD's stage-1 report (``*_stage1.out``) into a table.
+
+    Returns
+    -------
+    DataFrame with columns ``model`` ("no scale", "scale", "random scale"),
+    ``block`` (beta, alpha, tau, random), ``term`` (MixWILD's label; random
+    rows as ``sigma_omega``/``tau_l``), ``estimate``, ``std_error``, ``z``,
+    ``p_value``; ``attrs["llf"]`` maps each model to its log-likelihood.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise MELSInputError(f"cannot read {str(path)!r}: {exc}") from None
+    rows, llf = [], {}
+    model = block = None
+    for line in lines:
+        s = line.strip()
+        if s in _BLOCKS:
+            model, block = _BLOCKS[s], None
+            continue
+        if model is None:
+            continue
+        if s.startswith("Log Likelihood") and model not in llf:
+            llf[model] = float(s.split("=")[1])
+            continue
+        if s.startswith(("BS variance ratios", "WS variance ratios")):
+            model = None
+            continue
+        for head, name in _SECTIONS:
+            if s.startswith(head):
+                block = name
+                break
+        else:
+            m = _ROW.match(s)
+            if m and block is not None:
+                term = m.group(1).strip()
+                if block == "random":
+                    term = _RANDOM_NAMES.get(term, term)
+                est, se, z, p = (float(m.group(k).replace("D", "E")) for k in range(2, 6))
+                rows.append(
+                    dict(
+                        model=model,
+                        block=block,
+                        term=term,
+                        estimate=est,
+                        std_error=se,
+                        z=z,
+                        p_value=p,
+                    )
+                )
+    if not rows:
+        raise MixWILDFormatError(f"{path.name}: no MixWILD estimates found")
+    out = pd.DataFrame(rows)
+    out.attrs["llf"] = llf
+    return out
+
+
+def read_est(path) -> list[dict]:
+    """Read MixWILD's ``.EST`` file: per model ``llf``, ``iterations``, ``estimates``, ``se``."""
+    path = Path(path)
+    blocks: list[dict] = []
+    for no, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) == 3 and "." in parts[0] and "." not in parts[1] + parts[2]:
+            blocks.append({"llf": -0.5 * float(parts[0]), "iterations": int(parts[1]), "rows": []})
+        elif blocks:
+            blocks[-1]["rows"].append([float(p) for p in parts])
+        else:
+            raise MixWILDFormatError(f"{path.name}, line {no}: no block header before it")
+    return [
+        {
+            "llf": b["llf"],
+            "iterations": b["iterations"],
+            "estimates": np.concatenate(b["rows"][:-1]),
+            "se": np.array(b["rows"][-1]),
+        }
+        for b in blocks
+    ]
+
+
+def compare(res, output) -> pd.DataFrame:
+    """melsml's and MixWILD's estimates, SEs and log-likelihood side by side.
+
+    Parameters
+    ----------
+    res : MELSResults
+        A fit of a random-intercept model (MixWILD's MIXREGLS parametrisation).
+    output : path or DataFrame
+        MixWILD's stage-1 report (or :func:`read_output` of it).
+
+    Returns
+    -------
+    DataFrame indexed by (block, term) with ``melsml``, ``mixwild``,
+    ``difference``, ``melsml_se``, ``mixwild_se``, ``se_ratio``; the last row
+    is the log-likelihood.
+    """
+    out = read_output(output) if not isinstance(output, pd.DataFrame) else output
+    opt, d = res.model.options, res.model.design
+    if res.model.layout.is_chol:
+        raise MELSInputError("compare() supports MixWILD's random-intercept (MIXREGLS) models")
+    which = (
+        "random scale"
+        if opt.random_scale
+        else ("no scale" if d.ws_names == ("Intercept",) else "scale")
+    )
+    mw = out[out["model"] == which]
+    if mw.empty:
+        raise MELSInputError(f"the MixWILD report has no {which!r} model")
+    rows = []
+    for block in ("beta", "alpha", "tau", "random"):
+        ours = res.params[block] if block in res.params.index.get_level_values(0) else None
+        theirs = mw[mw["block"] == block]
+        if ours is None:
+            continue
+        if block == "random":
+            theirs = theirs.set_index("term").reindex(list(ours.index))
+        if len(theirs) != len(ours):
+            raise MELSInputError(
+                f"{block}: melsml has {len(ours)} parameters, MixWILD "
+                f"{len(theirs)}; are these the same model?"
+            )
+        for (term, val), (_, row) in zip(ours.items(), theirs.iterrows(), strict=True):
+            se = res.bse[(block, term)]
+            rows.append(
+                dict(
+                    block=block,
+                    term=term,
+                    melsml=val,
+                    mixwild=row["estimate"],
+                    difference=val - row["estimate"],
+                    melsml_se=se,
+                    mixwild_se=row["std_error"],
+                    se_ratio=se / row["std_error"],
+                )
+            )
+    llf_mw = out.attrs.get("llf", {}).get(which, np.nan)
+    rows.append(
+        dict(
+            block="fit",
+            term="log-likelihood",
+            melsml=res.llf,
+            mixwild=llf_mw,
+            difference=res.llf - llf_mw,
+        )
+    )
+    return pd.DataFrame(rows).set_index(["block", "term"])
