@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -26,22 +25,10 @@ CASES = {
 
 
 def read_est(path: Path) -> list[dict[str, object]]:
-    """Parse a MixWILD .EST file into its three blocks (llf, estimates, SEs)."""
-    blocks, cur = [], None
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) == 3 and parts[2] == "200":  # header: -2logL iterations maxit
-            cur = {"llf": -0.5 * float(parts[0]), "rows": []}
-            blocks.append(cur)
-        else:
-            cur["rows"].append([float(p) for p in parts])
-    out = []
-    for b in blocks:
-        rows = b["rows"]
-        out.append({"llf": b["llf"], "est": np.concatenate(rows[:-1]), "se": np.array(rows[-1])})
-    return out
+    """MixWILD's .EST blocks as {llf, est, se} (via melsml.mixwild.read_est)."""
+    from melsml.mixwild import read_est as _read
+
+    return [{"llf": b["llf"], "est": b["estimates"], "se": b["se"]} for b in _read(path)]
 
 
 def load_case(name: str) -> tuple[pd.DataFrame, dict]:
