@@ -153,14 +153,45 @@ def _lr_pvalue(stat: float, df: int, boundary: bool) -> float:
     return 0.5 * lower + 0.5 * float(stats.chi2.sf(stat, df))
 
 
+_AS_CHOLESKY = {
+    ("alpha", "Intercept"): ("random", "L(Intercept,Intercept)"),
+    ("random", "tau_l"): ("random", "L(omega,Intercept)"),
+    ("random", "sigma_omega"): ("random", "L(omega,omega)"),
+}
+
+
+def _nesting_names(res: MELSResults) -> set:
+    """Parameter names on a common footing: a random-intercept model with a constant
+    BS variance is the one-effect case of the Cholesky layout (L(Intercept,Intercept)
+    = exp(alpha0 / 2), L(omega,Intercept) = tau_l, L(omega,omega) = sigma_omega)."""
+    names = set(res.params.index)
+    if res.model.design.bs_names == ("Intercept",) and not res.model.layout.is_chol:
+        names = {_AS_CHOLESKY.get(n, n) for n in names}
+    return names
+
+
+def _is_sd(name: tuple[str, str]) -> bool:
+    """A parameter whose value 0 is a boundary (an SD or a Cholesky diagonal)."""
+    block, term = name
+    if block != "random":
+        return False
+    if term == "sigma_omega":
+        return True
+    inner = term[2:-1].split(",") if term.startswith("L(") else []
+    return len(inner) == 2 and inner[0] == inner[1]
+
+
 def compare(*results: MELSResults, names: list[str] | None = None) -> pd.DataFrame:
     """Compare fitted models: llf, AIC, BIC and likelihood-ratio tests.
 
     Models are listed in the order given.  Each model is tested against the
     previous one in the list when the two are nested (same observations and
-    the smaller one's parameters a subset of the larger one's).  A test that
-    adds the random scale (sigma_omega on its boundary 0) uses the 50:50
-    mixture of chi-square(df - 1) and chi-square(df).
+    the smaller one's parameters a subset of the larger one's; a random
+    intercept model with a constant BS variance counts as nested in a random
+    slope model).  A test that adds one variance on its boundary 0 (the
+    random scale, or a random slope) uses the 50:50 mixture of
+    chi-square(df - 1) and chi-square(df); with several, the plain
+    chi-square(df), which is conservative.
 
     Parameters
     ----------
@@ -199,19 +230,25 @@ def compare(*results: MELSResults, names: list[str] | None = None) -> pd.DataFra
                 and small.model.design.outcome == big.model.design.outcome
                 and np.array_equal(small.model.design.y, big.model.design.y)
             )
-            nested = set(small.params.index) <= set(big.params.index)
+            small_names, big_names = _nesting_names(small), _nesting_names(big)
+            nested = small_names <= big_names
             if same_data and nested and big.k_params > small.k_params:
                 df = big.k_params - small.k_params
                 stat = 2.0 * (big.llf - small.llf)
-                boundary = ("random", "sigma_omega") in big.params.index and (
-                    "random",
-                    "sigma_omega",
-                ) not in small.params.index
+                n_boundary = sum(_is_sd(name) for name in big_names - small_names)
+                boundary = n_boundary == 1
+                kind = (
+                    "50:50 chi2 mixture"
+                    if boundary
+                    else "chi2 (conservative: several variances on their boundary)"
+                    if n_boundary > 1
+                    else "chi2"
+                )
                 row.update(
                     lr_stat=stat,
                     df=df,
                     p_value=_lr_pvalue(stat, df, boundary),
-                    test=f"vs {names[i - 1]}: " + ("50:50 chi2 mixture" if boundary else "chi2"),
+                    test=f"vs {names[i - 1]}: {kind}",
                 )
             else:
                 row["test"] = f"not nested in {names[i - 1]}"

@@ -57,3 +57,21 @@ def test_non_nested_models_get_no_test(fits):
     )
     with pytest.raises(ValueError):
         melsml.compare(m2, none, names=["a"])
+
+
+def test_random_intercept_models_nest_in_random_slope_models():
+    from melsml import MELS, simulate_london
+
+    data = simulate_london(5, seed=8, n_schools=60, n_students=5000)
+    m1 = MELS.from_formula("y ~ prior", data, "school", random_scale=False).fit()
+    m4 = MELS.from_formula(
+        "y ~ prior", data, "school", re_formula="~ 1 + prior", random_scale=False
+    ).fit()
+    m5 = MELS.from_formula("y ~ prior", data, "school", re_formula="~ 1 + prior").fit()
+    table = melsml.compare(m1, m4, m5)
+    stat = 2 * (m4.llf - m1.llf)
+    assert table.iloc[1]["df"] == 2
+    assert table.iloc[1]["p_value"] == pytest.approx(
+        0.5 * stats.chi2.sf(stat, 1) + 0.5 * stats.chi2.sf(stat, 2)
+    )
+    assert "mixture" in table.iloc[2]["test"] and table.iloc[2]["df"] == 3

@@ -1,0 +1,233 @@
+"""Run the tutorial's and the validation page's code; write figures and tables.
+
+Called by ``conf.py`` at every documentation build, so that every number and
+figure in the docs comes from the code they show.  Output: ``docs/_generated``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import statsmodels.formula.api as smf
+
+from melsml import MELS, compare, mixwild, plots, simulate_london
+from melsml.valueadded import dfe_value_added, example_pupils_path, mixedlm_va
+
+HERE = Path(__file__).parent
+OUT = HERE / "_generated"
+ROOT = HERE.parent
+
+
+def md_table(frame: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
+    """A pandas frame as a Markdown table (index included)."""
+    frame = frame.reset_index()
+
+    def fmt(v):
+        if isinstance(v, (float, np.floating)):
+            return "" if np.isnan(v) else floatfmt.format(v)
+        return str(v)
+
+    head = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join(["---"] * frame.shape[1]) + "|"
+    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(False)]
+    return "\n".join([head, rule, *body]) + "\n"
+
+
+def write(name: str, text: str) -> None:
+    (OUT / name).write_text(text)
+
+
+def tutorial() -> None:
+    data = simulate_london(7, seed=2024)
+    write(
+        "data.md",
+        f"{len(data):,} students in {data['school'].nunique()} schools "
+        f"({data.groupby('school').size().min()} to "
+        f"{data.groupby('school').size().max()} students each)\n",
+    )
+    student = "prior + female + fsm + eal + sen + age + ethnicity"
+    specs = {
+        "1": dict(formula="y ~ prior", random_scale=False),
+        "2": dict(formula="y ~ prior"),
+        "3": dict(formula="y ~ prior", ws_formula="~ prior"),
+        "4": dict(formula="y ~ prior", re_formula="~ 1 + prior", random_scale=False),
+        "5": dict(formula="y ~ prior", re_formula="~ 1 + prior"),
+        "6": dict(formula="y ~ prior", re_formula="~ 1 + prior", ws_formula="~ prior"),
+        "7": dict(formula=f"y ~ {student}", ws_formula=f"~ {student}"),
+        "8": dict(formula=f"y ~ {student} + school_type", ws_formula=f"~ {student} + school_type"),
+    }
+    fits, times = {}, {}
+    for name, spec in specs.items():
+        t = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fits[name] = MELS.from_formula(data=data, groups="school", **spec).fit()
+        times[name] = time.perf_counter() - t
+    table = pd.DataFrame(
+        {
+            "model": [f"model {k}" for k in fits],
+            "parameters": [r.k_params for r in fits.values()],
+            "log-likelihood": [r.llf for r in fits.values()],
+            "AIC": [r.aic for r in fits.values()],
+            "BIC": [r.bic for r in fits.values()],
+            "fit time (s)": [times[k] for k in fits],
+        }
+    ).set_index("model")
+    write("models.md", md_table(table, "{:.6g}"))
+    tests = [
+        ("1", "2"),
+        ("2", "3"),
+        ("1", "4"),
+        ("4", "5"),
+        ("5", "6"),
+        ("3", "6"),
+        ("3", "7"),
+        ("7", "8"),
+    ]
+    rows = []
+    for a, b in tests:
+        c = compare(fits[a], fits[b], names=[f"model {a}", f"model {b}"]).iloc[1]
+        rows.append(
+            {
+                "test": f"model {a} vs {b}",
+                "LR statistic": c["lr_stat"],
+                "df": c["df"],
+                "p-value": c["p_value"],
+                "reference distribution": c["test"].split(": ")[-1],
+            }
+        )
+    write("lrtests.md", md_table(pd.DataFrame(rows).set_index("test"), "{:.4g}"))
+    write("summary3.md", "```text\n" + fits["3"].summary().as_text() + "\n```\n")
+    rp = fits["3"].random_params()
+    write("random3.md", md_table(rp, "{:.4f}"))
+
+    eff3 = fits["3"].school_effects()
+    sep = (
+        f"Of the {len(eff3)} schools, {int(eff3['mean_separated'].sum())} "
+        f"({100 * eff3['mean_separated'].mean():.0f}%) are separated from the average on "
+        f"their school means and {int(eff3['variance_separated'].sum())} "
+        f"({100 * eff3['variance_separated'].mean():.0f}%) on their school variances; "
+        f"the correlation between school means and school variances is "
+        f"{np.corrcoef(eff3['mean'], eff3['variance'])[0, 1]:.2f}.\n"
+    )
+    write("separation3.md", sep)
+    plots.caterpillar_pair(eff3).savefig(OUT / "caterpillar.png", dpi=100)
+    plots.mean_variance_scatter(eff3).savefig(OUT / "scatter.png", dpi=100)
+    plots.rank_scatter(
+        eff3, fits["7"].school_effects(), measure="variance", labels=("model 3", "model 7")
+    ).savefig(OUT / "ranks_7_3.png", dpi=100)
+
+    v6 = fits["6"].school_effects(reference_var=1.0)
+    v6_0 = fits["6"].school_effects(reference_var=0.0)
+    share = ((v6["variance"] - v6_0["variance"]) / v6["variance"]).describe()
+    write(
+        "slopes6.md",
+        f"For a reference distribution of students with prior-score variance 1, the random "
+        f"slope contributes a median {100 * share['50%']:.1f}% (at most "
+        f"{100 * share['max']:.1f}%) of a school's variance in model 6.\n",
+    )
+    school8 = fits["8"].params[
+        [("tau", t) for t in fits["8"].params["tau"].index if t.startswith("school_type")]
+    ]
+    write(
+        "school8.md",
+        md_table(school8.to_frame("estimate").join(fits["8"].bse.rename("std. error")), "{:.4f}"),
+    )
+
+
+def validation() -> None:
+    ref = ROOT / "tests" / "data" / "mixwild"
+    rows = []
+    for case in ("small", "sbm_mels", "riesby"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = mixwild.fit(ref / case / "model.def")
+        est = mixwild.read_est(ref / case / "estimates.EST")[2]
+        rows.append(
+            {
+                "case": case,
+                "observations": res.nobs,
+                "groups": res.n_groups,
+                "MixWILD llf": est["llf"],
+                "melsml llf": res.llf,
+                "llf difference": res.llf - est["llf"],
+                "max abs. estimate difference": np.max(
+                    np.abs(res.params.to_numpy() - est["estimates"])
+                ),
+                "max abs. SE ratio - 1": np.max(np.abs(res.bse.to_numpy() / est["se"] - 1)),
+            }
+        )
+    write("mixwild.md", md_table(pd.DataFrame(rows).set_index("case"), "{:.6g}"))
+
+    data = simulate_london(3, seed=11, n_schools=120, n_students=12000)
+    rows = []
+    for name, re_formula in (
+        ("model 1 (random intercept)", None),
+        ("model 4 (random slope)", "~ prior"),
+    ):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sm = smf.mixedlm("y ~ prior", data, groups=data["school"], re_formula=re_formula).fit(
+                reml=False, method="bfgs", gtol=1e-10
+            )
+        res = MELS.from_formula(
+            "y ~ prior",
+            data,
+            "school",
+            random_scale=False,
+            re_formula="~ 1 + prior" if re_formula else "~ 1",
+        ).fit()
+        rows.append(
+            {
+                "model": name,
+                "MixedLM llf": sm.llf,
+                "melsml llf": res.llf,
+                "relative difference": (res.llf - sm.llf) / abs(sm.llf),
+                "max abs. beta difference": np.max(
+                    np.abs(res.params["beta"].to_numpy() - sm.fe_params.to_numpy())
+                ),
+            }
+        )
+    write("mixedlm.md", md_table(pd.DataFrame(rows).set_index("model"), "{:.6g}"))
+
+    pupils = pd.read_csv(example_pupils_path())
+    dfe = dfe_value_added(pupils)
+    write(
+        "dfe_schools.md",
+        md_table(
+            dfe.schools.head(6)[
+                [
+                    "cohort",
+                    "included",
+                    "coverage",
+                    "va_published",
+                    "avg_capped_score",
+                    "avg_equivalents",
+                    "stability",
+                ]
+            ],
+            "{:.4g}",
+        ),
+    )
+    inc = dfe.pupils[dfe.pupils["included"]]
+    base = mixedlm_va(inc, "capped_score ~ ks3_aps", "school")
+    write(
+        "dfe_vs_mixedlm.md",
+        f"Across the {len(base)} example schools the Spearman correlation between the DfE "
+        f"median-line VA and the MixedLM school effect is "
+        f"{dfe.schools['va_score'].corr(base['mean'], method='spearman'):.2f}.\n",
+    )
+
+
+def main() -> None:
+    OUT.mkdir(exist_ok=True)
+    tutorial()
+    validation()
+
+
+if __name__ == "__main__":
+    main()
