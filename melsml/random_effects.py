@@ -32,6 +32,23 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _GRID = np.linspace(-9.0, 9.0, 241)
 
+#: the columns each school measure contributes to a school table
+MEASURE_SUFFIXES = ("", "_sd", "_lower", "_upper", "_rank", "_separated")
+
+
+def measure_columns(name: str, est, sd, lower, upper, reference: float) -> dict:
+    """The columns of one school measure: estimate, SD, interval, ascending rank
+    (1 = lowest) and whether the interval excludes ``reference``."""
+    est, lower, upper = (np.asarray(v, dtype=float) for v in (est, lower, upper))
+    return {
+        name: est,
+        f"{name}_sd": np.asarray(sd, dtype=float),
+        f"{name}_lower": lower,
+        f"{name}_upper": upper,
+        f"{name}_rank": pd.Series(est).rank(method="min").astype(int).to_numpy(),
+        f"{name}_separated": (lower > reference) | (upper < reference),
+    }
+
 
 def _group_stats(res: MELSResults) -> dict[str, np.ndarray]:
     d = res.model.design
@@ -266,28 +283,24 @@ def school_effects(
     if reference_var is not None:
         raise MELSInputError("reference_var applies to random-slope models (re_formula)")
     post = _posterior(res, alpha, shift)
-    d = res.model.design
     s = post["s_mean"]
     mean = s * post["theta1_mean"]
     lo, hi = s * post["theta1_lower"], s * post["theta1_upper"]
     ref_var = float(np.exp(shift))
-    out = pd.DataFrame(
+    out = _effects_frame(
+        res,
         {
             "n": post["n"].astype(int),
-            "mean": mean,
-            "mean_sd": s * post["theta1_sd"],
-            "mean_lower": lo,
-            "mean_upper": hi,
-            "mean_rank": pd.Series(mean).rank(method="min").astype(int).to_numpy(),
-            "mean_separated": (lo > 0) | (hi < 0),
-            "variance": post["var_mean"],
-            "variance_sd": post["var_sd"],
-            "variance_lower": post["var_lower"],
-            "variance_upper": post["var_upper"],
-            "variance_rank": pd.Series(post["var_mean"]).rank(method="min").astype(int).to_numpy(),
-            "variance_separated": (post["var_lower"] > ref_var) | (post["var_upper"] < ref_var),
+            **measure_columns("mean", mean, s * post["theta1_sd"], lo, hi, 0.0),
+            **measure_columns(
+                "variance",
+                post["var_mean"],
+                post["var_sd"],
+                post["var_lower"],
+                post["var_upper"],
+                ref_var,
+            ),
         },
-        index=pd.Index(d.group_labels, name=d.groups),
     )
     if res.model.options.mode == MODE_CLOSED_FORM:
         out["variance_separated"] = False
@@ -362,18 +375,8 @@ def _school_effects_multi(
         res,
         {
             "n": grid["n"].astype(int),
-            "mean": mean,
-            "mean_sd": mean_sd,
-            "mean_lower": lo,
-            "mean_upper": hi,
-            "mean_rank": pd.Series(mean).rank(method="min").astype(int).to_numpy(),
-            "mean_separated": (lo > 0) | (hi < 0),
-            "variance": vmean,
-            "variance_sd": vsd,
-            "variance_lower": vlo,
-            "variance_upper": vhi,
-            "variance_rank": pd.Series(vmean).rank(method="min").astype(int).to_numpy(),
-            "variance_separated": (vlo > ref_var) | (vhi < ref_var),
+            **measure_columns("mean", mean, mean_sd, lo, hi, 0.0),
+            **measure_columns("variance", vmean, vsd, vlo, vhi, ref_var),
         },
     )
     out.attrs.update(

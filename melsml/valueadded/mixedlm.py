@@ -10,6 +10,7 @@ from scipy import stats
 
 from ..exceptions import MELSInputError
 from ..formula import build_design
+from ..random_effects import measure_columns
 
 
 def mixedlm_va(
@@ -82,15 +83,7 @@ def mixedlm_va(
     z = stats.norm.ppf(1 - alpha / 2)
     lo, hi = mean - z * sd, mean + z * sd
     out = pd.DataFrame(
-        {
-            "n": design.group_sizes,
-            "mean": mean,
-            "mean_sd": sd,
-            "mean_lower": lo,
-            "mean_upper": hi,
-            "mean_rank": pd.Series(mean).rank(method="min").astype(int).to_numpy(),
-            "mean_separated": (lo > 0) | (hi < 0),
-        },
+        {"n": design.group_sizes, **measure_columns("mean", mean, sd, lo, hi, 0.0)},
         index=pd.Index(labels, name=groups),
     )
     out.attrs.update(fit=fit, llf=float(fit.llf), alpha=alpha)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..random_effects import MEASURE_SUFFIXES
 from .dfe import DfEResult
 
 
@@ -17,6 +18,10 @@ class SchoolReport:
     table: pd.DataFrame
     separation: pd.DataFrame
     rank_correlations: pd.DataFrame
+
+
+def _columns(measure: str) -> list[str]:
+    return [measure + suffix for suffix in MEASURE_SUFFIXES]
 
 
 def _prefixed(effects: pd.DataFrame, prefix: str, columns) -> pd.DataFrame:
@@ -57,35 +62,9 @@ def compare(
         d["dfe_rank"] = d["dfe_va"].rank(method="min")
         parts.append(d)
     if mixedlm is not None:
-        parts.append(
-            _prefixed(
-                mixedlm,
-                "mixedlm_",
-                ["mean", "mean_sd", "mean_lower", "mean_upper", "mean_rank", "mean_separated"],
-            )
-        )
+        parts.append(_prefixed(mixedlm, "mixedlm_", _columns("mean")))
     if mels is not None:
-        parts.append(
-            _prefixed(
-                mels,
-                "mels_",
-                [
-                    "n",
-                    "mean",
-                    "mean_sd",
-                    "mean_lower",
-                    "mean_upper",
-                    "mean_rank",
-                    "mean_separated",
-                    "variance",
-                    "variance_sd",
-                    "variance_lower",
-                    "variance_upper",
-                    "variance_rank",
-                    "variance_separated",
-                ],
-            )
-        )
+        parts.append(_prefixed(mels, "mels_", ["n", *_columns("mean"), *_columns("variance")]))
     if not parts:
         raise ValueError("compare() needs at least one of mels, mixedlm, dfe")
     table = pd.concat(parts, axis=1, join="outer")
