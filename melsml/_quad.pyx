@@ -648,6 +648,27 @@ cdef double multi_h_theta(const double* theta, MStats* st, const double* L, int 
             - 0.5 * d * LOG2PI)
 
 
+cdef inline double place_node(Py_ssize_t node, int n_q, int d, int* idx, const double* gh_x,
+                              const double* gh_logw, const double* Lc, const double* mode,
+                              double* th) noexcept nogil:
+    """Node ``node`` of the d-dimensional product rule, placed at mode + sqrt(2) Lc x.
+
+    Returns the node's log weight against exp(-|x|^2) plus |x|^2."""
+    cdef Py_ssize_t r = node
+    cdef int a, b
+    cdef double lw = 0.0, acc
+    for a in range(d - 1, -1, -1):
+        idx[a] = <int>(r % n_q)
+        r = r // n_q
+        lw += gh_logw[idx[a]] + gh_x[idx[a]] * gh_x[idx[a]]
+    for a in range(d):
+        acc = 0.0
+        for b in range(a + 1):
+            acc += Lc[a * d + b] * gh_x[idx[b]]
+        th[a] = mode[a] + 1.4142135623730951 * acc
+    return lw
+
+
 def group_loglik_multi(
     const double[::1] r0,
     const double[::1] eta_ws,
@@ -1072,17 +1093,8 @@ def group_loglik_multi(
                         n_nodes *= n_q
                     mx = -1e300
                     for node in range(n_nodes):
-                        r = <int>node
-                        lw = 0.0
-                        for a in range(d - 1, -1, -1):
-                            idx[a] = r % n_q
-                            r = r // n_q
-                            lw += gh_logw[idx[a]] + gh_x[idx[a]] * gh_x[idx[a]]
-                        for a in range(d):
-                            acc = 0.0
-                            for b in range(a + 1):
-                                acc += Lc[a * d + b] * gh_x[idx[b]]
-                            th[a] = centers[j, a] + 1.4142135623730951 * acc
+                        lw = place_node(node, n_q, d, idx, &gh_x[0], &gh_logw[0], Lc,
+                                        &centers[j, 0], th)
                         lw += multi_h_theta(th, &st, Lf, d, xv, sv, NULL, NULL, NULL)
                         lwbuf[node] = lw
                         if lw > mx:
@@ -1094,15 +1106,8 @@ def group_loglik_multi(
                     ll[j] = lwd + mx + log(tot)
                     for node in range(n_nodes):
                         wt = lwbuf[node] / tot
-                        r = <int>node
-                        for a in range(d - 1, -1, -1):
-                            idx[a] = r % n_q
-                            r = r // n_q
-                        for a in range(d):
-                            acc = 0.0
-                            for b in range(a + 1):
-                                acc += Lc[a * d + b] * gh_x[idx[b]]
-                            th[a] = centers[j, a] + 1.4142135623730951 * acc
+                        place_node(node, n_q, d, idx, &gh_x[0], &gh_logw[0], Lc, &centers[j, 0],
+                                   th)
                         multi_h_theta(th, &st, Lf, d, xv, sv, NULL, NULL, NULL)
                         om = xv[q]
                         k = exp(-om)
