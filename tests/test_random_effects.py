@@ -211,3 +211,18 @@ def test_two_slopes_use_monte_carlo_intervals():
     assert (se["variance"] < se["variance_upper"]).all()
     again = res.school_effects(reference_var=np.diag([1.0, 0.2]))
     pd.testing.assert_frame_equal(se, again)  # a fixed seed: reproducible
+
+
+def test_predictions_do_not_depend_on_row_order_or_group_labels():
+    data = simulate_london(3, seed=12, n_schools=30, n_students=2000)
+    res = MELS.from_formula("y ~ prior", data, "school", ws_formula="~ prior").fit()
+    shuffled = data.sample(frac=1.0, random_state=5).reset_index(drop=True)
+    shuffled["school"] = "s" + shuffled["school"].astype(str)
+    other = MELS.from_formula("y ~ prior", shuffled, "school", ws_formula="~ prior").fit()
+    a = res.school_effects()
+    b = other.school_effects()
+    b.index = [int(s[1:]) for s in b.index]
+    b = b.loc[a.index]
+    for col in ("mean", "mean_lower", "variance", "variance_upper"):
+        np.testing.assert_allclose(a[col], b[col], rtol=1e-6, atol=1e-8)
+    assert (a["mean_rank"] == b["mean_rank"]).all()
