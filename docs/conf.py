@@ -26,6 +26,7 @@ numpydoc_show_class_members = False
 numpydoc_validation_checks: set = set()
 autodoc_typehints = "none"
 html_theme = "alabaster"
+html_theme_options = {"page_width": "1180px", "sidebar_width": "220px"}
 html_static_path: list = []
 suppress_warnings = ["myst.header"]
 

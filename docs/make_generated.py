@@ -74,7 +74,7 @@ def tutorial() -> None:
             "log-likelihood": [r.llf for r in fits.values()],
             "AIC": [r.aic for r in fits.values()],
             "BIC": [r.bic for r in fits.values()],
-            "fit time (s)": [times[k] for k in fits],
+            "fit time (s)": [round(times[k], 2) for k in fits],
         }
     ).set_index("model")
     write("models.md", md_table(table, "{:.6g}"))
