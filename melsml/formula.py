@@ -224,8 +224,7 @@ def build_design(
             if not np.isfinite(col.to_numpy(dtype=float)).all():
                 raise MELSInputError(f"column {c!r} has infinite values")
 
-    # stable sort by group; keep the groups' first-appearance order undisturbed
-    # only where already sorted
+    # groups in sorted label order; a stable sort keeps each group's rows in data order
     codes, labels = pd.factorize(frame[groups], sort=True)
     order = np.argsort(codes, kind="stable")
     frame = frame.iloc[order]
