@@ -194,6 +194,25 @@ def validation() -> None:
         )
     write("mixedlm.md", md_table(pd.DataFrame(rows).set_index("model"), "{:.6g}"))
 
+    riesby = pd.read_csv(ref / "riesby" / "riesby.csv")
+    kw = dict(re_formula="~ 1 + week", ws_formula="~ week + endog")
+    fixed = MELS.from_formula("hamd ~ week + endog + endweek", riesby, "id", **kw).fit().params
+    rows = []
+    for points in (7, 11, 15, 21, 31):
+        row = {"points per dimension": points}
+        for integration in ("exact-location", "aghq"):
+            model = MELS.from_formula(
+                "hamd ~ week + endog + endweek",
+                riesby,
+                "id",
+                integration=integration,
+                n_points=points,
+                **kw,
+            )
+            row[f"{integration} llf"] = model.loglike(fixed)
+        rows.append(row)
+    write("paths.md", md_table(pd.DataFrame(rows).set_index("points per dimension"), "{:.6f}"))
+
     pupils = pd.read_csv(example_pupils_path())
     dfe = dfe_value_added(pupils)
     write(
