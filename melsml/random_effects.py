@@ -9,9 +9,10 @@ same integrand as the likelihood:
   mixture.  Posterior means, SDs and equal-tailed intervals (also of
   nonlinear functions such as exp(wbar'tau + omega_j)) are then exact to grid
   accuracy.
-* general 2-D path (quadratic association): posterior means and SDs from the
-  adaptive quadrature; intervals from normal approximations on the theta1
-  and omega scales (the latter mapped through exp).
+* quadratic association: the posterior of (theta1, theta2) is tabulated on
+  the adaptive quadrature's rotated grid (57 x 57 points over +-7 posterior
+  SDs around the mode); means, SDs, equal-tailed intervals and E exp(.) are
+  taken from it.
 """
 
 from __future__ import annotations
@@ -116,32 +117,21 @@ def _posterior(res: MELSResults, alpha: float, ws_shift: float) -> dict[str, np.
         out.update(omega_mean=zero, omega_sd=zero, cov_theta1_omega=zero)
         v = np.full_like(m, np.exp(ws_shift))
         out.update(var_mean=v, var_sd=zero, var_lower=v, var_upper=v)
-    elif mode == MODE_AGHQ:
-        mom = res._evaluation.moments
-        m, v1 = mom[:, 0], np.maximum(mom[:, 1] - mom[:, 0] ** 2, 0)
-        om, vo = mom[:, 2], np.maximum(mom[:, 3] - mom[:, 2] ** 2, 0)
-        z = stats.norm.ppf(probs)
-        out.update(
-            theta1_mean=m,
-            theta1_sd=np.sqrt(v1),
-            theta1_lower=m + z[0] * np.sqrt(v1),
-            theta1_upper=m + z[1] * np.sqrt(v1),
-            omega_mean=om,
-            omega_sd=np.sqrt(vo),
-            cov_theta1_omega=mom[:, 4] - m * om,
-        )
-        # E exp(c + omega) under the normal approximation of omega's posterior
-        out.update(
-            var_mean=np.exp(ws_shift + om + vo / 2),
-            var_sd=np.exp(ws_shift + om + vo / 2) * np.sqrt(np.expm1(vo)),
-            var_lower=np.exp(ws_shift + om + z[0] * np.sqrt(vo)),
-            var_upper=np.exp(ws_shift + om + z[1] * np.sqrt(vo)),
-        )
+    elif mode == MODE_AGHQ and tq != 0:
+        out.update(_posterior_2d(res, st, probs, ws_shift))
     else:
         V = tl**2 + sw**2
         g, S = tl / V, sw**2 / V
-        cen = res._evaluation.centers
-        om = cen[:, [0]] + cen[:, [2]] * _GRID[None, :]
+        ev = res._evaluation
+        if mode == MODE_AGHQ:
+            # fitted by the general path, same model: centre the omega grid on the
+            # posterior mean and SD of omega
+            mom = ev.moments
+            center = mom[:, [2]]
+            scale = np.sqrt(np.maximum(mom[:, [3]] - center**2, 1e-12))
+        else:
+            center, scale = ev.centers[:, [0]], ev.centers[:, [2]]
+        om = center + scale * _GRID[None, :]
         stc = {k: v[:, None] for k, v in st.items()}
         logd = h1(om, stc, V, g, S)[0]
         w = np.exp(logd - logd.max(axis=1, keepdims=True))
@@ -186,6 +176,56 @@ def _posterior(res: MELSResults, alpha: float, ws_shift: float) -> dict[str, np.
         out["theta2_sd"] = np.sqrt(np.maximum(v2, 0))
         out["cov_theta12"] = (c - tl * v1) / sw
     return out
+
+
+_GRID_2D = np.linspace(-7.0, 7.0, 57)
+
+
+def _posterior_2d(res: MELSResults, st, probs, ws_shift: float) -> dict[str, np.ndarray]:
+    """Posterior summaries on a rotated 2-D grid over (theta1, theta2): the general
+    path (quadratic association).  The grid is the adaptive quadrature's placement
+    (mode + L z) with z on +-7 in 57 steps per axis."""
+    p = res.model.layout.unpack(res._theta)
+    tl, tq, sw = p["tau_l"], p["tau_q"], p["sigma_omega"]
+    cen = res._evaluation.centers
+    z1, z2 = np.meshgrid(_GRID_2D, _GRID_2D, indexing="ij")
+    z1, z2 = z1.ravel()[None, :], z2.ravel()[None, :]
+    u = cen[:, [0]] + cen[:, [2]] * z1
+    v = cen[:, [1]] + cen[:, [3]] * z1 + cen[:, [4]] * z2
+    om = tl * u + tq * u * u + sw * v
+    lam, b0 = st["lam"][:, None], st["b0"][:, None]
+    C = st["W"][:, None] + (b0 - lam * u) ** 2 / lam
+    logd = -0.5 * (st["n"][:, None] * om + np.exp(-om) * C) - 0.5 * (u * u + v * v)
+    w = np.exp(logd - logd.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    m1 = np.sum(w * u, axis=1)
+    v1 = np.sum(w * u * u, axis=1) - m1**2
+    mo = np.sum(w * om, axis=1)
+    vo = np.sum(w * om * om, axis=1) - mo**2
+    var = np.exp(ws_shift + om)
+    vm = np.sum(w * var, axis=1)
+    # theta1 depends on z1 only: its marginal is the grid summed over z2
+    n1 = len(_GRID_2D)
+    w1 = w.reshape(len(w), n1, n1).sum(axis=2)
+    u1 = u.reshape(len(u), n1, n1)[:, :, 0]
+    lo1, hi1 = _grid_quantiles(u1, w1, probs)
+    order = np.argsort(om, axis=1)
+    om_sorted = np.take_along_axis(om, order, axis=1)
+    w_sorted = np.take_along_axis(w, order, axis=1)
+    olo, ohi = _grid_quantiles(om_sorted, w_sorted, probs)
+    return dict(
+        theta1_mean=m1,
+        theta1_sd=np.sqrt(np.maximum(v1, 0)),
+        theta1_lower=lo1,
+        theta1_upper=hi1,
+        omega_mean=mo,
+        omega_sd=np.sqrt(np.maximum(vo, 0)),
+        cov_theta1_omega=np.sum(w * u * om, axis=1) - m1 * mo,
+        var_mean=vm,
+        var_sd=np.sqrt(np.maximum(np.sum(w * var**2, axis=1) - vm**2, 0)),
+        var_lower=np.exp(ws_shift + olo),
+        var_upper=np.exp(ws_shift + ohi),
+    )
 
 
 def random_effects(res: MELSResults) -> pd.DataFrame:

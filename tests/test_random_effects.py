@@ -226,3 +226,32 @@ def test_predictions_do_not_depend_on_row_order_or_group_labels():
     for col in ("mean", "mean_lower", "variance", "variance_upper"):
         np.testing.assert_allclose(a[col], b[col], rtol=1e-6, atol=1e-8)
     assert (a["mean_rank"] == b["mean_rank"]).all()
+
+
+def test_quadratic_posterior_grid_matches_the_quadrature_moments():
+    data, spec = load_case("small")
+    formula, groups = spec.pop("formula"), spec.pop("groups")
+    res = MELS.from_formula(formula, data, groups, association="quadratic", **spec).fit()
+    re = res.random_effects()
+    mom = res._evaluation.moments
+    np.testing.assert_allclose(re["theta1_mean"], mom[:, 0], atol=1e-6)
+    np.testing.assert_allclose(re["omega_mean"], mom[:, 2], atol=1e-6)
+    np.testing.assert_allclose(re["omega_sd"] ** 2, mom[:, 3] - mom[:, 2] ** 2, atol=1e-6)
+    se = res.school_effects()
+    assert (se["variance_lower"] < se["variance"]).all()
+    assert (se["variance"] < se["variance_upper"]).all()
+    # a posterior expectation, above the plug-in at the posterior mean of omega
+    plug_in = se.attrs["variance_reference"] * np.exp(re["omega_mean"])
+    assert (se["variance"] > plug_in).all()
+
+
+def test_general_path_fit_gives_the_same_predictions():
+    data, spec = load_case("small")
+    formula, groups = spec.pop("formula"), spec.pop("groups")
+    fast = MELS.from_formula(formula, data, groups, **spec).fit().school_effects()
+    general = MELS.from_formula(formula, data, groups, integration="aghq", **spec).fit()
+    other = general.school_effects()
+    for col in ("mean", "mean_lower", "mean_upper", "variance"):
+        np.testing.assert_allclose(other[col], fast[col], atol=2e-4)
+    for col in ("variance_lower", "variance_upper"):
+        np.testing.assert_allclose(other[col], fast[col], atol=1e-3)
