@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ._quad_ref import LOG2PI, exact_location_terms, split_chol
+from .random_effects import _grid_quantiles, grid_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     from .results import MELSResults
@@ -78,8 +79,7 @@ def posterior_grid(res: MELSResults) -> dict[str, np.ndarray]:
     )
     if scale:
         logw = logw - 0.5 * om**2 / V
-    w = np.exp(logw - logw.max(axis=1, keepdims=True))
-    w /= w.sum(axis=1, keepdims=True)
+    w = grid_weights(logw)
     Pt = np.einsum("ab,jgbc,dc->jgad", R, Mi, R)
     m = g * om[..., None] + k[..., None] * np.einsum("jgab,jgb->jga", Pt, b)
     return dict(w=w, om=om, m=m, Pt=Pt, zbar=zbar, n=n)
@@ -121,11 +121,7 @@ def variance_quantity(
     sd = np.sqrt(np.maximum(second - mean**2, 0.0))
     if not slopes or not np.any(sigma_ref):
         # no slope part: quantiles of exp(shift + omega) from the omega grid
-        cum = np.cumsum(w, axis=1) - 0.5 * w
-        out = [
-            np.array([np.interp(prob, c, v) for c, v in zip(cum, e, strict=True)]) for prob in probs
-        ]
-        return mean, sd, out
+        return mean, sd, _grid_quantiles(e, w, probs)
     if len(slopes) == 1:
         v = float(sigma_ref[0, 0])
         mu1, s1 = ms[..., 0], np.sqrt(ps[..., 0, 0] + 1e-300)

@@ -91,6 +91,33 @@ def _mixture_quantiles(weights, means, sds, probs, lo, hi, n_iter=60):
     return out
 
 
+def grid_weights(logd: np.ndarray) -> np.ndarray:
+    """Normalised posterior weights (rows sum to 1) from log densities on a grid."""
+    w = np.exp(logd - logd.max(axis=1, keepdims=True))
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def _omega_summaries(w, om, ws_shift: float, probs) -> dict[str, np.ndarray]:
+    """Posterior mean and SD of omega, and mean, SD and equal-tailed interval of the
+    school variance exp(ws_shift + omega), from grid weights ``w`` at ``om``."""
+    mo = np.sum(w * om, axis=1)
+    vo = np.sum(w * om**2, axis=1) - mo**2
+    order = np.argsort(om, axis=1)
+    olo, ohi = _grid_quantiles(
+        np.take_along_axis(om, order, axis=1), np.take_along_axis(w, order, axis=1), probs
+    )
+    var = np.exp(ws_shift + om)
+    vm = np.sum(w * var, axis=1)
+    return dict(
+        omega_mean=mo,
+        omega_sd=np.sqrt(np.maximum(vo, 0)),
+        var_mean=vm,
+        var_sd=np.sqrt(np.maximum(np.sum(w * var**2, axis=1) - vm**2, 0)),
+        var_lower=np.exp(ws_shift + olo),
+        var_upper=np.exp(ws_shift + ohi),
+    )
+
+
 def _grid_quantiles(values, weights, probs):
     """Quantiles of per-row discrete distributions on increasing grids."""
     cum = np.cumsum(weights, axis=1) - 0.5 * weights
@@ -133,9 +160,7 @@ def _posterior(res: MELSResults, alpha: float, ws_shift: float) -> dict[str, np.
             center, scale = ev.centers[:, [0]], ev.centers[:, [2]]
         om = center + scale * _GRID[None, :]
         stc = {k: v[:, None] for k, v in st.items()}
-        logd = h1(om, stc, V, g, S)[0]
-        w = np.exp(logd - logd.max(axis=1, keepdims=True))
-        w /= w.sum(axis=1, keepdims=True)
+        w = grid_weights(h1(om, stc, V, g, S)[0])
         eo = np.exp(om)
         E = eo + S * stc["lam"]
         b = stc["b0"] - stc["lam"] * g * om
@@ -143,27 +168,18 @@ def _posterior(res: MELSResults, alpha: float, ws_shift: float) -> dict[str, np.
         P = S * eo / E
         m1 = np.sum(w * th, axis=1)
         v1 = np.sum(w * (th**2 + P), axis=1) - m1**2
-        mo = np.sum(w * om, axis=1)
-        vo = np.sum(w * om**2, axis=1) - mo**2
         sd1 = np.sqrt(np.maximum(v1, 0))
         lo1, hi1 = _mixture_quantiles(
             w, th, np.sqrt(P + 1e-300), probs, m1 - 10 * sd1 - 1e-8, m1 + 10 * sd1 + 1e-8
         )
-        olo, ohi = _grid_quantiles(om, w, probs)
-        var = np.exp(ws_shift + om)
-        vm = np.sum(w * var, axis=1)
+        summ = _omega_summaries(w, om, ws_shift, probs)
         out.update(
             theta1_mean=m1,
             theta1_sd=sd1,
             theta1_lower=lo1,
             theta1_upper=hi1,
-            omega_mean=mo,
-            omega_sd=np.sqrt(np.maximum(vo, 0)),
-            cov_theta1_omega=np.sum(w * om * th, axis=1) - m1 * mo,
-            var_mean=vm,
-            var_sd=np.sqrt(np.maximum(np.sum(w * var**2, axis=1) - vm**2, 0)),
-            var_lower=np.exp(ws_shift + olo),
-            var_upper=np.exp(ws_shift + ohi),
+            cov_theta1_omega=np.sum(w * om * th, axis=1) - m1 * summ["omega_mean"],
+            **summ,
         )
     out["s_mean"] = st["s_mean"]
     out["n"] = st["n"]
@@ -195,36 +211,22 @@ def _posterior_2d(res: MELSResults, st, probs, ws_shift: float) -> dict[str, np.
     om = tl * u + tq * u * u + sw * v
     lam, b0 = st["lam"][:, None], st["b0"][:, None]
     C = st["W"][:, None] + (b0 - lam * u) ** 2 / lam
-    logd = -0.5 * (st["n"][:, None] * om + np.exp(-om) * C) - 0.5 * (u * u + v * v)
-    w = np.exp(logd - logd.max(axis=1, keepdims=True))
-    w /= w.sum(axis=1, keepdims=True)
+    w = grid_weights(-0.5 * (st["n"][:, None] * om + np.exp(-om) * C) - 0.5 * (u * u + v * v))
     m1 = np.sum(w * u, axis=1)
     v1 = np.sum(w * u * u, axis=1) - m1**2
-    mo = np.sum(w * om, axis=1)
-    vo = np.sum(w * om * om, axis=1) - mo**2
-    var = np.exp(ws_shift + om)
-    vm = np.sum(w * var, axis=1)
     # theta1 depends on z1 only: its marginal is the grid summed over z2
     n1 = len(_GRID_2D)
     w1 = w.reshape(len(w), n1, n1).sum(axis=2)
     u1 = u.reshape(len(u), n1, n1)[:, :, 0]
     lo1, hi1 = _grid_quantiles(u1, w1, probs)
-    order = np.argsort(om, axis=1)
-    om_sorted = np.take_along_axis(om, order, axis=1)
-    w_sorted = np.take_along_axis(w, order, axis=1)
-    olo, ohi = _grid_quantiles(om_sorted, w_sorted, probs)
+    summ = _omega_summaries(w, om, ws_shift, probs)
     return dict(
         theta1_mean=m1,
         theta1_sd=np.sqrt(np.maximum(v1, 0)),
         theta1_lower=lo1,
         theta1_upper=hi1,
-        omega_mean=mo,
-        omega_sd=np.sqrt(np.maximum(vo, 0)),
-        cov_theta1_omega=np.sum(w * u * om, axis=1) - m1 * mo,
-        var_mean=vm,
-        var_sd=np.sqrt(np.maximum(np.sum(w * var**2, axis=1) - vm**2, 0)),
-        var_lower=np.exp(ws_shift + olo),
-        var_upper=np.exp(ws_shift + ohi),
+        cov_theta1_omega=np.sum(w * u * om, axis=1) - m1 * summ["omega_mean"],
+        **summ,
     )
 
 
