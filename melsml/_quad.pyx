@@ -1142,3 +1142,628 @@ def group_loglik_multi(
     finally:
         free(buf)
         free(idx)
+
+
+# ================================================================ the general engine
+# Any number of location effects u (q) and scale effects v (s), with a
+# unit-level scale design h.  Readable specification and test oracle:
+# tests/reference/engine_ref.py (same names, same steps).
+
+cdef struct Eng:
+    int q
+    int s
+    int d
+    const double* Kvv     # s x s   v = Kvv xi
+    const double* Kuv     # q x s   u = Kuv xi + C zeta
+    const double* C       # q x q
+    # the current group
+    Py_ssize_t start
+    Py_ssize_t stop
+    int const_h
+    double n
+    double sumeta
+    double A              # sum r0^2 / d          (constant-h groups)
+    double* lam0          # q x q sum z z' / d
+    double* b0            # q     sum z r0 / d
+    double* h             # s     the group's h (constant-h groups)
+    # node results
+    double* v             # s
+    double* gx            # q     Kuv xi
+    double* lam           # q x q
+    double* b             # q
+    double c
+    double bm
+    double* B             # q x q  Cholesky of I + C' lam C
+    double* W             # q x q  B^-1 C'
+    double* pinv          # q x q  C B^-1 C'
+    double* m             # q
+    double* mu            # q     E[u | xi, y] = gx + m
+    double* su            # q     E[d log p / d u]
+    double* sv            # s     E[d log p / d v]
+    double* N             # q x s
+    double* M             # s x q x q
+    double* PM            # s x q x q   pinv M_k
+    double* T             # s x s
+    double* R             # s x s
+    double* om            # d x d   E[s s' + H]
+    double* tmp           # q x q
+    double* tq            # q
+    double logp
+
+
+cdef void eng_node(Eng* e, const double* xi, const double* r0, const double* eta,
+                   const double* Z, const double* H, bint full) noexcept nogil:
+    """log p(y | xi) of the current group and, with ``full``, the posterior terms."""
+    cdef int q = e.q, s = e.s, d = e.d
+    cdef int a, b, k, l
+    cdef Py_ssize_t i
+    cdef double acc, hv, sumhv, ai, ri, kap, eh, qd, rho, trPL, trPLPL, mLm
+    for a in range(s):
+        acc = 0.0
+        for b in range(s):
+            acc += e.Kvv[a * s + b] * xi[b]
+        e.v[a] = acc
+    for a in range(q):
+        acc = 0.0
+        for b in range(s):
+            acc += e.Kuv[a * s + b] * xi[b]
+        e.gx[a] = acc
+    # the weighted sums lam, b, c at this node
+    if e.const_h:
+        hv = 0.0
+        for a in range(s):
+            hv += e.h[a] * e.v[a]
+        kap = exp(-hv)
+        sumhv = e.n * hv
+        e.c = e.A
+        for a in range(q):
+            acc = 0.0
+            for b in range(q):
+                acc += e.lam0[a * q + b] * e.gx[b]
+                e.lam[a * q + b] = kap * e.lam0[a * q + b]
+            e.tq[a] = acc                                  # lam0 gx
+        for a in range(q):
+            e.b[a] = kap * (e.b0[a] - e.tq[a])
+            e.c += -2.0 * e.gx[a] * e.b0[a] + e.gx[a] * e.tq[a]
+        e.c *= kap
+    else:
+        sumhv = 0.0
+        e.c = 0.0
+        for a in range(q):
+            e.b[a] = 0.0
+            for b in range(q):
+                e.lam[a * q + b] = 0.0
+        for i in range(e.start, e.stop):
+            hv = 0.0
+            for a in range(s):
+                hv += H[i * s + a] * e.v[a]
+            sumhv += hv
+            ai = exp(-eta[i] - hv)
+            ri = r0[i]
+            for a in range(q):
+                ri -= Z[i * q + a] * e.gx[a]
+            e.c += ai * ri * ri
+            for a in range(q):
+                e.b[a] += ai * Z[i * q + a] * ri
+                for b in range(a + 1):
+                    e.lam[a * q + b] += ai * Z[i * q + a] * Z[i * q + b]
+        for a in range(q):
+            for b in range(a + 1, q):
+                e.lam[a * q + b] = e.lam[b * q + a]
+    # B = I + C' lam C, W = B^-1 C', pinv = C W, m = pinv b
+    for a in range(q):
+        for b in range(q):
+            acc = 0.0
+            for k in range(q):
+                acc += e.lam[a * q + k] * e.C[k * q + b]
+            e.tmp[a * q + b] = acc                          # lam C
+    for a in range(q):
+        for b in range(q):
+            acc = 1.0 if a == b else 0.0
+            for k in range(q):
+                acc += e.C[k * q + a] * e.tmp[k * q + b]
+            e.B[a * q + b] = acc
+    chol(e.B, q)
+    acc = 0.0
+    for a in range(q):
+        acc += 2.0 * log(e.B[a * q + a])
+    e.logp = acc
+    for b in range(q):
+        for a in range(q):
+            e.tq[a] = e.C[b * q + a]
+        chol_solve(e.B, q, e.tq)
+        for a in range(q):
+            e.W[a * q + b] = e.tq[a]
+    for a in range(q):
+        for b in range(q):
+            acc = 0.0
+            for k in range(q):
+                acc += e.C[a * q + k] * e.W[k * q + b]
+            e.pinv[a * q + b] = acc
+    e.bm = 0.0
+    for a in range(q):
+        acc = 0.0
+        for b in range(q):
+            acc += e.pinv[a * q + b] * e.b[b]
+        e.m[a] = acc
+        e.mu[a] = e.gx[a] + acc
+        e.bm += e.b[a] * acc
+    e.logp = -0.5 * (e.n * LOG2PI + e.sumeta + sumhv + e.logp + e.c - e.bm)
+    if not full:
+        return
+    for a in range(q):
+        acc = 0.0
+        for b in range(q):
+            acc += e.lam[a * q + b] * e.m[b]
+        e.su[a] = e.b[a] - acc
+    if e.const_h:
+        mLm = 0.0
+        trPL = 0.0
+        for a in range(q):
+            mLm += e.m[a] * (e.b[a] - e.su[a])
+            for b in range(q):
+                acc = 0.0
+                for k in range(q):
+                    acc += e.pinv[a * q + k] * e.lam[k * q + b]
+                e.tmp[a * q + b] = acc                      # pinv lam
+            trPL += e.tmp[a * q + a]
+        trPLPL = 0.0
+        for a in range(q):
+            for b in range(q):
+                trPLPL += e.tmp[a * q + b] * e.tmp[b * q + a]
+        rho = e.c - 2.0 * e.bm + mLm + trPL
+        for k in range(s):
+            e.sv[k] = -0.5 * e.h[k] * (e.n - rho)
+            for a in range(q):
+                e.N[a * s + k] = e.su[a] * e.h[k]
+            for l in range(s):
+                e.T[k * s + l] = e.h[k] * e.h[l] * trPLPL
+                e.R[k * s + l] = rho * e.h[k] * e.h[l]
+    else:
+        for k in range(s):
+            e.sv[k] = 0.0
+            for l in range(s):
+                e.R[k * s + l] = 0.0
+            for a in range(q):
+                e.N[a * s + k] = 0.0
+                for b in range(q):
+                    e.M[(k * q + a) * q + b] = 0.0
+        for i in range(e.start, e.stop):
+            hv = 0.0
+            for a in range(s):
+                hv += H[i * s + a] * e.v[a]
+            ai = exp(-eta[i] - hv)
+            eh = r0[i]
+            for a in range(q):
+                eh -= Z[i * q + a] * e.mu[a]
+            qd = 0.0
+            for a in range(q):
+                acc = 0.0
+                for b in range(q):
+                    acc += e.pinv[a * q + b] * Z[i * q + b]
+                qd += Z[i * q + a] * acc
+            rho = ai * (eh * eh + qd)
+            for k in range(s):
+                e.sv[k] -= 0.5 * H[i * s + k] * (1.0 - rho)
+                for l in range(s):
+                    e.R[k * s + l] += rho * H[i * s + k] * H[i * s + l]
+                for a in range(q):
+                    e.N[a * s + k] += ai * eh * Z[i * q + a] * H[i * s + k]
+                    for b in range(q):
+                        e.M[(k * q + a) * q + b] += ai * H[i * s + k] * Z[i * q + a] * Z[i * q + b]
+        for k in range(s):
+            for a in range(q):
+                for b in range(q):
+                    acc = 0.0
+                    for l in range(q):
+                        acc += e.pinv[a * q + l] * e.M[(k * q + l) * q + b]
+                    e.PM[(k * q + a) * q + b] = acc
+        for k in range(s):
+            for l in range(s):
+                acc = 0.0
+                for a in range(q):
+                    for b in range(q):
+                        acc += e.PM[(k * q + a) * q + b] * e.PM[(l * q + b) * q + a]
+                e.T[k * s + l] = acc
+    # om = E[s s' + H] in x = (u, v)
+    for a in range(q):
+        for b in range(q):
+            acc = 0.0
+            for k in range(q):
+                acc += e.pinv[a * q + k] * e.lam[k * q + b]
+            e.tmp[a * q + b] = acc                          # pinv lam
+    for a in range(q):
+        for b in range(q):
+            acc = 0.0
+            for k in range(q):
+                acc += e.lam[a * q + k] * e.tmp[k * q + b]
+            e.om[a * d + b] = e.su[a] * e.su[b] + acc - e.lam[a * q + b]
+        for k in range(s):
+            acc = 0.0
+            for b in range(q):
+                acc += e.tmp[b * q + a] * e.N[b * s + k]      # (lam pinv N)_ak
+            e.om[a * d + q + k] = e.su[a] * e.sv[k] + acc - e.N[a * s + k]
+            e.om[(q + k) * d + a] = e.om[a * d + q + k]
+    for k in range(s):
+        for l in range(s):
+            acc = 0.0
+            for a in range(q):
+                for b in range(q):
+                    acc += e.N[a * s + k] * e.pinv[a * q + b] * e.N[b * s + l]
+            e.om[(q + k) * d + q + l] = (e.sv[k] * e.sv[l] + 0.5 * e.T[k * s + l] + acc
+                                         - 0.5 * e.R[k * s + l])
+
+
+cdef double eng_psi(Eng* e, const double* xi, const double* r0, const double* eta,
+                    const double* Z, const double* H, double* grad, double* hess,
+                    double* sbar) noexcept nogil:
+    """Log integrand over xi; with ``grad`` != NULL also its gradient and Hessian."""
+    cdef int q = e.q, s = e.s, d = e.d
+    cdef int a, b, k, l
+    cdef double acc, val
+    eng_node(e, xi, r0, eta, Z, H, grad != NULL)
+    val = e.logp - 0.5 * s * LOG2PI
+    for a in range(s):
+        val -= 0.5 * xi[a] * xi[a]
+    if grad == NULL:
+        return val
+    # J = [Kuv; Kvv] (d x s); grad = J' sbar - xi; hess = J' (om - sbar sbar') J - I
+    for a in range(q):
+        sbar[a] = e.su[a]
+    for a in range(s):
+        sbar[q + a] = e.sv[a]
+    for k in range(s):
+        acc = -xi[k]
+        for a in range(q):
+            acc += e.Kuv[a * s + k] * sbar[a]
+        for a in range(s):
+            acc += e.Kvv[a * s + k] * sbar[q + a]
+        grad[k] = acc
+    for a in range(d):
+        for b in range(d):
+            e.om[a * d + b] -= sbar[a] * sbar[b]
+    for k in range(s):
+        for l in range(s):
+            acc = -1.0 if k == l else 0.0
+            for a in range(d):
+                for b in range(d):
+                    acc += ((e.Kuv[a * s + k] if a < q else e.Kvv[(a - q) * s + k])
+                            * e.om[a * d + b]
+                            * (e.Kuv[b * s + l] if b < q else e.Kvv[(b - q) * s + l]))
+            hess[k * s + l] = acc
+    return val
+
+
+def engine_loglik(
+    const double[::1] r0,
+    const double[::1] eta,
+    const double[:, ::1] Z,
+    const double[:, ::1] H,
+    const unsigned char[::1] h_const,
+    const Py_ssize_t[::1] group_ptr,
+    const double[:, ::1] Kvv,
+    const double[:, ::1] Kuv,
+    const double[:, ::1] C,
+    const double[::1] gh_x,
+    const double[::1] gh_logw,
+    double[::1] ll,
+    double[:, ::1] ex,
+    double[:, :, ::1] exx,
+    double[:, :, ::1] om,
+    double[:, ::1] centers,
+    double[::1] g_mu,
+    double[::1] g_ws,
+    double[:, ::1] g_z,
+    bint adapt=True,
+    bint compute_grad=True,
+):
+    """The general kernel: exact over u, s-D adaptive Gauss-Hermite over v.
+
+    Parameters
+    ----------
+    r0, eta : (n_obs,) float64
+        Residual y - x'beta and WS log-variance w'tau, sorted by group.
+    Z : (n_obs, q) float64
+        Location design (with a BS variance function: scaled by sigma_u,ij).
+    H : (n_obs, s) float64
+        Scale design: log sigma2_ij = eta_ij + h_ij' v_j.
+    h_const : (n_groups,) uint8
+        1 where H is the same on every row of the group: then the per-node
+        work uses per-group sums and is O(q^3), else O(n_j).
+    group_ptr : (n_groups + 1,) intp
+    Kvv, Kuv, C : (s, s), (q, s), (q, q) float64
+        Scale-first Cholesky factor of the covariance of (u, v):
+        v = Kvv xi, u = Kuv xi + C zeta; they may be singular.
+    gh_x, gh_logw : (Q,) Gauss-Hermite rule for exp(-x^2)
+    ll : (n_groups,) output
+    ex, exx : (n_groups, d), (n_groups, d, d) output
+        Posterior E[x] and E[x x'] of x = (u, v), d = q + s.
+    om : (n_groups, d, d) output
+        Posterior E[s s' + H] (Price's identity: d ll_j / d Sigma = om_j / 2).
+    centers : (n_groups, s + s*s) in/out
+        Mode and Cholesky scale of the node placement in xi.
+    g_mu, g_ws : (n_obs,) output
+        Gradient of the log-likelihood in the mean and in eta.
+    g_z : (n_obs, q) output
+        Gradient in the rows of Z.
+    """
+    cdef int q = Z.shape[1], s = H.shape[1]
+    cdef int d = q + s
+    cdef int n_q = gh_x.shape[0]
+    cdef Py_ssize_t n_groups = group_ptr.shape[0] - 1
+    cdef Py_ssize_t j, i, node, n_nodes = 1
+    cdef int a, b, k, it, ls, ok
+    cdef double acc, mx, tot, wt, val, valn, nrm, t, lwd, ai, eh, qd, kap
+    cdef Eng e
+    cdef Eng* ep = &e
+    cdef double *xi, *xi2, *grad, *grad2, *step, *hess, *hess2, *Lc, *T1, *sbar, *k1, *ztmp, *k2, *omacc, *lwbuf
+    cdef double *buf, *p
+    cdef int* idx
+    cdef const double *pr0, *peta, *pZ, *pH
+    if Kvv.shape[0] != s or Kuv.shape[0] != q or Kuv.shape[1] != s or C.shape[0] != q:
+        raise ValueError("engine_loglik: factor shapes do not match Z and H")
+    for a in range(s):
+        n_nodes *= n_q
+    e.q = q
+    e.s = s
+    e.d = d
+    e.Kvv = &Kvv[0, 0] if s > 0 else NULL
+    e.Kuv = &Kuv[0, 0] if s > 0 else NULL
+    e.C = &C[0, 0]
+    cdef Py_ssize_t n_buf
+    n_buf = (10 * q * q + 8 * q + 4 * s + 2 * q * s + 2 * s * q * q
+                             + 3 * s * s + 2 * d * d + 6 * s + 4 * s * s + d
+                             + 2 * q + q * q + n_nodes + 8)
+    buf = <double*> malloc(n_buf * sizeof(double))
+    p = buf
+    if buf == NULL:
+        raise MemoryError()
+    e.lam0 = p; p += q * q
+    e.b0 = p; p += q
+    e.h = p; p += s
+    e.v = p; p += s
+    e.gx = p; p += q
+    e.lam = p; p += q * q
+    e.b = p; p += q
+    e.B = p; p += q * q
+    e.W = p; p += q * q
+    e.pinv = p; p += q * q
+    e.m = p; p += q
+    e.mu = p; p += q
+    e.su = p; p += q
+    e.sv = p; p += s
+    e.N = p; p += q * s
+    e.M = p; p += s * q * q
+    e.PM = p; p += s * q * q
+    e.T = p; p += s * s
+    e.R = p; p += s * s
+    e.om = p; p += d * d
+    e.tmp = p; p += q * q
+    e.tq = p; p += q
+    xi = p; p += s
+    xi2 = p; p += s
+    grad = p; p += s
+    grad2 = p; p += s
+    step = p; p += s
+    hess = p; p += s * s
+    hess2 = p; p += s * s
+    Lc = p; p += s * s
+    T1 = p; p += s * s
+    sbar = p; p += d
+    k1 = p; p += q
+    ztmp = p; p += q
+    k2 = p; p += q * q
+    omacc = p; p += d * d
+    lwbuf = p; p += n_nodes
+    idx = <int*> malloc((s + 1) * sizeof(int))
+    pr0 = &r0[0]
+    peta = &eta[0]
+    pZ = &Z[0, 0]
+    pH = &H[0, 0] if s > 0 else NULL
+    try:
+        with nogil:
+            for j in range(n_groups):
+                e.start = group_ptr[j]
+                e.stop = group_ptr[j + 1]
+                e.n = <double>(e.stop - e.start)
+                e.const_h = h_const[j] if s > 0 else 1
+                e.sumeta = 0.0
+                e.A = 0.0
+                for a in range(q * q):
+                    e.lam0[a] = 0.0
+                for a in range(q):
+                    e.b0[a] = 0.0
+                for a in range(s):
+                    e.h[a] = pH[e.start * s + a]
+                for i in range(e.start, e.stop):
+                    e.sumeta += peta[i]
+                    if e.const_h:
+                        ai = exp(-peta[i])
+                        e.A += ai * pr0[i] * pr0[i]
+                        for a in range(q):
+                            e.b0[a] += ai * pZ[i * q + a] * pr0[i]
+                            for b in range(a + 1):
+                                e.lam0[a * q + b] += ai * pZ[i * q + a] * pZ[i * q + b]
+                for a in range(q):
+                    for b in range(a + 1, q):
+                        e.lam0[a * q + b] = e.lam0[b * q + a]
+
+                # ---- node placement: mode of the log integrand over xi
+                if s > 0 and adapt:
+                    for a in range(s):
+                        xi[a] = centers[j, a]
+                    val = eng_psi(ep, xi, pr0, peta, pZ, pH, grad, hess, sbar)
+                    for it in range(200):
+                        for a in range(s * s):
+                            hess2[a] = -hess[a]
+                        ok = chol(hess2, s)
+                        for a in range(s):
+                            step[a] = grad[a]
+                        if ok:
+                            chol_solve(hess2, s, step)
+                        else:
+                            nrm = 0.0
+                            for a in range(s):
+                                nrm += grad[a] * grad[a]
+                            nrm = sqrt(nrm)
+                            for a in range(s):
+                                step[a] = grad[a] / (1.0 + nrm)
+                        nrm = 0.0
+                        for a in range(s):
+                            nrm += step[a] * step[a]
+                        nrm = sqrt(nrm)
+                        if nrm > 5.0:
+                            for a in range(s):
+                                step[a] *= 5.0 / nrm
+                            nrm = 5.0
+                        t = 1.0
+                        for ls in range(60):
+                            for a in range(s):
+                                xi2[a] = xi[a] + t * step[a]
+                            valn = eng_psi(ep, xi2, pr0, peta, pZ, pH, grad2, hess2, sbar)
+                            if valn >= val - 1e-13 * (1.0 + fabs(val)):
+                                break
+                            t *= 0.5
+                        acc = 0.0
+                        for a in range(s):
+                            xi[a] = xi2[a]
+                            grad[a] = grad2[a]
+                            acc += fabs(xi[a])
+                        for a in range(s * s):
+                            hess[a] = hess2[a]
+                        val = valn
+                        if t * nrm < 1e-11 * (1.0 + acc):
+                            break
+                    for a in range(s):
+                        centers[j, a] = xi[a]
+                    # Cholesky factor of the inverse of -hess
+                    for a in range(s * s):
+                        hess2[a] = -hess[a]
+                    ok = chol(hess2, s)
+                    if ok:
+                        for b in range(s):
+                            for a in range(s):
+                                step[a] = 1.0 if a == b else 0.0
+                            chol_solve(hess2, s, step)
+                            for a in range(s):
+                                T1[a * s + b] = step[a]
+                        ok = chol(T1, s)
+                    for a in range(s):
+                        for b in range(s):
+                            centers[j, s + a * s + b] = (T1[a * s + b] if ok
+                                                         else (1.0 if a == b else 0.0))
+                for a in range(s * s):
+                    Lc[a] = centers[j, s + a]
+                lwd = 0.5 * s * log(2.0)
+                for a in range(s):
+                    lwd += log(Lc[a * s + a])
+
+                # ---- pass 1: log weights of the nodes
+                mx = -1e300
+                for node in range(n_nodes):
+                    acc = place_node(node, n_q, s, idx, &gh_x[0], &gh_logw[0], Lc,
+                                     &centers[j, 0], xi) if s > 0 else 0.0
+                    acc += eng_psi(ep, xi, pr0, peta, pZ, pH, NULL, NULL, NULL)
+                    lwbuf[node] = acc
+                    if acc > mx:
+                        mx = acc
+                tot = 0.0
+                for node in range(n_nodes):
+                    lwbuf[node] = exp(lwbuf[node] - mx)
+                    tot += lwbuf[node]
+                ll[j] = lwd + mx + log(tot)
+
+                # ---- pass 2: posterior moments, Price matrix, unit gradients
+                for a in range(d):
+                    ex[j, a] = 0.0
+                    for b in range(d):
+                        exx[j, a, b] = 0.0
+                        omacc[a * d + b] = 0.0
+                kap = 0.0
+                for a in range(q):
+                    k1[a] = 0.0
+                    for b in range(q):
+                        k2[a * q + b] = 0.0
+                if compute_grad and not e.const_h:
+                    for i in range(e.start, e.stop):
+                        g_mu[i] = 0.0
+                        g_ws[i] = 0.0
+                        for a in range(q):
+                            g_z[i, a] = 0.0
+                for node in range(n_nodes):
+                    wt = lwbuf[node] / tot
+                    if s > 0:
+                        place_node(node, n_q, s, idx, &gh_x[0], &gh_logw[0], Lc,
+                                   &centers[j, 0], xi)
+                    eng_node(ep, xi, pr0, peta, pZ, pH, True)
+                    for a in range(d * d):
+                        omacc[a] += wt * e.om[a]
+                    for a in range(q):
+                        ex[j, a] += wt * e.mu[a]
+                        for b in range(q):
+                            exx[j, a, b] += wt * (e.mu[a] * e.mu[b] + e.pinv[a * q + b])
+                        for b in range(s):
+                            exx[j, a, q + b] += wt * e.mu[a] * e.v[b]
+                            exx[j, q + b, a] += wt * e.mu[a] * e.v[b]
+                    for a in range(s):
+                        ex[j, q + a] += wt * e.v[a]
+                        for b in range(s):
+                            exx[j, q + a, q + b] += wt * e.v[a] * e.v[b]
+                    if not compute_grad:
+                        continue
+                    if e.const_h:
+                        acc = 0.0
+                        for a in range(s):
+                            acc += e.h[a] * e.v[a]
+                        acc = wt * exp(-acc)
+                        kap += acc
+                        for a in range(q):
+                            k1[a] += acc * e.mu[a]
+                            for b in range(q):
+                                k2[a * q + b] += acc * (e.mu[a] * e.mu[b] + e.pinv[a * q + b])
+                    else:
+                        for i in range(e.start, e.stop):
+                            acc = 0.0
+                            for a in range(s):
+                                acc += pH[i * s + a] * e.v[a]
+                            ai = wt * exp(-peta[i] - acc)
+                            eh = pr0[i]
+                            for a in range(q):
+                                eh -= pZ[i * q + a] * e.mu[a]
+                            qd = 0.0
+                            for a in range(q):
+                                acc = 0.0
+                                for b in range(q):
+                                    acc += e.pinv[a * q + b] * pZ[i * q + b]
+                                ztmp[a] = acc
+                                qd += pZ[i * q + a] * acc
+                            g_mu[i] += ai * eh
+                            g_ws[i] += ai * (eh * eh + qd)
+                            for a in range(q):
+                                g_z[i, a] += ai * (eh * e.mu[a] - ztmp[a])
+                for a in range(d):
+                    for b in range(d):
+                        om[j, a, b] = omacc[a * d + b]
+                if not compute_grad:
+                    continue
+                if e.const_h:
+                    for i in range(e.start, e.stop):
+                        ai = exp(-peta[i])
+                        eh = kap * pr0[i]
+                        qd = kap * pr0[i] * pr0[i]
+                        for a in range(q):
+                            eh -= pZ[i * q + a] * k1[a]
+                            qd -= 2.0 * pr0[i] * pZ[i * q + a] * k1[a]
+                            acc = 0.0
+                            for b in range(q):
+                                acc += k2[a * q + b] * pZ[i * q + b]
+                            qd += pZ[i * q + a] * acc
+                            g_z[i, a] = ai * (pr0[i] * k1[a] - acc)
+                        g_mu[i] = ai * eh
+                        g_ws[i] = 0.5 * (ai * qd - 1.0)
+                else:
+                    for i in range(e.start, e.stop):
+                        g_ws[i] = 0.5 * (g_ws[i] - 1.0)
+    finally:
+        free(buf)
+        free(idx)
