@@ -18,6 +18,8 @@ Modes
 
 from libc.math cimport exp, log, sqrt, fabs, M_PI
 
+import numpy as np
+
 cdef double LOG2PI = log(2.0 * M_PI)
 cdef int N_MOM = 8   # E th1, E th1^2, E om, E om^2, E th1*om, E k, E k th1, E k th1^2
 cdef int N_CEN = 5   # mode (1 or 2 coords), scale: sd (1-D) or L11, L21, L22 (2-D)
@@ -1188,7 +1190,19 @@ cdef struct Eng:
     double* om            # d x d   E[s s' + H]
     double* tmp           # q x q
     double* tq            # q
+    double* zt            # q
     double logp
+    # per-unit work (n_obs each): a_i = exp(-eta_i - h_i'v), r_i, exp(-eta_i)
+    double* aw
+    double* rw
+    double* invd
+    # gradient accumulation in the full pass (unit-level groups)
+    int acc_grad
+    double lw_off         # log weight of the node less log p(y | xi), less the reference
+    double wt
+    double* gmu
+    double* gws
+    double* gz
 
 
 cdef void eng_node(Eng* e, const double* xi, const double* r0, const double* eta,
@@ -1238,10 +1252,12 @@ cdef void eng_node(Eng* e, const double* xi, const double* r0, const double* eta
             for a in range(s):
                 hv += H[i * s + a] * e.v[a]
             sumhv += hv
-            ai = exp(-eta[i] - hv)
+            ai = e.invd[i] * exp(-hv)
             ri = r0[i]
             for a in range(q):
                 ri -= Z[i * q + a] * e.gx[a]
+            e.aw[i] = ai
+            e.rw[i] = ri
             e.c += ai * ri * ri
             for a in range(q):
                 e.b[a] += ai * Z[i * q + a] * ri
@@ -1291,6 +1307,8 @@ cdef void eng_node(Eng* e, const double* xi, const double* r0, const double* eta
     e.logp = -0.5 * (e.n * LOG2PI + e.sumeta + sumhv + e.logp + e.c - e.bm)
     if not full:
         return
+    if e.acc_grad:
+        e.wt = exp(e.logp + e.lw_off)
     for a in range(q):
         acc = 0.0
         for b in range(q):
@@ -1329,20 +1347,23 @@ cdef void eng_node(Eng* e, const double* xi, const double* r0, const double* eta
                 for b in range(q):
                     e.M[(k * q + a) * q + b] = 0.0
         for i in range(e.start, e.stop):
-            hv = 0.0
-            for a in range(s):
-                hv += H[i * s + a] * e.v[a]
-            ai = exp(-eta[i] - hv)
-            eh = r0[i]
+            ai = e.aw[i]
+            eh = e.rw[i]
             for a in range(q):
-                eh -= Z[i * q + a] * e.mu[a]
+                eh -= Z[i * q + a] * e.m[a]
             qd = 0.0
             for a in range(q):
                 acc = 0.0
                 for b in range(q):
                     acc += e.pinv[a * q + b] * Z[i * q + b]
+                e.zt[a] = acc
                 qd += Z[i * q + a] * acc
             rho = ai * (eh * eh + qd)
+            if e.acc_grad:
+                e.gmu[i] += e.wt * ai * eh
+                e.gws[i] += e.wt * rho
+                for a in range(q):
+                    e.gz[i * q + a] += e.wt * ai * (eh * e.mu[a] - e.zt[a])
             for k in range(s):
                 e.sv[k] -= 0.5 * H[i * s + k] * (1.0 - rho)
                 for l in range(s):
@@ -1498,6 +1519,7 @@ def engine_loglik(
     cdef Eng* ep = &e
     cdef double *xi, *xi2, *grad, *grad2, *step, *hess, *hess2, *Lc, *T1, *sbar, *k1, *ztmp, *k2, *omacc, *lwbuf
     cdef double *buf, *p
+    cdef double[::1] uw
     cdef int* idx
     cdef const double *pr0, *peta, *pZ, *pH
     if Kvv.shape[0] != s or Kuv.shape[0] != q or Kuv.shape[1] != s or C.shape[0] != q:
@@ -1513,7 +1535,7 @@ def engine_loglik(
     cdef Py_ssize_t n_buf
     n_buf = (10 * q * q + 8 * q + 4 * s + 2 * q * s + 2 * s * q * q
                              + 3 * s * s + 2 * d * d + 6 * s + 4 * s * s + d
-                             + 2 * q + q * q + n_nodes + 8)
+                             + 3 * q + q * q + n_nodes + 8)
     buf = <double*> malloc(n_buf * sizeof(double))
     p = buf
     if buf == NULL:
@@ -1540,6 +1562,7 @@ def engine_loglik(
     e.om = p; p += d * d
     e.tmp = p; p += q * q
     e.tq = p; p += q
+    e.zt = p; p += q
     xi = p; p += s
     xi2 = p; p += s
     grad = p; p += s
@@ -1560,6 +1583,14 @@ def engine_loglik(
     peta = &eta[0]
     pZ = &Z[0, 0]
     pH = &H[0, 0] if s > 0 else NULL
+    unit_buf = np.empty(3 * r0.shape[0] + 1, dtype=np.float64)
+    uw = unit_buf
+    e.aw = &uw[0]
+    e.rw = &uw[r0.shape[0]]
+    e.invd = &uw[2 * r0.shape[0]]
+    e.gmu = &g_mu[0]
+    e.gws = &g_ws[0]
+    e.gz = &g_z[0, 0]
     try:
         with nogil:
             for j in range(n_groups):
@@ -1567,6 +1598,7 @@ def engine_loglik(
                 e.stop = group_ptr[j + 1]
                 e.n = <double>(e.stop - e.start)
                 e.const_h = h_const[j] if s > 0 else 1
+                e.acc_grad = 0
                 e.sumeta = 0.0
                 e.A = 0.0
                 for a in range(q * q):
@@ -1577,8 +1609,9 @@ def engine_loglik(
                     e.h[a] = pH[e.start * s + a]
                 for i in range(e.start, e.stop):
                     e.sumeta += peta[i]
+                    e.invd[i] = exp(-peta[i])
                     if e.const_h:
-                        ai = exp(-peta[i])
+                        ai = e.invd[i]
                         e.A += ai * pr0[i] * pr0[i]
                         for a in range(q):
                             e.b0[a] += ai * pZ[i * q + a] * pr0[i]
@@ -1658,22 +1691,20 @@ def engine_loglik(
                 for a in range(s):
                     lwd += log(Lc[a * s + a])
 
-                # ---- pass 1: log weights of the nodes
-                mx = -1e300
-                for node in range(n_nodes):
-                    acc = place_node(node, n_q, s, idx, &gh_x[0], &gh_logw[0], Lc,
-                                     &centers[j, 0], xi) if s > 0 else 0.0
-                    acc += eng_psi(ep, xi, pr0, peta, pZ, pH, NULL, NULL, NULL)
-                    lwbuf[node] = acc
-                    if acc > mx:
-                        mx = acc
-                tot = 0.0
-                for node in range(n_nodes):
-                    lwbuf[node] = exp(lwbuf[node] - mx)
-                    tot += lwbuf[node]
-                ll[j] = lwd + mx + log(tot)
+                # ---- reference log weight: the mode's value, or the largest node's
+                if s > 0 and adapt:
+                    mx = val
+                else:
+                    mx = -1e300
+                    for node in range(n_nodes):
+                        acc = place_node(node, n_q, s, idx, &gh_x[0], &gh_logw[0], Lc,
+                                         &centers[j, 0], xi) if s > 0 else 0.0
+                        acc += eng_psi(ep, xi, pr0, peta, pZ, pH, NULL, NULL, NULL)
+                        if acc > mx:
+                            mx = acc
 
-                # ---- pass 2: posterior moments, Price matrix, unit gradients
+                # ---- one pass over the nodes: likelihood, posterior moments, Price
+                # matrix and (unit-level groups) unit gradients, weights unnormalised
                 for a in range(d):
                     ex[j, a] = 0.0
                     for b in range(d):
@@ -1684,18 +1715,26 @@ def engine_loglik(
                     k1[a] = 0.0
                     for b in range(q):
                         k2[a * q + b] = 0.0
-                if compute_grad and not e.const_h:
+                e.acc_grad = compute_grad and not e.const_h
+                if e.acc_grad:
                     for i in range(e.start, e.stop):
                         g_mu[i] = 0.0
                         g_ws[i] = 0.0
                         for a in range(q):
                             g_z[i, a] = 0.0
+                tot = 0.0
                 for node in range(n_nodes):
-                    wt = lwbuf[node] / tot
-                    if s > 0:
-                        place_node(node, n_q, s, idx, &gh_x[0], &gh_logw[0], Lc,
-                                   &centers[j, 0], xi)
+                    acc = place_node(node, n_q, s, idx, &gh_x[0], &gh_logw[0], Lc,
+                                     &centers[j, 0], xi) if s > 0 else 0.0
+                    # the node's weight is known once log p(y | xi) is: eng_node
+                    # computes it before its unit loop accumulates the gradients
+                    acc -= 0.5 * s * LOG2PI + mx
+                    for a in range(s):
+                        acc -= 0.5 * xi[a] * xi[a]
+                    e.lw_off = acc
                     eng_node(ep, xi, pr0, peta, pZ, pH, True)
+                    wt = exp(e.logp + acc)
+                    tot += wt
                     for a in range(d * d):
                         omacc[a] += wt * e.om[a]
                     for a in range(q):
@@ -1709,9 +1748,7 @@ def engine_loglik(
                         ex[j, q + a] += wt * e.v[a]
                         for b in range(s):
                             exx[j, q + a, q + b] += wt * e.v[a] * e.v[b]
-                    if not compute_grad:
-                        continue
-                    if e.const_h:
+                    if compute_grad and e.const_h:
                         acc = 0.0
                         for a in range(s):
                             acc += e.h[a] * e.v[a]
@@ -1721,26 +1758,17 @@ def engine_loglik(
                             k1[a] += acc * e.mu[a]
                             for b in range(q):
                                 k2[a * q + b] += acc * (e.mu[a] * e.mu[b] + e.pinv[a * q + b])
-                    else:
-                        for i in range(e.start, e.stop):
-                            acc = 0.0
-                            for a in range(s):
-                                acc += pH[i * s + a] * e.v[a]
-                            ai = wt * exp(-peta[i] - acc)
-                            eh = pr0[i]
-                            for a in range(q):
-                                eh -= pZ[i * q + a] * e.mu[a]
-                            qd = 0.0
-                            for a in range(q):
-                                acc = 0.0
-                                for b in range(q):
-                                    acc += e.pinv[a * q + b] * pZ[i * q + b]
-                                ztmp[a] = acc
-                                qd += pZ[i * q + a] * acc
-                            g_mu[i] += ai * eh
-                            g_ws[i] += ai * (eh * eh + qd)
-                            for a in range(q):
-                                g_z[i, a] += ai * (eh * e.mu[a] - ztmp[a])
+                ll[j] = lwd + mx + log(tot)
+                for a in range(d):
+                    ex[j, a] /= tot
+                    for b in range(d):
+                        exx[j, a, b] /= tot
+                        omacc[a * d + b] /= tot
+                kap /= tot
+                for a in range(q):
+                    k1[a] /= tot
+                    for b in range(q):
+                        k2[a * q + b] /= tot
                 for a in range(d):
                     for b in range(d):
                         om[j, a, b] = omacc[a * d + b]
@@ -1748,7 +1776,7 @@ def engine_loglik(
                     continue
                 if e.const_h:
                     for i in range(e.start, e.stop):
-                        ai = exp(-peta[i])
+                        ai = e.invd[i]
                         eh = kap * pr0[i]
                         qd = kap * pr0[i] * pr0[i]
                         for a in range(q):
@@ -1763,7 +1791,10 @@ def engine_loglik(
                         g_ws[i] = 0.5 * (ai * qd - 1.0)
                 else:
                     for i in range(e.start, e.stop):
-                        g_ws[i] = 0.5 * (g_ws[i] - 1.0)
+                        g_mu[i] /= tot
+                        g_ws[i] = 0.5 * (g_ws[i] / tot - 1.0)
+                        for a in range(q):
+                            g_z[i, a] /= tot
     finally:
         free(buf)
         free(idx)
