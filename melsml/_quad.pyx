@@ -1212,6 +1212,9 @@ cdef void eng_node(Eng* e, const double* xi, const double* r0, const double* eta
     cdef int a, b, k, l
     cdef Py_ssize_t i
     cdef double acc, hv, sumhv, ai, ri, kap, eh, qd, rho, trPL, trPLPL, mLm
+    if q == 1 and s == 1 and e.const_h:
+        eng_node_11(e, xi[0], full)
+        return
     for a in range(s):
         acc = 0.0
         for b in range(s):
@@ -1413,6 +1416,51 @@ cdef void eng_node(Eng* e, const double* xi, const double* r0, const double* eta
                     acc += e.N[a * s + k] * e.pinv[a * q + b] * e.N[b * s + l]
             e.om[(q + k) * d + q + l] = (e.sv[k] * e.sv[l] + 0.5 * e.T[k * s + l] + acc
                                          - 0.5 * e.R[k * s + l])
+
+
+cdef inline void eng_node_11(Eng* e, double xi, bint full) noexcept nogil:
+    """eng_node for one location and one scale effect with h constant in the group
+    (today's random-intercept models): the same quantities with scalars."""
+    cdef double v = e.Kvv[0] * xi
+    cdef double gx = e.Kuv[0] * xi
+    cdef double hv = e.h[0] * v
+    cdef double kap = exp(-hv)
+    cdef double lam0 = e.lam0[0]
+    cdef double lam = kap * lam0
+    cdef double b = kap * (e.b0[0] - lam0 * gx)
+    cdef double c = kap * (e.A - 2.0 * gx * e.b0[0] + gx * gx * lam0)
+    cdef double cc = e.C[0]
+    cdef double B = 1.0 + cc * cc * lam
+    cdef double pinv = cc * cc / B
+    cdef double m = pinv * b
+    cdef double bm = b * m
+    cdef double su, rho, sv, N, pl
+    e.v[0] = v
+    e.gx[0] = gx
+    e.lam[0] = lam
+    e.b[0] = b
+    e.c = c
+    e.B[0] = sqrt(B)
+    e.pinv[0] = pinv
+    e.m[0] = m
+    e.mu[0] = gx + m
+    e.bm = bm
+    e.logp = -0.5 * (e.n * LOG2PI + e.sumeta + e.n * hv + log(B) + c - bm)
+    if not full:
+        return
+    if e.acc_grad:
+        e.wt = exp(e.logp + e.lw_off)
+    su = b - lam * m
+    pl = pinv * lam
+    rho = c - 2.0 * bm + m * lam * m + pl
+    sv = -0.5 * e.h[0] * (e.n - rho)
+    N = su * e.h[0]
+    e.su[0] = su
+    e.sv[0] = sv
+    e.om[0] = su * su + lam * pl - lam
+    e.om[1] = su * sv + (pl - 1.0) * N
+    e.om[2] = e.om[1]
+    e.om[3] = sv * sv + 0.5 * e.h[0] * e.h[0] * pl * pl + N * N * pinv - 0.5 * rho * e.h[0] * e.h[0]
 
 
 cdef double eng_psi(Eng* e, const double* xi, const double* r0, const double* eta,

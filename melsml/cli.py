@@ -61,7 +61,7 @@ def write_outputs(res: MELSResults, out: Path, stem: str = "") -> list[Path]:
         "groups": d.groups,
         "random_scale": res.model.options.random_scale,
         "association": res.model.options.association,
-        "integration": res.model.options.method,
+        "integration": res.model.plan.describe(),
         "nobs": res.nobs,
         "n_groups": res.n_groups,
         "n_dropped": d.n_dropped,

@@ -10,9 +10,6 @@ from .exceptions import MELSInputError
 Association = Literal["none", "linear", "quadratic"]
 Integration = Literal["auto", "exact-location", "aghq"]
 
-#: kernel modes (see melsml._quad)
-MODE_CLOSED_FORM, MODE_EXACT_LOCATION, MODE_AGHQ = 0, 1, 2
-
 
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
@@ -34,10 +31,11 @@ class ModelOptions:
         How omega_j depends on the standardised location effect theta1:
         ``omega = tau_l theta1 [+ tau_q theta1^2] + sigma_omega theta2``.
     integration : {"auto", "exact-location", "aghq"}
-        "exact-location" integrates the location effect in closed form and
-        only omega by 1-D adaptive quadrature (MODELS.md 4.2; not available
-        with the quadratic association); "aghq" is the general 2-D adaptive
-        Gauss-Hermite path (4.1); "auto" takes the first where valid.
+        "exact-location" integrates the location effects in closed form and
+        only the scale effects by adaptive quadrature (not available with the
+        quadratic association); "aghq" integrates all random effects by
+        adaptive Gauss-Hermite quadrature; "auto" takes the first where valid.
+        :func:`melsml.plan.plan` decides.
     n_points : int
         Quadrature points per dimension (default 11, as MixWILD).
     """
@@ -65,21 +63,3 @@ class ModelOptions:
                 "integration='exact-location' needs association 'none' or 'linear'; "
                 "use integration='aghq' (or 'auto') with association='quadratic'"
             )
-
-    @property
-    def mode(self) -> int:
-        """The kernel mode that this specification uses."""
-        if not self.random_scale:
-            return MODE_CLOSED_FORM
-        if self.association == "quadratic" or self.integration == "aghq":
-            return MODE_AGHQ
-        return MODE_EXACT_LOCATION
-
-    @property
-    def method(self) -> str:
-        """A human description of the integration, for summaries."""
-        if self.mode == MODE_CLOSED_FORM:
-            return "closed form (no random scale)"
-        if self.mode == MODE_EXACT_LOCATION:
-            return f"exact location + adaptive Gauss-Hermite over omega ({self.n_points} points)"
-        return f"adaptive Gauss-Hermite, 2-D rotated ({self.n_points}x{self.n_points} points)"

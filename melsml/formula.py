@@ -36,6 +36,8 @@ class DesignMatrices:
     mean_names, bs_names, ws_names : term names of the three designs
     x_re, re_names : (n_obs, q) design of the random location effects (a
         column of ones for a random intercept) and its term names
+    x_scale, scale_names : (n_obs, s) design of the random scale effects (a
+        column of ones for a random scale intercept) and its term names
     group_ptr : (n_groups + 1,) int offsets of each group in the sorted rows
     group_labels : (n_groups,) the group identifiers, in sorted order
     row_index : (n_obs,) the data frame index of each sorted row
@@ -58,6 +60,8 @@ class DesignMatrices:
     groups: str
     formulas: Mapping[str, str]
     n_dropped: int = 0
+    x_scale: np.ndarray | None = None
+    scale_names: tuple[str, ...] = ("Intercept",)
     model_specs: Mapping[str, object] = field(default_factory=dict, repr=False)
 
     @property
@@ -148,6 +152,7 @@ def build_design(
     bs_formula: str = "~ 1",
     ws_formula: str = "~ 1",
     re_formula: str = "~ 1",
+    ws_re_formula: str = "~ 1",
 ) -> DesignMatrices:
     """Build the three design matrices of a MELS model from formulas.
 
@@ -164,6 +169,10 @@ def build_design(
     re_formula : str
         One-sided formula of the random location effects (``"~ 1"``: random
         intercept; ``"~ 1 + prior"``: random intercept and slope).
+    ws_re_formula : str
+        One-sided formula of the random scale effects in the within-group
+        log-variance (``"~ 1"``: a random scale intercept; ``"~ 1 + prior"``
+        adds a random scale slope on ``prior``).
 
     Returns
     -------
@@ -185,6 +194,7 @@ def build_design(
         "bs_formula": bs_formula,
         "ws_formula": ws_formula,
         "re_formula": re_formula,
+        "ws_re_formula": ws_re_formula,
     }
     parsed = {opt: _parse(f, opt, needs_lhs=(opt == "formula")) for opt, f in specs.items()}
     used: list[str] = [groups]
@@ -235,7 +245,7 @@ def build_design(
     mm = _matrix(formula, frame, "formula")
     y = np.ascontiguousarray(np.asarray(mm.lhs, dtype=float)[:, 0])
     mats = {"formula": mm.rhs}
-    for opt in ("bs_formula", "ws_formula", "re_formula"):
+    for opt in ("bs_formula", "ws_formula", "re_formula", "ws_re_formula"):
         mats[opt] = _matrix(specs[opt], frame, opt)
     arrays, names = {}, {}
     for opt, mat in mats.items():
@@ -249,6 +259,7 @@ def build_design(
             f"re_formula={re_formula!r} the random effects have an unstructured covariance "
             "(use bs_formula='~ 1')"
         )
+    _check_scale_design(arrays["ws_re_formula"], names["ws_re_formula"], group_ptr, ws_re_formula)
     return DesignMatrices(
         y=y,
         x_mean=arrays["formula"],
@@ -259,6 +270,8 @@ def build_design(
         ws_names=names["ws_formula"],
         x_re=arrays["re_formula"],
         re_names=names["re_formula"],
+        x_scale=arrays["ws_re_formula"],
+        scale_names=names["ws_re_formula"],
         group_ptr=group_ptr,
         group_labels=np.asarray(labels),
         row_index=frame.index,
@@ -268,3 +281,35 @@ def build_design(
         n_dropped=n_dropped,
         model_specs={opt: m.model_spec for opt, m in mats.items()},
     )
+
+
+def _check_scale_design(h: np.ndarray, names: tuple[str, ...], group_ptr, formula: str) -> None:
+    """A random scale slope must vary within groups, and some groups must be able
+    to identify all the scale effects."""
+    option = "ws_re_formula"
+    starts = group_ptr[:-1]
+    sizes = np.diff(group_ptr)
+    if h.shape[1] > 1 or names != ("Intercept",):
+        first = np.repeat(h[starts], sizes, axis=0)
+        varies = np.abs(h - first).max(axis=0) > 0
+        for name, v in zip(names, varies, strict=True):
+            if name != "Intercept" and not v:
+                raise MELSInputError(
+                    f"{option}={formula!r}: term {name!r} is constant within every group, so "
+                    "a random scale slope on it is confounded with the random scale "
+                    "intercept; put it in ws_formula (fixed) instead"
+                )
+    s = h.shape[1]
+    if s > 1:
+        ok = 0
+        for a, b in zip(group_ptr[:-1], group_ptr[1:], strict=True):
+            if b - a > s and np.linalg.matrix_rank(h[a:b]) == s:
+                ok += 1
+                if ok >= 2:
+                    break
+        if ok < 2:
+            raise MELSInputError(
+                f"{option}={formula!r} has {s} random scale effects ({', '.join(names)}), but "
+                f"fewer than two groups have more than {s} units with distinct values of "
+                "these terms: the groups cannot identify them"
+            )

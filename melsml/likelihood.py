@@ -1,8 +1,9 @@
 """The MELS log-likelihood over a design: value, score, per-group scores.
 
-The objective is closed over precomputed contiguous arrays; the compiled
-kernel works on the three linear predictors and the chain rule to the
-parameter blocks is done here with matrix products.
+The objective is closed over precomputed contiguous arrays.  The compiled
+kernel works on the linear predictors and the scale-first Cholesky factor of
+the covariance of the random effects; the chain rule to the parameter blocks
+is done here with matrix products.
 """
 
 from __future__ import annotations
@@ -12,27 +13,104 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _quad
-from .config import MODE_CLOSED_FORM, ModelOptions
+from .config import ModelOptions
 from .formula import DesignMatrices
 from .params import ParamLayout
+from .plan import IntegrationPlan, plan
 from .quadrature import gauss_hermite
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One evaluation of the objective at ``theta``."""
+    """One evaluation of the objective at ``theta``.
+
+    Attributes
+    ----------
+    theta : (k_params,) the parameters evaluated
+    llf : float
+    score : (k_params,) or None
+    ll_groups : (n_groups,) per-group log-likelihood
+    centers : node placement, (n_groups, s + s*s) for the exact-location plan
+        (mode and scale in the standardised scale effects xi, v = Kvv xi)
+    ex, exx : (n_groups, d), (n_groups, d, d)
+        Posterior means and second moments of (u, v), d = q + s (with a BS
+        function, u is the standardised location effect theta1).
+    grad_mu, grad_ws : (n_obs,) gradient in the mean and WS linear predictors
+    grad_bs : (n_obs,) gradient in the BS linear predictor, or None
+    grad_random : (n_groups, k_random) per-group score of the random block
+    """
 
     theta: np.ndarray
     llf: float
     score: np.ndarray | None
     ll_groups: np.ndarray
-    moments: np.ndarray | None  # (n_groups, 8), see melsml._quad.group_loglik (q = 1)
-    centers: np.ndarray  # node placement
+    centers: np.ndarray
+    ex: np.ndarray
+    exx: np.ndarray
     grad_mu: np.ndarray | None
     grad_ws: np.ndarray | None
-    grad_bs: np.ndarray | None  # None with several location effects
-    grad_random: np.ndarray  # (n_groups, k_random) per-group score of the random block
-    posterior: dict | None = None  # several location effects: eu, euu, eom, eom2, euom
+    grad_bs: np.ndarray | None
+    grad_random: np.ndarray
+    moments: np.ndarray | None = None  # the 2-D AGHQ kernel's (n_groups, 8) moments
+
+
+@dataclass(frozen=True)
+class FitState:
+    """Everything a fit leaves for predictions: frozen, read from nothing else.
+
+    Attributes
+    ----------
+    design : DesignMatrices
+    layout : ParamLayout
+    options : ModelOptions
+    plan : IntegrationPlan
+    theta : (k_params,) the estimates (reported, canonical signs), read-only
+    evaluation : Evaluation at the estimates (node placement, posterior moments)
+    """
+
+    design: DesignMatrices
+    layout: ParamLayout
+    options: ModelOptions
+    plan: IntegrationPlan
+    theta: np.ndarray
+    evaluation: Evaluation
+
+    def __post_init__(self) -> None:
+        theta = np.array(self.theta, dtype=float)
+        theta.flags.writeable = False
+        object.__setattr__(self, "theta", theta)
+
+    def params(self) -> dict:
+        """The estimates split into blocks (see :meth:`ParamLayout.unpack`)."""
+        return self.layout.unpack(self.theta)
+
+
+def scale_first_factor(sigma: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cholesky factor of the covariance of (v, u): ``v = Kvv xi``, ``u = Kuv xi + C zeta``.
+
+    A pivot that is zero (to rounding) leaves its column zero, so a singular
+    covariance (a variance on its boundary) is allowed.
+
+    Returns
+    -------
+    Kvv : (s, s), Kuv : (q, s), C : (q, q) lower-triangular, C-contiguous
+    """
+    d = sigma.shape[0]
+    perm = list(range(q, d)) + list(range(q))
+    sp = sigma[np.ix_(perm, perm)]
+    K = np.zeros((d, d))
+    for j in range(d):
+        piv = sp[j, j] - K[j, :j] @ K[j, :j]
+        if piv <= 1e-13 * max(abs(sp[j, j]), 1e-300):
+            continue
+        K[j, j] = np.sqrt(piv)
+        K[j + 1 :, j] = (sp[j + 1 :, j] - K[j + 1 :, :j] @ K[j, :j]) / K[j, j]
+    s = d - q
+    return (
+        np.ascontiguousarray(K[:s, :s]),
+        np.ascontiguousarray(K[s:, :s]),
+        np.ascontiguousarray(K[s:, s:]),
+    )
 
 
 class MELSObjective:
@@ -46,39 +124,62 @@ class MELSObjective:
 
     Notes
     -----
-    The adaptive node placement of each group is found afresh (by Newton's
-    method to 1e-11) at every evaluation, starting from the previous
-    evaluation's modes, so the value is a function of ``theta`` alone.  The
-    score is the exact gradient of the quadrature formula with the nodes held
-    at their placement (Fisher's identity with quadrature weights).
+    The adaptive node placement of each group is found afresh (Newton's method
+    to 1e-11) at every evaluation, starting from the previous evaluation's
+    modes, so the value is a function of ``theta`` alone.  The score is the
+    quadrature estimate of the exact score (Price's identity for the
+    covariance of the random effects, Fisher's identity for the rest): its
+    difference from the derivative of the quadrature formula vanishes as the
+    quadrature error does, which is why :class:`~melsml.config.ModelOptions`
+    refuses fewer than 5 points per dimension.
     """
 
     def __init__(self, design: DesignMatrices, layout: ParamLayout, options: ModelOptions):
         self.design = design
         self.layout = layout
         self.options = options
-        self.mode = options.mode
-        self.gh_x, self.gh_logw = gauss_hermite(options.n_points)
+        st = layout.structure
         n, j = design.n_obs, design.n_groups
-        if layout.is_chol:
-            dim = layout.q + 1
-            self._centers = np.zeros((j, dim + dim * dim))
-            self._centers[:, dim] = 1.0
-            self._x_re = np.ascontiguousarray(design.x_re)
+        h = design.x_scale if design.x_scale is not None else np.ones((n, 1))
+        self._h = np.ascontiguousarray(h[:, : st.s] if st.s else np.zeros((n, 0)))
+        starts, sizes = design.group_ptr[:-1], design.group_sizes
+        if st.s:
+            first = np.repeat(self._h[starts], sizes, axis=0)
+            self._h_const = np.ascontiguousarray(
+                np.logical_and.reduceat((self._h == first).all(axis=1), starts).astype(np.uint8)
+            )
         else:
-            self._centers = np.zeros((j, 5))
-            self._centers[:, 2] = 1.0
-            self._centers[:, 4] = 1.0
-        self._work = np.empty(2 * n)
-        self._rand_jac = None if layout.is_chol else layout.random_jacobian()
+            self._h_const = np.ones(j, dtype=np.uint8)
+        self.plan: IntegrationPlan = plan(
+            st, options, unit_level_scale=bool(st.s and not self._h_const.all())
+        )
+        self.gh_x, self.gh_logw = gauss_hermite(options.n_points)
+        self._x_re = None if st.bs else np.ascontiguousarray(design.x_re)
+        if self.plan.method == "aghq":
+            self._centers = _initial_centers_aghq(st, j)
+        else:
+            s = st.s
+            self._centers = np.zeros((j, s + s * s))
+            if s:
+                self._centers[:, s:] = np.eye(s).ravel()
         # column-major copies: X @ b and X.T @ g are both fast on them
         self._x_mean = np.asfortranarray(design.x_mean)
         self._x_ws = np.asfortranarray(design.x_ws)
         self._x_bs = np.asfortranarray(design.x_bs)
+        self._bs_constant = design.bs_names == ("Intercept",)
+        self._work = np.empty(2 * n)
         self.n_evals = 0
 
     def reset_counter(self) -> None:
         self.n_evals = 0
+
+    def _z(self, p) -> np.ndarray:
+        """Location design: sigma_u,ij from the BS function, or the ``re_formula`` design."""
+        if not self.layout.structure.bs:
+            return self._x_re
+        if self._bs_constant:
+            return np.full((self.design.n_obs, 1), np.exp(0.5 * p["alpha"][0]))
+        return np.exp(0.5 * (self._x_bs @ p["alpha"]))[:, None]
 
     def evaluate(
         self,
@@ -95,135 +196,73 @@ class MELSObjective:
         theta : (k_params,) parameters in the layout's order
         score : compute the gradient as well
         adapt : place the quadrature nodes anew (False: keep ``centers``)
-        centers : (n_groups, 5) node placement to start from or to keep
+        centers : node placement to start from or to keep
         """
-        if self.layout.is_chol:
-            return self._evaluate_multi(theta, score=score, adapt=adapt, centers=centers)
-        d = self.design
-        p = self.layout.unpack(theta)
+        if self.plan.method == "aghq":
+            from ._aghq import evaluate_aghq
+
+            return evaluate_aghq(self, theta, score=score, adapt=adapt, centers=centers)
+        d, lay = self.design, self.layout
+        st = lay.structure
+        p = lay.unpack(theta)
+        q, s = st.q, st.s
+        dim = q + s
         r0 = np.ascontiguousarray(d.y - self._x_mean @ p["beta"])
-        eta_ws = np.ascontiguousarray(self._x_ws @ p["tau"])
-        eta_bs = np.ascontiguousarray(self._x_bs @ p["alpha"])
+        eta = np.ascontiguousarray(self._x_ws @ p["tau"])
+        z = self._z(p)
+        L = p["L"]
+        kvv, kuv, c = scale_first_factor(L @ L.T, q)
         j, n = d.n_groups, d.n_obs
         ll = np.empty(j)
-        mom = np.empty((j, 8))
-        grand = np.empty((j, 3))
+        ex, exx, om = np.empty((j, dim)), np.empty((j, dim, dim)), np.empty((j, dim, dim))
         cen = self._centers if centers is None else np.array(centers, dtype=float, order="C")
-        g_mu, g_ws, g_bs = np.empty(n), np.empty(n), np.empty(n)
-        _quad.group_loglik(
+        g_mu, g_ws, g_z = np.empty(n), np.empty(n), np.empty((n, q))
+        _quad.engine_loglik(
             r0,
-            eta_ws,
-            eta_bs,
+            eta,
+            z,
+            self._h,
+            self._h_const,
             d.group_ptr,
-            self.mode,
-            p["tau_l"],
-            p["tau_q"],
-            p["sigma_omega"],
+            kvv,
+            kuv,
+            c,
             self.gh_x,
             self.gh_logw,
             ll,
-            mom,
-            grand,
+            ex,
+            exx,
+            om,
             cen,
             g_mu,
             g_ws,
-            g_bs,
-            self._work,
+            g_z,
             adapt=adapt,
             compute_grad=score,
         )
         self.n_evals += 1
-        llf = float(ll.sum())
+        # Price: d ll_j / d Sigma = om_j / 2, so d ll_j / d L = om_j L
+        grad_random = lay.chol_gradient(om @ L)
+        g_bs = 0.5 * z[:, 0] * g_z[:, 0] if st.bs else None
         grad = None
         if score:
-            grad = np.concatenate(
-                [
-                    self._x_mean.T @ g_mu,
-                    self._x_bs.T @ g_bs,
-                    self._x_ws.T @ g_ws,
-                    grand.sum(axis=0) @ self._rand_jac,
-                ]
-            )
-        grad_random = grand @ self._rand_jac
-        return Evaluation(
-            theta=np.array(theta, dtype=float),
-            llf=llf,
-            score=grad,
-            ll_groups=ll,
-            moments=mom,
-            centers=cen.copy(),
-            grad_mu=g_mu if score else None,
-            grad_ws=g_ws if score else None,
-            grad_bs=g_bs if score else None,
-            grad_random=grad_random,
-        )
-
-    def _evaluate_multi(self, theta, *, score, adapt, centers) -> Evaluation:
-        """Several random location effects: the Cholesky-parametrised kernel."""
-        d = self.design
-        lay = self.layout
-        p = lay.unpack(theta)
-        r0 = np.ascontiguousarray(d.y - self._x_mean @ p["beta"])
-        eta_ws = np.ascontiguousarray(self._x_ws @ p["tau"])
-        chol = np.ascontiguousarray(lay.chol_matrix(theta))
-        j, n, q = d.n_groups, d.n_obs, lay.q
-        dim = q + 1
-        post = dict(
-            eu=np.empty((j, q)),
-            euu=np.empty((j, q, q)),
-            eom=np.empty(j),
-            eom2=np.empty(j),
-            euom=np.empty((j, q)),
-        )
-        k0, k1, k2 = np.empty(j), np.empty((j, q)), np.empty((j, q, q))
-        ll, dL = np.empty(j), np.empty((j, dim, dim))
-        cen = self._centers if centers is None else np.array(centers, dtype=float, order="C")
-        g_mu, g_ws = np.empty(n), np.empty(n)
-        _quad.group_loglik_multi(
-            r0,
-            eta_ws,
-            self._x_re,
-            d.group_ptr,
-            self.mode,
-            chol,
-            self.gh_x,
-            self.gh_logw,
-            ll,
-            post["eu"],
-            post["euu"],
-            post["eom"],
-            post["eom2"],
-            post["euom"],
-            k0,
-            k1,
-            k2,
-            dL,
-            cen,
-            g_mu,
-            g_ws,
-            adapt=adapt,
-            compute_grad=score,
-        )
-        self.n_evals += 1
-        rows, cols = zip(*lay.chol_entries, strict=True)
-        grad_random = dL[:, list(rows), list(cols)]
-        grad = None
-        if score:
-            grad = np.concatenate(
-                [self._x_mean.T @ g_mu, self._x_ws.T @ g_ws, grad_random.sum(axis=0)]
-            )
+            blocks = [self._x_mean.T @ g_mu]
+            if st.bs:
+                blocks.append(self._x_bs.T @ g_bs)
+            blocks += [self._x_ws.T @ g_ws, grad_random.sum(axis=0)]
+            grad = np.concatenate(blocks)
         return Evaluation(
             theta=np.array(theta, dtype=float),
             llf=float(ll.sum()),
             score=grad,
             ll_groups=ll,
-            moments=None,
             centers=cen.copy(),
+            ex=ex,
+            exx=exx,
             grad_mu=g_mu if score else None,
             grad_ws=g_ws if score else None,
-            grad_bs=None,
+            grad_bs=g_bs if score else None,
             grad_random=grad_random,
-            posterior=post,
         )
 
     # convenience wrappers ---------------------------------------------------------
@@ -255,4 +294,16 @@ class MELSObjective:
 
     @property
     def closed_form(self) -> bool:
-        return self.mode == MODE_CLOSED_FORM
+        return self.plan.method == "closed form"
+
+
+def _initial_centers_aghq(structure, n_groups: int) -> np.ndarray:
+    if structure.bs and structure.s == 1:
+        cen = np.zeros((n_groups, 5))
+        cen[:, 2] = 1.0
+        cen[:, 4] = 1.0
+        return cen
+    dim = structure.dim
+    cen = np.zeros((n_groups, dim + dim * dim))
+    cen[:, dim:] = np.eye(dim).ravel()
+    return cen

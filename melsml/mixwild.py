@@ -655,7 +655,7 @@ def compare(res, output) -> pd.DataFrame:
     """
     out = read_output(output) if not isinstance(output, pd.DataFrame) else output
     opt, d = res.model.options, res.model.design
-    if res.model.layout.is_chol:
+    if not res.model.layout.mixwild_view:
         raise MELSInputError("compare() supports MixWILD's random-intercept (MIXREGLS) models")
     which = (
         "random scale"

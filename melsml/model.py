@@ -15,8 +15,10 @@ from .formula import DesignMatrices, build_design
 from .likelihood import MELSObjective
 from .optimize import maximize
 from .params import ParamLayout
+from .plan import IntegrationPlan
 from .results import CovType, MELSResults
 from .start import start_values
+from .structure import RandomStructure
 
 __all__ = ["MELS"]
 
@@ -63,12 +65,25 @@ class MELS:
             raise MELSInputError(
                 "association='quadratic' needs a single random intercept (re_formula='~ 1')"
             )
-        self.layout = ParamLayout.for_model(
-            design.mean_names,
-            design.bs_names,
-            design.ws_names,
-            self.options,
-            re_names=design.re_names,
+        scale = tuple(design.scale_names) if self.options.random_scale else ()
+        if not self.options.random_scale and design.scale_names != ("Intercept",):
+            raise MELSInputError(
+                f"ws_re_formula={design.formulas.get('ws_re_formula')!r} gives random scale "
+                "effects, but random_scale=False"
+            )
+        if self.options.association == "quadratic" and scale != ("Intercept",):
+            raise MELSInputError(
+                "association='quadratic' needs a single random scale intercept "
+                "(ws_re_formula='~ 1')"
+            )
+        self.structure = RandomStructure(
+            location=tuple(design.re_names),
+            scale=scale,
+            bs=design.random_intercept_only,
+            association=self.options.association,
+        )
+        self.layout = ParamLayout.from_structure(
+            design.mean_names, design.bs_names, design.ws_names, self.structure
         )
         self.notes: tuple[str, ...] = ()
         if self.options.random_scale and design.n_groups < 2:
@@ -84,6 +99,7 @@ class MELS:
         bs_formula: str = "~ 1",
         ws_formula: str = "~ 1",
         re_formula: str = "~ 1",
+        ws_re_formula: str = "~ 1",
         random_scale: bool = True,
         association: Association = "linear",
         integration: Integration = "auto",
@@ -106,6 +122,11 @@ class MELS:
             Random location effects, default ``"~ 1"`` (random intercept);
             ``"~ 1 + prior"`` adds a random slope on ``prior`` with an
             unstructured covariance (then ``bs_formula`` must be ``"~ 1"``).
+        ws_re_formula : str
+            Random scale effects in the within-group log-variance, default
+            ``"~ 1"`` (a random scale intercept, omega_j); ``"~ 1 + prior"``
+            adds a random scale slope on ``prior``.  All random effects,
+            location and scale, have one unstructured covariance.
         random_scale : bool
             Include the random scale effect (default True).
         association : {"none", "linear", "quadratic"}
@@ -132,6 +153,7 @@ class MELS:
             bs_formula=bs_formula,
             ws_formula=ws_formula,
             re_formula=re_formula,
+            ws_re_formula=ws_re_formula,
         )
         return cls(
             design,
@@ -163,6 +185,11 @@ class MELS:
     def objective(self) -> MELSObjective:
         """The log-likelihood as a function of the flat parameter vector."""
         return MELSObjective(self.design, self.layout, self.options)
+
+    @property
+    def plan(self) -> IntegrationPlan:
+        """How the likelihood is integrated (see :func:`melsml.plan.plan`)."""
+        return self.objective().plan
 
     @property
     def param_names(self) -> pd.MultiIndex:
@@ -255,7 +282,7 @@ class MELS:
                 what = (
                     "a random scale"
                     if name in ("sigma_omega", "L(omega,omega)")
-                    else "this variance component"
+                    else "this random effect's variance (beyond its covariances)"
                 )
                 warnings.warn(
                     f"{name} = {abs(theta[pos]):.2e} is at (or near) its boundary 0: "

@@ -34,7 +34,7 @@ def posterior_grid(res: MELSResults) -> dict[str, np.ndarray]:
     means of the random-effect covariates, ``n`` the group sizes.
     """
     d, lay = res.model.design, res.model.layout
-    theta = res._theta
+    theta = res.fit_state.theta
     p = lay.unpack(theta)
     chol = lay.chol_matrix(theta)
     q = lay.q
@@ -53,9 +53,9 @@ def posterior_grid(res: MELSResults) -> dict[str, np.ndarray]:
     scale = chol.shape[0] > q
     if scale:
         V, _, g, R = exact_location_terms(A, lo, lw)
-        post = res._evaluation.posterior
-        center = post["eom"]
-        sd = np.sqrt(np.maximum(post["eom2"] - center**2, 1e-12))
+        ev = res.fit_state.evaluation
+        center = ev.ex[:, q]
+        sd = np.sqrt(np.maximum(ev.exx[:, q, q] - center**2, 1e-12))
         om = center[:, None] + sd[:, None] * _GRID[None, :]
     else:
         V, g, R = None, np.zeros(q), A

@@ -25,12 +25,12 @@ from scipy import stats
 from scipy.special import ndtr
 
 from ._quad_ref import h1
-from .config import MODE_AGHQ, MODE_CLOSED_FORM
 from .exceptions import MELSInputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .results import MELSResults
 
+MODE_CLOSED_FORM, MODE_AGHQ = "closed form", "aghq"
 _GRID = np.linspace(-9.0, 9.0, 241)
 
 #: the columns each school measure contributes to a school table
@@ -53,7 +53,7 @@ def measure_columns(name: str, est, sd, lower, upper, reference: float) -> dict:
 
 def _group_stats(res: MELSResults) -> dict[str, np.ndarray]:
     d = res.model.design
-    p = res.model.layout.unpack(res._theta)
+    p = res.model.layout.unpack(res.fit_state.theta)
     r0 = d.y - d.x_mean @ p["beta"]
     eta_ws = d.x_ws @ p["tau"]
     s = np.exp(0.5 * d.x_bs @ p["alpha"])
@@ -127,8 +127,8 @@ def _grid_quantiles(values, weights, probs):
 def _posterior(res: MELSResults, alpha: float, ws_shift: float) -> dict[str, np.ndarray]:
     """Posterior summaries of theta1, omega, and exp(ws_shift + omega) per group."""
     st = _group_stats(res)
-    p = res.model.layout.unpack(res._theta)
-    mode = res.model.options.mode
+    p = res.model.layout.unpack(res.fit_state.theta)
+    mode = res.model.plan.method
     probs = (alpha / 2, 1 - alpha / 2)
     tl, tq, sw = p["tau_l"], p["tau_q"], abs(p["sigma_omega"])
     out: dict[str, np.ndarray] = {}
@@ -149,7 +149,7 @@ def _posterior(res: MELSResults, alpha: float, ws_shift: float) -> dict[str, np.
     else:
         V = tl**2 + sw**2
         g, S = tl / V, sw**2 / V
-        ev = res._evaluation
+        ev = res.fit_state.evaluation
         if mode == MODE_AGHQ:
             # fitted by the general path, same model: centre the omega grid on the
             # posterior mean and SD of omega
@@ -157,7 +157,7 @@ def _posterior(res: MELSResults, alpha: float, ws_shift: float) -> dict[str, np.
             center = mom[:, [2]]
             scale = np.sqrt(np.maximum(mom[:, [3]] - center**2, 1e-12))
         else:
-            center, scale = ev.centers[:, [0]], ev.centers[:, [2]]
+            center, scale = np.sqrt(V) * ev.centers[:, [0]], np.sqrt(V) * ev.centers[:, [1]]
         om = center + scale * _GRID[None, :]
         stc = {k: v[:, None] for k, v in st.items()}
         w = grid_weights(h1(om, stc, V, g, S)[0])
@@ -201,9 +201,9 @@ def _posterior_2d(res: MELSResults, st, probs, ws_shift: float) -> dict[str, np.
     """Posterior summaries on a rotated 2-D grid over (theta1, theta2): the general
     path (quadratic association).  The grid is the adaptive quadrature's placement
     (mode + L z) with z on +-7 in 57 steps per axis."""
-    p = res.model.layout.unpack(res._theta)
+    p = res.model.layout.unpack(res.fit_state.theta)
     tl, tq, sw = p["tau_l"], p["tau_q"], p["sigma_omega"]
-    cen = res._evaluation.centers
+    cen = res.fit_state.evaluation.centers
     z1, z2 = np.meshgrid(_GRID_2D, _GRID_2D, indexing="ij")
     z1, z2 = z1.ravel()[None, :], z2.ravel()[None, :]
     u = cen[:, [0]] + cen[:, [2]] * z1
@@ -241,7 +241,7 @@ def random_effects(res: MELSResults) -> pd.DataFrame:
     ``cov_theta12`` as in MixWILD's EB file (theta2 only for the linear or no
     association).  Indexed by group identifier.
     """
-    if res.model.layout.is_chol:
+    if not res.model.layout.mixwild_view:
         return _random_effects_multi(res)
     post = _posterior(res, 0.05, 0.0)
     d = res.model.design
@@ -277,7 +277,7 @@ def _ws_shift(res: MELSResults, ws_reference) -> float:
             )
         for k, v in ref.items():
             wbar[names.index(k)] = float(v)
-    tau = res.model.layout.unpack(res._theta)["tau"]
+    tau = res.model.layout.unpack(res.fit_state.theta)["tau"]
     return float(wbar @ tau)
 
 
@@ -320,7 +320,7 @@ def school_effects(
     if not 0 < alpha < 1:
         raise MELSInputError(f"alpha must be in (0, 1), got {alpha!r}")
     shift = _ws_shift(res, ws_reference)
-    if res.model.layout.is_chol:
+    if not res.model.layout.mixwild_view:
         return _school_effects_multi(res, alpha, shift, reference_var)
     if reference_var is not None:
         raise MELSInputError("reference_var applies to random-slope models (re_formula)")
@@ -344,7 +344,7 @@ def school_effects(
             ),
         },
     )
-    if res.model.options.mode == MODE_CLOSED_FORM:
+    if res.model.plan.method == MODE_CLOSED_FORM:
         out["variance_separated"] = False
     out.attrs.update(mean_reference=0.0, variance_reference=ref_var, alpha=alpha)
     return out
@@ -361,7 +361,7 @@ def _random_effects_multi(res: MELSResults) -> pd.DataFrame:
 
     grid = posterior_grid(res)
     mom = moments(grid)
-    terms = res.model.layout.re_terms
+    terms = res.model.structure.location
     cols: dict[str, np.ndarray] = {"n": grid["n"].astype(int)}
     for a, t in enumerate(terms):
         cols[f"u_mean[{t}]"] = mom["mu"][:, a]
@@ -386,7 +386,7 @@ def _school_effects_multi(
     from .posterior_multi import posterior_grid, variance_quantity
 
     grid = posterior_grid(res)
-    terms = res.model.layout.re_terms
+    terms = res.model.structure.location
     slopes = [a for a, t in enumerate(terms) if t != "Intercept"]
     probs = (alpha / 2, 1 - alpha / 2)
     z = grid["zbar"]

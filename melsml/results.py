@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .likelihood import Evaluation
+from .likelihood import Evaluation, FitState
 from .optimize import FitInfo
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -87,11 +87,19 @@ class MELSResults:
         self.n_groups = model.design.n_groups
         self.k_params = layout.k_params
         self.converged = bool(info.converged)
+        self.fit_state = FitState(
+            design=model.design,
+            layout=layout,
+            options=model.options,
+            plan=model.plan,
+            theta=self._theta,
+            evaluation=evaluation,
+        )
 
     # --- the statsmodels surface ------------------------------------------------
     @property
     def params(self) -> pd.Series:
-        return pd.Series(self._theta, index=self.model.layout.index, name="params")
+        return pd.Series(self._theta.copy(), index=self.model.layout.index, name="params")
 
     @cached_property
     def _cov_robust(self) -> np.ndarray:
@@ -198,8 +206,8 @@ class MELSResults:
         """
         layout = self.model.layout
         sbar, wbar = self.reference_values("bs"), self.reference_values("ws")
-        if layout.is_chol:
-            names, fun = self._chol_natural(wbar)
+        if not layout.mixwild_view:
+            names, fun = self._chol_natural(sbar, wbar)
         else:
             names = ["var_u", "var_e"]
             if layout.random:
@@ -222,11 +230,32 @@ class MELSResults:
             index=pd.Index(names, name="parameter"),
         )
 
-    def _chol_natural(self, wbar):
-        """Names and function of the natural parameters of a Cholesky layout:
-        variances, then covariances and correlations of (u, omega), then var_e."""
+    def _natural_cov(self, theta, sbar) -> np.ndarray:
+        """Covariance of (u, v) at ``theta``; with a BS function the location effect
+        is sigma_u theta1 with sigma_u at the reference BS covariates ``sbar``."""
         layout = self.model.layout
-        labels = list(layout.re_terms) + (["omega"] if layout.dim_chol > layout.q else [])
+        chol = layout.chol_matrix(theta)
+        sigma = chol @ chol.T
+        if layout.structure.bs:
+            scale = np.ones(sigma.shape[0])
+            scale[0] = np.exp(0.5 * sbar @ layout.unpack(theta)["alpha"])
+            sigma = sigma * np.outer(scale, scale)
+        return sigma
+
+    @property
+    def cov_re(self) -> pd.DataFrame:
+        """Joint covariance of all random effects, labelled ``location:<term>`` and
+        ``scale:<term>`` (with a BS function, the location variance is at the
+        reference BS covariates)."""
+        labels = list(self.model.structure.cov_labels)
+        sigma = self._natural_cov(self._theta, self.reference_values("bs"))
+        return pd.DataFrame(sigma, index=labels, columns=labels)
+
+    def _chol_natural(self, sbar, wbar):
+        """Names and function of the natural parameters of a Cholesky layout:
+        variances, then covariances and correlations of (u, v), then var_e."""
+        layout = self.model.layout
+        labels = list(layout.structure.labels)
         d = len(labels)
         pairs = [(i, j) for i in range(d) for j in range(i)]
         names = [f"var({lab})" for lab in labels]
@@ -234,8 +263,7 @@ class MELSResults:
         names.append("var_e")
 
         def fun(theta):
-            chol = layout.chol_matrix(theta)
-            sigma = chol @ chol.T
+            sigma = self._natural_cov(theta, sbar)
             sd = np.sqrt(np.diag(sigma))
             out = list(np.diag(sigma))
             for i, j in pairs:

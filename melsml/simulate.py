@@ -9,7 +9,7 @@ import pandas as pd
 
 from .exceptions import MELSInputError
 from .formula import build_design
-from .params import RANDOM_ORDER
+from .params import MIXWILD_RANDOM
 
 __all__ = [
     "simulate",
@@ -148,7 +148,7 @@ def simulate(
         return _simulate_slopes(frame, outcome, design, params, beta, tau, rng, return_effects)
     alpha = _lookup(params, "alpha", design.bs_names)
     rand = {}
-    for name in RANDOM_ORDER:
+    for name in MIXWILD_RANDOM:
         try:
             rand[name] = float(_lookup(params, "random", [name])[0])
         except MELSInputError:

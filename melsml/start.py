@@ -1,4 +1,4 @@
-"""Cheap moment-based starting values (MODELS.md 4.3).
+"""Cheap moment-based starting values.
 
 OLS for beta; the variance of group-mean residuals for alpha; a regression of
 log squared within-group residuals for tau; the spread of log group variances
@@ -39,7 +39,7 @@ def start_values(design: DesignMatrices, layout: ParamLayout) -> np.ndarray:
     else:
         tau, *_ = np.linalg.lstsq(d.x_ws, np.full(d.n_obs, np.log(s2_within)), rcond=None)
 
-    if layout.is_chol:
+    if not layout.structure.bs:
         alpha = np.zeros(0)
     theta = np.concatenate([beta, alpha, tau, np.zeros(len(layout.random))])
     var_omega, tau_l = 0.1, 0.0
@@ -53,38 +53,51 @@ def start_values(design: DesignMatrices, layout: ParamLayout) -> np.ndarray:
         cov = float(np.cov(gmean[big], log_s2)[0, 1])
         bound = 0.7 * np.sqrt(var_omega)
         tau_l = float(np.clip(cov / np.sqrt(s2_between), -bound, bound))
-    has_tau_l = "tau_l" in layout.random or any(
-        i == layout.q and j < i for i, j in layout.chol_entries
-    )
-    if not has_tau_l:
+    if layout.structure.association == "none":
         tau_l = 0.0
     sigma_omega = float(np.sqrt(max(var_omega - tau_l**2, 0.01)))
-    sl = layout.slices["random"]
-    if layout.is_chol:
-        theta[sl] = _chol_start(d, layout, np.sqrt(s2_between), tau_l, sigma_omega)
-    elif layout.random:
-        values = {"tau_l": tau_l, "tau_q": 0.0, "sigma_omega": sigma_omega}
-        theta[sl] = [values[name] for name in layout.random]
+    theta[layout.slices["random"]] = _random_start(
+        d, layout, np.sqrt(s2_between), tau_l, sigma_omega
+    )
     return theta
 
 
-def _chol_start(
+def _random_start(
     design: DesignMatrices, layout: ParamLayout, sd_between: float, tau_l: float, sigma_omega: float
 ) -> list[float]:
-    """Diagonal start for the Cholesky factor of cov(u, omega).
+    """Diagonal start for the Cholesky factor of cov(u, v).
 
-    The random intercept takes the between-group SD; each random slope a third
-    of it per unit SD of its covariate; omega loads on the intercept by tau_l.
+    The random intercept takes the between-group SD; each random location
+    slope a third of it per unit SD of its covariate; the random scale
+    intercept loads on the location intercept by tau_l and has its own SD
+    sigma_omega; each random scale slope a third of sigma_omega per unit SD of
+    its covariate.
     """
+    st = layout.structure
+    q = st.q
     sd_z = design.x_re.std(axis=0)
+    h = design.x_scale if design.x_scale is not None else np.ones((design.n_obs, 1))
+    sd_h = h.std(axis=0)
     values = []
-    for i, j in layout.chol_entries:
-        if i == j == layout.q:
-            values.append(sigma_omega)
-        elif i == layout.q:
-            values.append(tau_l if layout.re_terms[j] == "Intercept" else 0.0)
+    for t in layout.targets:
+        if t == "tau_q":
+            values.append(0.0)
+            continue
+        i, j = t
+        if i >= q:
+            term = st.scale[i - q]
+            if i == j:
+                values.append(
+                    sigma_omega
+                    if term == "Intercept"
+                    else sigma_omega / (3.0 * max(float(sd_h[i - q]), 1e-8))
+                )
+            elif j < q and term == "Intercept" and st.location[j] == "Intercept":
+                values.append(tau_l)
+            else:
+                values.append(0.0)
         elif i == j:
-            term = layout.re_terms[i]
+            term = st.location[i]
             values.append(
                 sd_between
                 if term == "Intercept"

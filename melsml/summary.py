@@ -52,7 +52,7 @@ class Summary:
             ),
             ("Groups", f"{d.n_groups}"),
             ("Group size min/mean/max", f"{sizes.min()} / {sizes.mean():.1f} / {sizes.max()}"),
-            ("Integration", opt.method),
+            ("Integration", res.model.plan.describe()),
             (
                 "Converged",
                 f"{'yes' if res.converged else 'NO'} ({fi.n_iter} iterations, "
@@ -72,7 +72,7 @@ class Summary:
         notes = []
         if not fi.hessian_pd:
             notes.append("The observed information is not positive definite: SEs unreliable.")
-        if res.model.layout.is_chol:
+        if not res.model.layout.mixwild_view:
             notes.append(
                 "L is reported with a non-negative diagonal; z tests of its diagonal "
                 "entries are on the boundary (use melsml.compare for mixture LR tests)."
@@ -165,7 +165,7 @@ def _nesting_names(res: MELSResults) -> set:
     BS variance is the one-effect case of the Cholesky layout (L(Intercept,Intercept)
     = exp(alpha0 / 2), L(omega,Intercept) = tau_l, L(omega,omega) = sigma_omega)."""
     names = set(res.params.index)
-    if res.model.design.bs_names == ("Intercept",) and not res.model.layout.is_chol:
+    if res.model.design.bs_names == ("Intercept",) and res.model.layout.mixwild_view:
         names = {_AS_CHOLESKY.get(n, n) for n in names}
     return names
 

@@ -41,7 +41,7 @@ def test_non_finite_start_is_a_clear_error():
     res = fit_case("small")
     obj = res.model.objective()
     bad = res.params.to_numpy().copy()
-    bad[3] = 800.0  # exp(800) overflows the WS variance
+    bad[3] = -800.0  # exp(800) overflows the WS precision
     with pytest.raises(FloatingPointError, match="not finite at the start values"):
         with np.errstate(all="ignore"):
             maximize(obj, bad)

@@ -154,11 +154,11 @@ def slope_fit():
 def test_slope_random_effects_match_the_kernel_posterior(slope_fit):
     res, _, _ = slope_fit
     re = res.random_effects()
-    post = res._evaluation.posterior
-    np.testing.assert_allclose(re["u_mean[Intercept]"], post["eu"][:, 0], atol=1e-6)
-    np.testing.assert_allclose(re["u_mean[prior]"], post["eu"][:, 1], atol=1e-6)
-    np.testing.assert_allclose(re["omega_mean"], post["eom"], atol=1e-6)
-    cov01 = post["euu"][:, 0, 1] - post["eu"][:, 0] * post["eu"][:, 1]
+    ev = res.fit_state.evaluation
+    np.testing.assert_allclose(re["u_mean[Intercept]"], ev.ex[:, 0], atol=1e-6)
+    np.testing.assert_allclose(re["u_mean[prior]"], ev.ex[:, 1], atol=1e-6)
+    np.testing.assert_allclose(re["omega_mean"], ev.ex[:, 2], atol=1e-6)
+    cov01 = ev.exx[:, 0, 1] - ev.ex[:, 0] * ev.ex[:, 1]
     np.testing.assert_allclose(re["cov[Intercept,prior]"], cov01, atol=1e-6)
     assert {"u_sd[prior]", "omega_sd", "cov[prior,omega]"} <= set(re.columns)
 

@@ -64,7 +64,7 @@ def test_summary_shows_data_integration_and_every_block(res):
         "Observations:            2400",
         "Groups:                  60",
         "40 / 40.0 / 40",
-        "exact location",
+        "exact over the location effects",
         "Converged:",
         "Log-likelihood:",
         "Deviance:",

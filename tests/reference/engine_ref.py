@@ -58,7 +58,7 @@ def node_eval(xi, r0, eta, Z, H, Kvv, Kuv, C):
     sv = -0.5 * H.T @ (1.0 - rho)
     N = (Z * (a * ehat)[:, None]).T @ H
     M = [(Z * (a * H[:, k])[:, None]).T @ Z for k in range(s)]
-    T = np.array([[np.trace(pinv @ M[k] @ pinv @ M[l]) for l in range(s)] for k in range(s)])
+    T = np.array([[np.trace(pinv @ M[k] @ pinv @ M[m2]) for m2 in range(s)] for k in range(s)])
     R = (H * rho[:, None]).T @ H
     om = np.zeros((q + s, q + s))
     om[:q, :q] = np.outer(su, su) + lam @ pinv @ lam - lam
@@ -94,7 +94,9 @@ def find_mode(xi, grp, Kvv, Kuv, C):
     val, g, Hs = psi(xi, grp, Kvv, Kuv, C)
     for _ in range(200):
         try:
-            step = np.linalg.solve(np.linalg.cholesky(-Hs).T, np.linalg.solve(np.linalg.cholesky(-Hs), g))
+            step = np.linalg.solve(
+                np.linalg.cholesky(-Hs).T, np.linalg.solve(np.linalg.cholesky(-Hs), g)
+            )
         except np.linalg.LinAlgError:
             step = g / (1.0 + np.linalg.norm(g))
         nrm = np.linalg.norm(step)

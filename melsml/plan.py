@@ -1,0 +1,84 @@
+"""How the likelihood is integrated: the one place that decides.
+
+:func:`plan` looks at the random-effects structure and the options and picks
+
+* ``"closed form"``: no random scale effects (s = 0); the location effects
+  integrate exactly and no quadrature is needed;
+* ``"exact-location"``: the location effects are Gaussian given the scale
+  effects and integrate exactly; the s scale effects take s-dimensional
+  adaptive Gauss-Hermite quadrature;
+* ``"aghq"``: (q + s)-dimensional adaptive Gauss-Hermite quadrature over all
+  random effects (the quadratic association, or on request as a check).
+
+The plan is what the summary prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .config import ModelOptions
+from .structure import RandomStructure
+
+Method = Literal["closed form", "exact-location", "aghq"]
+
+
+@dataclass(frozen=True)
+class IntegrationPlan:
+    """The integration method, its dimension and its nodes.
+
+    Attributes
+    ----------
+    method : {"closed form", "exact-location", "aghq"}
+    dim : int
+        Dimension of the quadrature (0 for the closed form).
+    n_points : int
+        Gauss-Hermite points per dimension.
+    unit_level_scale : bool
+        The scale design varies within groups, so each node costs O(n_j).
+    """
+
+    method: Method
+    dim: int
+    n_points: int
+    unit_level_scale: bool = False
+
+    @property
+    def n_nodes(self) -> int:
+        """Nodes per group (product rule)."""
+        return self.n_points**self.dim if self.dim else 1
+
+    def describe(self) -> str:
+        """One line for summaries."""
+        if self.method == "closed form":
+            return "closed form (no random scale)"
+        grid = "x".join([str(self.n_points)] * self.dim)
+        what = (
+            "exact over the location effects, adaptive Gauss-Hermite over the scale effects"
+            if self.method == "exact-location"
+            else "adaptive Gauss-Hermite over all random effects"
+        )
+        return f"{what}: {self.dim}-D, {grid} = {self.n_nodes} nodes per group"
+
+
+def plan(
+    structure: RandomStructure, options: ModelOptions, *, unit_level_scale: bool = False
+) -> IntegrationPlan:
+    """Choose the integration for a structure and options.
+
+    Parameters
+    ----------
+    structure : RandomStructure
+    options : ModelOptions
+        ``integration="exact-location"`` or ``"aghq"`` forces a method;
+        ``"auto"`` takes the closed form, else exact location where it holds,
+        else full AGHQ.
+    unit_level_scale : bool
+        Whether the scale design varies within a group (reported only).
+    """
+    if structure.s == 0:
+        return IntegrationPlan("closed form", 0, options.n_points)
+    if options.integration == "aghq" or not structure.exact_location:
+        return IntegrationPlan("aghq", structure.dim, options.n_points, unit_level_scale)
+    return IntegrationPlan("exact-location", structure.s, options.n_points, unit_level_scale)
