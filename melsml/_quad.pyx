@@ -1191,6 +1191,13 @@ cdef struct Eng:
     double* tmp           # q x q
     double* tq            # q
     double* zt            # q
+    # the full-AGHQ integrand (all effects by quadrature): x = L theta + tau_q theta0^2 e_q
+    int full
+    const double* Lf      # d x d
+    double tau_q
+    double* x             # d
+    double* sx            # d   d log p / d x
+    double* Hx            # d x d
     double logp
     # per-unit work (n_obs each): a_i = exp(-eta_i - h_i'v), r_i, exp(-eta_i)
     double* aw
@@ -1463,13 +1470,118 @@ cdef inline void eng_node_11(Eng* e, double xi, bint full) noexcept nogil:
     e.om[3] = sv * sv + 0.5 * e.h[0] * e.h[0] * pl * pl + N * N * pinv - 0.5 * rho * e.h[0] * e.h[0]
 
 
+cdef void eng_full_node(Eng* e, const double* th, const double* r0, const double* eta,
+                        const double* Z, const double* H, bint full) noexcept nogil:
+    """log p(y | x) at x = L theta (+ tau_q theta0^2 on the first scale effect) and,
+    with ``full``, its gradient s and Hessian in x; e.om = s theta' (the node's
+    term of d log p / d L)."""
+    cdef int q = e.q, s = e.s, d = e.d
+    cdef int a, b, k
+    cdef Py_ssize_t i
+    cdef double acc, hv, kap, cu, sumhv, ai, ei, ss
+    for a in range(d):
+        acc = 0.0
+        for b in range(a + 1):
+            acc += e.Lf[a * d + b] * th[b]
+        e.x[a] = acc
+    if s > 0:
+        e.x[q] += e.tau_q * th[0] * th[0]
+    for a in range(q):
+        e.mu[a] = e.x[a]
+        for b in range(q):
+            e.pinv[a * q + b] = 0.0
+    for a in range(s):
+        e.v[a] = e.x[q + a]
+    if e.const_h:
+        hv = 0.0
+        for a in range(s):
+            hv += e.h[a] * e.v[a]
+        kap = exp(-hv)
+        cu = e.A
+        for a in range(q):
+            acc = 0.0
+            for b in range(q):
+                acc += e.lam0[a * q + b] * e.mu[b]
+            e.tq[a] = acc                                   # lam0 u
+            cu += -2.0 * e.mu[a] * e.b0[a] + e.mu[a] * acc
+        e.logp = -0.5 * (e.n * LOG2PI + e.sumeta + e.n * hv + kap * cu)
+        if not full:
+            return
+        for a in range(q):
+            e.sx[a] = kap * (e.b0[a] - e.tq[a])
+        for a in range(s):
+            e.sx[q + a] = -0.5 * e.h[a] * (e.n - kap * cu)
+        for a in range(q):
+            for b in range(q):
+                e.Hx[a * d + b] = -kap * e.lam0[a * q + b]
+            for k in range(s):
+                e.Hx[a * d + q + k] = -e.sx[a] * e.h[k]
+                e.Hx[(q + k) * d + a] = e.Hx[a * d + q + k]
+        for a in range(s):
+            for b in range(s):
+                e.Hx[(q + a) * d + q + b] = -0.5 * kap * cu * e.h[a] * e.h[b]
+    else:
+        sumhv = 0.0
+        ss = 0.0
+        for i in range(e.start, e.stop):
+            hv = 0.0
+            for a in range(s):
+                hv += H[i * s + a] * e.v[a]
+            sumhv += hv
+            ai = e.invd[i] * exp(-hv)
+            ei = r0[i]
+            for a in range(q):
+                ei -= Z[i * q + a] * e.mu[a]
+            e.aw[i] = ai
+            e.rw[i] = ei
+            ss += ai * ei * ei
+        e.logp = -0.5 * (e.n * LOG2PI + e.sumeta + sumhv + ss)
+        if not full:
+            return
+        if e.acc_grad:
+            e.wt = exp(e.logp + e.lw_off)
+        for a in range(d):
+            e.sx[a] = 0.0
+            for b in range(d):
+                e.Hx[a * d + b] = 0.0
+        for i in range(e.start, e.stop):
+            ai = e.aw[i]
+            ei = e.rw[i]
+            for a in range(q):
+                e.sx[a] += ai * ei * Z[i * q + a]
+                for b in range(a + 1):
+                    e.Hx[a * d + b] -= ai * Z[i * q + a] * Z[i * q + b]
+                for k in range(s):
+                    e.Hx[(q + k) * d + a] -= ai * ei * Z[i * q + a] * H[i * s + k]
+            for a in range(s):
+                e.sx[q + a] -= 0.5 * H[i * s + a] * (1.0 - ai * ei * ei)
+                for b in range(a + 1):
+                    e.Hx[(q + a) * d + q + b] -= 0.5 * ai * ei * ei * H[i * s + a] * H[i * s + b]
+            if e.acc_grad:
+                e.gmu[i] += e.wt * ai * ei
+                e.gws[i] += e.wt * ai * ei * ei
+                for a in range(q):
+                    e.gz[i * q + a] += e.wt * ai * ei * e.mu[a]
+        for a in range(d):
+            for b in range(a + 1, d):
+                e.Hx[a * d + b] = e.Hx[b * d + a]
+    if e.acc_grad and e.const_h:
+        e.wt = exp(e.logp + e.lw_off)
+    for a in range(d):
+        for b in range(d):
+            e.om[a * d + b] = e.sx[a] * th[b]
+
+
 cdef double eng_psi(Eng* e, const double* xi, const double* r0, const double* eta,
                     const double* Z, const double* H, double* grad, double* hess,
                     double* sbar) noexcept nogil:
-    """Log integrand over xi; with ``grad`` != NULL also its gradient and Hessian."""
+    """Log integrand over xi (theta for the full integrand); with ``grad`` != NULL
+    also its gradient and Hessian."""
     cdef int q = e.q, s = e.s, d = e.d
     cdef int a, b, k, l
     cdef double acc, val
+    if e.full:
+        return eng_full_psi(e, xi, r0, eta, Z, H, grad, hess)
     eng_node(e, xi, r0, eta, Z, H, grad != NULL)
     val = e.logp - 0.5 * s * LOG2PI
     for a in range(s):
@@ -1503,6 +1615,42 @@ cdef double eng_psi(Eng* e, const double* xi, const double* r0, const double* et
     return val
 
 
+cdef double eng_full_psi(Eng* e, const double* th, const double* r0, const double* eta,
+                         const double* Z, const double* H, double* grad,
+                         double* hess) noexcept nogil:
+    """Log integrand over theta (all effects); J = dx/dtheta = L + 2 tau_q theta0 e_q e_0'."""
+    cdef int q = e.q, d = e.d
+    cdef int a, b, k, l
+    cdef double acc, val, jq
+    eng_full_node(e, th, r0, eta, Z, H, grad != NULL)
+    val = e.logp - 0.5 * d * LOG2PI
+    for a in range(d):
+        val -= 0.5 * th[a] * th[a]
+    if grad == NULL:
+        return val
+    jq = 2.0 * e.tau_q * th[0] if e.s > 0 else 0.0
+    for k in range(d):
+        acc = -th[k]
+        for a in range(k, d):
+            acc += e.Lf[a * d + k] * e.sx[a]
+        if k == 0:
+            acc += jq * e.sx[q]
+        grad[k] = acc
+    # T1 = Hx J (stored in e.om's place is not allowed: om holds s theta'); use hess
+    for k in range(d):
+        for l in range(d):
+            acc = -1.0 if k == l else 0.0
+            for a in range(d):
+                for b in range(d):
+                    acc += ((e.Lf[a * d + k] + (jq if (a == q and k == 0) else 0.0))
+                            * e.Hx[a * d + b]
+                            * (e.Lf[b * d + l] + (jq if (b == q and l == 0) else 0.0)))
+            hess[k * d + l] = acc
+    if e.s > 0:
+        hess[0] += 2.0 * e.tau_q * e.sx[q]
+    return val
+
+
 def engine_loglik(
     const double[::1] r0,
     const double[::1] eta,
@@ -1513,12 +1661,16 @@ def engine_loglik(
     const double[:, ::1] Kvv,
     const double[:, ::1] Kuv,
     const double[:, ::1] C,
+    const double[:, ::1] L,
+    double tau_q,
+    bint full,
     const double[::1] gh_x,
     const double[::1] gh_logw,
     double[::1] ll,
     double[:, ::1] ex,
     double[:, :, ::1] exx,
-    double[:, :, ::1] om,
+    double[:, :, ::1] dL,
+    double[::1] dtq,
     double[:, ::1] centers,
     double[::1] g_mu,
     double[::1] g_ws,
@@ -1526,7 +1678,14 @@ def engine_loglik(
     bint adapt=True,
     bint compute_grad=True,
 ):
-    """The general kernel: exact over u, s-D adaptive Gauss-Hermite over v.
+    """The kernel: per-group log-likelihood, posterior moments and gradients.
+
+    Two integrands share one loop (mode search, node placement, weights):
+    ``full=False`` integrates the location effects u exactly given the scale
+    effects and takes s-D adaptive Gauss-Hermite quadrature over the
+    standardised scale effects xi; ``full=True`` takes (q + s)-D adaptive
+    quadrature over all standardised effects theta, x = L theta (plus
+    ``tau_q theta0^2`` on the first scale effect: the quadratic association).
 
     Parameters
     ----------
@@ -1543,14 +1702,25 @@ def engine_loglik(
     Kvv, Kuv, C : (s, s), (q, s), (q, q) float64
         Scale-first Cholesky factor of the covariance of (u, v):
         v = Kvv xi, u = Kuv xi + C zeta; they may be singular.
+    L : (d, d) float64
+        Location-first Cholesky factor of the same covariance.
+    tau_q : float
+        Quadratic association (full integrand only).
+    full : bool
+        Which integrand (see above).
     gh_x, gh_logw : (Q,) Gauss-Hermite rule for exp(-x^2)
     ll : (n_groups,) output
     ex, exx : (n_groups, d), (n_groups, d, d) output
         Posterior E[x] and E[x x'] of x = (u, v), d = q + s.
-    om : (n_groups, d, d) output
-        Posterior E[s s' + H] (Price's identity: d ll_j / d Sigma = om_j / 2).
-    centers : (n_groups, s + s*s) in/out
-        Mode and Cholesky scale of the node placement in xi.
+    dL : (n_groups, d, d) output
+        Gradient of the log-likelihood in the entries of L.  Exact location:
+        Price's identity, d ll_j / d Sigma = E[s s' + H] / 2 with s, H the
+        gradient and Hessian of log p(y | x), so dL = E[s s' + H] L.  Full:
+        E[s theta'] (nodes fixed in theta).
+    dtq : (n_groups,) output
+        Gradient in tau_q (full integrand; 0 otherwise).
+    centers : (n_groups, m + m*m) in/out
+        Mode and Cholesky scale of the node placement (m = s, or d if full).
     g_mu, g_ws : (n_obs,) output
         Gradient of the log-likelihood in the mean and in eta.
     g_z : (n_obs, q) output
@@ -1558,11 +1728,12 @@ def engine_loglik(
     """
     cdef int q = Z.shape[1], s = H.shape[1]
     cdef int d = q + s
+    cdef int m = d if full else s
     cdef int n_q = gh_x.shape[0]
     cdef Py_ssize_t n_groups = group_ptr.shape[0] - 1
     cdef Py_ssize_t j, i, node, n_nodes = 1
     cdef int a, b, k, it, ls, ok
-    cdef double acc, mx, tot, wt, val, valn, nrm, t, lwd, ai, eh, qd, kap
+    cdef double acc, mx, tot, wt, val, valn, nrm, t, lwd, ai, eh, qd, kap, gtq
     cdef Eng e
     cdef Eng* ep = &e
     cdef double *xi, *xi2, *grad, *grad2, *step, *hess, *hess2, *Lc, *T1, *sbar, *k1, *ztmp, *k2, *omacc, *lwbuf
@@ -1570,9 +1741,12 @@ def engine_loglik(
     cdef double[::1] uw
     cdef int* idx
     cdef const double *pr0, *peta, *pZ, *pH
-    if Kvv.shape[0] != s or Kuv.shape[0] != q or Kuv.shape[1] != s or C.shape[0] != q:
+    if (Kvv.shape[0] != s or Kuv.shape[0] != q or Kuv.shape[1] != s or C.shape[0] != q
+            or L.shape[0] != d or L.shape[1] != d):
         raise ValueError("engine_loglik: factor shapes do not match Z and H")
-    for a in range(s):
+    if centers.shape[1] != m + m * m:
+        raise ValueError("engine_loglik: centers must have m + m*m columns")
+    for a in range(m):
         n_nodes *= n_q
     e.q = q
     e.s = s
@@ -1580,10 +1754,14 @@ def engine_loglik(
     e.Kvv = &Kvv[0, 0] if s > 0 else NULL
     e.Kuv = &Kuv[0, 0] if s > 0 else NULL
     e.C = &C[0, 0]
+    e.Lf = &L[0, 0]
+    e.tau_q = tau_q
+    e.full = full
     cdef Py_ssize_t n_buf
     n_buf = (10 * q * q + 8 * q + 4 * s + 2 * q * s + 2 * s * q * q
                              + 3 * s * s + 2 * d * d + 6 * s + 4 * s * s + d
-                             + 3 * q + q * q + n_nodes + 8)
+                             + 3 * q + q * q + n_nodes + 8
+                             + 8 * d + 8 * d * d)
     buf = <double*> malloc(n_buf * sizeof(double))
     p = buf
     if buf == NULL:
@@ -1611,22 +1789,25 @@ def engine_loglik(
     e.tmp = p; p += q * q
     e.tq = p; p += q
     e.zt = p; p += q
-    xi = p; p += s
-    xi2 = p; p += s
-    grad = p; p += s
-    grad2 = p; p += s
-    step = p; p += s
-    hess = p; p += s * s
-    hess2 = p; p += s * s
-    Lc = p; p += s * s
-    T1 = p; p += s * s
+    e.x = p; p += d
+    e.sx = p; p += d
+    e.Hx = p; p += d * d
+    xi = p; p += d
+    xi2 = p; p += d
+    grad = p; p += d
+    grad2 = p; p += d
+    step = p; p += d
+    hess = p; p += d * d
+    hess2 = p; p += d * d
+    Lc = p; p += d * d
+    T1 = p; p += d * d
     sbar = p; p += d
     k1 = p; p += q
     ztmp = p; p += q
     k2 = p; p += q * q
     omacc = p; p += d * d
     lwbuf = p; p += n_nodes
-    idx = <int*> malloc((s + 1) * sizeof(int))
+    idx = <int*> malloc((d + 1) * sizeof(int))
     pr0 = &r0[0]
     peta = &eta[0]
     pZ = &Z[0, 0]
@@ -1669,84 +1850,84 @@ def engine_loglik(
                     for b in range(a + 1, q):
                         e.lam0[a * q + b] = e.lam0[b * q + a]
 
-                # ---- node placement: mode of the log integrand over xi
-                if s > 0 and adapt:
-                    for a in range(s):
+                # ---- node placement: mode of the log integrand (over xi, or theta if full)
+                if m > 0 and adapt:
+                    for a in range(m):
                         xi[a] = centers[j, a]
                     val = eng_psi(ep, xi, pr0, peta, pZ, pH, grad, hess, sbar)
                     for it in range(200):
-                        for a in range(s * s):
+                        for a in range(m * m):
                             hess2[a] = -hess[a]
-                        ok = chol(hess2, s)
-                        for a in range(s):
+                        ok = chol(hess2, m)
+                        for a in range(m):
                             step[a] = grad[a]
                         if ok:
-                            chol_solve(hess2, s, step)
+                            chol_solve(hess2, m, step)
                         else:
                             nrm = 0.0
-                            for a in range(s):
+                            for a in range(m):
                                 nrm += grad[a] * grad[a]
                             nrm = sqrt(nrm)
-                            for a in range(s):
+                            for a in range(m):
                                 step[a] = grad[a] / (1.0 + nrm)
                         nrm = 0.0
-                        for a in range(s):
+                        for a in range(m):
                             nrm += step[a] * step[a]
                         nrm = sqrt(nrm)
                         if nrm > 5.0:
-                            for a in range(s):
+                            for a in range(m):
                                 step[a] *= 5.0 / nrm
                             nrm = 5.0
                         t = 1.0
                         for ls in range(60):
-                            for a in range(s):
+                            for a in range(m):
                                 xi2[a] = xi[a] + t * step[a]
                             valn = eng_psi(ep, xi2, pr0, peta, pZ, pH, grad2, hess2, sbar)
                             if valn >= val - 1e-13 * (1.0 + fabs(val)):
                                 break
                             t *= 0.5
                         acc = 0.0
-                        for a in range(s):
+                        for a in range(m):
                             xi[a] = xi2[a]
                             grad[a] = grad2[a]
                             acc += fabs(xi[a])
-                        for a in range(s * s):
+                        for a in range(m * m):
                             hess[a] = hess2[a]
                         val = valn
                         if t * nrm < 1e-11 * (1.0 + acc):
                             break
-                    for a in range(s):
+                    for a in range(m):
                         centers[j, a] = xi[a]
                     # Cholesky factor of the inverse of -hess
-                    for a in range(s * s):
+                    for a in range(m * m):
                         hess2[a] = -hess[a]
-                    ok = chol(hess2, s)
+                    ok = chol(hess2, m)
                     if ok:
-                        for b in range(s):
-                            for a in range(s):
+                        for b in range(m):
+                            for a in range(m):
                                 step[a] = 1.0 if a == b else 0.0
-                            chol_solve(hess2, s, step)
-                            for a in range(s):
-                                T1[a * s + b] = step[a]
-                        ok = chol(T1, s)
-                    for a in range(s):
-                        for b in range(s):
-                            centers[j, s + a * s + b] = (T1[a * s + b] if ok
+                            chol_solve(hess2, m, step)
+                            for a in range(m):
+                                T1[a * m + b] = step[a]
+                        ok = chol(T1, m)
+                    for a in range(m):
+                        for b in range(m):
+                            centers[j, m + a * m + b] = (T1[a * m + b] if ok
                                                          else (1.0 if a == b else 0.0))
-                for a in range(s * s):
-                    Lc[a] = centers[j, s + a]
-                lwd = 0.5 * s * log(2.0)
-                for a in range(s):
-                    lwd += log(Lc[a * s + a])
+                for a in range(m * m):
+                    Lc[a] = centers[j, m + a]
+                lwd = 0.5 * m * log(2.0)
+                for a in range(m):
+                    lwd += log(Lc[a * m + a])
 
                 # ---- reference log weight: the mode's value, or the largest node's
-                if s > 0 and adapt:
+                if m > 0 and adapt:
                     mx = val
                 else:
                     mx = -1e300
                     for node in range(n_nodes):
-                        acc = place_node(node, n_q, s, idx, &gh_x[0], &gh_logw[0], Lc,
-                                         &centers[j, 0], xi) if s > 0 else 0.0
+                        acc = place_node(node, n_q, m, idx, &gh_x[0], &gh_logw[0], Lc,
+                                         &centers[j, 0], xi) if m > 0 else 0.0
                         acc += eng_psi(ep, xi, pr0, peta, pZ, pH, NULL, NULL, NULL)
                         if acc > mx:
                             mx = acc
@@ -1771,16 +1952,22 @@ def engine_loglik(
                         for a in range(q):
                             g_z[i, a] = 0.0
                 tot = 0.0
+                gtq = 0.0
                 for node in range(n_nodes):
-                    acc = place_node(node, n_q, s, idx, &gh_x[0], &gh_logw[0], Lc,
-                                     &centers[j, 0], xi) if s > 0 else 0.0
-                    # the node's weight is known once log p(y | xi) is: eng_node
-                    # computes it before its unit loop accumulates the gradients
-                    acc -= 0.5 * s * LOG2PI + mx
-                    for a in range(s):
+                    acc = place_node(node, n_q, m, idx, &gh_x[0], &gh_logw[0], Lc,
+                                     &centers[j, 0], xi) if m > 0 else 0.0
+                    # the node's weight is known once log p(y | xi) is: the node
+                    # function computes it before its unit loop accumulates gradients
+                    acc -= 0.5 * m * LOG2PI + mx
+                    for a in range(m):
                         acc -= 0.5 * xi[a] * xi[a]
                     e.lw_off = acc
-                    eng_node(ep, xi, pr0, peta, pZ, pH, True)
+                    if full:
+                        eng_full_node(ep, xi, pr0, peta, pZ, pH, True)
+                        if s > 0:
+                            gtq += exp(e.logp + acc) * e.sx[q] * xi[0] * xi[0]
+                    else:
+                        eng_node(ep, xi, pr0, peta, pZ, pH, True)
                     wt = exp(e.logp + acc)
                     tot += wt
                     for a in range(d * d):
@@ -1817,9 +2004,18 @@ def engine_loglik(
                     k1[a] /= tot
                     for b in range(q):
                         k2[a * q + b] /= tot
+                dtq[j] = gtq / tot
                 for a in range(d):
                     for b in range(d):
-                        om[j, a, b] = omacc[a * d + b]
+                        if b > a:
+                            dL[j, a, b] = 0.0
+                        elif full:
+                            dL[j, a, b] = omacc[a * d + b]
+                        else:
+                            acc = 0.0
+                            for k in range(d):
+                                acc += omacc[a * d + k] * L[k, b]
+                            dL[j, a, b] = acc
                 if not compute_grad:
                     continue
                 if e.const_h:

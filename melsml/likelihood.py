@@ -30,8 +30,9 @@ class Evaluation:
     llf : float
     score : (k_params,) or None
     ll_groups : (n_groups,) per-group log-likelihood
-    centers : node placement, (n_groups, s + s*s) for the exact-location plan
-        (mode and scale in the standardised scale effects xi, v = Kvv xi)
+    centers : (n_groups, m + m*m) node placement: mode and Cholesky scale in the
+        standardised scale effects xi (exact-location plan, m = s, v = Kvv xi)
+        or in all standardised effects theta (full AGHQ, m = q + s, x = L theta)
     ex, exx : (n_groups, d), (n_groups, d, d)
         Posterior means and second moments of (u, v), d = q + s (with a BS
         function, u is the standardised location effect theta1).
@@ -51,7 +52,6 @@ class Evaluation:
     grad_ws: np.ndarray | None
     grad_bs: np.ndarray | None
     grad_random: np.ndarray
-    moments: np.ndarray | None = None  # the 2-D AGHQ kernel's (n_groups, 8) moments
 
 
 @dataclass(frozen=True)
@@ -155,13 +155,10 @@ class MELSObjective:
         )
         self.gh_x, self.gh_logw = gauss_hermite(options.n_points)
         self._x_re = None if st.bs else np.ascontiguousarray(design.x_re)
-        if self.plan.method == "aghq":
-            self._centers = _initial_centers_aghq(st, j)
-        else:
-            s = st.s
-            self._centers = np.zeros((j, s + s * s))
-            if s:
-                self._centers[:, s:] = np.eye(s).ravel()
+        m = self.plan.dim
+        self._centers = np.zeros((j, m + m * m))
+        if m:
+            self._centers[:, m:] = np.eye(m).ravel()
         # column-major copies: X @ b and X.T @ g are both fast on them
         self._x_mean = np.asfortranarray(design.x_mean)
         self._x_ws = np.asfortranarray(design.x_ws)
@@ -198,10 +195,6 @@ class MELSObjective:
         adapt : place the quadrature nodes anew (False: keep ``centers``)
         centers : node placement to start from or to keep
         """
-        if self.plan.method == "aghq":
-            from ._aghq import evaluate_aghq
-
-            return evaluate_aghq(self, theta, score=score, adapt=adapt, centers=centers)
         d, lay = self.design, self.layout
         st = lay.structure
         p = lay.unpack(theta)
@@ -214,7 +207,8 @@ class MELSObjective:
         kvv, kuv, c = scale_first_factor(L @ L.T, q)
         j, n = d.n_groups, d.n_obs
         ll = np.empty(j)
-        ex, exx, om = np.empty((j, dim)), np.empty((j, dim, dim)), np.empty((j, dim, dim))
+        ex, exx, dL = np.empty((j, dim)), np.empty((j, dim, dim)), np.empty((j, dim, dim))
+        dtq = np.empty(j)
         cen = self._centers if centers is None else np.array(centers, dtype=float, order="C")
         g_mu, g_ws, g_z = np.empty(n), np.empty(n), np.empty((n, q))
         _quad.engine_loglik(
@@ -227,12 +221,16 @@ class MELSObjective:
             kvv,
             kuv,
             c,
+            np.ascontiguousarray(L),
+            float(p["tau_q"]),
+            self.plan.method == "aghq",
             self.gh_x,
             self.gh_logw,
             ll,
             ex,
             exx,
-            om,
+            dL,
+            dtq,
             cen,
             g_mu,
             g_ws,
@@ -241,8 +239,7 @@ class MELSObjective:
             compute_grad=score,
         )
         self.n_evals += 1
-        # Price: d ll_j / d Sigma = om_j / 2, so d ll_j / d L = om_j L
-        grad_random = lay.chol_gradient(om @ L)
+        grad_random = lay.chol_gradient(dL, d_tau_q=dtq)
         g_bs = 0.5 * z[:, 0] * g_z[:, 0] if st.bs else None
         grad = None
         if score:
@@ -296,14 +293,3 @@ class MELSObjective:
     def closed_form(self) -> bool:
         return self.plan.method == "closed form"
 
-
-def _initial_centers_aghq(structure, n_groups: int) -> np.ndarray:
-    if structure.bs and structure.s == 1:
-        cen = np.zeros((n_groups, 5))
-        cen[:, 2] = 1.0
-        cen[:, 4] = 1.0
-        return cen
-    dim = structure.dim
-    cen = np.zeros((n_groups, dim + dim * dim))
-    cen[:, dim:] = np.eye(dim).ravel()
-    return cen

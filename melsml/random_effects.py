@@ -153,9 +153,8 @@ def _posterior(res: MELSResults, alpha: float, ws_shift: float) -> dict[str, np.
         if mode == MODE_AGHQ:
             # fitted by the general path, same model: centre the omega grid on the
             # posterior mean and SD of omega
-            mom = ev.moments
-            center = mom[:, [2]]
-            scale = np.sqrt(np.maximum(mom[:, [3]] - center**2, 1e-12))
+            center = ev.ex[:, [1]]
+            scale = np.sqrt(np.maximum(ev.exx[:, 1, 1][:, None] - center**2, 1e-12))
         else:
             center, scale = np.sqrt(V) * ev.centers[:, [0]], np.sqrt(V) * ev.centers[:, [1]]
         om = center + scale * _GRID[None, :]
@@ -206,8 +205,9 @@ def _posterior_2d(res: MELSResults, st, probs, ws_shift: float) -> dict[str, np.
     cen = res.fit_state.evaluation.centers
     z1, z2 = np.meshgrid(_GRID_2D, _GRID_2D, indexing="ij")
     z1, z2 = z1.ravel()[None, :], z2.ravel()[None, :]
+    # centers: mode (theta1, theta2), then the 2 x 2 scale row by row
     u = cen[:, [0]] + cen[:, [2]] * z1
-    v = cen[:, [1]] + cen[:, [3]] * z1 + cen[:, [4]] * z2
+    v = cen[:, [1]] + cen[:, [4]] * z1 + cen[:, [5]] * z2
     om = tl * u + tq * u * u + sw * v
     lam, b0 = st["lam"][:, None], st["b0"][:, None]
     C = st["W"][:, None] + (b0 - lam * u) ** 2 / lam

@@ -78,8 +78,48 @@ def node_eval(xi, r0, eta, Z, H, Kvv, Kuv, C):
     )
 
 
-def psi(xi, grp, Kvv, Kuv, C):
-    """Log integrand over xi, its gradient and Hessian."""
+def full_node_eval(th, r0, eta, Z, H, L, tau_q):
+    """log p(y | x) at x = L theta (+ tau_q theta0^2 on the first scale effect),
+    with its gradient s and Hessian in x."""
+    q, s = Z.shape[1], H.shape[1]
+    x = L @ th
+    if s:
+        x[q] += tau_q * th[0] ** 2
+    u, v = x[:q], x[q:]
+    hv = H @ v
+    a = np.exp(-eta - hv)
+    e = r0 - Z @ u
+    logp = -0.5 * (r0.size * LOG2PI + eta.sum() + hv.sum() + a @ (e * e))
+    su = Z.T @ (a * e)
+    sv = -0.5 * H.T @ (1.0 - a * e * e)
+    hess = np.zeros((q + s, q + s))
+    hess[:q, :q] = -(Z * a[:, None]).T @ Z
+    hess[q:, :q] = -(H * (a * e)[:, None]).T @ Z
+    hess[:q, q:] = hess[q:, :q].T
+    hess[q:, q:] = -0.5 * (H * (a * e * e)[:, None]).T @ H
+    return dict(logp=logp, s=np.concatenate([su, sv]), hess=hess, x=x, a=a, e=e)
+
+
+def full_psi(th, grp, L, tau_q):
+    """Log integrand over theta, its gradient and Hessian."""
+    ev = full_node_eval(th, *grp, L, tau_q)
+    q = grp[2].shape[1]
+    d = th.size
+    J = L.copy()
+    if d > q:
+        J[q, 0] += 2.0 * tau_q * th[0]
+    val = ev["logp"] - 0.5 * th @ th - 0.5 * d * LOG2PI
+    grad = J.T @ ev["s"] - th
+    hess = J.T @ ev["hess"] @ J - np.eye(d)
+    if d > q:
+        hess[0, 0] += 2.0 * tau_q * ev["s"][q]
+    return val, grad, hess
+
+
+def psi(xi, grp, Kvv, Kuv, C, L=None, tau_q=0.0, full=False):
+    """Log integrand over xi (theta if ``full``), its gradient and Hessian."""
+    if full:
+        return full_psi(xi, grp, L, tau_q)
     ev = node_eval(xi, *grp, Kvv, Kuv, C)
     J = np.vstack([Kuv, Kvv])
     s = xi.size
@@ -89,9 +129,9 @@ def psi(xi, grp, Kvv, Kuv, C):
     return val, grad, hess
 
 
-def find_mode(xi, grp, Kvv, Kuv, C):
+def find_mode(xi, grp, *args):
     """Safeguarded Newton ascent (the kernel's steps)."""
-    val, g, Hs = psi(xi, grp, Kvv, Kuv, C)
+    val, g, Hs = psi(xi, grp, *args)
     for _ in range(200):
         try:
             step = np.linalg.solve(
@@ -105,7 +145,7 @@ def find_mode(xi, grp, Kvv, Kuv, C):
             nrm = 5.0
         t = 1.0
         for _ in range(60):
-            new = psi(xi + t * step, grp, Kvv, Kuv, C)
+            new = psi(xi + t * step, grp, *args)
             if new[0] >= val - 1e-13 * (1.0 + abs(val)):
                 break
             t *= 0.5
@@ -120,21 +160,29 @@ def find_mode(xi, grp, Kvv, Kuv, C):
     return xi, scale
 
 
-def engine_loglik_ref(r0, eta, Z, H, group_ptr, Kvv, Kuv, C, gh_x, gh_logw, centers=None):
-    """Per-group log-likelihood, posterior moments, Price matrices and unit gradients.
+def engine_loglik_ref(
+    r0, eta, Z, H, group_ptr, Kvv, Kuv, C, gh_x, gh_logw, centers=None, L=None, tau_q=0.0,
+    full=False,
+):
+    """Per-group log-likelihood, posterior moments, gradients in L and unit gradients.
 
-    Returns a dict with ``ll`` (J,), ``ex`` (J, d), ``exx`` (J, d, d), ``om``
-    (J, d, d), ``centers`` (J, s + s*s), ``g_mu``, ``g_ws`` (n,), ``g_z`` (n, q).
+    Returns a dict with ``ll`` (J,), ``ex`` (J, d), ``exx`` (J, d, d), ``dL``
+    (J, d, d), ``dtq`` (J,), ``centers`` (J, m + m*m), ``g_mu``, ``g_ws`` (n,),
+    ``g_z`` (n, q); and ``om`` (J, d, d), the Price matrices, when not ``full``.
     """
     q, s = Z.shape[1], H.shape[1]
     d = q + s
+    m = d if full else s
     n_groups = len(group_ptr) - 1
+    args = (Kvv, Kuv, C, L, tau_q, full)
     out = dict(
         ll=np.empty(n_groups),
         ex=np.empty((n_groups, d)),
         exx=np.empty((n_groups, d, d)),
         om=np.empty((n_groups, d, d)),
-        centers=np.empty((n_groups, s + s * s)),
+        dL=np.empty((n_groups, d, d)),
+        dtq=np.zeros(n_groups),
+        centers=np.empty((n_groups, m + m * m)),
         g_mu=np.empty(r0.size),
         g_ws=np.empty(r0.size),
         g_z=np.empty_like(Z),
@@ -142,29 +190,49 @@ def engine_loglik_ref(r0, eta, Z, H, group_ptr, Kvv, Kuv, C, gh_x, gh_logw, cent
     for j in range(n_groups):
         sl = slice(group_ptr[j], group_ptr[j + 1])
         grp = (r0[sl], eta[sl], Z[sl], H[sl])
-        if s:
-            start = np.zeros(s) if centers is None else centers[j, :s]
-            mode, scale = find_mode(start, grp, Kvv, Kuv, C)
+        if m:
+            start = np.zeros(m) if centers is None else centers[j, :m]
+            mode, scale = find_mode(start, grp, *args)
         else:
             mode, scale = np.zeros(0), np.zeros((0, 0))
-        out["centers"][j, :s] = mode
-        out["centers"][j, s:] = scale.ravel()
+        out["centers"][j, :m] = mode
+        out["centers"][j, m:] = scale.ravel()
         nodes, logw = [], []
-        for idx in itertools.product(range(gh_x.size), repeat=s):
+        for idx in itertools.product(range(gh_x.size), repeat=m):
             t = gh_x[list(idx)]
             xi = mode + np.sqrt(2.0) * scale @ t
-            lw = gh_logw[list(idx)].sum() + t @ t + psi(xi, grp, Kvv, Kuv, C)[0]
+            lw = gh_logw[list(idx)].sum() + t @ t + psi(xi, grp, *args)[0]
             nodes.append(xi)
             logw.append(lw)
         logw = np.array(logw)
         mx = logw.max()
         tot = np.exp(logw - mx).sum()
-        logdet = np.log(np.diag(scale)).sum() if s else 0.0
-        out["ll"][j] = 0.5 * s * np.log(2.0) + logdet + mx + np.log(tot)
+        logdet = np.log(np.diag(scale)).sum() if m else 0.0
+        out["ll"][j] = 0.5 * m * np.log(2.0) + logdet + mx + np.log(tot)
         wts = np.exp(logw - mx) / tot
         ex, exx, om = np.zeros(d), np.zeros((d, d)), np.zeros((d, d))
         g_mu, g_ws, g_z = 0.0, 0.0, 0.0
         zs = Z[sl]
+        if full:
+            dL, dtq = np.zeros((d, d)), 0.0
+            for wt, th in zip(wts, nodes, strict=True):
+                ev = full_node_eval(th, *grp, L, tau_q)
+                x = ev["x"]
+                ex += wt * x
+                exx += wt * np.outer(x, x)
+                dL += wt * np.tril(np.outer(ev["s"], th))
+                if s:
+                    dtq += wt * ev["s"][q] * th[0] ** 2
+                a, e = ev["a"], ev["e"]
+                g_mu = g_mu + wt * a * e
+                g_ws = g_ws + wt * a * e * e
+                g_z = g_z + wt * (a * e)[:, None] * x[None, :q]
+            out["ex"][j], out["exx"][j], out["dL"][j], out["dtq"][j] = ex, exx, dL, dtq
+            out["om"][j] = np.nan
+            out["g_mu"][sl] = g_mu
+            out["g_ws"][sl] = 0.5 * (g_ws - 1.0)
+            out["g_z"][sl] = g_z
+            continue
         for wt, xi in zip(wts, nodes, strict=True):
             ev = node_eval(xi, *grp, Kvv, Kuv, C)
             x = np.concatenate([ev["mu"], ev["v"]])
@@ -178,6 +246,8 @@ def engine_loglik_ref(r0, eta, Z, H, group_ptr, Kvv, Kuv, C, gh_x, gh_logw, cent
             g_ws = g_ws + wt * a * (eh**2 + ev["qd"])
             g_z = g_z + wt * a[:, None] * (eh[:, None] * ev["mu"][None, :] - zs @ ev["pinv"])
         out["ex"][j], out["exx"][j], out["om"][j] = ex, exx, om
+        if L is not None:
+            out["dL"][j] = np.tril(om @ L)
         out["g_mu"][sl] = g_mu
         out["g_ws"][sl] = 0.5 * (g_ws - 1.0)
         out["g_z"][sl] = g_z
