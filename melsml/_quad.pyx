@@ -1212,6 +1212,43 @@ cdef struct Eng:
     double* gz
 
 
+cdef void eng_group(Eng* e, Py_ssize_t start, Py_ssize_t stop, int const_h,
+                    const double* r0, const double* eta, const double* Z,
+                    const double* H) noexcept nogil:
+    """Make group [start, stop) current: one pass over its units for the
+    per-group sums (and exp(-eta_i), kept for the node loops)."""
+    cdef int q = e.q, s = e.s
+    cdef int a, b
+    cdef Py_ssize_t i
+    cdef double ai
+    e.start = start
+    e.stop = stop
+    e.n = <double>(stop - start)
+    e.const_h = const_h
+    e.acc_grad = 0
+    e.sumeta = 0.0
+    e.A = 0.0
+    for a in range(q * q):
+        e.lam0[a] = 0.0
+    for a in range(q):
+        e.b0[a] = 0.0
+    for a in range(s):
+        e.h[a] = H[start * s + a]
+    for i in range(start, stop):
+        e.sumeta += eta[i]
+        e.invd[i] = exp(-eta[i])
+        if const_h:
+            ai = e.invd[i]
+            e.A += ai * r0[i] * r0[i]
+            for a in range(q):
+                e.b0[a] += ai * Z[i * q + a] * r0[i]
+                for b in range(a + 1):
+                    e.lam0[a * q + b] += ai * Z[i * q + a] * Z[i * q + b]
+    for a in range(q):
+        for b in range(a + 1, q):
+            e.lam0[a * q + b] = e.lam0[b * q + a]
+
+
 cdef void eng_node(Eng* e, const double* xi, const double* r0, const double* eta,
                    const double* Z, const double* H, bint full) noexcept nogil:
     """log p(y | xi) of the current group and, with ``full``, the posterior terms."""
@@ -1823,32 +1860,8 @@ def engine_loglik(
     try:
         with nogil:
             for j in range(n_groups):
-                e.start = group_ptr[j]
-                e.stop = group_ptr[j + 1]
-                e.n = <double>(e.stop - e.start)
-                e.const_h = h_const[j] if s > 0 else 1
-                e.acc_grad = 0
-                e.sumeta = 0.0
-                e.A = 0.0
-                for a in range(q * q):
-                    e.lam0[a] = 0.0
-                for a in range(q):
-                    e.b0[a] = 0.0
-                for a in range(s):
-                    e.h[a] = pH[e.start * s + a]
-                for i in range(e.start, e.stop):
-                    e.sumeta += peta[i]
-                    e.invd[i] = exp(-peta[i])
-                    if e.const_h:
-                        ai = e.invd[i]
-                        e.A += ai * pr0[i] * pr0[i]
-                        for a in range(q):
-                            e.b0[a] += ai * pZ[i * q + a] * pr0[i]
-                            for b in range(a + 1):
-                                e.lam0[a * q + b] += ai * pZ[i * q + a] * pZ[i * q + b]
-                for a in range(q):
-                    for b in range(a + 1, q):
-                        e.lam0[a * q + b] = e.lam0[b * q + a]
+                eng_group(ep, group_ptr[j], group_ptr[j + 1], h_const[j] if s > 0 else 1,
+                          pr0, peta, pZ, pH)
 
                 # ---- node placement: mode of the log integrand (over xi, or theta if full)
                 if m > 0 and adapt:
@@ -2042,3 +2055,99 @@ def engine_loglik(
     finally:
         free(buf)
         free(idx)
+
+
+
+def engine_points(
+    const double[::1] r0,
+    const double[::1] eta,
+    const double[:, ::1] Z,
+    const double[:, ::1] H,
+    const unsigned char[::1] h_const,
+    const Py_ssize_t[::1] group_ptr,
+    const double[:, ::1] Kvv,
+    const double[:, ::1] Kuv,
+    const double[:, ::1] C,
+    const double[:, :, ::1] points,
+    double[:, ::1] logpsi,
+    double[:, :, ::1] mu,
+    double[:, :, :, ::1] pinv,
+    double[:, :, ::1] v,
+):
+    """The exact-location integrand at given points: for empirical Bayes grids.
+
+    Parameters
+    ----------
+    r0 ... C : as :func:`engine_loglik`
+    points : (n_groups, P, s) float64
+        Standardised scale effects xi at which to evaluate, per group.
+    logpsi : (n_groups, P) output
+        Log integrand log p(y | xi) + log N(xi; 0, I).
+    mu, pinv : (n_groups, P, q), (n_groups, P, q, q) output
+        Posterior mean and covariance of u given xi.
+    v : (n_groups, P, s) output
+        The scale effects v = Kvv xi.
+    """
+    cdef int q = Z.shape[1], s = H.shape[1]
+    cdef int d = q + s
+    cdef Py_ssize_t n_groups = group_ptr.shape[0] - 1
+    cdef Py_ssize_t n_pts = points.shape[1]
+    cdef Py_ssize_t j, k
+    cdef int a, b
+    cdef Eng e
+    cdef Eng* ep = &e
+    cdef double[::1] work
+    cdef double* p
+    cdef const double *pH
+    if points.shape[0] != n_groups or points.shape[2] != s:
+        raise ValueError("engine_points: points must have shape (n_groups, P, s)")
+    work = np.zeros(12 * q * q + 10 * q + 6 * s + 2 * q * s + 2 * s * q * q + 3 * s * s
+                    + 3 * d * d + 3 * d + 3 * r0.shape[0] + 8)
+    p = &work[0]
+    e.q = q
+    e.s = s
+    e.d = d
+    e.full = 0
+    e.Kvv = &Kvv[0, 0] if s > 0 else NULL
+    e.Kuv = &Kuv[0, 0] if s > 0 else NULL
+    e.C = &C[0, 0]
+    e.lam0 = p; p += q * q
+    e.b0 = p; p += q
+    e.h = p; p += s
+    e.v = p; p += s
+    e.gx = p; p += q
+    e.lam = p; p += q * q
+    e.b = p; p += q
+    e.B = p; p += q * q
+    e.W = p; p += q * q
+    e.pinv = p; p += q * q
+    e.m = p; p += q
+    e.mu = p; p += q
+    e.su = p; p += q
+    e.sv = p; p += s
+    e.N = p; p += q * s
+    e.M = p; p += s * q * q
+    e.PM = p; p += s * q * q
+    e.T = p; p += s * s
+    e.R = p; p += s * s
+    e.om = p; p += d * d
+    e.tmp = p; p += q * q
+    e.tq = p; p += q
+    e.zt = p; p += q
+    e.aw = p; p += r0.shape[0]
+    e.rw = p; p += r0.shape[0]
+    e.invd = p; p += r0.shape[0]
+    pH = &H[0, 0] if s > 0 else NULL
+    with nogil:
+        for j in range(n_groups):
+            eng_group(ep, group_ptr[j], group_ptr[j + 1], h_const[j] if s > 0 else 1,
+                      &r0[0], &eta[0], &Z[0, 0], pH)
+            for k in range(n_pts):
+                logpsi[j, k] = eng_psi(ep, &points[j, k, 0] if s > 0 else NULL, &r0[0],
+                                       &eta[0], &Z[0, 0], pH, NULL, NULL, NULL)
+                for a in range(q):
+                    mu[j, k, a] = e.mu[a]
+                    for b in range(q):
+                        pinv[j, k, a, b] = e.pinv[a * q + b]
+                for a in range(s):
+                    v[j, k, a] = e.v[a]

@@ -170,6 +170,23 @@ class MELSObjective:
     def reset_counter(self) -> None:
         self.n_evals = 0
 
+    def kernel_inputs(self, theta: np.ndarray) -> dict:
+        """The kernel's arrays at ``theta``: r0, eta, Z, H, h_const and the factors."""
+        p = self.layout.unpack(theta)
+        L = p["L"]
+        kvv, kuv, c = scale_first_factor(L @ L.T, self.layout.q)
+        return dict(
+            r0=np.ascontiguousarray(self.design.y - self._x_mean @ p["beta"]),
+            eta=np.ascontiguousarray(self._x_ws @ p["tau"]),
+            Z=self._z(p),
+            H=self._h,
+            h_const=self._h_const,
+            group_ptr=self.design.group_ptr,
+            Kvv=kvv,
+            Kuv=kuv,
+            C=c,
+        )
+
     def _z(self, p) -> np.ndarray:
         """Location design: sigma_u,ij from the BS function, or the ``re_formula`` design."""
         if not self.layout.structure.bs:
@@ -292,4 +309,3 @@ class MELSObjective:
     @property
     def closed_form(self) -> bool:
         return self.plan.method == "closed form"
-

@@ -284,7 +284,7 @@ class MELSResults:
         return random_effects(self)
 
     def school_effects(
-        self, alpha: float = 0.05, ws_reference=None, reference_var=None
+        self, alpha: float = 0.05, ws_reference=None, reference_var=None, at=None
     ) -> pd.DataFrame:
         """School means and variances of adjusted achievement with intervals and ranks.
 
@@ -293,7 +293,7 @@ class MELSResults:
         from .random_effects import school_effects
 
         return school_effects(
-            self, alpha=alpha, ws_reference=ws_reference, reference_var=reference_var
+            self, alpha=alpha, ws_reference=ws_reference, reference_var=reference_var, at=at
         )
 
     # --- printing ---------------------------------------------------------------

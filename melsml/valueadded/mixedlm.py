@@ -10,7 +10,7 @@ from scipy import stats
 
 from ..exceptions import MELSInputError
 from ..formula import build_design
-from ..random_effects import measure_columns
+from ..measures import measure_columns
 
 
 def mixedlm_va(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..random_effects import MEASURE_SUFFIXES
+from ..measures import MEASURE_SUFFIXES
 from .dfe import DfEResult
 
 

@@ -161,7 +161,19 @@ def find_mode(xi, grp, *args):
 
 
 def engine_loglik_ref(
-    r0, eta, Z, H, group_ptr, Kvv, Kuv, C, gh_x, gh_logw, centers=None, L=None, tau_q=0.0,
+    r0,
+    eta,
+    Z,
+    H,
+    group_ptr,
+    Kvv,
+    Kuv,
+    C,
+    gh_x,
+    gh_logw,
+    centers=None,
+    L=None,
+    tau_q=0.0,
     full=False,
 ):
     """Per-group log-likelihood, posterior moments, gradients in L and unit gradients.

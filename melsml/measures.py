@@ -1,0 +1,66 @@
+"""School measures: estimates, SDs, intervals, ranks and separation.
+
+One place for the columns every school table has, whoever computed the
+posterior (MELS, the MixedLM baseline, the report), and for the quantiles of
+the posterior distributions they summarise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.special import ndtr
+
+#: the columns each school measure contributes to a school table
+MEASURE_SUFFIXES = ("", "_sd", "_lower", "_upper", "_rank", "_separated")
+
+
+def measure_columns(name: str, est, sd, lower, upper, reference: float) -> dict:
+    """The columns of one school measure: estimate, SD, interval, ascending rank
+    (1 = lowest) and whether the interval excludes ``reference``."""
+    est, lower, upper = (np.asarray(v, dtype=float) for v in (est, lower, upper))
+    return {
+        name: est,
+        f"{name}_sd": np.asarray(sd, dtype=float),
+        f"{name}_lower": lower,
+        f"{name}_upper": upper,
+        f"{name}_rank": pd.Series(est).rank(method="min").astype(int).to_numpy(),
+        f"{name}_separated": (lower > reference) | (upper < reference),
+    }
+
+
+def grid_weights(logd: np.ndarray) -> np.ndarray:
+    """Normalised posterior weights (rows sum to 1) from log densities on a grid."""
+    w = np.exp(logd - logd.max(axis=1, keepdims=True))
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def grid_quantiles(values: np.ndarray, weights: np.ndarray, probs) -> list[np.ndarray]:
+    """Quantiles of per-row discrete distributions (any order of the values)."""
+    order = np.argsort(values, axis=1)
+    v = np.take_along_axis(values, order, axis=1)
+    w = np.take_along_axis(weights, order, axis=1)
+    cum = np.cumsum(w, axis=1) - 0.5 * w
+    return [np.array([np.interp(q, c, x) for c, x in zip(cum, v, strict=True)]) for q in probs]
+
+
+def mixture_quantiles(weights, means, sds, probs, lo, hi, n_iter: int = 60) -> list[np.ndarray]:
+    """Quantiles of per-row normal mixtures by vectorised bisection in [lo, hi]."""
+    out = []
+    for q in probs:
+        a, b = lo.copy(), hi.copy()
+        for _ in range(n_iter):
+            mid = 0.5 * (a + b)
+            cdf = np.sum(weights * ndtr((mid[:, None] - means) / sds), axis=1)
+            below = cdf < q
+            a = np.where(below, mid, a)
+            b = np.where(below, b, mid)
+        out.append(0.5 * (a + b))
+    return out
+
+
+def weighted_summary(values: np.ndarray, weights: np.ndarray, probs) -> tuple:
+    """Mean, SD and equal-tailed quantiles of per-row discrete distributions."""
+    mean = np.sum(weights * values, axis=1)
+    sd = np.sqrt(np.maximum(np.sum(weights * values**2, axis=1) - mean**2, 0.0))
+    return mean, sd, grid_quantiles(values, weights, probs)
