@@ -1,207 +1,246 @@
-"""The compiled kernel against its NumPy twin, brute-force integrals and itself."""
+"""The compiled kernel against its NumPy twin, brute force and finite differences."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import integrate
+from reference.engine_ref import brute_loglik, engine_loglik_ref
 
-from melsml import _quad, _quad_ref
+from melsml import _quad
+from melsml.likelihood import scale_first_factor
 from melsml.quadrature import gauss_hermite
 
-SETTINGS = [
-    (0, 0.0, 0.0, 0.0),
-    (1, 0.3, 0.0, 0.4),
-    (1, 0.0, 0.0, 0.5),  # association "none"
-    (1, -0.6, 0.0, 0.05),  # sigma_omega near its boundary
-    (2, 0.3, 0.0, 0.4),
-    (2, 0.3, 0.15, 0.4),  # quadratic association
-    (2, -0.2, -0.1, 0.7),
-]
+SIZES = [1, 2, 4, 7, 15]
 
 
-def make_groups(sizes, seed=0):
+def make_case(q, s, *, unit_level=True, sizes=SIZES, seed=0, scale=0.5):
+    """Data and a covariance factor for q location and s scale effects."""
     rng = np.random.default_rng(seed)
     ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.intp)
-    n = ptr[-1]
-    r0 = rng.normal(size=n) * 1.3 + np.repeat(rng.normal(size=len(sizes)), sizes)
-    eta_ws = rng.normal(size=n) * 0.3 - 0.4
-    eta_bs = rng.normal(size=n) * 0.2 - 0.9
-    return r0, eta_ws, eta_bs, ptr
+    n = int(ptr[-1])
+    x1, x2 = rng.normal(size=n), rng.normal(size=n)
+    Z = np.ascontiguousarray(np.column_stack([np.ones(n), x1, x2])[:, :q])
+    if unit_level:
+        H = np.column_stack([np.ones(n), x1, x2])[:, :s]
+    else:
+        H = np.repeat(rng.normal(size=(len(sizes), s)), sizes, axis=0)
+        if s:
+            H[:, 0] = 1.0
+    H = np.ascontiguousarray(H)
+    r0 = rng.normal(size=n) * 1.2
+    eta = 0.2 * x1 - 0.1
+    a = rng.normal(size=(q + s, q + s)) * 0.25 + np.eye(q + s) * scale
+    L = np.linalg.cholesky(a @ a.T)
+    return r0, eta, Z, H, ptr, L
 
 
-def run_kernel(r0, eta_ws, eta_bs, ptr, mode, tl, tq, sw, q=11, centers=None, adapt=True):
-    x, lw = gauss_hermite(q)
+def h_const(H, ptr):
+    first = np.repeat(H[ptr[:-1]], np.diff(ptr), axis=0)
+    same = (H == first).all(axis=1) if H.shape[1] else np.ones(len(H), bool)
+    return np.logical_and.reduceat(same, ptr[:-1]).astype(np.uint8)
+
+
+def run(r0, eta, Z, H, ptr, L, *, full=False, tau_q=0.0, points=11, centers=None, adapt=True):
+    q, s = Z.shape[1], H.shape[1]
+    d = q + s
+    m = d if full else s
     j, n = len(ptr) - 1, len(r0)
+    x, lw = gauss_hermite(points)
     out = dict(
         ll=np.empty(j),
-        mom=np.empty((j, 8)),
-        grand=np.empty((j, 3)),
+        ex=np.empty((j, d)),
+        exx=np.empty((j, d, d)),
+        dL=np.empty((j, d, d)),
+        dtq=np.empty(j),
         g_mu=np.empty(n),
         g_ws=np.empty(n),
-        g_bs=np.empty(n),
+        g_z=np.empty((n, q)),
     )
-    cen = np.zeros((j, 5)) if centers is None else np.array(centers)
     if centers is None:
-        cen[:, 2] = cen[:, 4] = 1.0
-    _quad.group_loglik(
-        r0,
-        eta_ws,
-        eta_bs,
-        ptr,
-        mode,
-        tl,
-        tq,
-        sw,
-        x,
-        lw,
-        out["ll"],
-        out["mom"],
-        out["grand"],
-        cen,
-        out["g_mu"],
-        out["g_ws"],
-        out["g_bs"],
-        np.empty(2 * n),
-        adapt=adapt,
-    )
-    out["centers"] = cen
+        centers = np.zeros((j, m + m * m))
+        centers[:, m:] = np.eye(m).ravel()
+    out["centers"] = np.array(centers, dtype=float, order="C")
+    kvv, kuv, c = scale_first_factor(L @ L.T, q)
+    _quad.engine_loglik(
+        r0, eta, Z, H, h_const(H, ptr), ptr, kvv, kuv, c, np.ascontiguousarray(L), tau_q,
+        full, x, lw, out["ll"], out["ex"], out["exx"], out["dL"], out["dtq"], out["centers"],
+        out["g_mu"], out["g_ws"], out["g_z"], adapt=adapt,
+    )  # fmt: skip
     return out
 
 
-@pytest.mark.parametrize("mode,tl,tq,sw", SETTINGS)
-def test_kernel_equals_numpy_twin(mode, tl, tq, sw):
-    data = make_groups([1, 2, 1, 5, 40, 3, 1, 17])  # includes groups of size 1
-    start = np.zeros((8, 5))
-    start[:, 2] = start[:, 4] = 1.0
-    got = run_kernel(*data, mode, tl, tq, sw, centers=start)
-    x, lw = gauss_hermite(11)
-    ref = _quad_ref.group_loglik_ref(*data, mode, tl, tq, sw, x, lw, centers=start)
-    for key in ("ll", "mom", "grand", "g_mu", "g_ws", "g_bs", "centers"):
-        np.testing.assert_allclose(got[key], ref[key], rtol=1e-11, atol=1e-12, err_msg=key)
+def twin(r0, eta, Z, H, ptr, L, *, full=False, tau_q=0.0, points=11):
+    kvv, kuv, c = scale_first_factor(L @ L.T, Z.shape[1])
+    x, lw = gauss_hermite(points)
+    return engine_loglik_ref(r0, eta, Z, H, ptr, kvv, kuv, c, x, lw, L=L, tau_q=tau_q, full=full)
 
 
-def test_exact_location_marginal_equals_multivariate_normal():
-    r0, eta_ws, eta_bs, ptr = make_groups([7])
-    st = _quad_ref.group_stats(r0, eta_ws, eta_bs)
-    for tl, sw, om in [(0.3, 0.4, -0.7), (-0.5, 0.1, 0.4), (0.0, 0.6, 1.1)]:
-        V = tl**2 + sw**2
-        g, S = tl / V, sw**2 / V
-        h = _quad_ref.h1(om, st, V, g, S)[0]
-        prior = -0.5 * om**2 / V - 0.5 * np.log(2 * np.pi * V)
-        brute = _quad_ref.brute_log_f_given_omega(r0, eta_ws, eta_bs, om, g, S)
-        assert h - prior == pytest.approx(brute, rel=1e-12)
+SHAPES = [(1, 0), (1, 1), (1, 2), (2, 1), (2, 2), (3, 1)]
 
 
-def test_h1_derivatives_match_finite_differences():
-    r0, eta_ws, eta_bs, _ = make_groups([9])
-    st = _quad_ref.group_stats(r0, eta_ws, eta_bs)
-    V, g, S = 0.25, 0.3 / 0.25, 0.16 / 0.25
-    for om in (-1.0, 0.2, 1.5):
-        h, d1, d2 = _quad_ref.h1(om, st, V, g, S)
-        e = 1e-5
-        hp, hm = _quad_ref.h1(om + e, st, V, g, S), _quad_ref.h1(om - e, st, V, g, S)
-        fd1 = (hp[0] - hm[0]) / (2 * e)
-        fd2 = (hp[1] - hm[1]) / (2 * e)
-        assert d1 == pytest.approx(fd1, rel=1e-7, abs=1e-8)
-        assert d2 == pytest.approx(fd2, rel=1e-7, abs=1e-8)
+@pytest.mark.parametrize("q,s", SHAPES)
+@pytest.mark.parametrize("unit_level", [True, False])
+def test_exact_location_kernel_equals_numpy_twin(q, s, unit_level):
+    case = make_case(q, s, unit_level=unit_level, seed=q * 10 + s)
+    a, b = run(*case, points=7), twin(*case, points=7)
+    for key in ("ll", "ex", "exx", "dL", "centers", "g_mu", "g_ws", "g_z"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-10, atol=1e-10, err_msg=key)
 
 
-def test_h2_derivatives_match_finite_differences():
-    r0, eta_ws, eta_bs, _ = make_groups([6])
-    st = _quad_ref.group_stats(r0, eta_ws, eta_bs)
-    pars = (0.3, 0.12, 0.5)
-    e = 1e-5
-    for u, v in [(0.1, -0.4), (-1.2, 0.8)]:
-        _, grad, hess = _quad_ref.h2(u, v, st, *pars)
-        for k, (du, dv) in enumerate([(e, 0), (0, e)]):
-            hp, gp, _ = _quad_ref.h2(u + du, v + dv, st, *pars)
-            hm, gm, _ = _quad_ref.h2(u - du, v - dv, st, *pars)
-            assert grad[k] == pytest.approx((hp - hm) / (2 * e), rel=1e-7, abs=1e-8)
-            np.testing.assert_allclose(hess[:, k], (gp - gm) / (2 * e), rtol=1e-6, atol=1e-7)
+@pytest.mark.parametrize("q,s", [(1, 1), (1, 2), (2, 1)])
+@pytest.mark.parametrize("unit_level", [True, False])
+def test_full_kernel_equals_numpy_twin(q, s, unit_level):
+    case = make_case(q, s, unit_level=unit_level, seed=5)
+    tau_q = 0.15 if (q, s) == (1, 1) else 0.0
+    a = run(*case, full=True, tau_q=tau_q, points=5)
+    b = twin(*case, full=True, tau_q=tau_q, points=5)
+    for key in ("ll", "ex", "exx", "dL", "dtq", "centers", "g_mu", "g_ws", "g_z"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-10, atol=1e-10, err_msg=key)
 
 
-def brute_group_loglik(r0, eta_ws, eta_bs, tl, tq, sw):
-    """Non-adaptive 2-D integral of prod_i N(y_i) over standard normal (theta1, theta2)."""
-    d = np.exp(eta_ws)
-    s = np.exp(0.5 * eta_bs)
-
-    def integrand(t2, t1):
-        om = tl * t1 + tq * t1 * t1 + sw * t2
-        var = d * np.exp(om)
-        ll = -0.5 * np.sum(np.log(2 * np.pi * var) + (r0 - s * t1) ** 2 / var)
-        return np.exp(ll + 12.0 - 0.5 * (t1 * t1 + t2 * t2)) / (2 * np.pi)
-
-    val, _ = integrate.dblquad(integrand, -9, 9, -9, 9, epsabs=0, epsrel=1e-11)
-    return np.log(val) - 12.0
+@pytest.mark.parametrize("q,s", [(1, 1), (1, 2), (2, 1)])
+def test_exact_location_equals_brute_force_over_all_effects(q, s):
+    """No exact-location shortcut in the oracle: a plain product rule over (u, v)."""
+    r0, eta, Z, H, ptr, L = make_case(q, s, sizes=[1, 3, 5], seed=11, scale=0.35)
+    out = run(r0, eta, Z, H, ptr, L, points=21)
+    sigma = L @ L.T
+    for j in range(len(ptr) - 1):
+        sl = slice(ptr[j], ptr[j + 1])
+        brute = brute_loglik(r0[sl], eta[sl], Z[sl], H[sl], sigma, n_points=60)
+        assert out["ll"][j] == pytest.approx(brute, abs=1e-6)
 
 
-@pytest.mark.parametrize("mode,tl,tq,sw", [s for s in SETTINGS if s[0] > 0 and s[3] > 0.1])
-def test_adaptive_quadrature_matches_brute_force(mode, tl, tq, sw):
-    r0, eta_ws, eta_bs, ptr = make_groups([1, 3, 6], seed=4)
-    got = run_kernel(r0, eta_ws, eta_bs, ptr, mode, tl, tq, sw, q=41)
+@pytest.mark.parametrize("q,s", [(1, 1), (1, 2), (2, 1)])
+def test_full_and_exact_location_plans_agree(q, s):
+    """(With groups of 1 or 2 units and four effects the full rule needs far more
+    than 21 points per dimension: the exact-location plan is the accurate one.)"""
+    case = make_case(q, s, seed=3)
+    exact = run(*case, points=21)
+    full = run(*case, full=True, points=21)
+    np.testing.assert_allclose(full["ll"], exact["ll"], atol=1e-6)
+    np.testing.assert_allclose(full["ex"], exact["ex"], atol=1e-5)
+
+
+def _fd(fun, x, h=1e-6):
+    x = np.array(x, dtype=float)
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[i] = h
+        g[i] = (fun(x + e) - fun(x - e)) / (2 * h)
+    return g
+
+
+@pytest.mark.parametrize("q,s", [(1, 1), (1, 2), (2, 1), (2, 2)])
+@pytest.mark.parametrize("unit_level", [True, False])
+def test_exact_location_score_matches_finite_differences(q, s, unit_level):
+    """The score (Price's identity on the quadrature) is the derivative of the
+    adaptive log-likelihood to quadrature accuracy."""
+    r0, eta, Z, H, ptr, L = make_case(q, s, unit_level=unit_level, seed=7)
+    out = run(r0, eta, Z, H, ptr, L, points=21)
+
+    def ll_L(lv):
+        return run(r0, eta, Z, H, ptr, np.tril(lv), points=21)["ll"].sum()
+
+    fd = np.tril(_fd(ll_L, L))
+    np.testing.assert_allclose(out["dL"].sum(axis=0), fd, atol=1e-6)
+    for key, arg in (("g_mu", "r0"), ("g_ws", "eta")):
+        i = 5
+
+        def ll_unit(t, key=key, arg=arg, i=i):
+            rr, ee = r0.copy(), eta.copy()
+            if arg == "r0":
+                rr[i] -= t[0]  # the mean moves opposite to the residual
+            else:
+                ee[i] += t[0]
+            return run(rr, ee, Z, H, ptr, L, points=21)["ll"].sum()
+
+        assert out[key][i] == pytest.approx(_fd(ll_unit, [0.0])[0], abs=1e-6)
+
+    def ll_z(t):
+        zz = Z.copy()
+        zz[9, q - 1] += t[0]
+        return run(r0, eta, zz, H, ptr, L, points=21)["ll"].sum()
+
+    assert out["g_z"][9, q - 1] == pytest.approx(_fd(ll_z, [0.0])[0], abs=1e-6)
+
+
+def test_full_score_is_exact_for_fixed_nodes():
+    """With the nodes held fixed in theta, the full integrand's score in L and
+    tau_q is the exact derivative of the quadrature formula."""
+    r0, eta, Z, H, ptr, L = make_case(1, 1, seed=2)
+    ref = run(r0, eta, Z, H, ptr, L, full=True, tau_q=0.1, points=7)
+    cen = ref["centers"]
+
+    def ll(lv, tq=0.1):
+        return run(
+            r0, eta, Z, H, ptr, np.tril(lv), full=True, tau_q=tq, points=7, centers=cen,
+            adapt=False,
+        )["ll"].sum()  # fmt: skip
+
+    np.testing.assert_allclose(ref["dL"].sum(axis=0), np.tril(_fd(ll, L)), atol=1e-8)
+    assert ref["dtq"].sum() == pytest.approx(_fd(lambda t: ll(L, t[0]), [0.1])[0], abs=1e-8)
+
+
+def test_nodes_placed_off_the_mode_still_integrate():
+    """Fixed nodes away from the mode (shifted and widened) give the same integral
+    with enough points: the node placement and its Jacobian are right."""
+    case = make_case(1, 2, seed=4)
+    adapted = run(*case, points=31)
+    s = 2
+    cen = adapted["centers"].copy()
+    cen[:, :s] += 0.3
+    cen[:, s:] *= 1.4
+    moved = run(*case, points=31, centers=cen, adapt=False)
+    np.testing.assert_allclose(moved["ll"], adapted["ll"], atol=1e-5)
+    cen[:, s:] *= 3.0  # a badly scaled placement with few points is visibly off
+    off = run(*case, points=5, centers=cen, adapt=False)
+    assert np.abs(off["ll"] - adapted["ll"]).max() > 1e-4
+
+
+def test_quadrature_converges_in_the_number_of_points():
+    case = make_case(2, 2, seed=8)
+    ll = {k: run(*case, points=k)["ll"] for k in (5, 11, 21, 31)}
+    assert np.abs(ll[21] - ll[31]).max() < 1e-9
+    assert np.abs(ll[11] - ll[31]).max() < np.abs(ll[5] - ll[31]).max()
+
+
+def test_singular_covariance_is_allowed():
+    """tau_l = sigma_omega = 0: the random scale vanishes and the value is the
+    closed form; sigma_omega = 0 alone (u and omega perfectly correlated) still
+    matches brute force; the score stays finite."""
+    r0, eta, Z, H, ptr, _ = make_case(1, 1, sizes=[1, 3, 6], seed=9)
+    L0 = np.array([[0.7, 0.0], [0.0, 0.0]])
+    out = run(r0, eta, Z, H, ptr, L0)
+    closed = run(r0, eta, Z, H[:, :0], ptr, L0[:1, :1])
+    np.testing.assert_allclose(out["ll"], closed["ll"], rtol=1e-13)
+    assert np.isfinite(out["dL"]).all()
+    fd = _fd(lambda t: run(r0, eta, Z, H, ptr, np.array([[0.7, 0], [t[0], 0]]))["ll"].sum(), [0.0])
+    assert out["dL"].sum(axis=0)[1, 0] == pytest.approx(fd[0], abs=1e-6)
+    L1 = np.array([[0.7, 0.0], [0.3, 0.0]])
+    out = run(r0, eta, Z, H, ptr, L1, points=21)
     for j in range(3):
         sl = slice(ptr[j], ptr[j + 1])
-        ref = brute_group_loglik(r0[sl], eta_ws[sl], eta_bs[sl], tl, tq, sw)
-        assert got["ll"][j] == pytest.approx(ref, abs=1e-7)
+        brute = brute_loglik(r0[sl], eta[sl], Z[sl], H[sl], L1 @ L1.T, n_points=60)
+        assert out["ll"][j] == pytest.approx(brute, abs=1e-6)
 
 
-@pytest.mark.parametrize("mode", [1, 2])
-def test_near_boundary_small_groups_converge_to_brute_force(mode):
-    """sigma_omega -> 0 with tau_l != 0 in a group of 3: the posterior of omega is
-    skewed (theta1 ~ omega / tau_l), so Gauss-Hermite converges slowly; a known
-    limitation, measured here."""
-    r0, eta_ws, eta_bs, ptr = make_groups([3], seed=4)
-    ref = brute_group_loglik(r0, eta_ws, eta_bs, -0.6, 0.0, 0.05)
-    err = [
-        abs(run_kernel(r0, eta_ws, eta_bs, ptr, mode, -0.6, 0.0, 0.05, q=q)["ll"][0] - ref)
-        for q in (11, 81)
-    ]
-    assert err[0] < 1e-2
-    assert err[1] < 2e-6
-    assert err[1] < err[0]
-
-
-def test_closed_form_matches_brute_force_with_no_random_scale():
-    r0, eta_ws, eta_bs, ptr = make_groups([4], seed=2)
-    got = run_kernel(r0, eta_ws, eta_bs, ptr, 0, 0.0, 0.0, 0.0)
-    d, s = np.exp(eta_ws), np.exp(0.5 * eta_bs)
-    val, _ = integrate.quad(
-        lambda t: (
-            np.exp(-0.5 * np.sum(np.log(2 * np.pi * d) + (r0 - s * t) ** 2 / d) - 0.5 * t * t)
-            / np.sqrt(2 * np.pi)
-        ),
-        -12,
-        12,
-        epsabs=0,
-        epsrel=1e-12,
-    )
-    assert got["ll"][0] == pytest.approx(np.log(val), abs=1e-10)
-
-
-@pytest.mark.parametrize("mode", [1, 2])
-def test_quadrature_is_stable_in_the_number_of_points(mode):
-    data = make_groups([5, 30, 80, 2], seed=8)
-    lls = [run_kernel(*data, mode, 0.3, 0.0, 0.4, q=q)["ll"].sum() for q in (11, 21, 31, 41)]
-    assert abs(lls[0] - lls[-1]) < 2e-4
-    assert abs(lls[2] - lls[3]) < 1e-7
-
-
-def test_fast_and_general_paths_agree():
-    data = make_groups([1, 4, 25, 60], seed=9)
-    fast = run_kernel(*data, 1, -0.35, 0.0, 0.3, q=21)
-    gen = run_kernel(*data, 2, -0.35, 0.0, 0.3, q=21)
-    np.testing.assert_allclose(fast["ll"], gen["ll"], atol=1e-8)
-    np.testing.assert_allclose(fast["mom"], gen["mom"], atol=1e-7)
-    # the fast path has no tau_q (column 1)
-    np.testing.assert_allclose(fast["grand"][:, [0, 2]], gen["grand"][:, [0, 2]], atol=1e-6)
-
-
-def test_fixed_nodes_give_the_same_value_when_placed_at_the_mode():
-    data = make_groups([3, 12], seed=1)
-    adapted = run_kernel(*data, 1, 0.2, 0.0, 0.5)
-    fixed = run_kernel(*data, 1, 0.2, 0.0, 0.5, centers=adapted["centers"], adapt=False)
-    np.testing.assert_array_equal(adapted["ll"], fixed["ll"])
+def test_engine_points_reproduce_the_integrand():
+    """The EB grid function evaluates the same integrand as the likelihood."""
+    r0, eta, Z, H, ptr, L = make_case(2, 2, seed=12)
+    out = run(r0, eta, Z, H, ptr, L)
+    kvv, kuv, c = scale_first_factor(L @ L.T, 2)
+    j = len(ptr) - 1
+    pts = np.ascontiguousarray(out["centers"][:, None, :2])  # the modes
+    logpsi, mu = np.empty((j, 1)), np.empty((j, 1, 2))
+    _quad.engine_points(
+        r0, eta, Z, H, h_const(H, ptr), ptr, kvv, kuv, c, pts, logpsi, mu,
+        np.empty((j, 1, 2, 2)), np.empty((j, 1, 2)),
+    )  # fmt: skip
+    # at the mode, the log integrand is the Laplace approximation's height
+    lap = logpsi[:, 0] + np.log(np.abs(np.linalg.det(out["centers"][:, 2:].reshape(j, 2, 2))))
+    lap += np.log(2 * np.pi)
+    np.testing.assert_allclose(lap, out["ll"], atol=0.05)
 
 
 def test_gauss_hermite_rule():
@@ -210,136 +249,3 @@ def test_gauss_hermite_rule():
     assert np.exp(logw) @ x**2 == pytest.approx(np.sqrt(np.pi) / 2)
     with pytest.raises(ValueError):
         gauss_hermite(0)
-
-
-# ------------------------------------------------------------ several location effects
-def run_multi(r0, eta_ws, Z, ptr, mode, L, q_points=7, centers=None, adapt=True):
-    x, lw = gauss_hermite(q_points)
-    j, q = len(ptr) - 1, Z.shape[1]
-    d = q + 1
-    out = dict(
-        ll=np.empty(j),
-        eu=np.empty((j, q)),
-        euu=np.empty((j, q, q)),
-        eom=np.empty(j),
-        eom2=np.empty(j),
-        euom=np.empty((j, q)),
-        k0=np.empty(j),
-        k1=np.empty((j, q)),
-        k2=np.empty((j, q, q)),
-        dL=np.empty((j, d, d)),
-    )
-    cen = np.zeros((j, d + d * d)) if centers is None else np.array(centers)
-    g_mu, g_ws = np.empty(len(r0)), np.empty(len(r0))
-    _quad.group_loglik_multi(
-        r0,
-        eta_ws,
-        Z,
-        ptr,
-        mode,
-        np.ascontiguousarray(L),
-        x,
-        lw,
-        out["ll"],
-        out["eu"],
-        out["euu"],
-        out["eom"],
-        out["eom2"],
-        out["euom"],
-        out["k0"],
-        out["k1"],
-        out["k2"],
-        out["dL"],
-        cen,
-        g_mu,
-        g_ws,
-        adapt=adapt,
-    )
-    out.update(g_mu=g_mu, g_ws=g_ws, centers=cen)
-    return out
-
-
-def make_slope_groups(sizes, q, seed=0):
-    rng = np.random.default_rng(seed)
-    ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.intp)
-    n = ptr[-1]
-    Z = np.ascontiguousarray(np.c_[np.ones(n), rng.normal(size=(n, q - 1))])
-    r0 = rng.normal(size=n) + 0.4 * Z[:, -1]
-    eta_ws = rng.normal(size=n) * 0.3 - 0.4
-    return r0, eta_ws, Z, ptr
-
-
-def random_chol(q, seed=0):
-    rng = np.random.default_rng(seed)
-    return np.tril(rng.normal(size=(q + 1, q + 1)) * 0.3) + 0.4 * np.eye(q + 1)
-
-
-@pytest.mark.parametrize("q", [1, 2, 3])
-@pytest.mark.parametrize("mode", [0, 1, 2])
-def test_multi_kernel_equals_numpy_twin(q, mode):
-    r0, eta_ws, Z, ptr = make_slope_groups([1, 2, 6, 25, 1], q)  # groups smaller than q
-    L = random_chol(q)
-    L = L[:q, :q] if mode == 0 else L
-    got = run_multi(r0, eta_ws, Z, ptr, mode, L)
-    x, lw = gauss_hermite(7)
-    ref = _quad_ref.group_loglik_multi_ref(r0, eta_ws, Z, ptr, mode, L, x, lw)
-    for key in ("ll", "eu", "euu", "eom", "eom2", "euom", "k0", "k1", "k2", "dL", "g_mu", "g_ws"):
-        np.testing.assert_allclose(got[key], ref[key], rtol=1e-10, atol=1e-11, err_msg=key)
-
-
-def test_multi_kernel_with_one_effect_equals_the_random_intercept_kernel():
-    r0, eta_ws, eta_bs, ptr = make_groups([1, 3, 12, 40], seed=6)
-    s = np.ascontiguousarray(np.exp(0.5 * eta_bs)[:, None])
-    for mode, (tl, sw) in [(0, (0.0, 0.0)), (1, (0.3, 0.4)), (2, (-0.2, 0.6))]:
-        ref = run_kernel(r0, eta_ws, eta_bs, ptr, mode, tl, 0.0, sw, q=11)
-        L = np.array([[1.0]]) if mode == 0 else np.array([[1.0, 0.0], [tl, sw]])
-        got = run_multi(r0, eta_ws, s, ptr, mode, L, q_points=11)
-        np.testing.assert_allclose(got["ll"], ref["ll"], rtol=1e-12)
-        np.testing.assert_allclose(got["g_mu"], ref["g_mu"], rtol=1e-9, atol=1e-12)
-        if mode:
-            np.testing.assert_allclose(got["dL"][:, 1, 0], ref["grand"][:, 0], rtol=1e-8)
-            np.testing.assert_allclose(got["dL"][:, 1, 1], ref["grand"][:, 2], rtol=1e-8)
-
-
-def brute_multi(r0, eta_ws, Z, L):
-    """1-D integral over omega of the n-variate normal given omega, with the
-    conditional mean and covariance of u taken straight from L L'."""
-    q = Z.shape[1]
-    sigma = L @ L.T
-    V = sigma[q, q]
-    g = sigma[:q, q] / V
-    S = sigma[:q, :q] - np.outer(sigma[:q, q], sigma[:q, q]) / V
-    from scipy.stats import multivariate_normal, norm
-
-    def f(om):
-        cov = np.diag(np.exp(eta_ws + om)) + Z @ S @ Z.T
-        return np.exp(multivariate_normal(Z @ g * om, cov).logpdf(r0) + 10.0) * norm.pdf(
-            om, scale=np.sqrt(V)
-        )
-
-    val, _ = integrate.quad(f, -12 * np.sqrt(V), 12 * np.sqrt(V), epsabs=0, epsrel=1e-12, limit=200)
-    return np.log(val) - 10.0
-
-
-@pytest.mark.parametrize("mode,points", [(1, 21), (2, 21)])
-def test_multi_paths_match_a_brute_force_integral(mode, points):
-    r0, eta_ws, Z, ptr = make_slope_groups([2, 5, 9], 2, seed=3)
-    L = random_chol(2, seed=4)
-    got = run_multi(r0, eta_ws, Z, ptr, mode, L, q_points=points)
-    for j in range(3):
-        sl = slice(ptr[j], ptr[j + 1])
-        assert got["ll"][j] == pytest.approx(brute_multi(r0[sl], eta_ws[sl], Z[sl], L), abs=1e-6)
-
-
-def test_multi_score_in_L_is_exact_for_fixed_nodes():
-    r0, eta_ws, Z, ptr = make_slope_groups([3, 8, 20], 2, seed=5)
-    L = random_chol(2, seed=2)
-    for mode in (1, 2):
-        base = run_multi(r0, eta_ws, Z, ptr, mode, L)
-        for i, j in [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2)]:
-            E = np.zeros_like(L)
-            E[i, j] = 1e-6
-            up = run_multi(r0, eta_ws, Z, ptr, mode, L + E, centers=base["centers"], adapt=False)
-            dn = run_multi(r0, eta_ws, Z, ptr, mode, L - E, centers=base["centers"], adapt=False)
-            fd = (up["ll"].sum() - dn["ll"].sum()) / 2e-6
-            assert base["dL"].sum(axis=0)[i, j] == pytest.approx(fd, rel=1e-6, abs=1e-7)

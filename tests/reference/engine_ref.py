@@ -266,31 +266,28 @@ def engine_loglik_ref(
     return out
 
 
-def brute_loglik(r0, eta, Z, H, sigma, n_points=30):
+def brute_loglik(r0, eta, Z, H, sigma, n_points=60):
     """log of the integral over *all* random effects (u, v) of one group.
 
     A plain (non-adaptive) product Gauss-Hermite rule in the whitened effects
-    x = chol(Sigma) t, with no exact integration over u; for small groups and
+    x = Sigma^(1/2) t, with no exact integration over u; for small groups and
     q + s <= 3 only.
     """
     from numpy.polynomial.hermite import hermgauss
 
     q = Z.shape[1]
     d = sigma.shape[0]
-    w, v = np.linalg.eigh(sigma)
-    root = v * np.sqrt(np.clip(w, 0.0, None))
+    w, vec = np.linalg.eigh(sigma)
+    root = vec * np.sqrt(np.clip(w, 0.0, None))
     x, wt = hermgauss(n_points)
-    logs = []
-    for idx in itertools.product(range(n_points), repeat=d):
-        t = np.sqrt(2.0) * x[list(idx)]
-        eff = root @ t
-        u, vv = eff[:q], eff[q:]
-        var = np.exp(eta + H @ vv)
-        res = r0 - Z @ u
-        logs.append(
-            np.log(wt[list(idx)]).sum()
-            - 0.5 * (r0.size * LOG2PI + np.log(var).sum() + (res**2 / var).sum())
-        )
-    logs = np.array(logs)
+    t = np.sqrt(2.0) * np.array(list(itertools.product(x, repeat=d)))  # (P, d)
+    logw = np.log(np.array(list(itertools.product(wt, repeat=d)))).sum(axis=1)
+    eff = t @ root.T
+    u, v = eff[:, :q], eff[:, q:]
+    logvar = eta[None, :] + v @ H.T  # (P, n)
+    res = r0[None, :] - u @ Z.T
+    logs = logw - 0.5 * (
+        r0.size * LOG2PI + logvar.sum(axis=1) + (res**2 * np.exp(-logvar)).sum(axis=1)
+    )
     mx = logs.max()
     return mx + np.log(np.exp(logs - mx).sum()) - 0.5 * d * np.log(np.pi)
