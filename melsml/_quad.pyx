@@ -233,22 +233,38 @@ cdef void eng_node(Eng* e, const double* xi, const double* r0, const double* eta
             e.b[a] = 0.0
             for b in range(q):
                 e.lam[a * q + b] = 0.0
-        for i in range(e.start, e.stop):
-            hv = 0.0
-            for a in range(s):
-                hv += H[i * s + a] * e.v[a]
-            sumhv += hv
-            ai = e.invd[i] * exp(-hv)
-            ri = r0[i]
-            for a in range(q):
-                ri -= Z[i * q + a] * e.gx[a]
-            e.aw[i] = ai
-            e.rw[i] = ri
-            e.c += ai * ri * ri
-            for a in range(q):
-                e.b[a] += ai * Z[i * q + a] * ri
-                for b in range(a + 1):
-                    e.lam[a * q + b] += ai * Z[i * q + a] * Z[i * q + b]
+        if q == 1:
+            # the random-intercept case: scalar sums (same arithmetic as below)
+            kap = e.gx[0]
+            for i in range(e.start, e.stop):
+                hv = 0.0
+                for a in range(s):
+                    hv += H[i * s + a] * e.v[a]
+                sumhv += hv
+                ai = e.invd[i] * exp(-hv)
+                ri = r0[i] - Z[i] * kap
+                e.aw[i] = ai
+                e.rw[i] = ri
+                e.c += ai * ri * ri
+                e.b[0] += ai * Z[i] * ri
+                e.lam[0] += ai * Z[i] * Z[i]
+        else:
+            for i in range(e.start, e.stop):
+                hv = 0.0
+                for a in range(s):
+                    hv += H[i * s + a] * e.v[a]
+                sumhv += hv
+                ai = e.invd[i] * exp(-hv)
+                ri = r0[i]
+                for a in range(q):
+                    ri -= Z[i * q + a] * e.gx[a]
+                e.aw[i] = ai
+                e.rw[i] = ri
+                e.c += ai * ri * ri
+                for a in range(q):
+                    e.b[a] += ai * Z[i * q + a] * ri
+                    for b in range(a + 1):
+                        e.lam[a * q + b] += ai * Z[i * q + a] * Z[i * q + b]
         for a in range(q):
             for b in range(a + 1, q):
                 e.lam[a * q + b] = e.lam[b * q + a]
@@ -332,32 +348,57 @@ cdef void eng_node(Eng* e, const double* xi, const double* r0, const double* eta
                 e.N[a * s + k] = 0.0
                 for b in range(q):
                     e.M[(k * q + a) * q + b] = 0.0
-        for i in range(e.start, e.stop):
-            ai = e.aw[i]
-            eh = e.rw[i]
-            for a in range(q):
-                eh -= Z[i * q + a] * e.m[a]
-            qd = 0.0
-            for a in range(q):
-                acc = 0.0
-                for b in range(q):
-                    acc += e.pinv[a * q + b] * Z[i * q + b]
-                e.zt[a] = acc
-                qd += Z[i * q + a] * acc
-            rho = ai * (eh * eh + qd)
-            if e.acc_grad:
-                e.gmu[i] += e.wt * ai * eh
-                e.gws[i] += e.wt * rho
+        if q == 1:
+            # the random-intercept case: scalar terms (same arithmetic as below)
+            for i in range(e.start, e.stop):
+                ai = e.aw[i]
+                eh = e.rw[i] - Z[i] * e.m[0]
+                acc = e.pinv[0] * Z[i]
+                qd = Z[i] * acc
+                rho = ai * (eh * eh + qd)
+                if e.acc_grad:
+                    e.gmu[i] += e.wt * ai * eh
+                    e.gws[i] += e.wt * rho
+                    e.gz[i] += e.wt * ai * (eh * e.mu[0] - acc)
+                ri = ai * eh * Z[i]
+                hv = ai * Z[i] * Z[i]
+                for k in range(s):
+                    e.sv[k] -= 0.5 * H[i * s + k] * (1.0 - rho)
+                    for l in range(k + 1):
+                        e.R[k * s + l] += rho * H[i * s + k] * H[i * s + l]
+                    e.N[k] += ri * H[i * s + k]
+                    e.M[k] += hv * H[i * s + k]
+        else:
+            for i in range(e.start, e.stop):
+                ai = e.aw[i]
+                eh = e.rw[i]
                 for a in range(q):
-                    e.gz[i * q + a] += e.wt * ai * (eh * e.mu[a] - e.zt[a])
-            for k in range(s):
-                e.sv[k] -= 0.5 * H[i * s + k] * (1.0 - rho)
-                for l in range(s):
-                    e.R[k * s + l] += rho * H[i * s + k] * H[i * s + l]
+                    eh -= Z[i * q + a] * e.m[a]
+                qd = 0.0
                 for a in range(q):
-                    e.N[a * s + k] += ai * eh * Z[i * q + a] * H[i * s + k]
+                    acc = 0.0
                     for b in range(q):
-                        e.M[(k * q + a) * q + b] += ai * H[i * s + k] * Z[i * q + a] * Z[i * q + b]
+                        acc += e.pinv[a * q + b] * Z[i * q + b]
+                    e.zt[a] = acc
+                    qd += Z[i * q + a] * acc
+                rho = ai * (eh * eh + qd)
+                if e.acc_grad:
+                    e.gmu[i] += e.wt * ai * eh
+                    e.gws[i] += e.wt * rho
+                    for a in range(q):
+                        e.gz[i * q + a] += e.wt * ai * (eh * e.mu[a] - e.zt[a])
+                for k in range(s):
+                    e.sv[k] -= 0.5 * H[i * s + k] * (1.0 - rho)
+                    for l in range(k + 1):
+                        e.R[k * s + l] += rho * H[i * s + k] * H[i * s + l]
+                    for a in range(q):
+                        e.N[a * s + k] += ai * eh * Z[i * q + a] * H[i * s + k]
+                        for b in range(q):
+                            e.M[(k * q + a) * q + b] += (ai * H[i * s + k] * Z[i * q + a]
+                                                         * Z[i * q + b])
+        for k in range(s):
+            for l in range(k + 1, s):
+                e.R[k * s + l] = e.R[l * s + k]
         for k in range(s):
             for a in range(q):
                 for b in range(q):

@@ -271,7 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--no-random-scale", action="store_true", help="omit the random scale")
     fit.add_argument("--association", default="linear", choices=["none", "linear", "quadratic"])
     fit.add_argument("--integration", default="auto", choices=["auto", "exact-location", "aghq"])
-    fit.add_argument("--points", type=int, default=11, help="quadrature points (default 11)")
+    fit.add_argument(
+        "--points",
+        type=int,
+        default=None,
+        help="quadrature points per dimension (default 11 in 1-D, 7 in 2-D, 5 beyond)",
+    )
     fit.add_argument("--robust", action="store_true", help="sandwich standard errors")
     fit.add_argument("--out", help="folder for estimates and school predictions (CSV/JSON)")
     fit.set_defaults(func=_cmd_fit)

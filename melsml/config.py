@@ -36,30 +36,52 @@ class ModelOptions:
         quadratic association); "aghq" integrates all random effects by
         adaptive Gauss-Hermite quadrature; "auto" takes the first where valid.
         :func:`melsml.plan.plan` decides.
-    n_points : int
-        Quadrature points per dimension (default 11, as MixWILD).
+    n_points : int, optional
+        Gauss-Hermite points per dimension of the quadrature, 5 to 101.
+        Default (None): 11 (MixWILD's default), except for the exact-location
+        plan over several scale effects: 7 per dimension for two, 5 for three
+        or more (:func:`default_points`).
+        Fewer than 5 are refused: the score is the quadrature's estimate of
+        the exact score, not the derivative of the adaptive rule itself, and
+        with so few points the two differ enough to stall the fit.
     """
 
     random_scale: bool = True
     association: Association = "linear"
     integration: Integration = "auto"
-    n_points: int = 11
+    n_points: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.random_scale, bool):
             raise MELSInputError(f"random_scale must be True or False, got {self.random_scale!r}")
         _check_choice("association", self.association, get_args(Association))
         _check_choice("integration", self.integration, get_args(Integration))
-        if (
+        if self.n_points is not None and (
             isinstance(self.n_points, bool)
             or not isinstance(self.n_points, int)
-            or not (1 <= self.n_points <= 101)
+            or not (5 <= self.n_points <= 101)
         ):
             raise MELSInputError(
-                f"n_points must be an integer from 1 to 101, got {self.n_points!r}"
+                f"n_points must be an integer from 5 to 101 (or None for the default), got "
+                f"{self.n_points!r}: with fewer points the score, a quadrature estimate of "
+                "the exact score, is too far from the derivative of the approximate "
+                "log-likelihood for the fit to converge"
             )
         if self.association == "quadratic" and self.integration == "exact-location":
             raise MELSInputError(
                 "integration='exact-location' needs association 'none' or 'linear'; "
                 "use integration='aghq' (or 'auto') with association='quadratic'"
             )
+
+
+def default_points(dim: int, method: str = "exact-location") -> int:
+    """Default Gauss-Hermite points per dimension of a ``dim``-D quadrature.
+
+    11 for the full AGHQ plan and for 1-D; for the exact-location plan over
+    several scale effects, 7 in 2-D and 5 beyond (49 and 125 nodes): with the
+    location effects integrated exactly the scale effects' posterior is close
+    to normal and these rules are accurate to about 1e-8 in the
+    log-likelihood on school-sized groups."""
+    if dim <= 1 or method != "exact-location":
+        return 11
+    return 7 if dim == 2 else 5

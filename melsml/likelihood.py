@@ -153,7 +153,7 @@ class MELSObjective:
         self.plan: IntegrationPlan = plan(
             st, options, unit_level_scale=bool(st.s and not self._h_const.all())
         )
-        self.gh_x, self.gh_logw = gauss_hermite(options.n_points)
+        self.gh_x, self.gh_logw = gauss_hermite(self.plan.n_points)
         self._x_re = None if st.bs else np.ascontiguousarray(design.x_re)
         m = self.plan.dim
         self._centers = np.zeros((j, m + m * m))

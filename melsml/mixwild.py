@@ -498,7 +498,7 @@ def write(
         0,
         0,
         "0.00001",
-        opt.n_points,
+        model.plan.n_points,
         1,
         200,
         0,

@@ -52,7 +52,7 @@ class MELS:
         random_scale: bool = True,
         association: Association = "linear",
         integration: Integration = "auto",
-        n_points: int = 11,
+        n_points: int | None = None,
     ):
         self.design = design
         self.options = ModelOptions(
@@ -103,7 +103,7 @@ class MELS:
         random_scale: bool = True,
         association: Association = "linear",
         integration: Integration = "auto",
-        n_points: int = 11,
+        n_points: int | None = None,
     ) -> MELS:
         """Specify a MELS model with formulas.
 
@@ -132,7 +132,9 @@ class MELS:
         association : {"none", "linear", "quadratic"}
             Location-scale association (default "linear").
         integration : {"auto", "exact-location", "aghq"}
-        n_points : int
+        n_points : int, optional
+            Quadrature points per dimension (default: 11 for one scale effect,
+            fewer per dimension for more; see :class:`melsml.config.ModelOptions`).
             Quadrature points per dimension (default 11).
 
         Notes

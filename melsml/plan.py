@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .config import ModelOptions
+from .config import ModelOptions, default_points
 from .structure import RandomStructure
 
 Method = Literal["closed form", "exact-location", "aghq"]
@@ -78,7 +78,10 @@ def plan(
         Whether the scale design varies within a group (reported only).
     """
     if structure.s == 0:
-        return IntegrationPlan("closed form", 0, options.n_points)
-    if options.integration == "aghq" or not structure.exact_location:
-        return IntegrationPlan("aghq", structure.dim, options.n_points, unit_level_scale)
-    return IntegrationPlan("exact-location", structure.s, options.n_points, unit_level_scale)
+        method, dim = "closed form", 0
+    elif options.integration == "aghq" or not structure.exact_location:
+        method, dim = "aghq", structure.dim
+    else:
+        method, dim = "exact-location", structure.s
+    points = options.n_points if options.n_points is not None else default_points(dim, method)
+    return IntegrationPlan(method, dim, points, unit_level_scale)

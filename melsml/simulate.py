@@ -10,6 +10,7 @@ import pandas as pd
 from .exceptions import MELSInputError
 from .formula import build_design
 from .params import MIXWILD_RANDOM
+from .structure import RandomStructure
 
 __all__ = [
     "simulate",
@@ -17,6 +18,7 @@ __all__ = [
     "LONDON_TRUE",
     "LONDON_SLOPE_TRUE",
     "LONDON_COVARIATE_TRUE",
+    "LONDON_SCALE_SLOPE_TRUE",
 ]
 
 #: true parameters of :func:`simulate_london` with ``model=3`` (loosely after the
@@ -59,6 +61,22 @@ LONDON_SLOPE_TRUE = {
         "L(omega,omega)": 0.20,
     },
 }
+#: true parameters of :func:`simulate_london` with ``scale_slope=True``: model 3
+#: plus a random scale slope on prior (``ws_re_formula="~ 1 + prior"``), in which
+#: schools differ in how steeply the variance of progress falls with prior
+#: attainment; Cholesky entries of cov(theta1, omega, omega_prior)
+LONDON_SCALE_SLOPE_TRUE = {
+    "beta": {"Intercept": 0.0, "prior": 0.65},
+    "alpha": {"Intercept": np.log(0.09)},
+    "tau": {"Intercept": np.log(0.50), "prior": -0.12},
+    "random": {
+        "L(omega,Intercept)": -0.12,
+        "L(omega,omega)": 0.22,
+        "L(omega:prior,Intercept)": 0.02,
+        "L(omega:prior,omega)": 0.04,
+        "L(omega:prior,omega:prior)": 0.10,
+    },
+}
 _MODEL_FORMULAS = {
     3: ("y ~ prior", "~ 1", "~ prior"),
     5: ("y ~ prior", "~ 1", "~ 1"),
@@ -95,6 +113,7 @@ def simulate(
     bs_formula: str = "~ 1",
     ws_formula: str = "~ 1",
     re_formula: str = "~ 1",
+    ws_re_formula: str = "~ 1",
     seed: int | np.random.Generator | None = None,
     return_effects: bool = False,
 ):
@@ -114,8 +133,10 @@ def simulate(
         parameters are 0 (no random scale when all are).  With random slopes
         (``re_formula``) the random block holds the Cholesky entries
         ``L(row,col)`` of cov(u, omega) as in :mod:`melsml.params`; without
-        ``L(omega,...)`` entries there is no random scale.
-    formula, bs_formula, ws_formula, re_formula : str
+        ``L(omega,...)`` entries there is no random scale.  So it does with
+        random scale slopes (``ws_re_formula``), whose rows are labelled
+        ``omega:<term>``.
+    formula, bs_formula, ws_formula, re_formula, ws_re_formula : str
         As in :meth:`melsml.MELS.from_formula`.
     seed : int or Generator, optional
     return_effects : bool
@@ -139,13 +160,14 @@ def simulate(
         bs_formula=bs_formula,
         ws_formula=ws_formula,
         re_formula=re_formula,
+        ws_re_formula=ws_re_formula,
     )
     if design.n_dropped:
         raise MELSInputError("simulate() needs covariates without missing values")
     beta = _lookup(params, "beta", design.mean_names)
     tau = _lookup(params, "tau", design.ws_names)
-    if not design.random_intercept_only:
-        return _simulate_slopes(frame, outcome, design, params, beta, tau, rng, return_effects)
+    if not design.random_intercept_only or design.scale_names != ("Intercept",):
+        return _simulate_general(frame, outcome, design, params, beta, tau, rng, return_effects)
     alpha = _lookup(params, "alpha", design.bs_names)
     rand = {}
     for name in MIXWILD_RANDOM:
@@ -175,43 +197,58 @@ def simulate(
     return frame, effects
 
 
-def _simulate_slopes(frame, outcome, design, params, beta, tau, rng, return_effects):
-    """Simulate with several random location effects from the Cholesky entries."""
-    q = len(design.re_names)
-    labels = (*design.re_names, "omega")
+def _simulate_general(frame, outcome, design, params, beta, tau, rng, return_effects):
+    """Simulate from the Cholesky entries of the covariance of (u, v): random
+    location slopes and/or random scale slopes."""
+    bs = design.random_intercept_only
+    structure = RandomStructure(location=design.re_names, scale=design.scale_names, bs=bs)
+    q, s = structure.q, structure.s
+    labels = structure.labels
     random = (
         params.xs("random", level="block").to_dict()
         if isinstance(params, pd.Series)
         else dict(params.get("random", {}))
     )
-    chol = np.zeros((q + 1, q + 1))
+    chol = np.zeros((q + s, q + s))
+    if bs:
+        chol[0, 0] = 1.0
     for name, value in random.items():
         inner = name[2:-1].split(",") if name.startswith("L(") and name.endswith(")") else []
         if len(inner) != 2 or inner[0] not in labels or inner[1] not in labels:
             raise MELSInputError(
                 f"random parameter {name!r} is not an entry L(row,col) of the factor of "
-                f"cov(u, omega) with labels {', '.join(labels)}"
+                f"cov(u, v) with labels {', '.join(labels)}"
             )
         i, j = labels.index(inner[0]), labels.index(inner[1])
         if j > i:
             raise MELSInputError(f"{name!r} is above the diagonal of a lower-triangular factor")
+        if bs and i == j == 0:
+            raise MELSInputError(
+                f"{name!r}: with a random intercept the location SD is exp(alpha / 2)"
+            )
         chol[i, j] = float(value)
     j = design.n_groups
-    theta = rng.standard_normal((j, q + 1))
+    theta = rng.standard_normal((j, q + s))
     x = theta @ chol.T
-    u, omega = x[:, :q], x[:, q]
+    u, v = x[:, :q], x[:, q:]
     gidx = design.group_index
-    sd_e = np.exp(0.5 * (design.x_ws @ tau + omega[gidx]))
+    z = (
+        np.exp(0.5 * design.x_bs @ _lookup(params, "alpha", design.bs_names))[:, None]
+        if bs
+        else design.x_re
+    )
+    sd_e = np.exp(0.5 * (design.x_ws @ tau + np.sum(design.x_scale * v[gidx], axis=1)))
     y = (
         design.x_mean @ beta
-        + np.sum(design.x_re * u[gidx], axis=1)
+        + np.sum(z * u[gidx], axis=1)
         + sd_e * rng.standard_normal(design.n_obs)
     )
     frame.loc[design.row_index, outcome] = y
     if not return_effects:
         return frame
     cols = {f"u[{t}]": u[:, a] for a, t in enumerate(design.re_names)}
-    cols["omega"] = omega
+    for k, t in enumerate(design.scale_names):
+        cols["omega" if t == "Intercept" else f"omega[{t}]"] = v[:, k]
     effects = pd.DataFrame(cols, index=pd.Index(design.group_labels, name=design.groups))
     return frame, effects
 
@@ -271,6 +308,7 @@ def simulate_london(
     n_schools: int = 465,
     n_students: int = 71000,
     return_effects: bool = False,
+    scale_slope: bool = False,
 ):
     """A London-sized simulated data set (465 schools, 14-330 students, ~71,000).
 
@@ -287,6 +325,10 @@ def simulate_london(
     seed : int
     return_effects : bool
         Also return the schools' true effects.
+    scale_slope : bool
+        With ``model=3``: add a random scale slope on prior
+        (:data:`LONDON_SCALE_SLOPE_TRUE`; fit it with
+        ``ws_re_formula="~ 1 + prior"``).
     """
     if model not in _MODEL_FORMULAS:
         raise MELSInputError(f"unknown model {model!r}; allowed values: 3, 5, 6, 7")
@@ -297,6 +339,11 @@ def simulate_london(
         model
     ]
     re = "~ 1 + prior" if model in (5, 6) else "~ 1"
+    ws_re = "~ 1"
+    if scale_slope:
+        if model != 3:
+            raise MELSInputError("scale_slope=True goes with model=3")
+        params, ws_re = LONDON_SCALE_SLOPE_TRUE, "~ 1 + prior"
     return simulate(
         data,
         "school",
@@ -305,6 +352,7 @@ def simulate_london(
         bs_formula=bs,
         ws_formula=ws,
         re_formula=re,
+        ws_re_formula=ws_re,
         seed=rng,
         return_effects=return_effects,
     )
