@@ -145,7 +145,7 @@ def validation() -> None:
     for case in ("small", "sbm_mels", "riesby"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = mixwild.fit(ref / case / "model.def")
+            res = MELS.from_mixwild(ref / case / "model.def").fit()
         est = mixwild.read_est(ref / case / "estimates.EST")[2]
         rows.append(
             {

@@ -3,7 +3,7 @@
 * :func:`read_def` parses a stage-1 definition file into a :class:`MixWILDSpec`;
 * :func:`read_data` reads its whitespace-delimited data file (missing-value
   code, MixWILD's grouping of consecutive rows);
-* :func:`fit` (and :meth:`melsml.MELS.from_mixwild`) fits it;
+* :meth:`melsml.MELS.from_mixwild` fits it (this module does not import the model);
 * :func:`write` writes a data and definition file that MixWILD runs for a
   melsml model;
 * :func:`read_output` / :func:`read_est` read MixWILD's report and estimates,
@@ -396,13 +396,6 @@ def read_data(spec: MixWILDSpec) -> pd.DataFrame:
             )
             frame = frame.loc[~constant].reset_index(drop=True)
     return frame
-
-
-def fit(def_path, **fit_kwargs):
-    """Fit the model of a MixWILD definition file; returns MELSResults."""
-    from .model import MELS
-
-    return MELS.from_mixwild(def_path).fit(**fit_kwargs)
 
 
 # ------------------------------------------------------------------ writing

@@ -24,9 +24,9 @@ def test_reference_cases_fit_from_their_definition_alone(name, llf_tol, est_tol)
     d = DATA / name / "model.def"
     if name == "sbm_mels":
         with pytest.warns(MissingDataWarning, match="dropped 62 of 2111"):
-            res = mixwild.fit(d)
+            res = MELS.from_mixwild(d).fit()
     else:
-        res = mixwild.fit(d)
+        res = MELS.from_mixwild(d).fit()
     est = mixwild.read_est(DATA / name / "estimates.EST")[2]
     assert res.llf == pytest.approx(est["llf"], abs=llf_tol)
     np.testing.assert_allclose(res.params.to_numpy(), est["estimates"], atol=est_tol, rtol=est_tol)
