@@ -91,38 +91,40 @@ class Summary:
         )
 
     def as_text(self) -> str:
+        terms = list(self.params.index.get_level_values("term")) + list(self.random.index)
+        nw = max(24, max(len(str(t)) for t in terms) + 2)
+        width = _WIDTH + nw - 24
         lines = [
-            "MELS: mixed-effects location scale model (maximum likelihood)".center(_WIDTH),
-            "=" * _WIDTH,
+            "MELS: mixed-effects location scale model (maximum likelihood)".center(width),
+            "=" * width,
         ]
         key_w = max(len(k) for k, _ in self.info) + 2
         lines += [f"{k + ':':<{key_w}}{v}" for k, v in self.info]
         lo, hi = f"[{self.alpha / 2:.3f}", f"{1 - self.alpha / 2:.3f}]"
-        header = f"{'':<24}{'estimate':>10}{'std.err':>10}{'z':>9}{'P>|z|':>9}{lo:>12}{hi:>12}"
+        header = f"{'':<{nw}}{'estimate':>10}{'std.err':>10}{'z':>9}{'P>|z|':>9}{lo:>12}{hi:>12}"
         for block, title in BLOCK_TITLES.items():
             if block not in self.params.index.get_level_values("block"):
                 continue
             tab = self.params.xs(block, level="block")
             if block == "random" and any(t.startswith("L(") for t in tab.index):
-                title = "Cholesky factor L of cov(u, omega) (omega last; (u, omega) = L theta)"
-            lines += ["-" * _WIDTH, title, header]
+                title = "Cholesky factor L of cov(u, v) (location first; (u, v) = L theta)"
+            lines += ["-" * width, title, header]
             for term, row in tab.iterrows():
-                name = term if len(term) <= 23 else term[:20] + "..."
                 lines.append(
-                    f"{name:<24}{row.estimate:>10.5f}{row.std_error:>10.5f}{row.z:>9.3f}"
+                    f"{term:<{nw}}{row.estimate:>10.5f}{row.std_error:>10.5f}{row.z:>9.3f}"
                     f"{row.p_value:>9.4f}{row.lower:>12.5f}{row.upper:>12.5f}"
                 )
         lines += [
-            "-" * _WIDTH,
+            "-" * width,
             "Random-effect parameters, natural scale (delta-method SEs; at mean covariates)",
-            f"{'':<24}{'estimate':>10}{'std.err':>10}{lo:>12}{hi:>12}",
+            f"{'':<{nw}}{'estimate':>10}{'std.err':>10}{lo:>12}{hi:>12}",
         ]
         for name, row in self.random.iterrows():
             lines.append(
-                f"{name:<24}{row.estimate:>10.5f}{row.std_error:>10.5f}"
+                f"{name:<{nw}}{row.estimate:>10.5f}{row.std_error:>10.5f}"
                 f"{row.lower:>12.5f}{row.upper:>12.5f}"
             )
-        lines.append("=" * _WIDTH)
+        lines.append("=" * width)
         lines += [f"Note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -153,20 +155,29 @@ def _lr_pvalue(stat: float, df: int, boundary: bool) -> float:
     return 0.5 * lower + 0.5 * float(stats.chi2.sf(stat, df))
 
 
-_AS_CHOLESKY = {
-    ("alpha", "Intercept"): ("random", "L(Intercept,Intercept)"),
+_MIXWILD_AS_CHOLESKY = {
     ("random", "tau_l"): ("random", "L(omega,Intercept)"),
     ("random", "sigma_omega"): ("random", "L(omega,omega)"),
 }
 
 
-def _nesting_names(res: MELSResults) -> set:
-    """Parameter names on a common footing: a random-intercept model with a constant
-    BS variance is the one-effect case of the Cholesky layout (L(Intercept,Intercept)
-    = exp(alpha0 / 2), L(omega,Intercept) = tau_l, L(omega,omega) = sigma_omega)."""
-    names = set(res.params.index)
-    if res.model.design.bs_names == ("Intercept",) and res.model.layout.mixwild_view:
-        names = {_AS_CHOLESKY.get(n, n) for n in names}
+def _nesting_names(res: MELSResults, other: MELSResults) -> set:
+    """Parameter names on a common footing with ``other``'s.
+
+    MixWILD's tau_l and sigma_omega are the entries L(omega,Intercept) and
+    L(omega,omega) of the Cholesky layout; and against a model without a BS
+    function (random slopes), a random intercept with a constant BS variance
+    is the one-effect case: L(Intercept,Intercept) = exp(alpha0 / 2)."""
+    names = {_MIXWILD_AS_CHOLESKY.get(n, n) for n in res.params.index}
+    if (
+        res.model.design.bs_names == ("Intercept",)
+        and res.model.structure.bs
+        and not other.model.structure.bs
+    ):
+        names = {
+            ("random", "L(Intercept,Intercept)") if n == ("alpha", "Intercept") else n
+            for n in names
+        }
     return names
 
 
@@ -188,10 +199,13 @@ def compare(*results: MELSResults, names: list[str] | None = None) -> pd.DataFra
     previous one in the list when the two are nested (same observations and
     the smaller one's parameters a subset of the larger one's; a random
     intercept model with a constant BS variance counts as nested in a random
-    slope model).  A test that adds one variance on its boundary 0 (the
-    random scale, or a random slope) uses the 50:50 mixture of
-    chi-square(df - 1) and chi-square(df); with several, the plain
-    chi-square(df), which is conservative.
+    slope model).  A test that adds one random effect with its covariances
+    (the random scale, a random location slope or a random scale slope:
+    df = k + 1 parameters, one of them a variance on its boundary 0) uses
+    the chi-bar-square mixture of Self & Liang (1987) and Stram & Lee
+    (1994), 50:50 of chi-square(k) and chi-square(k + 1); the ``test``
+    column names the mixture.  With several added variances the plain
+    chi-square(df) is used, which is conservative.
 
     Parameters
     ----------
@@ -230,7 +244,7 @@ def compare(*results: MELSResults, names: list[str] | None = None) -> pd.DataFra
                 and small.model.design.outcome == big.model.design.outcome
                 and np.array_equal(small.model.design.y, big.model.design.y)
             )
-            small_names, big_names = _nesting_names(small), _nesting_names(big)
+            small_names, big_names = _nesting_names(small, big), _nesting_names(big, small)
             nested = small_names <= big_names
             if same_data and nested and big.k_params > small.k_params:
                 df = big.k_params - small.k_params
@@ -238,7 +252,7 @@ def compare(*results: MELSResults, names: list[str] | None = None) -> pd.DataFra
                 n_boundary = sum(_is_sd(name) for name in big_names - small_names)
                 boundary = n_boundary == 1
                 kind = (
-                    "50:50 chi2 mixture"
+                    f"50:50 chi2 mixture of chi2({df - 1}) and chi2({df})"
                     if boundary
                     else "chi2 (conservative: several variances on their boundary)"
                     if n_boundary > 1

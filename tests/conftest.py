@@ -44,3 +44,16 @@ def load_case(name: str) -> tuple[pd.DataFrame, dict]:
 @pytest.fixture(scope="session")
 def mixwild_cases():
     return {name: (load_case(name), read_est(DATA / name / "estimates.EST")) for name in CASES}
+
+
+@pytest.fixture(scope="session")
+def scale_slope_fit():
+    """Model 3 plus a random scale slope on prior, fitted to London-sized data
+    simulated with one (seed 2024): (results, data, true school effects)."""
+    from melsml import MELS, simulate_london
+
+    data, effects = simulate_london(3, seed=2024, scale_slope=True, return_effects=True)
+    res = MELS.from_formula(
+        "y ~ prior", data, "school", ws_formula="~ prior", ws_re_formula="~ 1 + prior"
+    ).fit()
+    return res, data, effects
