@@ -29,7 +29,7 @@ def main() -> None:
             res = model.fit()
             times.append(time.perf_counter() - t)
         results[integration] = res
-        nodes = model.options.n_points ** (1 if integration == "exact-location" else 3)
+        nodes = model.plan.n_nodes
         print(
             f"model 6, {integration:>14}: fit + SEs median {statistics.median(times):.3f} s "
             f"over {repeats} runs; {res.fit_info.n_evals} evaluations, {nodes} nodes per "

@@ -19,12 +19,77 @@ test oracle is the NumPy twin ``tests/reference/engine_ref.py``; the
 mathematics is in the user guide's model page.
 """
 
+from cython.parallel cimport parallel, prange
 from libc.math cimport exp, log, sqrt, fabs, M_PI
 from libc.stdlib cimport malloc, free
 
 import numpy as np
 
 cdef double LOG2PI = log(2.0 * M_PI)
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int melsml_max_threads(void) { return omp_get_max_threads(); }
+    static int melsml_openmp(void) { return 1; }
+    #else
+    static int melsml_max_threads(void) { return 1; }
+    static int melsml_openmp(void) { return 0; }
+    #endif
+    """
+    int melsml_max_threads() noexcept nogil
+    int melsml_openmp() noexcept nogil
+
+
+def openmp_threads():
+    """Threads the kernel uses by default (1 when built without OpenMP; OpenMP
+    honours ``OMP_NUM_THREADS``)."""
+    return melsml_max_threads()
+
+
+def built_with_openmp():
+    """Whether the kernel was compiled with OpenMP (else it runs on one thread)."""
+    return bool(melsml_openmp())
+
+
+cdef Py_ssize_t eng_work_size(int q, int s, Py_ssize_t n_nodes) noexcept nogil:
+    """Doubles of work one thread needs (see eng_bind and the kernel's locals)."""
+    cdef int d = q + s
+    return (14 * q * q + 14 * q + 6 * s + 2 * q * s + 2 * s * q * q + 2 * s * s
+            + 14 * d * d + 10 * d + n_nodes + 16)
+
+
+cdef double* eng_bind(Eng* e, double* p) noexcept nogil:
+    """Point the work arrays of ``e`` into ``p``; returns the first unused double."""
+    cdef int q = e.q, s = e.s, d = e.d
+    e.lam0 = p; p += q * q
+    e.b0 = p; p += q
+    e.h = p; p += s
+    e.v = p; p += s
+    e.gx = p; p += q
+    e.lam = p; p += q * q
+    e.b = p; p += q
+    e.B = p; p += q * q
+    e.W = p; p += q * q
+    e.pinv = p; p += q * q
+    e.m = p; p += q
+    e.mu = p; p += q
+    e.su = p; p += q
+    e.sv = p; p += s
+    e.N = p; p += q * s
+    e.M = p; p += s * q * q
+    e.PM = p; p += s * q * q
+    e.T = p; p += s * s
+    e.R = p; p += s * s
+    e.om = p; p += d * d
+    e.tmp = p; p += q * q
+    e.tq = p; p += q
+    e.zt = p; p += q
+    e.x = p; p += d
+    e.sx = p; p += d
+    e.Hx = p; p += d * d
+    return p
 
 # ================================================================ small dense algebra
 cdef inline int chol(double* a, int n) noexcept nogil:
@@ -668,6 +733,274 @@ cdef double eng_full_psi(Eng* e, const double* th, const double* r0, const doubl
     return val
 
 
+cdef struct Shared:
+    # inputs
+    const Py_ssize_t* gptr
+    const unsigned char* hc
+    const double* r0
+    const double* eta
+    const double* Z
+    const double* H
+    const double* gh_x
+    const double* gh_logw
+    int n_q
+    Py_ssize_t n_nodes
+    int m
+    int adapt
+    int compute_grad
+    int full
+    # outputs (rows per group or per unit: threads write disjoint rows)
+    double* ll
+    double* ex
+    double* exx
+    double* dL
+    double* dtq
+    double* cen
+    int cw
+    double* gmu
+    double* gws
+    double* gz
+
+
+cdef struct Work:
+    double* xi
+    double* xi2
+    double* grad
+    double* grad2
+    double* step
+    double* hess
+    double* hess2
+    double* Lc
+    double* T1
+    double* sbar
+    double* k1
+    double* ztmp
+    double* k2
+    double* omacc
+    double* lwbuf
+    int* idx
+
+
+cdef Work eng_work(double* p, int q, int d) noexcept nogil:
+    """The kernel's local arrays of one thread, from ``p`` (after eng_bind)."""
+    cdef Work w
+    w.xi = p
+    w.xi2 = p + d
+    w.grad = p + 2 * d
+    w.grad2 = p + 3 * d
+    w.step = p + 4 * d
+    w.sbar = p + 5 * d
+    w.hess = p + 6 * d
+    w.hess2 = p + 6 * d + d * d
+    w.Lc = p + 6 * d + 2 * d * d
+    w.T1 = p + 6 * d + 3 * d * d
+    w.omacc = p + 6 * d + 4 * d * d
+    w.k1 = p + 6 * d + 5 * d * d
+    w.ztmp = p + 6 * d + 5 * d * d + q
+    w.k2 = p + 6 * d + 5 * d * d + 2 * q
+    w.lwbuf = p + 6 * d + 5 * d * d + 2 * q + q * q
+    w.idx = <int*> malloc((d + 1) * sizeof(int))
+    return w
+
+
+cdef void eng_one_group(Eng* e, Work* w, Shared* sh, Py_ssize_t j) noexcept nogil:
+    """Group j: node placement, the weighted pass over the nodes, the gradients."""
+    cdef int q = e.q, s = e.s, d = e.d, m = sh.m
+    cdef Py_ssize_t i, node
+    cdef int a, b, k, it, ls, ok
+    cdef double acc, mx, tot, wt, val = 0.0, valn = 0.0, nrm, t, lwd, ai, eh, qd, kap, gtq
+    eng_group(e, sh.gptr[j], sh.gptr[j + 1], sh.hc[j] if s > 0 else 1,
+              sh.r0, sh.eta, sh.Z, sh.H)
+
+    # ---- node placement: mode of the log integrand (over w.xi, or theta if sh.full)
+    if m > 0 and sh.adapt:
+        for a in range(m):
+            w.xi[a] = sh.cen[j * sh.cw + a]
+        val = eng_psi(e, w.xi, sh.r0, sh.eta, sh.Z, sh.H, w.grad, w.hess, w.sbar)
+        for it in range(200):
+            for a in range(m * m):
+                w.hess2[a] = -w.hess[a]
+            ok = chol(w.hess2, m)
+            for a in range(m):
+                w.step[a] = w.grad[a]
+            if ok:
+                chol_solve(w.hess2, m, w.step)
+            else:
+                nrm = 0.0
+                for a in range(m):
+                    nrm += w.grad[a] * w.grad[a]
+                nrm = sqrt(nrm)
+                for a in range(m):
+                    w.step[a] = w.grad[a] / (1.0 + nrm)
+            nrm = 0.0
+            for a in range(m):
+                nrm += w.step[a] * w.step[a]
+            nrm = sqrt(nrm)
+            if nrm > 5.0:
+                for a in range(m):
+                    w.step[a] *= 5.0 / nrm
+                nrm = 5.0
+            t = 1.0
+            for ls in range(60):
+                for a in range(m):
+                    w.xi2[a] = w.xi[a] + t * w.step[a]
+                valn = eng_psi(e, w.xi2, sh.r0, sh.eta, sh.Z, sh.H, w.grad2, w.hess2, w.sbar)
+                if valn >= val - 1e-13 * (1.0 + fabs(val)):
+                    break
+                t *= 0.5
+            acc = 0.0
+            for a in range(m):
+                w.xi[a] = w.xi2[a]
+                w.grad[a] = w.grad2[a]
+                acc += fabs(w.xi[a])
+            for a in range(m * m):
+                w.hess[a] = w.hess2[a]
+            val = valn
+            if t * nrm < 1e-11 * (1.0 + acc):
+                break
+        for a in range(m):
+            sh.cen[j * sh.cw + a] = w.xi[a]
+        # Cholesky factor of the inverse of -w.hess
+        for a in range(m * m):
+            w.hess2[a] = -w.hess[a]
+        ok = chol(w.hess2, m)
+        if ok:
+            for b in range(m):
+                for a in range(m):
+                    w.step[a] = 1.0 if a == b else 0.0
+                chol_solve(w.hess2, m, w.step)
+                for a in range(m):
+                    w.T1[a * m + b] = w.step[a]
+            ok = chol(w.T1, m)
+        for a in range(m):
+            for b in range(m):
+                sh.cen[j * sh.cw + m + a * m + b] = (w.T1[a * m + b] if ok
+                                             else (1.0 if a == b else 0.0))
+    for a in range(m * m):
+        w.Lc[a] = sh.cen[j * sh.cw + m + a]
+    lwd = 0.5 * m * log(2.0)
+    for a in range(m):
+        lwd += log(w.Lc[a * m + a])
+
+    # ---- reference log weight: the mode's value, or the largest node's
+    if m > 0 and sh.adapt:
+        mx = val
+    else:
+        mx = -1e300
+        for node in range(sh.n_nodes):
+            acc = place_node(node, sh.n_q, m, w.idx, sh.gh_x, sh.gh_logw, w.Lc,
+                             &sh.cen[j * sh.cw + 0], w.xi) if m > 0 else 0.0
+            acc += eng_psi(e, w.xi, sh.r0, sh.eta, sh.Z, sh.H, NULL, NULL, NULL)
+            if acc > mx:
+                mx = acc
+
+    # ---- one pass over the nodes: likelihood, posterior moments, Price
+    # matrix and (unit-level groups) unit gradients, weights unnormalised
+    for a in range(d):
+        sh.ex[j * d + a] = 0.0
+        for b in range(d):
+            sh.exx[(j * d + a) * d + b] = 0.0
+            w.omacc[a * d + b] = 0.0
+    kap = 0.0
+    for a in range(q):
+        w.k1[a] = 0.0
+        for b in range(q):
+            w.k2[a * q + b] = 0.0
+    e.acc_grad = sh.compute_grad and not e.const_h
+    if e.acc_grad:
+        for i in range(e.start, e.stop):
+            sh.gmu[i] = 0.0
+            sh.gws[i] = 0.0
+            for a in range(q):
+                sh.gz[i * q + a] = 0.0
+    tot = 0.0
+    gtq = 0.0
+    for node in range(sh.n_nodes):
+        acc = place_node(node, sh.n_q, m, w.idx, sh.gh_x, sh.gh_logw, w.Lc,
+                         &sh.cen[j * sh.cw + 0], w.xi) if m > 0 else 0.0
+        # the node's weight is known once log p(y | w.xi) is: the node
+        # function computes it before its unit loop accumulates gradients
+        acc -= 0.5 * m * LOG2PI + mx
+        for a in range(m):
+            acc -= 0.5 * w.xi[a] * w.xi[a]
+        e.lw_off = acc
+        if sh.full:
+            eng_full_node(e, w.xi, sh.r0, sh.eta, sh.Z, sh.H, True)
+            if s > 0:
+                gtq += exp(e.logp + acc) * e.sx[q] * w.xi[0] * w.xi[0]
+        else:
+            eng_node(e, w.xi, sh.r0, sh.eta, sh.Z, sh.H, True)
+        wt = exp(e.logp + acc)
+        tot += wt
+        for a in range(d * d):
+            w.omacc[a] += wt * e.om[a]
+        for a in range(q):
+            sh.ex[j * d + a] += wt * e.mu[a]
+            for b in range(q):
+                sh.exx[(j * d + a) * d + b] += wt * (e.mu[a] * e.mu[b] + e.pinv[a * q + b])
+            for b in range(s):
+                sh.exx[(j * d + a) * d + q + b] += wt * e.mu[a] * e.v[b]
+                sh.exx[(j * d + q + b) * d + a] += wt * e.mu[a] * e.v[b]
+        for a in range(s):
+            sh.ex[j * d + q + a] += wt * e.v[a]
+            for b in range(s):
+                sh.exx[(j * d + q + a) * d + q + b] += wt * e.v[a] * e.v[b]
+        if sh.compute_grad and e.const_h:
+            acc = 0.0
+            for a in range(s):
+                acc += e.h[a] * e.v[a]
+            acc = wt * exp(-acc)
+            kap += acc
+            for a in range(q):
+                w.k1[a] += acc * e.mu[a]
+                for b in range(q):
+                    w.k2[a * q + b] += acc * (e.mu[a] * e.mu[b] + e.pinv[a * q + b])
+    sh.ll[j] = lwd + mx + log(tot)
+    for a in range(d):
+        sh.ex[j * d + a] /= tot
+        for b in range(d):
+            sh.exx[(j * d + a) * d + b] /= tot
+            w.omacc[a * d + b] /= tot
+    kap /= tot
+    for a in range(q):
+        w.k1[a] /= tot
+        for b in range(q):
+            w.k2[a * q + b] /= tot
+    sh.dtq[j] = gtq / tot
+    for a in range(d):
+        for b in range(d):
+            if b > a:
+                sh.dL[(j * d + a) * d + b] = 0.0
+            elif sh.full:
+                sh.dL[(j * d + a) * d + b] = w.omacc[a * d + b]
+            else:
+                acc = 0.0
+                for k in range(d):
+                    acc += w.omacc[a * d + k] * e.Lf[k * d + b]
+                sh.dL[(j * d + a) * d + b] = acc
+    if sh.compute_grad and e.const_h:
+        for i in range(e.start, e.stop):
+            ai = e.invd[i]
+            eh = kap * sh.r0[i]
+            qd = kap * sh.r0[i] * sh.r0[i]
+            for a in range(q):
+                eh -= sh.Z[i * q + a] * w.k1[a]
+                qd -= 2.0 * sh.r0[i] * sh.Z[i * q + a] * w.k1[a]
+                acc = 0.0
+                for b in range(q):
+                    acc += w.k2[a * q + b] * sh.Z[i * q + b]
+                qd += sh.Z[i * q + a] * acc
+                sh.gz[i * q + a] = ai * (sh.r0[i] * w.k1[a] - acc)
+            sh.gmu[i] = ai * eh
+            sh.gws[i] = 0.5 * (ai * qd - 1.0)
+    elif sh.compute_grad:
+        for i in range(e.start, e.stop):
+            sh.gmu[i] /= tot
+            sh.gws[i] = 0.5 * (sh.gws[i] / tot - 1.0)
+            for a in range(q):
+                sh.gz[i * q + a] /= tot
+
+
 def engine_loglik(
     const double[::1] r0,
     const double[::1] eta,
@@ -694,6 +1027,7 @@ def engine_loglik(
     double[:, ::1] g_z,
     bint adapt=True,
     bint compute_grad=True,
+    int n_threads=0,
 ):
     """The kernel: per-group log-likelihood, posterior moments and gradients.
 
@@ -742,22 +1076,28 @@ def engine_loglik(
         Gradient of the log-likelihood in the mean and in eta.
     g_z : (n_obs, q) output
         Gradient in the rows of Z.
+    adapt : bool
+        Place the nodes anew (mode search from ``centers``); else keep them.
+    compute_grad : bool
+        Also the gradients (else dL, dtq and the unit gradients are not set).
+    n_threads : int
+        Threads over groups (0: OpenMP's default; 1 without OpenMP).
     """
     cdef int q = Z.shape[1], s = H.shape[1]
     cdef int d = q + s
     cdef int m = d if full else s
     cdef int n_q = gh_x.shape[0]
     cdef Py_ssize_t n_groups = group_ptr.shape[0] - 1
-    cdef Py_ssize_t j, i, node, n_nodes = 1
-    cdef int a, b, k, it, ls, ok
-    cdef double acc, mx, tot, wt, val, valn, nrm, t, lwd, ai, eh, qd, kap, gtq
-    cdef Eng e
-    cdef Eng* ep = &e
-    cdef double *xi, *xi2, *grad, *grad2, *step, *hess, *hess2, *Lc, *T1, *sbar, *k1, *ztmp, *k2, *omacc, *lwbuf
-    cdef double *buf, *p
+    cdef Py_ssize_t j, n_nodes = 1
+    cdef int a
+    cdef Eng e, le
+    cdef Eng* ep
+    cdef Shared sh
+    cdef Work wk
+    cdef double *buf
+    cdef double *p
     cdef double[::1] uw
-    cdef int* idx
-    cdef const double *pr0, *peta, *pZ, *pH
+    cdef int nt = n_threads if n_threads > 0 else melsml_max_threads()
     if (Kvv.shape[0] != s or Kuv.shape[0] != q or Kuv.shape[1] != s or C.shape[0] != q
             or L.shape[0] != d or L.shape[1] != d):
         raise ValueError("engine_loglik: factor shapes do not match Z and H")
@@ -765,6 +1105,7 @@ def engine_loglik(
         raise ValueError("engine_loglik: centers must have m + m*m columns")
     for a in range(m):
         n_nodes *= n_q
+    cdef Py_ssize_t n_buf = eng_work_size(q, s, n_nodes)
     e.q = q
     e.s = s
     e.d = d
@@ -774,61 +1115,6 @@ def engine_loglik(
     e.Lf = &L[0, 0]
     e.tau_q = tau_q
     e.full = full
-    cdef Py_ssize_t n_buf
-    n_buf = (10 * q * q + 8 * q + 4 * s + 2 * q * s + 2 * s * q * q
-                             + 3 * s * s + 2 * d * d + 6 * s + 4 * s * s + d
-                             + 3 * q + q * q + n_nodes + 8
-                             + 8 * d + 8 * d * d)
-    buf = <double*> malloc(n_buf * sizeof(double))
-    p = buf
-    if buf == NULL:
-        raise MemoryError()
-    e.lam0 = p; p += q * q
-    e.b0 = p; p += q
-    e.h = p; p += s
-    e.v = p; p += s
-    e.gx = p; p += q
-    e.lam = p; p += q * q
-    e.b = p; p += q
-    e.B = p; p += q * q
-    e.W = p; p += q * q
-    e.pinv = p; p += q * q
-    e.m = p; p += q
-    e.mu = p; p += q
-    e.su = p; p += q
-    e.sv = p; p += s
-    e.N = p; p += q * s
-    e.M = p; p += s * q * q
-    e.PM = p; p += s * q * q
-    e.T = p; p += s * s
-    e.R = p; p += s * s
-    e.om = p; p += d * d
-    e.tmp = p; p += q * q
-    e.tq = p; p += q
-    e.zt = p; p += q
-    e.x = p; p += d
-    e.sx = p; p += d
-    e.Hx = p; p += d * d
-    xi = p; p += d
-    xi2 = p; p += d
-    grad = p; p += d
-    grad2 = p; p += d
-    step = p; p += d
-    hess = p; p += d * d
-    hess2 = p; p += d * d
-    Lc = p; p += d * d
-    T1 = p; p += d * d
-    sbar = p; p += d
-    k1 = p; p += q
-    ztmp = p; p += q
-    k2 = p; p += q * q
-    omacc = p; p += d * d
-    lwbuf = p; p += n_nodes
-    idx = <int*> malloc((d + 1) * sizeof(int))
-    pr0 = &r0[0]
-    peta = &eta[0]
-    pZ = &Z[0, 0]
-    pH = &H[0, 0] if s > 0 else NULL
     unit_buf = np.empty(3 * r0.shape[0] + 1, dtype=np.float64)
     uw = unit_buf
     e.aw = &uw[0]
@@ -837,204 +1123,41 @@ def engine_loglik(
     e.gmu = &g_mu[0]
     e.gws = &g_ws[0]
     e.gz = &g_z[0, 0]
-    try:
-        with nogil:
-            for j in range(n_groups):
-                eng_group(ep, group_ptr[j], group_ptr[j + 1], h_const[j] if s > 0 else 1,
-                          pr0, peta, pZ, pH)
-
-                # ---- node placement: mode of the log integrand (over xi, or theta if full)
-                if m > 0 and adapt:
-                    for a in range(m):
-                        xi[a] = centers[j, a]
-                    val = eng_psi(ep, xi, pr0, peta, pZ, pH, grad, hess, sbar)
-                    for it in range(200):
-                        for a in range(m * m):
-                            hess2[a] = -hess[a]
-                        ok = chol(hess2, m)
-                        for a in range(m):
-                            step[a] = grad[a]
-                        if ok:
-                            chol_solve(hess2, m, step)
-                        else:
-                            nrm = 0.0
-                            for a in range(m):
-                                nrm += grad[a] * grad[a]
-                            nrm = sqrt(nrm)
-                            for a in range(m):
-                                step[a] = grad[a] / (1.0 + nrm)
-                        nrm = 0.0
-                        for a in range(m):
-                            nrm += step[a] * step[a]
-                        nrm = sqrt(nrm)
-                        if nrm > 5.0:
-                            for a in range(m):
-                                step[a] *= 5.0 / nrm
-                            nrm = 5.0
-                        t = 1.0
-                        for ls in range(60):
-                            for a in range(m):
-                                xi2[a] = xi[a] + t * step[a]
-                            valn = eng_psi(ep, xi2, pr0, peta, pZ, pH, grad2, hess2, sbar)
-                            if valn >= val - 1e-13 * (1.0 + fabs(val)):
-                                break
-                            t *= 0.5
-                        acc = 0.0
-                        for a in range(m):
-                            xi[a] = xi2[a]
-                            grad[a] = grad2[a]
-                            acc += fabs(xi[a])
-                        for a in range(m * m):
-                            hess[a] = hess2[a]
-                        val = valn
-                        if t * nrm < 1e-11 * (1.0 + acc):
-                            break
-                    for a in range(m):
-                        centers[j, a] = xi[a]
-                    # Cholesky factor of the inverse of -hess
-                    for a in range(m * m):
-                        hess2[a] = -hess[a]
-                    ok = chol(hess2, m)
-                    if ok:
-                        for b in range(m):
-                            for a in range(m):
-                                step[a] = 1.0 if a == b else 0.0
-                            chol_solve(hess2, m, step)
-                            for a in range(m):
-                                T1[a * m + b] = step[a]
-                        ok = chol(T1, m)
-                    for a in range(m):
-                        for b in range(m):
-                            centers[j, m + a * m + b] = (T1[a * m + b] if ok
-                                                         else (1.0 if a == b else 0.0))
-                for a in range(m * m):
-                    Lc[a] = centers[j, m + a]
-                lwd = 0.5 * m * log(2.0)
-                for a in range(m):
-                    lwd += log(Lc[a * m + a])
-
-                # ---- reference log weight: the mode's value, or the largest node's
-                if m > 0 and adapt:
-                    mx = val
-                else:
-                    mx = -1e300
-                    for node in range(n_nodes):
-                        acc = place_node(node, n_q, m, idx, &gh_x[0], &gh_logw[0], Lc,
-                                         &centers[j, 0], xi) if m > 0 else 0.0
-                        acc += eng_psi(ep, xi, pr0, peta, pZ, pH, NULL, NULL, NULL)
-                        if acc > mx:
-                            mx = acc
-
-                # ---- one pass over the nodes: likelihood, posterior moments, Price
-                # matrix and (unit-level groups) unit gradients, weights unnormalised
-                for a in range(d):
-                    ex[j, a] = 0.0
-                    for b in range(d):
-                        exx[j, a, b] = 0.0
-                        omacc[a * d + b] = 0.0
-                kap = 0.0
-                for a in range(q):
-                    k1[a] = 0.0
-                    for b in range(q):
-                        k2[a * q + b] = 0.0
-                e.acc_grad = compute_grad and not e.const_h
-                if e.acc_grad:
-                    for i in range(e.start, e.stop):
-                        g_mu[i] = 0.0
-                        g_ws[i] = 0.0
-                        for a in range(q):
-                            g_z[i, a] = 0.0
-                tot = 0.0
-                gtq = 0.0
-                for node in range(n_nodes):
-                    acc = place_node(node, n_q, m, idx, &gh_x[0], &gh_logw[0], Lc,
-                                     &centers[j, 0], xi) if m > 0 else 0.0
-                    # the node's weight is known once log p(y | xi) is: the node
-                    # function computes it before its unit loop accumulates gradients
-                    acc -= 0.5 * m * LOG2PI + mx
-                    for a in range(m):
-                        acc -= 0.5 * xi[a] * xi[a]
-                    e.lw_off = acc
-                    if full:
-                        eng_full_node(ep, xi, pr0, peta, pZ, pH, True)
-                        if s > 0:
-                            gtq += exp(e.logp + acc) * e.sx[q] * xi[0] * xi[0]
-                    else:
-                        eng_node(ep, xi, pr0, peta, pZ, pH, True)
-                    wt = exp(e.logp + acc)
-                    tot += wt
-                    for a in range(d * d):
-                        omacc[a] += wt * e.om[a]
-                    for a in range(q):
-                        ex[j, a] += wt * e.mu[a]
-                        for b in range(q):
-                            exx[j, a, b] += wt * (e.mu[a] * e.mu[b] + e.pinv[a * q + b])
-                        for b in range(s):
-                            exx[j, a, q + b] += wt * e.mu[a] * e.v[b]
-                            exx[j, q + b, a] += wt * e.mu[a] * e.v[b]
-                    for a in range(s):
-                        ex[j, q + a] += wt * e.v[a]
-                        for b in range(s):
-                            exx[j, q + a, q + b] += wt * e.v[a] * e.v[b]
-                    if compute_grad and e.const_h:
-                        acc = 0.0
-                        for a in range(s):
-                            acc += e.h[a] * e.v[a]
-                        acc = wt * exp(-acc)
-                        kap += acc
-                        for a in range(q):
-                            k1[a] += acc * e.mu[a]
-                            for b in range(q):
-                                k2[a * q + b] += acc * (e.mu[a] * e.mu[b] + e.pinv[a * q + b])
-                ll[j] = lwd + mx + log(tot)
-                for a in range(d):
-                    ex[j, a] /= tot
-                    for b in range(d):
-                        exx[j, a, b] /= tot
-                        omacc[a * d + b] /= tot
-                kap /= tot
-                for a in range(q):
-                    k1[a] /= tot
-                    for b in range(q):
-                        k2[a * q + b] /= tot
-                dtq[j] = gtq / tot
-                for a in range(d):
-                    for b in range(d):
-                        if b > a:
-                            dL[j, a, b] = 0.0
-                        elif full:
-                            dL[j, a, b] = omacc[a * d + b]
-                        else:
-                            acc = 0.0
-                            for k in range(d):
-                                acc += omacc[a * d + k] * L[k, b]
-                            dL[j, a, b] = acc
-                if not compute_grad:
-                    continue
-                if e.const_h:
-                    for i in range(e.start, e.stop):
-                        ai = e.invd[i]
-                        eh = kap * pr0[i]
-                        qd = kap * pr0[i] * pr0[i]
-                        for a in range(q):
-                            eh -= pZ[i * q + a] * k1[a]
-                            qd -= 2.0 * pr0[i] * pZ[i * q + a] * k1[a]
-                            acc = 0.0
-                            for b in range(q):
-                                acc += k2[a * q + b] * pZ[i * q + b]
-                            qd += pZ[i * q + a] * acc
-                            g_z[i, a] = ai * (pr0[i] * k1[a] - acc)
-                        g_mu[i] = ai * eh
-                        g_ws[i] = 0.5 * (ai * qd - 1.0)
-                else:
-                    for i in range(e.start, e.stop):
-                        g_mu[i] /= tot
-                        g_ws[i] = 0.5 * (g_ws[i] / tot - 1.0)
-                        for a in range(q):
-                            g_z[i, a] /= tot
-    finally:
+    sh.gptr = &group_ptr[0]
+    sh.hc = &h_const[0]
+    sh.r0 = &r0[0]
+    sh.eta = &eta[0]
+    sh.Z = &Z[0, 0]
+    sh.H = &H[0, 0] if s > 0 else NULL
+    sh.gh_x = &gh_x[0]
+    sh.gh_logw = &gh_logw[0]
+    sh.n_q = n_q
+    sh.n_nodes = n_nodes
+    sh.m = m
+    sh.adapt = adapt
+    sh.compute_grad = compute_grad
+    sh.full = full
+    sh.ll = &ll[0]
+    sh.ex = &ex[0, 0]
+    sh.exx = &exx[0, 0, 0]
+    sh.dL = &dL[0, 0, 0]
+    sh.dtq = &dtq[0]
+    sh.cen = &centers[0, 0] if centers.shape[1] > 0 else NULL
+    sh.cw = m + m * m
+    sh.gmu = &g_mu[0]
+    sh.gws = &g_ws[0]
+    sh.gz = &g_z[0, 0]
+    with nogil, parallel(num_threads=nt):
+        # each thread: its own copy of the Eng and its own work arrays
+        buf = <double*> malloc(n_buf * sizeof(double))
+        le = e
+        ep = &le
+        p = eng_bind(ep, buf)
+        wk = eng_work(p, q, d)
+        for j in prange(n_groups, schedule="dynamic"):
+            eng_one_group(ep, &wk, &sh, j)
+        free(wk.idx)
         free(buf)
-        free(idx)
 
 
 
@@ -1081,9 +1204,7 @@ def engine_points(
     cdef const double *pH
     if points.shape[0] != n_groups or points.shape[2] != s:
         raise ValueError("engine_points: points must have shape (n_groups, P, s)")
-    work = np.zeros(12 * q * q + 10 * q + 6 * s + 2 * q * s + 2 * s * q * q + 3 * s * s
-                    + 3 * d * d + 3 * d + 3 * r0.shape[0] + 8)
-    p = &work[0]
+    work = np.zeros(eng_work_size(q, s, 1) + 3 * r0.shape[0])
     e.q = q
     e.s = s
     e.d = d
@@ -1091,29 +1212,7 @@ def engine_points(
     e.Kvv = &Kvv[0, 0] if s > 0 else NULL
     e.Kuv = &Kuv[0, 0] if s > 0 else NULL
     e.C = &C[0, 0]
-    e.lam0 = p; p += q * q
-    e.b0 = p; p += q
-    e.h = p; p += s
-    e.v = p; p += s
-    e.gx = p; p += q
-    e.lam = p; p += q * q
-    e.b = p; p += q
-    e.B = p; p += q * q
-    e.W = p; p += q * q
-    e.pinv = p; p += q * q
-    e.m = p; p += q
-    e.mu = p; p += q
-    e.su = p; p += q
-    e.sv = p; p += s
-    e.N = p; p += q * s
-    e.M = p; p += s * q * q
-    e.PM = p; p += s * q * q
-    e.T = p; p += s * s
-    e.R = p; p += s * s
-    e.om = p; p += d * d
-    e.tmp = p; p += q * q
-    e.tq = p; p += q
-    e.zt = p; p += q
+    p = eng_bind(ep, &work[0])
     e.aw = p; p += r0.shape[0]
     e.rw = p; p += r0.shape[0]
     e.invd = p; p += r0.shape[0]

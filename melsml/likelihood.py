@@ -8,11 +8,17 @@ is done here with matrix products.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import _quad
+# OpenMP worker threads that spin after a parallel region slow the NumPy work
+# between kernel calls; let them sleep unless the user chose otherwise.  (Read
+# once, when the OpenMP runtime loads with the kernel below.)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import _quad  # noqa: E402
 from .config import ModelOptions
 from .formula import DesignMatrices
 from .params import ParamLayout
@@ -154,6 +160,10 @@ class MELSObjective:
             st, options, unit_level_scale=bool(st.s and not self._h_const.all())
         )
         self.gh_x, self.gh_logw = gauss_hermite(self.plan.n_points)
+        # threads pay off where each node costs O(n_j) (a unit-level scale design)
+        # or there are many nodes; a constant-h exact plan is faster on one thread
+        heavy = self.plan.unit_level_scale or self.plan.n_nodes > 50
+        self.n_threads = 0 if heavy else 1
         self._x_re = None if st.bs else np.ascontiguousarray(design.x_re)
         m = self.plan.dim
         self._centers = np.zeros((j, m + m * m))
@@ -254,6 +264,7 @@ class MELSObjective:
             g_z,
             adapt=adapt,
             compute_grad=score,
+            n_threads=self.n_threads,
         )
         self.n_evals += 1
         grad_random = lay.chol_gradient(dL, d_tau_q=dtq)

@@ -249,3 +249,27 @@ def test_gauss_hermite_rule():
     assert np.exp(logw) @ x**2 == pytest.approx(np.sqrt(np.pi) / 2)
     with pytest.raises(ValueError):
         gauss_hermite(0)
+
+
+def test_threads_give_identical_results():
+    """Groups are independent: any number of threads gives the same numbers."""
+    r0, eta, Z, H, ptr, L = make_case(1, 2, sizes=[3, 9, 1, 20, 6] * 8, seed=13)
+    kvv, kuv, c = scale_first_factor(L @ L.T, 1)
+    x, lw = gauss_hermite(7)
+    outs = []
+    for nt in (1, 2, 3):
+        j, n = len(ptr) - 1, len(r0)
+        out = [np.empty(j), np.empty((j, 3)), np.empty((j, 3, 3)), np.empty((j, 3, 3)), np.empty(j)]
+        cen = np.zeros((j, 6))
+        cen[:, 2:] = np.eye(2).ravel()
+        g = [np.empty(n), np.empty(n), np.empty((n, 1))]
+        _quad.engine_loglik(
+            r0, eta, Z, H, h_const(H, ptr), ptr, kvv, kuv, c, L, 0.0, False, x, lw, *out, cen,
+            *g, n_threads=nt,
+        )  # fmt: skip
+        outs.append(out + g + [cen])
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert _quad.openmp_threads() >= 1
+    assert isinstance(_quad.built_with_openmp(), bool)
