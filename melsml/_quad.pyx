@@ -253,6 +253,54 @@ cdef void eng_group(Eng* e, Py_ssize_t start, Py_ssize_t stop, int const_h,
             e.lam0[a * q + b] = e.lam0[b * q + a]
 
 
+cdef double eng_units(Eng* e, const double* shift, const double* r0, const double* Z,
+                      const double* H, bint sums) noexcept nogil:
+    """One pass over the group's units at the current v: the precision weights
+    a_i = exp(-eta_i - h_i'v) and residuals r_i = r0_i - z_i'shift (kept in
+    e.aw, e.rw), c = sum a r^2 and, with ``sums``, b = sum a z r and
+    lam = sum a z z'.  Returns sum h_i'v.  (Unit-level scale designs only.)"""
+    cdef int q = e.q, s = e.s
+    cdef int a, b
+    cdef Py_ssize_t i
+    cdef double hv, ai, ri, sumhv = 0.0, z0
+    e.c = 0.0
+    if sums:
+        for a in range(q):
+            e.b[a] = 0.0
+            for b in range(q):
+                e.lam[a * q + b] = 0.0
+    for i in range(e.start, e.stop):
+        hv = 0.0
+        for a in range(s):
+            hv += H[i * s + a] * e.v[a]
+        sumhv += hv
+        ai = e.invd[i] * exp(-hv)
+        if q == 1:
+            # the random-intercept case: scalar arithmetic
+            z0 = Z[i]
+            ri = r0[i] - z0 * shift[0]
+            if sums:
+                e.b[0] += ai * z0 * ri
+                e.lam[0] += ai * z0 * z0
+        else:
+            ri = r0[i]
+            for a in range(q):
+                ri -= Z[i * q + a] * shift[a]
+            if sums:
+                for a in range(q):
+                    e.b[a] += ai * Z[i * q + a] * ri
+                    for b in range(a + 1):
+                        e.lam[a * q + b] += ai * Z[i * q + a] * Z[i * q + b]
+        e.aw[i] = ai
+        e.rw[i] = ri
+        e.c += ai * ri * ri
+    if sums:
+        for a in range(q):
+            for b in range(a + 1, q):
+                e.lam[a * q + b] = e.lam[b * q + a]
+    return sumhv
+
+
 cdef void eng_node(Eng* e, const double* xi, const double* r0, const double* eta,
                    const double* Z, const double* H, bint full) noexcept nogil:
     """log p(y | xi) of the current group and, with ``full``, the posterior terms."""
@@ -292,47 +340,7 @@ cdef void eng_node(Eng* e, const double* xi, const double* r0, const double* eta
             e.c += -2.0 * e.gx[a] * e.b0[a] + e.gx[a] * e.tq[a]
         e.c *= kap
     else:
-        sumhv = 0.0
-        e.c = 0.0
-        for a in range(q):
-            e.b[a] = 0.0
-            for b in range(q):
-                e.lam[a * q + b] = 0.0
-        if q == 1:
-            # the random-intercept case: scalar sums (same arithmetic as below)
-            kap = e.gx[0]
-            for i in range(e.start, e.stop):
-                hv = 0.0
-                for a in range(s):
-                    hv += H[i * s + a] * e.v[a]
-                sumhv += hv
-                ai = e.invd[i] * exp(-hv)
-                ri = r0[i] - Z[i] * kap
-                e.aw[i] = ai
-                e.rw[i] = ri
-                e.c += ai * ri * ri
-                e.b[0] += ai * Z[i] * ri
-                e.lam[0] += ai * Z[i] * Z[i]
-        else:
-            for i in range(e.start, e.stop):
-                hv = 0.0
-                for a in range(s):
-                    hv += H[i * s + a] * e.v[a]
-                sumhv += hv
-                ai = e.invd[i] * exp(-hv)
-                ri = r0[i]
-                for a in range(q):
-                    ri -= Z[i * q + a] * e.gx[a]
-                e.aw[i] = ai
-                e.rw[i] = ri
-                e.c += ai * ri * ri
-                for a in range(q):
-                    e.b[a] += ai * Z[i * q + a] * ri
-                    for b in range(a + 1):
-                        e.lam[a * q + b] += ai * Z[i * q + a] * Z[i * q + b]
-        for a in range(q):
-            for b in range(a + 1, q):
-                e.lam[a * q + b] = e.lam[b * q + a]
+        sumhv = eng_units(e, e.gx, r0, Z, H, True)
     # B = I + C' lam C, W = B^-1 C', pinv = C W, m = pinv b
     for a in range(q):
         for b in range(q):
@@ -603,21 +611,8 @@ cdef void eng_full_node(Eng* e, const double* th, const double* r0, const double
             for b in range(s):
                 e.Hx[(q + a) * d + q + b] = -0.5 * kap * cu * e.h[a] * e.h[b]
     else:
-        sumhv = 0.0
-        ss = 0.0
-        for i in range(e.start, e.stop):
-            hv = 0.0
-            for a in range(s):
-                hv += H[i * s + a] * e.v[a]
-            sumhv += hv
-            ai = e.invd[i] * exp(-hv)
-            ei = r0[i]
-            for a in range(q):
-                ei -= Z[i * q + a] * e.mu[a]
-            e.aw[i] = ai
-            e.rw[i] = ei
-            ss += ai * ei * ei
-        e.logp = -0.5 * (e.n * LOG2PI + e.sumeta + sumhv + ss)
+        sumhv = eng_units(e, e.mu, r0, Z, H, False)
+        e.logp = -0.5 * (e.n * LOG2PI + e.sumeta + sumhv + e.c)
         if not full:
             return
         if e.acc_grad:
