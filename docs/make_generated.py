@@ -130,12 +130,33 @@ def tutorial() -> None:
         f"slope contributes a median {100 * share['50%']:.1f}% (at most "
         f"{100 * share['max']:.1f}%) of a school's variance in model 6.\n",
     )
+    scale_slopes()
     school8 = fits["8"].params[
         [("tau", t) for t in fits["8"].params["tau"].index if t.startswith("school_type")]
     ]
     write(
         "school8.md",
         md_table(school8.to_frame("estimate").join(fits["8"].bse.rename("std. error")), "{:.4f}"),
+    )
+
+
+def scale_slopes() -> None:
+    """The tutorial's random scale slope section."""
+    data = simulate_london(3, seed=2024, scale_slope=True)
+    m3 = MELS.from_formula("y ~ prior", data, "school", ws_formula="~ prior").fit()
+    slope = MELS.from_formula(
+        "y ~ prior", data, "school", ws_formula="~ prior", ws_re_formula="~ 1 + prior"
+    ).fit()
+    table = compare(m3, slope, names=["model 3", "+ scale slope"])
+    write(
+        "scaleslope_lr.md",
+        md_table(table[["k", "llf", "aic", "bic", "lr_stat", "df", "p_value", "test"]], "{:.4g}"),
+    )
+    write("scaleslope_cov.md", md_table(slope.cov_re, "{:.4f}"))
+    rp = slope.random_params()
+    write("scaleslope_random.md", md_table(rp, "{:.4f}"))
+    plots.variance_function(slope, "prior", n_schools=6).savefig(
+        OUT / "variance_function.png", dpi=100
     )
 
 

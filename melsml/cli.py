@@ -99,6 +99,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         bs_formula=args.bs,
         ws_formula=args.ws,
         re_formula=args.re,
+        ws_re_formula=args.ws_re,
         random_scale=not args.no_random_scale,
         association=args.association,
         integration=args.integration,
@@ -267,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--bs", default="~ 1", help='BS log-variance function (default "~ 1")')
     fit.add_argument(
         "--re", default="~ 1", help='random location effects (default "~ 1"; e.g. "~ 1 + x")'
+    )
+    fit.add_argument(
+        "--ws-re",
+        default="~ 1",
+        help='random scale effects (default "~ 1"; "~ 1 + x" adds a random scale slope)',
     )
     fit.add_argument("--no-random-scale", action="store_true", help="omit the random scale")
     fit.add_argument("--association", default="linear", choices=["none", "linear", "quadratic"])

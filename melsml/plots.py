@@ -136,3 +136,71 @@ def rank_scatter(
     ax.set_aspect("equal")
     fig.tight_layout()
     return fig
+
+
+def variance_function(
+    res,
+    term: str,
+    *,
+    values=None,
+    schools=None,
+    n_schools: int = 6,
+    ax=None,
+    title: str | None = None,
+):
+    """Schools' variance of adjusted achievement against a covariate, beside the
+    line of a school with no random scale effects.
+
+    Meant for a random scale slope (``ws_re_formula="~ 1 + term"``): each
+    school's line is the posterior mean of exp(w(x)'tau + h(x)'v_j) at each
+    value x of ``term`` (other terms at their means), from
+    ``res.school_effects(at=...)``.
+
+    Parameters
+    ----------
+    res : MELSResults
+    term : str
+        A term of the WS function or of the random scale effects.
+    values : array-like, optional
+        Values of ``term``; default 25 points over its 2nd to 98th percentiles.
+    schools : list, optional
+        School identifiers to draw; default ``n_schools`` spread over the range
+        of the schools' slopes of log variance on ``term``.
+    ax : matplotlib Axes, optional
+    """
+    d = res.model.design
+    names = list(d.ws_names) + list(d.scale_names)
+    if term not in names or term == "Intercept":
+        raise MELSInputError(
+            f"term {term!r} is not a term of the WS function or of the random scale effects"
+        )
+    if values is None:
+        col = (d.x_ws[:, list(d.ws_names).index(term)] if term in d.ws_names
+               else d.x_scale[:, list(d.scale_names).index(term)])  # fmt: skip
+        values = np.linspace(*np.percentile(col, [2, 98]), 25)
+    values = np.asarray(values, dtype=float)
+    eff = res.school_effects(at={term: values})
+    cols = [f"variance[{term}={v:g}]" for v in values]
+    curves = eff[cols].to_numpy()
+    refs = np.array([eff.attrs["at_references"][c] for c in cols])
+    if schools is None:
+        slope = np.polyfit(values, np.log(curves).T, 1)[0]
+        order = np.argsort(slope)
+        pick = order[np.linspace(0, len(order) - 1, min(n_schools, len(order))).astype(int)]
+        schools = list(eff.index[pick])
+    unknown = [s for s in schools if s not in eff.index]
+    if unknown:
+        raise MELSInputError(f"unknown school(s): {', '.join(map(str, unknown))}")
+    plt = _plt()
+    fig = ax.figure if ax is not None else plt.figure(figsize=(7, 4.5))
+    ax = ax if ax is not None else fig.add_subplot()
+    for s in schools:
+        ax.plot(values, eff.loc[s, cols].to_numpy(dtype=float), lw=1.2, label=f"school {s}")
+    ax.plot(values, refs, color="black", lw=2.5, ls="--", label="school with v = 0")
+    ax.set_xlabel(term)
+    ax.set_ylabel("variance of adjusted achievement")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title(title or f"School variances against {term}")
+    fig.tight_layout()
+    return fig

@@ -72,6 +72,13 @@ def test_fit_with_a_random_slope(small_csv, capsys):
     assert "L(x,Intercept)" in out and "corr(Intercept,x)" in out
 
 
+def test_fit_with_a_random_scale_slope(small_csv, capsys):
+    args = ["fit", str(small_csv), "--formula", "y ~ x", "--groups", "group", "--ws", "~ x"]
+    assert main([*args, "--ws-re", "~ 1 + x"]) == 0
+    out = capsys.readouterr().out
+    assert "L(omega:x,omega:x)" in out and "var(omega:x)" in out and "2-D" in out
+
+
 def test_fit_options(small_csv, capsys):
     assert (
         main(
