@@ -223,6 +223,24 @@ class MELS:
             raise MELSInputError(f"{name} has non-finite values")
         return arr
 
+    def _off_the_boundary(self, theta0: np.ndarray, boundary) -> np.ndarray:
+        """A start with an SD (a diagonal of L) exactly 0 sits on a stationary point
+        of the likelihood (it is even in that SD), which the optimiser cannot leave:
+        move it to half the default start, and say so."""
+        zero = [pos for pos in boundary if theta0[pos] == 0.0]
+        if not zero:
+            return theta0
+        default = start_values(self.design, self.layout)
+        theta0 = theta0.copy()
+        for pos in zero:
+            theta0[pos] = 0.5 * default[pos] if default[pos] != 0 else 0.1
+            logger.info(
+                "start value of %s moved from 0 (a stationary point) to %.4g",
+                self.layout.index[pos][1],
+                theta0[pos],
+            )
+        return theta0
+
     def fit(
         self,
         start_params=None,
@@ -236,7 +254,10 @@ class MELS:
         Parameters
         ----------
         start_params : Series or array, optional
-            Starting values; default :meth:`start_params`.
+            Starting values; default :meth:`start_params`.  A random-effect SD
+            (sigma_omega or a diagonal of L) given as exactly 0 is a stationary
+            point the optimiser cannot leave; it starts at half its default
+            start value instead (logged).
         cov_type : {"observed", "robust"}
             Standard errors from the inverse observed information (default) or
             the sandwich estimator.
@@ -258,8 +279,10 @@ class MELS:
             if start_params is None
             else self._as_vector(start_params, "start_params")
         )
-        obj = self.objective()
         boundary = self.layout.boundary_positions
+        if start_params is not None:
+            theta0 = self._off_the_boundary(theta0, boundary)
+        obj = self.objective()
         theta, hess, info = maximize(
             obj, theta0, maxiter=maxiter, tol=tol, boundary_params=boundary
         )

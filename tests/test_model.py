@@ -308,3 +308,26 @@ def test_slope_options_are_checked():
         MELS.from_formula("y ~ prior", data, "school", re_formula="~ 1 + prior", bs_formula="~ fsm")
     with pytest.raises(MELSInputError, match="re_formula.*not in the data"):
         MELS.from_formula("y ~ prior", data, "school", re_formula="~ 1 + nope")
+
+
+def test_too_few_quadrature_points_are_refused_with_the_reason():
+    data = simulate_london(3, seed=5, n_schools=30, n_students=2000)
+    with pytest.raises(MELSInputError, match="from 5 to 101.*score"):
+        MELS.from_formula("y ~ prior", data, "school", n_points=4)
+
+
+def test_a_start_with_no_random_scale_is_allowed():
+    """tau_l = sigma_omega = 0: the likelihood is defined (the closed form) and the
+    fit moves off it."""
+    data = simulate_london(3, seed=5, n_schools=60, n_students=6000)
+    m = MELS.from_formula("y ~ prior", data, "school", ws_formula="~ prior")
+    start = m.start_params()
+    start[("random", "tau_l")] = 0.0
+    start[("random", "sigma_omega")] = 0.0
+    closed = MELS.from_formula(
+        "y ~ prior", data, "school", ws_formula="~ prior", random_scale=False
+    )
+    assert m.loglike(start) == pytest.approx(closed.loglike(start.drop("random")), rel=1e-12)
+    assert np.isfinite(m.objective().score(start.to_numpy())).all()
+    res = m.fit(start_params=start)
+    assert res.converged and res.llf == pytest.approx(m.fit().llf, abs=1e-6)

@@ -95,3 +95,16 @@ def test_robust_cov_requested_after_fit(res):
     assert np.all(np.linalg.eigvalsh(rob.to_numpy()) > 0)
     with pytest.raises(ValueError, match="cov_type"):
         res.cov_params("bootstrap")
+
+
+def test_params_is_a_copy_not_a_view_of_the_fit():
+    from melsml import MELS, simulate_london
+
+    data = simulate_london(3, seed=5, n_schools=40, n_students=3000)
+    res = MELS.from_formula("y ~ prior", data, "school", ws_formula="~ prior").fit()
+    before = res.params.copy()
+    p = res.params
+    p.iloc[:] = 99.0
+    pd_testing = __import__("pandas").testing
+    pd_testing.assert_series_equal(res.params, before)
+    assert res.fit_state.theta[0] == before.iloc[0]
