@@ -8,8 +8,9 @@ grid has 241 points over +-9 posterior SDs for one scale effect, 41 x 41 over
 +-6 for two and 15^s over +-5 beyond.  Means, SDs, covariances and
 equal-tailed intervals of the effects and of nonlinear functions (a school's
 variance exp(w'tau + h'v_j)) are posterior expectations on that grid.  The
-quadratic association, which has no exact-location identity, is handled by
-:mod:`melsml.random_effects` on the adaptive quadrature's own 2-D grid.
+quadratic association, which has no exact-location identity, is tabulated on
+the adaptive quadrature's rotated 2-D grid over (theta1, theta2)
+(:func:`quadratic_grid`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .measures import grid_quantiles, grid_weights
 #: points per dimension and half-width (posterior SDs) of the grid, by s
 _GRIDS = {1: (241, 9.0), 2: (41, 6.0)}
 _GRID_DEFAULT = (15, 5.0)
+_GRID_2D = np.linspace(-7.0, 7.0, 57)
 
 
 @dataclass(frozen=True)
@@ -163,3 +165,37 @@ def variance_quantity(
         for k, prob in enumerate(probs):
             out[k][j] = np.quantile(t, prob)
     return mean, sd, out
+
+
+def quadratic_grid(state: FitState) -> dict[str, np.ndarray]:
+    """Posterior of (theta1, theta2) for the quadratic association on the adaptive
+    quadrature's placement (mode + L z, z on +-7 in 57 steps per axis).
+
+    Returns ``w`` (n_groups, 57^2) weights, ``u`` theta1 and ``om`` omega at
+    the grid points, and the marginal of theta1: ``u1``, ``w1`` (n_groups, 57).
+    """
+    p = state.params()
+    tl, tq, sw = p["tau_l"], p["tau_q"], p["sigma_omega"]
+    d = state.design
+    r0 = d.y - d.x_mean @ p["beta"]
+    inv_d = np.exp(-(d.x_ws @ p["tau"]))
+    s_u = np.exp(0.5 * d.x_bs @ p["alpha"])
+    starts = d.group_ptr[:-1]
+    lam = np.add.reduceat(s_u * s_u * inv_d, starts)[:, None]
+    b0 = np.add.reduceat(s_u * r0 * inv_d, starts)[:, None]
+    a_sum = np.add.reduceat(r0 * r0 * inv_d, starts)[:, None]
+    n = d.group_sizes.astype(float)[:, None]
+    cen = state.evaluation.centers
+    z1, z2 = np.meshgrid(_GRID_2D, _GRID_2D, indexing="ij")
+    z1, z2 = z1.ravel()[None, :], z2.ravel()[None, :]
+    # centers: mode (theta1, theta2), then the 2 x 2 scale row by row
+    u = cen[:, [0]] + cen[:, [2]] * z1
+    v = cen[:, [1]] + cen[:, [4]] * z1 + cen[:, [5]] * z2
+    om = tl * u + tq * u * u + sw * v
+    c = a_sum - 2 * u * b0 + u * u * lam
+    w = grid_weights(-0.5 * (n * om + np.exp(-om) * c) - 0.5 * (u * u + v * v))
+    n1 = len(_GRID_2D)
+    # theta1 depends on z1 only: its marginal is the grid summed over z2
+    w1 = w.reshape(len(w), n1, n1).sum(axis=2)
+    u1 = u.reshape(len(u), n1, n1)[:, :, 0]
+    return dict(w=w, u=u, om=om, u1=u1, w1=w1)

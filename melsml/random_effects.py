@@ -1,10 +1,7 @@
 """Random effects and school measures per group: the tables users read.
 
-The posteriors come from :mod:`melsml.posterior` (a grid over the scale
-effects with the location effects normal given them); the quadratic
-association, which has no such identity, is tabulated here on the adaptive
-quadrature's rotated 2-D grid (57 x 57 points over +-7 posterior SDs).
-Everything is computed from the results' frozen :class:`~melsml.likelihood.FitState`.
+The posteriors come from :mod:`melsml.posterior`; everything is computed from
+the results' frozen :class:`~melsml.likelihood.FitState`.
 """
 
 from __future__ import annotations
@@ -15,14 +12,18 @@ import numpy as np
 import pandas as pd
 
 from .exceptions import MELSInputError
-from .measures import grid_quantiles, grid_weights, measure_columns, mixture_quantiles
-from .posterior import PosteriorGrid, moments, posterior_grid, variance_quantity
+from .measures import grid_quantiles, measure_columns, mixture_quantiles
+from .posterior import (
+    PosteriorGrid,
+    moments,
+    posterior_grid,
+    quadratic_grid,
+    variance_quantity,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .likelihood import FitState
     from .results import MELSResults
-
-_GRID_2D = np.linspace(-7.0, 7.0, 57)
 
 
 def _frame(state: FitState, cols: dict) -> pd.DataFrame:
@@ -155,36 +156,13 @@ def _posterior_mixwild(state: FitState, alpha: float, ws_shift: float) -> dict:
 
 
 def _posterior_2d(state: FitState, probs, ws_shift: float) -> dict[str, np.ndarray]:
-    """Posterior summaries on a rotated 2-D grid over (theta1, theta2): the
-    quadratic association.  The grid is the adaptive quadrature's placement
-    (mode + L z) with z on +-7 in 57 steps per axis."""
-    p = state.params()
-    tl, tq, sw = p["tau_l"], p["tau_q"], p["sigma_omega"]
-    d = state.design
-    r0 = d.y - d.x_mean @ p["beta"]
-    inv_d = np.exp(-(d.x_ws @ p["tau"]))
-    s_u = np.exp(0.5 * d.x_bs @ p["alpha"])
-    starts = d.group_ptr[:-1]
-    lam = np.add.reduceat(s_u * s_u * inv_d, starts)[:, None]
-    b0 = np.add.reduceat(s_u * r0 * inv_d, starts)[:, None]
-    a_sum = np.add.reduceat(r0 * r0 * inv_d, starts)[:, None]
-    n = d.group_sizes.astype(float)[:, None]
-    cen = state.evaluation.centers
-    z1, z2 = np.meshgrid(_GRID_2D, _GRID_2D, indexing="ij")
-    z1, z2 = z1.ravel()[None, :], z2.ravel()[None, :]
-    # centers: mode (theta1, theta2), then the 2 x 2 scale row by row
-    u = cen[:, [0]] + cen[:, [2]] * z1
-    v = cen[:, [1]] + cen[:, [4]] * z1 + cen[:, [5]] * z2
-    om = tl * u + tq * u * u + sw * v
-    c = a_sum - 2 * u * b0 + u * u * lam
-    w = grid_weights(-0.5 * (n * om + np.exp(-om) * c) - 0.5 * (u * u + v * v))
+    """Posterior summaries of theta1 and omega for the quadratic association, on
+    :func:`melsml.posterior.quadratic_grid`."""
+    g = quadratic_grid(state)
+    w, u, om = g["w"], g["u"], g["om"]
     m1 = np.sum(w * u, axis=1)
     v1 = np.sum(w * u * u, axis=1) - m1**2
-    # theta1 depends on z1 only: its marginal is the grid summed over z2
-    n1 = len(_GRID_2D)
-    w1 = w.reshape(len(w), n1, n1).sum(axis=2)
-    u1 = u.reshape(len(u), n1, n1)[:, :, 0]
-    lo1, hi1 = grid_quantiles(u1, w1, probs)
+    lo1, hi1 = grid_quantiles(g["u1"], g["w1"], probs)
     summ = _omega_summaries(w, om, ws_shift, probs)
     return dict(
         theta1_mean=m1,
