@@ -66,6 +66,15 @@ def test_a_zero_slope_row_gives_model_3_exactly():
     assert slope.loglike(ps) == pytest.approx(m3.loglike(p3), abs=1e-8)
 
 
+def test_exact_location_and_full_aghq_plans_agree():
+    data = small_data(n_schools=40)
+    exact = MELS.from_formula("y ~ prior", data, "school", n_points=11, **SLOPE)
+    full = MELS.from_formula("y ~ prior", data, "school", integration="aghq", **SLOPE)
+    assert (full.plan.method, full.plan.dim, full.plan.n_nodes) == ("aghq", 3, 1331)
+    p = exact.start_params()
+    assert exact.loglike(p) == pytest.approx(full.loglike(p), abs=1e-6)
+
+
 def test_ws_re_formula_intercept_is_todays_model(mixwild_cases):
     (data, spec), est = mixwild_cases["small"]
     spec = dict(spec)
@@ -204,3 +213,20 @@ def test_bad_scale_designs_are_named(kwargs, match):
     )
     with pytest.raises(MELSInputError, match=match):
         MELS.from_formula("y ~ prior", data, "g", **kwargs)
+
+
+@pytest.mark.slow
+def test_coverage_study_of_scale_slope_intervals():
+    """Multi-seed study (``pytest -m slow``): 95% Wald intervals of the scale-slope
+    model cover the true values in 80-100% of 40 replications of 150 schools."""
+    covered = []
+    for seed in range(40):
+        data = small_data(seed=20_000 + seed, n_schools=150)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = MELS.from_formula("y ~ prior", data, "school", **SLOPE).fit()
+        ci = res.conf_int()
+        truth = np.array([LONDON_SCALE_SLOPE_TRUE[b][t] for b, t in res.params.index])
+        covered.append((ci["lower"].to_numpy() <= truth) & (truth <= ci["upper"].to_numpy()))
+    rate = np.mean(covered, axis=0)
+    assert np.all(rate >= 0.8), rate
