@@ -434,6 +434,12 @@ def write(
     (def_path, dat_path)
     """
     d, opt = model.design, model.options
+    if opt.random_scale and d.scale_names != ("Intercept",):
+        raise MELSInputError(
+            f"ws_re_formula={d.formulas.get('ws_re_formula')!r}: MixWILD's stage 1 has one "
+            "random scale effect and no random scale slopes, so this model cannot be "
+            "written as a MixWILD definition file"
+        )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     labels_ = d.group_labels

@@ -16,7 +16,7 @@ import pytest
 from scipy import stats
 
 import melsml
-from melsml import MELS, BoundaryWarning, MELSInputError
+from melsml import MELS, BoundaryWarning, MELSInputError, mixwild
 from melsml.simulate import LONDON_SCALE_SLOPE_TRUE, london_covariates, simulate
 
 SLOPE = dict(ws_formula="~ prior", ws_re_formula="~ 1 + prior")
@@ -230,3 +230,10 @@ def test_coverage_study_of_scale_slope_intervals():
         covered.append((ci["lower"].to_numpy() <= truth) & (truth <= ci["upper"].to_numpy()))
     rate = np.mean(covered, axis=0)
     assert np.all(rate >= 0.8), rate
+
+
+def test_mixwild_cannot_take_a_scale_slope(tmp_path):
+    data = small_data(n_schools=20)
+    m = MELS.from_formula("y ~ prior", data, "school", **SLOPE)
+    with pytest.raises(MELSInputError, match="no random scale slopes"):
+        mixwild.write(m, folder=tmp_path)
