@@ -194,6 +194,8 @@ def _reference_rows(res: MELSResults, ws_reference, at_values: dict) -> tuple:
             )
         for k, val in ref.items():
             wbar[ws_names.index(k)] = float(val)
+            if k in scale_names:  # the same covariate's random scale slope
+                hbar[scale_names.index(k)] = float(val)
     for k, val in at_values.items():
         if k in ws_names:
             wbar[ws_names.index(k)] = float(val)
@@ -234,8 +236,9 @@ def school_effects(
         1 - coverage of the equal-tailed posterior intervals (default 95%).
     ws_reference : mapping, optional
         Values of WS design terms (by term name) at which the school variance
-        exp(wbar'tau + hbar'v_j) is evaluated; terms not given take their
-        sample means (the default for all), as do the random-scale terms.
+        exp(wbar'tau + hbar'v_j) is evaluated (a random scale slope on the
+        same term takes the same value); terms not given take their sample
+        means (the default for all).
     reference_var : float or (k, k) array, optional
         Random-slope models only: the variance (or covariance matrix) of the
         random-slope covariates in the reference distribution of students;

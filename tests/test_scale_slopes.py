@@ -153,6 +153,9 @@ def test_school_variance_at_given_prior_attainment(scale_slope_fit):
     t = truth.loc[se.index]
     assert stats.spearmanr(ratio, t["omega[prior]"])[0] > 0.6
     assert (se["variance[prior=1]_lower"] < se["variance[prior=1]"]).all()
+    # ws_reference moves the random scale slope's covariate with the WS term
+    ref = res.school_effects(ws_reference={"prior": 1.0})
+    np.testing.assert_allclose(ref["variance"], se["variance[prior=1]"], rtol=1e-12)
 
 
 def test_at_names_a_known_term():
