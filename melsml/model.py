@@ -16,7 +16,8 @@ from .likelihood import MELSObjective
 from .optimize import maximize
 from .params import ParamLayout
 from .plan import IntegrationPlan
-from .results import CovType, MELSResults
+from .results import CovType, MELSResults, StandardisedFit
+from .scaling import Scaling
 from .start import start_values
 from .structure import RandomStructure
 
@@ -223,14 +224,14 @@ class MELS:
             raise MELSInputError(f"{name} has non-finite values")
         return arr
 
-    def _off_the_boundary(self, theta0: np.ndarray, boundary) -> np.ndarray:
+    def _off_the_boundary(self, theta0: np.ndarray, boundary, design) -> np.ndarray:
         """A start with an SD (a diagonal of L) exactly 0 sits on a stationary point
         of the likelihood (it is even in that SD), which the optimiser cannot leave:
         move it to half the default start, and say so."""
         zero = [pos for pos in boundary if theta0[pos] == 0.0]
         if not zero:
             return theta0
-        default = start_values(self.design, self.layout)
+        default = start_values(design, self.layout)
         theta0 = theta0.copy()
         for pos in zero:
             theta0[pos] = 0.5 * default[pos] if default[pos] != 0 else 0.1
@@ -274,19 +275,25 @@ class MELS:
             raise MELSInputError(
                 f"unknown cov_type {cov_type!r}; allowed values: 'observed', 'robust'"
             )
-        theta0 = (
-            start_values(self.design, self.layout)
-            if start_params is None
-            else self._as_vector(start_params, "start_params")
-        )
+        # the fit runs in standardised units (see melsml.scaling): the same
+        # problem, steps and convergence tests whatever the data's units
+        scaling = Scaling.of(self.design)
+        std_design = scaling.design(self.design)
+        std_obj = MELSObjective(std_design, self.layout, self.options)
         boundary = self.layout.boundary_positions
-        if start_params is not None:
-            theta0 = self._off_the_boundary(theta0, boundary)
-        obj = self.objective()
-        theta, hess, info = maximize(
-            obj, theta0, maxiter=maxiter, tol=tol, boundary_params=boundary
+        if start_params is None:
+            theta0 = start_values(std_design, self.layout)
+        else:
+            theta0 = scaling.from_original(
+                self._as_vector(start_params, "start_params"), self.layout
+            )
+            theta0 = self._off_the_boundary(theta0, boundary, std_design)
+        theta_std, hess_std, info = maximize(
+            std_obj, theta0, maxiter=maxiter, tol=tol, boundary_params=boundary
         )
-        final = obj.evaluate(theta)
+        offset, jac = scaling.affine(self.layout)
+        theta = offset + jac @ theta_std
+        final = self.objective().evaluate(theta, centers=std_obj.evaluate(theta_std).centers)
         if not info.hessian_pd:
             warnings.warn(
                 "the observed information is not positive definite at the estimate: "
@@ -302,7 +309,7 @@ class MELS:
                 stacklevel=2,
             )
         for pos in boundary:
-            if abs(theta[pos]) < 1e-3:
+            if abs(theta_std[pos]) < 1e-3:
                 name = self.layout.index[pos][1]
                 what = (
                     "a random scale"
@@ -316,4 +323,11 @@ class MELS:
                     BoundaryWarning,
                     stacklevel=2,
                 )
-        return MELSResults(self, theta, hess, info, final, cov_type=cov_type)
+        return MELSResults(
+            self,
+            theta,
+            info,
+            final,
+            cov_type=cov_type,
+            standardised=StandardisedFit(std_obj, theta_std, hess_std, jac),
+        )

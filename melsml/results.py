@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
@@ -17,6 +18,28 @@ if TYPE_CHECKING:  # pragma: no cover
     from .summary import Summary
 
 CovType = Literal["observed", "robust"]
+
+
+@dataclass(frozen=True)
+class StandardisedFit:
+    """The fit in standardised units (see :mod:`melsml.scaling`).
+
+    ``objective`` and ``theta`` (the optimiser's vector), the Hessian of the
+    log-likelihood there, and ``jacobian``: theta = offset + jacobian @ theta*.
+    """
+
+    objective: object
+    theta: np.ndarray
+    hessian: np.ndarray
+    jacobian: np.ndarray
+
+
+def _inverse_information(hessian: np.ndarray) -> np.ndarray:
+    """(-H)^-1, NaN where it does not exist (a warning says why at the fit)."""
+    try:
+        return np.linalg.inv(-hessian)
+    except np.linalg.LinAlgError:
+        return np.full_like(hessian, np.nan)
 
 
 def delta_method(fun, theta: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,22 +85,24 @@ class MELSResults:
         self,
         model: MELS,
         theta_raw: np.ndarray,
-        hessian: np.ndarray,
         info: FitInfo,
         evaluation: Evaluation,
         cov_type: CovType = "observed",
+        *,
+        standardised: StandardisedFit,
     ):
         self.model = model
         self.fit_info = info
         self._evaluation = evaluation
-        self._hessian_raw = hessian
+        self._std = standardised
         layout = model.layout
         self._theta = layout.canonical(theta_raw)
         flip = layout.sign_flip(theta_raw)
-        try:
-            cov_raw = np.linalg.inv(-hessian)
-        except np.linalg.LinAlgError:
-            cov_raw = np.full_like(hessian, np.nan)
+        jac = standardised.jacobian
+        self._hessian_raw = np.linalg.solve(
+            jac.T, np.linalg.solve(jac.T, standardised.hessian).T
+        )  # J^-T H* J^-1
+        cov_raw = jac @ _inverse_information(standardised.hessian) @ jac.T
         self._cov_observed = cov_raw * np.outer(flip, flip)
         self._flip = flip
         self._theta_raw = np.asarray(theta_raw, dtype=float)
@@ -103,10 +128,11 @@ class MELSResults:
 
     @cached_property
     def _cov_robust(self) -> np.ndarray:
-        scores = self.model.objective().score_groups(self._theta_raw)
+        std = self._std
+        scores = std.objective.score_groups(std.theta)
         meat = scores.T @ scores
-        bread = np.linalg.inv(-self._hessian_raw)
-        cov = bread @ meat @ bread
+        bread = _inverse_information(std.hessian)
+        cov = std.jacobian @ (bread @ meat @ bread) @ std.jacobian.T
         return cov * np.outer(self._flip, self._flip)
 
     def cov_params(self, cov_type: CovType | None = None) -> pd.DataFrame:

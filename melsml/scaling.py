@@ -1,0 +1,156 @@
+"""Internal standardisation: the same fit in any units.
+
+The fit runs on a standardised copy of the design and the estimates and their
+covariance are mapped back exactly.  The outcome is centred (when the mean
+function has an intercept) and divided by its SD (when the BS and WS
+functions, or the location effects, can absorb its scale).  Each
+non-constant column of the mean, BS and WS designs is divided by its SD and,
+when its design has an intercept, centred.  The columns of the random-effect
+designs (location and scale) other than the intercept are divided by their
+root mean square, not centred, so that the Cholesky factor keeps its shape.
+
+In the standardised units the parameters theta* relate to the reported ones
+by an affine map ``theta = offset + jacobian @ theta*``
+(:meth:`Scaling.to_original`): so estimates, covariances, scores and the
+log-likelihood (less N log s_y) transform exactly, and the optimiser, its
+difference steps and its convergence tests see the same problem whatever the
+data's units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .formula import DesignMatrices
+from .params import ParamLayout
+
+
+@dataclass(frozen=True)
+class _Block:
+    """Centres, scales and the constant column of one fixed-effect design."""
+
+    center: np.ndarray
+    scale: np.ndarray
+    const: int | None  # position of the constant (intercept) column
+    const_value: float
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> _Block:
+        k = x.shape[1]
+        sd = x.std(axis=0) if x.shape[0] else np.zeros(k)
+        constant = [j for j in range(k) if sd[j] == 0.0]
+        const = constant[0] if constant else None
+        center = x.mean(axis=0) if const is not None else np.zeros(k)
+        scale = np.where(sd > 0, sd, 1.0)
+        center[constant] = 0.0
+        return cls(center, scale, const, float(x[0, const]) if const is not None else 1.0)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.center) / self.scale
+
+    def back(self, coef: np.ndarray, shift: float, factor: float) -> np.ndarray:
+        """Coefficients on the original design of the linear predictor
+        ``factor * (X* coef) + shift`` (X* the standardised design)."""
+        out = factor * coef / self.scale
+        if self.const is not None:
+            c0 = self.const_value
+            out[self.const] = (
+                factor * (coef[self.const] - float(np.sum(coef * self.center / self.scale)) / c0)
+                + shift / c0
+            )
+        return out
+
+
+def _rms_scale(x: np.ndarray) -> np.ndarray:
+    """Root mean square of each column; 1 for constant columns (intercepts)."""
+    sd = x.std(axis=0)
+    rms = np.sqrt(np.mean(x * x, axis=0))
+    return np.where((sd > 0) & (rms > 0), rms, 1.0)
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How a design was standardised, and the map of parameters back."""
+
+    y_center: float
+    y_scale: float
+    mean: _Block
+    bs: _Block
+    ws: _Block
+    re_scale: np.ndarray
+    scale_scale: np.ndarray
+
+    @classmethod
+    def of(cls, design: DesignMatrices) -> Scaling:
+        mean, bs, ws = (_Block.of(x) for x in (design.x_mean, design.x_bs, design.x_ws))
+        y = design.y
+        sd = float(y.std())
+        y_scale = sd if sd > 0 else 1.0
+        # the outcome's scale is absorbed by the intercepts of the variance
+        # functions (BS, or the location effects' factor) and of the WS function
+        location_absorbs = bs.const is not None or design.re_names != ("Intercept",)
+        if ws.const is None or not location_absorbs:
+            y_scale = 1.0
+        y_center = float(y.mean()) if mean.const is not None else 0.0
+        h = design.x_scale if design.x_scale is not None else np.ones((design.n_obs, 1))
+        return cls(y_center, y_scale, mean, bs, ws, _rms_scale(design.x_re), _rms_scale(h))
+
+    def design(self, design: DesignMatrices) -> DesignMatrices:
+        """The standardised copy of ``design``."""
+        h = design.x_scale
+        return replace(
+            design,
+            y=np.ascontiguousarray((design.y - self.y_center) / self.y_scale),
+            x_mean=np.ascontiguousarray(self.mean.apply(design.x_mean)),
+            x_bs=np.ascontiguousarray(self.bs.apply(design.x_bs)),
+            x_ws=np.ascontiguousarray(self.ws.apply(design.x_ws)),
+            x_re=np.ascontiguousarray(design.x_re / self.re_scale),
+            x_scale=None if h is None else np.ascontiguousarray(h / self.scale_scale),
+        )
+
+    @property
+    def log_jacobian_per_obs(self) -> float:
+        """log |dy*/dy|: llf = llf* - n_obs log s_y."""
+        return float(np.log(self.y_scale))
+
+    def to_original(self, theta_std: np.ndarray, layout: ParamLayout) -> np.ndarray:
+        """Parameters in the data's units from those of the standardised fit."""
+        t = np.asarray(theta_std, dtype=float)
+        sl = layout.slices
+        out = t.copy()
+        log_s2 = 2.0 * np.log(self.y_scale)
+        out[sl["beta"]] = self.mean.back(t[sl["beta"]], self.y_center, self.y_scale)
+        if layout.alpha:
+            out[sl["alpha"]] = self.bs.back(t[sl["alpha"]], log_s2, 1.0)
+        out[sl["tau"]] = self.ws.back(t[sl["tau"]], log_s2, 1.0)
+        start = sl["random"].start
+        q = layout.q
+        bs = layout.structure.bs
+        for c, target in enumerate(layout.targets):
+            if target == "tau_q":
+                continue
+            row = target[0]
+            if row < q:
+                factor = 1.0 if bs else self.y_scale / self.re_scale[row]
+            else:
+                factor = 1.0 / self.scale_scale[row - q]
+            out[start + c] = t[start + c] * factor
+        return out
+
+    def affine(self, layout: ParamLayout) -> tuple[np.ndarray, np.ndarray]:
+        """(offset, jacobian) with theta = offset + jacobian @ theta*."""
+        k = layout.k_params
+        offset = self.to_original(np.zeros(k), layout)
+        jac = np.empty((k, k))
+        for i in range(k):
+            e = np.zeros(k)
+            e[i] = 1.0
+            jac[:, i] = self.to_original(e, layout) - offset
+        return offset, jac
+
+    def from_original(self, theta: np.ndarray, layout: ParamLayout) -> np.ndarray:
+        """Parameters of the standardised fit from those in the data's units."""
+        offset, jac = self.affine(layout)
+        return np.linalg.solve(jac, np.asarray(theta, dtype=float) - offset)
