@@ -180,6 +180,11 @@ class MELSObjective:
     def reset_counter(self) -> None:
         self.n_evals = 0
 
+    @property
+    def centers(self) -> np.ndarray:
+        """A copy of the node placement of the latest evaluation."""
+        return self._centers.copy()
+
     def kernel_inputs(self, theta: np.ndarray) -> dict:
         """The kernel's arrays at ``theta``: r0, eta, Z, H, h_const and the factors."""
         p = self.layout.unpack(theta)

@@ -293,7 +293,9 @@ class MELS:
         )
         offset, jac = scaling.affine(self.layout)
         theta = offset + jac @ theta_std
-        final = self.objective().evaluate(theta, centers=std_obj.evaluate(theta_std).centers)
+        # the standardised effects (and so the node placement) are the same in
+        # both units: start the last placement search from the fit's
+        final = self.objective().evaluate(theta, centers=std_obj.centers)
         if not info.hessian_pd:
             warnings.warn(
                 "the observed information is not positive definite at the estimate: "

@@ -16,10 +16,19 @@ from .params import ParamLayout
 _LOG_CHI2_BIAS = -1.2703628454614782
 
 
+def _ols(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares by the normal equations (the designs are standardised and of
+    full rank), falling back to an SVD solve."""
+    try:
+        return np.linalg.solve(x.T @ x, x.T @ y)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(x, y, rcond=None)[0]
+
+
 def start_values(design: DesignMatrices, layout: ParamLayout) -> np.ndarray:
     """Moment-based starting values in the layout's order."""
     d = design
-    beta, *_ = np.linalg.lstsq(d.x_mean, d.y, rcond=None)
+    beta = _ols(d.x_mean, d.y)
     resid = d.y - d.x_mean @ beta
     sizes = d.group_sizes.astype(float)
     gidx = d.group_index
@@ -31,13 +40,13 @@ def start_values(design: DesignMatrices, layout: ParamLayout) -> np.ndarray:
     s2_between = float(np.var(gmean) - np.mean(s2_within / sizes))
     s2_between = max(s2_between, 0.05 * float(np.var(resid)), 1e-8)
 
-    alpha, *_ = np.linalg.lstsq(d.x_bs, np.full(d.n_obs, np.log(s2_between)), rcond=None)
+    alpha = _ols(d.x_bs, np.full(d.n_obs, np.log(s2_between)))
     if multi.sum() > d.x_ws.shape[1]:
         scaled = within[multi] ** 2 * (sizes[gidx][multi] / (sizes[gidx][multi] - 1.0))
         target = np.log(scaled + 1e-12 * s2_within) - _LOG_CHI2_BIAS
-        tau, *_ = np.linalg.lstsq(d.x_ws[multi], target, rcond=None)
+        tau = _ols(d.x_ws[multi], target)
     else:
-        tau, *_ = np.linalg.lstsq(d.x_ws, np.full(d.n_obs, np.log(s2_within)), rcond=None)
+        tau = _ols(d.x_ws, np.full(d.n_obs, np.log(s2_within)))
 
     if not layout.structure.bs:
         alpha = np.zeros(0)
