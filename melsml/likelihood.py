@@ -22,7 +22,7 @@ from . import _quad  # noqa: E402
 from .config import ModelOptions
 from .formula import DesignMatrices
 from .params import ParamLayout
-from .plan import IntegrationPlan, plan
+from .plan import IntegrationPlan, constant_within_groups, plan
 from .quadrature import gauss_hermite
 
 
@@ -148,14 +148,7 @@ class MELSObjective:
         n, j = design.n_obs, design.n_groups
         h = design.x_scale if design.x_scale is not None else np.ones((n, 1))
         self._h = np.ascontiguousarray(h[:, : st.s] if st.s else np.zeros((n, 0)))
-        starts, sizes = design.group_ptr[:-1], design.group_sizes
-        if st.s:
-            first = np.repeat(self._h[starts], sizes, axis=0)
-            self._h_const = np.ascontiguousarray(
-                np.logical_and.reduceat((self._h == first).all(axis=1), starts).astype(np.uint8)
-            )
-        else:
-            self._h_const = np.ones(j, dtype=np.uint8)
+        self._h_const = constant_within_groups(self._h, design.group_ptr)
         self.plan: IntegrationPlan = plan(
             st, options, unit_level_scale=bool(st.s and not self._h_const.all())
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,8 @@ from .formula import DesignMatrices, build_design
 from .likelihood import MELSObjective
 from .optimize import maximize
 from .params import ParamLayout
-from .plan import IntegrationPlan
+from .plan import IntegrationPlan, constant_within_groups
+from .plan import plan as make_plan
 from .results import CovType, MELSResults, StandardisedFit
 from .scaling import Scaling
 from .start import start_values
@@ -189,10 +191,13 @@ class MELS:
         """The log-likelihood as a function of the flat parameter vector."""
         return MELSObjective(self.design, self.layout, self.options)
 
-    @property
+    @cached_property
     def plan(self) -> IntegrationPlan:
         """How the likelihood is integrated (see :func:`melsml.plan.plan`)."""
-        return self.objective().plan
+        d, st = self.design, self.structure
+        h = d.x_scale if d.x_scale is not None else np.ones((d.n_obs, 1))
+        varies = st.s > 0 and not constant_within_groups(h[:, : st.s], d.group_ptr).all()
+        return make_plan(st, self.options, unit_level_scale=bool(varies))
 
     @property
     def param_names(self) -> pd.MultiIndex:

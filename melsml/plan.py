@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 from .config import ModelOptions, default_points
 from .structure import RandomStructure
 
@@ -60,6 +62,16 @@ class IntegrationPlan:
             else "adaptive Gauss-Hermite over all random effects"
         )
         return f"{what}: {self.dim}-D, {grid} = {self.n_nodes} nodes per group"
+
+
+def constant_within_groups(x: np.ndarray, group_ptr: np.ndarray) -> np.ndarray:
+    """(n_groups,) uint8: 1 where every row of ``x`` in the group equals its first."""
+    starts, sizes = group_ptr[:-1], np.diff(group_ptr)
+    if x.shape[1] == 0:
+        return np.ones(len(starts), dtype=np.uint8)
+    first = np.repeat(x[starts], sizes, axis=0)
+    same = (x == first).all(axis=1)
+    return np.ascontiguousarray(np.logical_and.reduceat(same, starts).astype(np.uint8))
 
 
 def plan(
