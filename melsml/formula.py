@@ -187,6 +187,13 @@ def build_design(
     """
     if not isinstance(data, pd.DataFrame):
         raise MELSInputError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    if data.columns.duplicated().any():
+        dup = sorted({str(c) for c in data.columns[data.columns.duplicated()]})
+        raise MELSInputError(
+            f"data has duplicated column name(s) {', '.join(map(repr, dup))}: rename them"
+        )
+    if len(data) == 0:
+        raise MELSInputError("data has no rows")
     if not isinstance(groups, str) or groups not in data.columns:
         raise MELSInputError(f"groups column {groups!r} is not in the data")
     specs = {

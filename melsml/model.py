@@ -13,6 +13,7 @@ import pandas as pd
 from .config import Association, Integration, ModelOptions
 from .exceptions import BoundaryWarning, ConvergenceWarning, MELSInputError
 from .formula import DesignMatrices, build_design
+from .identify import check_identifiable
 from .likelihood import MELSObjective
 from .optimize import maximize
 from .params import ParamLayout
@@ -89,8 +90,7 @@ class MELS:
             design.mean_names, design.bs_names, design.ws_names, self.structure
         )
         self.notes: tuple[str, ...] = ()
-        if self.options.random_scale and design.n_groups < 2:
-            raise MELSInputError("a random scale needs at least two groups")
+        check_identifiable(design)
 
     @classmethod
     def from_formula(

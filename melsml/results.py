@@ -155,11 +155,11 @@ class MELSResults:
 
     @property
     def bse(self) -> pd.Series:
-        return pd.Series(
-            np.sqrt(np.diag(self.cov_params().to_numpy())),
-            index=self.model.layout.index,
-            name="bse",
-        )
+        var = np.diag(self.cov_params().to_numpy())
+        # a negative variance comes from an information matrix that is not positive
+        # definite, which the fit has already said (BoundaryWarning): NaN, quietly
+        se = np.sqrt(np.where(var >= 0, var, np.nan))
+        return pd.Series(se, index=self.model.layout.index, name="bse")
 
     @property
     def tvalues(self) -> pd.Series:

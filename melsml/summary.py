@@ -246,7 +246,14 @@ def compare(*results: MELSResults, names: list[str] | None = None) -> pd.DataFra
             )
             small_names, big_names = _nesting_names(small, big), _nesting_names(big, small)
             nested = small_names <= big_names
-            if same_data and nested and big.k_params > small.k_params:
+            if not same_data:
+                row["test"] = (
+                    f"no LR test against {names[i - 1]}: fitted to different observations "
+                    f"(nobs {prev.nobs} and {res.nobs})"
+                    if prev.nobs != res.nobs
+                    else f"no LR test against {names[i - 1]}: a different outcome"
+                )
+            elif nested and big.k_params > small.k_params:
                 df = big.k_params - small.k_params
                 stat = 2.0 * (big.llf - small.llf)
                 n_boundary = sum(_is_sd(name) for name in big_names - small_names)
@@ -267,4 +274,10 @@ def compare(*results: MELSResults, names: list[str] | None = None) -> pd.DataFra
             else:
                 row["test"] = f"not nested in {names[i - 1]}"
         rows.append(row)
-    return pd.DataFrame(rows).set_index("model")
+    table = pd.DataFrame(rows).set_index("model")
+    if len({r.nobs for r in results}) > 1 or len({r.model.design.outcome for r in results}) > 1:
+        table.attrs["note"] = (
+            "the models were fitted to different observations: their log-likelihoods, AIC "
+            "and BIC are not comparable"
+        )
+    return table
