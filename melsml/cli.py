@@ -242,13 +242,13 @@ def _cmd_mixwild(args: argparse.Namespace) -> int:
         print("\nMixWILD settings read but not used by melsml:")
         for note in model.notes:
             print(f"  {note}")
+    if args.out:  # before the comparison, which may refuse a model it cannot match
+        paths = write_outputs(res, Path(args.out))
+        print(f"\nwrote {', '.join(str(p) for p in paths)}")
     if args.compare:
         table = mixwild.compare(res, args.compare)
         print(f"\nmelsml against MixWILD ({args.compare})")
         print(table.to_string(float_format=lambda v: f"{v:.6g}"))
-    if args.out:
-        paths = write_outputs(res, Path(args.out))
-        print(f"\nwrote {', '.join(str(p) for p in paths)}")
     return 0
 
 

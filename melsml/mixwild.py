@@ -543,7 +543,9 @@ _SECTIONS = (
     ("TAU", "tau"),
     ("Random scale standard deviation", "random"),
     ("Random location (mean) effect", "random"),
-    ("Random (location)", "random"),
+    # multiple-location mode (MLS = 1): the covariance of (u, omega) itself
+    ("Random (location) Effect Variances and Covariances", "location_cov"),
+    ("Random Scale Variance and Covariance", "scale_cov"),
 )
 _RANDOM_NAMES = {"Std Dev": "sigma_omega", "Loc Eff": "tau_l", "Loc  Eff": "tau_l"}
 _ROW = re.compile(
@@ -558,9 +560,13 @@ def read_output(path) -> pd.DataFrame:
     Returns
     -------
     DataFrame with columns ``model`` ("no scale", "scale", "random scale"),
-    ``block`` (beta, alpha, tau, random), ``term`` (MixWILD's label; random
-    rows as ``sigma_omega``/``tau_l``), ``estimate``, ``std_error``, ``z``,
-    ``p_value``; ``attrs["llf"]`` maps each model to its log-likelihood.
+    ``block``, ``term`` (MixWILD's label), ``estimate``, ``std_error``,
+    ``z``, ``p_value``; ``attrs["llf"]`` maps each model to its
+    log-likelihood and ``attrs["style"]`` says which report it is:
+    ``"MIXREGLS"`` (blocks beta, alpha, tau, random with ``tau_l`` and
+    ``sigma_omega``) or ``"MLS"``, MixWILD's multiple-location mode (blocks
+    beta, tau, ``location_cov``: the packed lower triangle of cov(u), and
+    ``scale_cov``: cov(omega, u_k) then var(omega)).
     """
     path = Path(path)
     try:
@@ -608,6 +614,7 @@ def read_output(path) -> pd.DataFrame:
         raise MixWILDFormatError(f"{path.name}: no MixWILD estimates found")
     out = pd.DataFrame(rows)
     out.attrs["llf"] = llf
+    out.attrs["style"] = "MLS" if (out["block"] == "location_cov").any() else "MIXREGLS"
     return out
 
 
@@ -642,7 +649,9 @@ def compare(res, output) -> pd.DataFrame:
     Parameters
     ----------
     res : MELSResults
-        A fit of a random-intercept model (MixWILD's MIXREGLS parametrisation).
+        A fit of the same model: a random-intercept model (MixWILD's MIXREGLS
+        parametrisation), or for a report of the multiple-location mode
+        (MLS = 1) a model with random location effects and a random scale.
     output : path or DataFrame
         MixWILD's stage-1 report (or :func:`read_output` of it).
 
@@ -650,12 +659,20 @@ def compare(res, output) -> pd.DataFrame:
     -------
     DataFrame indexed by (block, term) with ``melsml``, ``mixwild``,
     ``difference``, ``melsml_se``, ``mixwild_se``, ``se_ratio``; the last row
-    is the log-likelihood.
+    is the log-likelihood.  For an MLS = 1 report the covariance rows
+    (``location_cov``, ``scale_cov``) are melsml's covariance of (u, omega)
+    with delta-method SEs, in MixWILD's order.  Differences are reported,
+    not judged: on small groups MixWILD's 11-point quadrature can be off (see
+    the validation page).
     """
     out = read_output(output) if not isinstance(output, pd.DataFrame) else output
     opt, d = res.model.options, res.model.design
-    if not res.model.layout.mixwild_view:
-        raise MELSInputError("compare() supports MixWILD's random-intercept (MIXREGLS) models")
+    mls = out.attrs.get("style") == "MLS"
+    if not mls and not res.model.layout.mixwild_view:
+        raise MELSInputError(
+            "this MixWILD report is of a random-intercept (MIXREGLS) model, the melsml fit "
+            "has several random location or scale effects"
+        )
     which = (
         "random scale"
         if opt.random_scale
@@ -665,7 +682,7 @@ def compare(res, output) -> pd.DataFrame:
     if mw.empty:
         raise MELSInputError(f"the MixWILD report has no {which!r} model")
     rows = []
-    for block in ("beta", "alpha", "tau", "random"):
+    for block in ("beta", "tau") if mls else ("beta", "alpha", "tau", "random"):
         ours = res.params[block] if block in res.params.index.get_level_values(0) else None
         theirs = mw[mw["block"] == block]
         if ours is None:
@@ -691,6 +708,8 @@ def compare(res, output) -> pd.DataFrame:
                     se_ratio=se / row["std_error"],
                 )
             )
+    if mls:
+        rows += _compare_mls(res, mw)
     llf_mw = out.attrs.get("llf", {}).get(which, np.nan)
     rows.append(
         dict(
@@ -702,3 +721,53 @@ def compare(res, output) -> pd.DataFrame:
         )
     )
     return pd.DataFrame(rows).set_index(["block", "term"])
+
+
+def _compare_mls(res, mw: pd.DataFrame) -> list[dict]:
+    """Rows for the covariance blocks of a multiple-location (MLS = 1) report:
+    melsml's covariance of (u, omega) with delta-method SEs beside MixWILD's."""
+    from .results import delta_method
+
+    st = res.model.structure
+    if res.model.options.random_scale and st.scale != ("Intercept",):
+        raise MELSInputError("MixWILD's multiple-location mode has one random scale effect")
+    if res.model.design.bs_names != ("Intercept",):
+        raise MELSInputError(
+            "MixWILD's multiple-location mode has no BS variance covariates; the melsml "
+            f"fit has bs_formula={res.model.design.formulas.get('bs_formula')!r}"
+        )
+    q = st.q
+    lower = [(i, j) for i in range(q) for j in range(i + 1)]
+    scale = [(q, j) for j in range(q)] + [(q, q)] if st.s else []
+    sbar = res.reference_values("bs")
+
+    def natural(theta):
+        sigma = res._natural_cov(theta, sbar)
+        return np.array([sigma[i, j] for i, j in lower + scale])
+
+    val, cov = delta_method(natural, np.asarray(res.fit_state.theta), res.cov_params().to_numpy())
+    se = np.sqrt(np.clip(np.diag(cov), 0, None))
+    rows = []
+    k = 0
+    for block, entries in (("location_cov", lower), ("scale_cov", scale)):
+        theirs = mw[mw["block"] == block]
+        if len(theirs) != len(entries):
+            raise MELSInputError(
+                f"{block}: melsml has {len(entries)} (co)variances, MixWILD {len(theirs)}; "
+                "are these the same model?"
+            )
+        for _, row in theirs.iterrows():
+            rows.append(
+                dict(
+                    block=block,
+                    term=row["term"],
+                    melsml=val[k],
+                    mixwild=row["estimate"],
+                    difference=val[k] - row["estimate"],
+                    melsml_se=se[k],
+                    mixwild_se=row["std_error"],
+                    se_ratio=se[k] / row["std_error"],
+                )
+            )
+            k += 1
+    return rows
