@@ -254,7 +254,7 @@ def validation() -> None:
         ),
     )
     inc = dfe.pupils[dfe.pupils["included"]]
-    base = mixedlm_va(inc, "capped_score ~ ks3_aps", "school")
+    base = mixedlm_va("capped_score ~ ks3_aps", inc, "school")
     write(
         "dfe_vs_mixedlm.md",
         f"Across the {len(base)} example schools the Spearman correlation between the DfE "

@@ -177,8 +177,7 @@ def _cmd_va_dfe(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from . import plots
-    from .valueadded import compare as va_compare
-    from .valueadded import dfe_value_added, mixedlm_va
+    from .valueadded import compare_schools, dfe_value_added, mixedlm_va
 
     dfe = None
     if args.pupils:
@@ -201,9 +200,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     _progress(f"fitting MELS: {formula}, WS {ws}, groups {groups} ...")
     res = MELS.from_formula(formula, data, groups, ws_formula=ws, re_formula=args.re).fit()
     _progress("fitting the MixedLM baseline ...")
-    base = mixedlm_va(data, formula, groups, re_formula=args.re)
+    base = mixedlm_va(formula, data, groups, re_formula=args.re)
     mels = res.school_effects()
-    report = va_compare(mels=mels, mixedlm=base, dfe=dfe)
+    report = compare_schools(mels=mels, mixedlm=base, dfe=dfe)
     report.table.to_csv(out / "schools.csv")
     report.separation.to_csv(out / "separation.csv")
     report.rank_correlations.to_csv(out / "rank_correlations.csv")

@@ -108,8 +108,44 @@ def _parse(formula: str, option: str, *, needs_lhs: bool):
     return parsed
 
 
+def _expression_names(expr: str) -> set[str]:
+    """Variable names an expression reads: every name except those called as
+    functions or used as modules (``center(x)``, ``np.log(x)`` -> ``x``)."""
+    import ast
+
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError:
+        return set()
+    called = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            called.add(id(node.func))
+        if isinstance(node, ast.Attribute):
+            called.add(id(node.value))
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in called}
+
+
+def _formula_names(parsed) -> set[str]:
+    """Columns a parsed formula uses, including the arguments of stateful
+    transforms (center, scale, poly, bs, ...), which formulaic's
+    ``required_variables`` leaves out."""
+    names = {str(v) for v in parsed.required_variables}
+    sides = [parsed.lhs, parsed.rhs] if hasattr(parsed, "lhs") else [parsed]
+    for side in sides:
+        for term in side:
+            for factor in term.factors:
+                if getattr(factor.eval_method, "name", "") == "PYTHON":
+                    names |= _expression_names(str(factor))
+    return names
+
+
 def _required(parsed, data: pd.DataFrame, option: str, formula: str) -> list[str]:
-    names = sorted(str(v) for v in parsed.required_variables)
+    found = _formula_names(parsed)
+    # names that are not columns may be functions or constants of the formula's
+    # namespace (np, pi, ...): only names formulaic requires must be columns
+    required = {str(v) for v in parsed.required_variables}
+    names = sorted(v for v in found if v in data.columns or v in required)
     missing = [v for v in names if v not in data.columns]
     if missing:
         raise MELSInputError(

@@ -186,6 +186,21 @@ class MELS:
             logger.info("MixWILD setting %s", note)
         return model
 
+    def __repr__(self) -> str:
+        d = self.design
+        parts = [repr(d.formulas["formula"]), f"groups={d.groups!r}"]
+        for opt in ("bs_formula", "ws_formula", "re_formula", "ws_re_formula"):
+            if d.formulas.get(opt, "~ 1") != "~ 1":
+                parts.append(f"{opt}={d.formulas[opt]!r}")
+        if not self.options.random_scale:
+            parts.append("random_scale=False")
+        if self.options.association != "linear":
+            parts.append(f"association={self.options.association!r}")
+        return (
+            f"<MELS {', '.join(parts)}: {d.n_obs} obs in {d.n_groups} groups, "
+            f"{self.layout.k_params} parameters; {self.plan.describe()}>"
+        )
+
     # lme4-style access to the pipeline's stages ------------------------------------
     def objective(self) -> MELSObjective:
         """The log-likelihood as a function of the flat parameter vector."""

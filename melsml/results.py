@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .exceptions import MELSInputError
 from .likelihood import Evaluation, FitState
 from .optimize import FitInfo
 
@@ -212,6 +213,73 @@ class MELSResults:
             }
         )
 
+    # --- hypothesis tests -----------------------------------------------------------
+    @property
+    def param_names(self) -> list[str]:
+        """The parameters' names as constraints spell them: ``block[term]``,
+        e.g. ``"tau[prior]"``, ``"random[sigma_omega]"``."""
+        return [f"{b}[{t}]" for b, t in self.model.layout.index]
+
+    def _constraints(self, r_matrix, q_matrix=None):
+        names = self.param_names
+        if isinstance(r_matrix, tuple) and len(r_matrix) == 2:
+            r_matrix = f"{r_matrix[0]}[{r_matrix[1]}] = 0"
+        if isinstance(r_matrix, str) or (
+            isinstance(r_matrix, (list, tuple)) and r_matrix and isinstance(r_matrix[0], str)
+        ):
+            import patsy
+
+            try:
+                lc = patsy.DesignInfo(names).linear_constraint(r_matrix)
+            except Exception as exc:  # patsy.PatsyError and friends
+                raise MELSInputError(
+                    f"cannot read the constraint {r_matrix!r}: {str(exc).splitlines()[0]}; "
+                    f"parameters are named like {names[0]!r} (see res.param_names)"
+                ) from None
+            return lc.coefs, lc.constants[:, 0]
+        R = np.atleast_2d(np.asarray(r_matrix, dtype=float))
+        if R.shape[1] != len(names):
+            raise MELSInputError(
+                f"r_matrix must have {len(names)} columns (one per parameter), got {R.shape}"
+            )
+        q = np.zeros(R.shape[0]) if q_matrix is None else np.atleast_1d(q_matrix).astype(float)
+        return R, q
+
+    def t_test(self, r_matrix, q_matrix=None):
+        """Wald z tests of each linear constraint ``R theta = q`` separately.
+
+        ``r_matrix`` is a string (``"tau[prior] = 0"``; several separated by
+        commas), a list of strings, a ``(block, term)`` name, or an array.
+        Returns statsmodels' ``ContrastResults`` (normal reference).
+        """
+        from statsmodels.stats.contrast import ContrastResults
+
+        R, q = self._constraints(r_matrix, q_matrix)
+        cov = self.cov_params().to_numpy()
+        effect = R @ self.params.to_numpy()
+        sd = np.sqrt(np.einsum("ij,jk,ik->i", R, cov, R))
+        z = (effect - q) / sd
+        return ContrastResults(effect=effect, statistic=z, sd=sd, distribution="norm", alpha=0.05)
+
+    def wald_test(self, r_matrix, q_matrix=None):
+        """Joint Wald chi-square test of the linear constraints ``R theta = q``.
+
+        Same constraint forms as :meth:`t_test`.  Returns statsmodels'
+        ``ContrastResults`` with ``statistic``, ``df_num`` and ``pvalue``.  For a
+        variance on its boundary 0 use :func:`melsml.compare` (mixture LR test).
+        """
+        from statsmodels.stats.contrast import ContrastResults
+
+        R, q = self._constraints(r_matrix, q_matrix)
+        cov = self.cov_params().to_numpy()
+        diff = R @ self.params.to_numpy() - q
+        stat = float(diff @ np.linalg.solve(R @ cov @ R.T, diff))
+        k = R.shape[0]
+        # statsmodels' own form for a chi-square Wald test
+        return ContrastResults(
+            chi2=stat, df_denom=k, statistic=stat, distribution="chi2", distargs=(k,)
+        )
+
     # --- derived parameters -------------------------------------------------------
     def reference_values(self, block: Literal["bs", "ws"]) -> np.ndarray:
         """Sample means of the BS or WS design's columns (the reference covariates)."""
@@ -300,6 +368,31 @@ class MELSResults:
         return names, fun
 
     # --- predictions --------------------------------------------------------------
+    def predict(self, exog=None, *, kind="mean", conditional: bool = True) -> pd.Series:
+        """Predicted means, residual variances or SDs, school-specific or population.
+
+        See :func:`melsml.predict.predict`.
+        """
+        from .predict import predict
+
+        return predict(self, exog, kind=kind, conditional=conditional)
+
+    @property
+    def fittedvalues(self) -> pd.Series:
+        """School-specific fitted means x'beta + z'E[u_j | y], in the data's row order."""
+        return self.predict().rename("fittedvalues")
+
+    @property
+    def resid(self) -> pd.Series:
+        """Residuals y - fittedvalues."""
+        d = self.model.design
+        return (pd.Series(d.y, index=d.row_index) - self.fittedvalues).rename("resid")
+
+    @property
+    def resid_pearson(self) -> pd.Series:
+        """Standardised residuals: resid / the predicted (school-specific) residual SD."""
+        return (self.resid / self.predict(kind="sd")).rename("resid_pearson")
+
     def random_effects(self) -> pd.DataFrame:
         """Empirical Bayes posterior summaries of each group's random effects.
 
@@ -321,6 +414,31 @@ class MELSResults:
         return school_effects(
             self, alpha=alpha, ws_reference=ws_reference, reference_var=reference_var, at=at
         )
+
+    # --- saving -------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Save the fitted results (model, data and estimates) with pickle.
+
+        Load them with :meth:`MELSResults.load`; a pickle is only for trusted files
+        and the same melsml version.
+        """
+        import pickle
+        from pathlib import Path
+
+        with Path(path).open("wb") as fh:
+            pickle.dump(self, fh, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def load(cls, path) -> MELSResults:
+        """Load results saved by :meth:`save` (trusted files only: pickle)."""
+        import pickle
+        from pathlib import Path
+
+        with Path(path).open("rb") as fh:
+            obj = pickle.load(fh)  # noqa: S301 - documented as trusted files only
+        if not isinstance(obj, cls):
+            raise MELSInputError(f"{str(path)!r} does not hold saved MELSResults")
+        return obj
 
     # --- printing ---------------------------------------------------------------
     def summary(self, alpha: float = 0.05) -> Summary:

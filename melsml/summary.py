@@ -24,7 +24,8 @@ _WIDTH = 86
 
 @dataclass(frozen=True)
 class Summary:
-    """The data behind a printed summary; render with :meth:`as_text` or :meth:`as_html`."""
+    """The data behind a printed summary: ``print()`` it or show it at the prompt;
+    render with :meth:`as_text`, :meth:`as_html` or :meth:`as_latex`."""
 
     info: list[tuple[str, str]]
     params: pd.DataFrame  # tidy(): estimate, std_error, z, p_value, lower, upper
@@ -138,7 +139,29 @@ class Summary:
             + self.random.to_html(float_format="%.5f")
         )
 
+    def as_latex(self) -> str:
+        """The summary as LaTeX tables (booktabs)."""
+        esc = {"_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "^": r"\^{}", "~": r"$\sim$"}
+
+        def tex(s: str) -> str:
+            return "".join(esc.get(ch, ch) for ch in str(s))
+
+        info = "\n".join(f"{tex(k)} & {tex(v)} \\\\" for k, v in self.info)
+        params = self.params.copy()
+        params.index = [f"{b}: {t}" for b, t in params.index]
+        return (
+            "\\begin{tabular}{ll}\n\\toprule\n"
+            + info
+            + "\n\\bottomrule\n\\end{tabular}\n\n"
+            + params.to_latex(float_format="%.5f", escape=True)
+            + "\n"
+            + self.random.to_latex(float_format="%.5f", escape=True)
+        )
+
     def __str__(self) -> str:
+        return self.as_text()
+
+    def __repr__(self) -> str:
         return self.as_text()
 
     def _repr_html_(self) -> str:

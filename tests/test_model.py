@@ -327,7 +327,9 @@ def test_a_start_with_no_random_scale_is_allowed():
     closed = MELS.from_formula(
         "y ~ prior", data, "school", ws_formula="~ prior", random_scale=False
     )
-    assert m.loglike(start) == pytest.approx(closed.loglike(start.drop("random", level=0)), rel=1e-12)
+    assert m.loglike(start) == pytest.approx(
+        closed.loglike(start.drop("random", level=0)), rel=1e-12
+    )
     assert np.isfinite(m.objective().score(start.to_numpy())).all()
     res = m.fit(start_params=start)
     assert res.converged and res.llf == pytest.approx(m.fit().llf, abs=1e-6)

@@ -8,7 +8,7 @@ import pytest
 
 from melsml import MELS, simulate_london
 from melsml.valueadded import (
-    compare,
+    compare_schools,
     dfe_value_added,
     example_pupils_path,
     mixedlm_va,
@@ -30,7 +30,7 @@ def fits(data):
 
 def test_mixedlm_va_equals_melsml_model1(data, fits):
     res1, _ = fits
-    base = mixedlm_va(data, "y ~ prior", "school")
+    base = mixedlm_va("y ~ prior", data, "school")
     ours = res1.school_effects()
     assert base.attrs["llf"] == pytest.approx(res1.llf, rel=1e-7)
     np.testing.assert_allclose(base["mean"], ours["mean"], atol=2e-4)
@@ -49,7 +49,7 @@ def test_mixedlm_va_equals_melsml_model1(data, fits):
 
 def test_mixedlm_va_random_slope_averages_over_own_students():
     data = simulate_london(5, seed=4, n_schools=50, n_students=5000)
-    base = mixedlm_va(data, "y ~ prior", "school", re_formula="~ 1 + prior")
+    base = mixedlm_va("y ~ prior", data, "school", re_formula="~ 1 + prior")
     res4 = MELS.from_formula(
         "y ~ prior", data, "school", re_formula="~ 1 + prior", random_scale=False
     ).fit()
@@ -59,8 +59,8 @@ def test_mixedlm_va_random_slope_averages_over_own_students():
 def test_report_table_separation_and_rank_correlations(data, fits):
     _, res3 = fits
     mels = res3.school_effects()
-    base = mixedlm_va(data, "y ~ prior", "school")
-    rep = compare(mels=mels, mixedlm=base)
+    base = mixedlm_va("y ~ prior", data, "school")
+    rep = compare_schools(mels=mels, mixedlm=base)
     t = rep.table
     assert len(t) == 60
     assert {"mixedlm_mean", "mels_mean", "mels_variance_upper", "mels_variance_separated"} <= set(
@@ -87,12 +87,12 @@ def test_report_with_dfe_on_the_example_file():
     res = MELS.from_formula(
         "capped_score ~ ks3_aps", inc, "school", ws_formula="~ ks3_aps", random_scale=False
     ).fit()
-    rep = compare(mels=res.school_effects(), dfe=dfe)
+    rep = compare_schools(mels=res.school_effects(), dfe=dfe)
     t = rep.table
     assert t["dfe_va"].isna().sum() == (dfe.schools["coverage"] < 50).sum() >= 1
     assert rep.rank_correlations.loc["dfe", "mels_mean"] > 0.6
     with pytest.raises(ValueError):
-        compare()
+        compare_schools()
 
 
 def test_example_file_is_the_documented_generator():
@@ -103,3 +103,15 @@ def test_example_file_is_the_documented_generator():
     pd.testing.assert_series_equal(
         shipped["grade"].fillna(""), fresh["grade"].fillna(""), check_dtype=False
     )
+
+
+def test_old_names_and_argument_order_still_work_with_a_warning(data):
+    with pytest.warns(FutureWarning, match="mixedlm_va\\(formula, data, groups\\)"):
+        old = mixedlm_va(data, "y ~ prior", "school")
+    new = mixedlm_va("y ~ prior", data, "school")
+    pd.testing.assert_frame_equal(old, new)
+    from melsml.valueadded import compare
+
+    with pytest.warns(FutureWarning, match="compare_schools"):
+        rep = compare(mixedlm=new)
+    assert rep is not None

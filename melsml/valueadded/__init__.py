@@ -3,13 +3,13 @@
 * :func:`dfe_value_added`: the DfE 2003 KS3 to GCSE/GNVQ median-line method;
 * :func:`mixedlm_va`: the traditional random-intercept (or random-slope)
   value-added model by statsmodels MixedLM (maximum likelihood);
-* :func:`compare`: one table per school comparing these with MELS.
+* :func:`compare_schools`: one table per school comparing these with MELS.
 """
 
 from .dfe import DfEResult, dfe_value_added, round_half_up
 from .example import example_pupils_path, synthetic_pupil_records
 from .mixedlm import mixedlm_va
-from .report import compare, separation_summary
+from .report import compare, compare_schools, separation_summary
 
 __all__ = [
     "DfEResult",
@@ -18,6 +18,7 @@ __all__ = [
     "example_pupils_path",
     "synthetic_pupil_records",
     "mixedlm_va",
+    "compare_schools",
     "compare",
     "separation_summary",
 ]

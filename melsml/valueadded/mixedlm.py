@@ -14,8 +14,8 @@ from ..measures import measure_columns
 
 
 def mixedlm_va(
-    data: pd.DataFrame,
     formula: str,
+    data: pd.DataFrame,
     groups: str,
     *,
     re_formula: str = "~ 1",
@@ -26,9 +26,9 @@ def mixedlm_va(
 
     Parameters
     ----------
-    data : DataFrame
     formula : str
         Mean function, e.g. ``"y ~ prior"``.
+    data : DataFrame
     groups : str
         Schools column.
     re_formula : str
@@ -46,6 +46,15 @@ def mixedlm_va(
     ``mean_lower``, ``mean_upper``, ``mean_rank`` (1 = lowest),
     ``mean_separated``.  The fit is in ``DataFrame.attrs["fit"]``.
     """
+    if isinstance(formula, pd.DataFrame) and isinstance(data, str):
+        # the order of melsml <= 0.1: (data, formula, groups)
+        warnings.warn(
+            "mixedlm_va(data, formula, groups) is deprecated: call it as "
+            "mixedlm_va(formula, data, groups), like MELS.from_formula",
+            FutureWarning,
+            stacklevel=2,
+        )
+        formula, data = data, formula
     import statsmodels.formula.api as smf
 
     # the same design (and missing-data policy, with its warning) as MELS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +30,7 @@ def _prefixed(effects: pd.DataFrame, prefix: str, columns) -> pd.DataFrame:
     return effects[cols].add_prefix(prefix)
 
 
-def compare(
+def compare_schools(
     mels: pd.DataFrame | None = None,
     mixedlm: pd.DataFrame | None = None,
     dfe: DfEResult | pd.DataFrame | None = None,
@@ -66,7 +67,7 @@ def compare(
     if mels is not None:
         parts.append(_prefixed(mels, "mels_", ["n", *_columns("mean"), *_columns("variance")]))
     if not parts:
-        raise ValueError("compare() needs at least one of mels, mixedlm, dfe")
+        raise ValueError("compare_schools() needs at least one of mels, mixedlm, dfe")
     table = pd.concat(parts, axis=1, join="outer")
     table.index.name = "school"
     refs = {"mixedlm_mean": 0.0, "mels_mean": 0.0}
@@ -114,3 +115,14 @@ def _rank_correlations(table: pd.DataFrame) -> pd.DataFrame:
     ranks = {c.removesuffix("_rank"): table[c] for c in table.columns if c.endswith("_rank")}
     frame = pd.DataFrame(ranks)
     return frame.corr(method="spearman")
+
+
+def compare(*args, **kwargs):
+    """Deprecated name of :func:`compare_schools` (``melsml.compare`` compares
+    fitted models)."""
+    warnings.warn(
+        "melsml.valueadded.compare is now compare_schools (melsml.compare compares fitted models)",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return compare_schools(*args, **kwargs)
