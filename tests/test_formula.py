@@ -108,3 +108,26 @@ def test_all_rows_missing_is_an_error(df):
     df["y"] = np.nan
     with pytest.warns(MissingDataWarning), pytest.raises(MELSInputError, match="no rows left"):
         build_design("y ~ x", df, "school")
+
+
+@pytest.mark.parametrize(
+    "transform", ["center(prior)", "scale(prior)", "poly(prior, 2)", "bs(prior, df=3)"]
+)
+@pytest.mark.parametrize(
+    "option", ["formula", "bs_formula", "ws_formula", "re_formula", "ws_re_formula"]
+)
+def test_stateful_transforms_work_in_every_formula(transform, option):
+    from melsml import simulate_london
+    from melsml.formula import build_design
+
+    data = simulate_london(3, seed=2, n_schools=30, n_students=3000)
+    kw = {"formula": "y ~ prior"}
+    if option == "formula":
+        kw["formula"] = f"y ~ {transform}"
+    else:
+        kw[option] = f"~ 1 + {transform}" if option != "bs_formula" else f"~ {transform}"
+    d = build_design(kw.pop("formula"), data, "school", **kw)
+    key = {"formula": "mean_names", "bs_formula": "bs_names", "ws_formula": "ws_names",
+           "re_formula": "re_names", "ws_re_formula": "scale_names"}[option]  # fmt: skip
+    assert any(transform.split("(")[0] in name for name in getattr(d, key))
+    assert d.n_obs == len(data)

@@ -108,3 +108,58 @@ def test_params_is_a_copy_not_a_view_of_the_fit():
     pd_testing = __import__("pandas").testing
     pd_testing.assert_series_equal(res.params, before)
     assert res.fit_state.theta[0] == before.iloc[0]
+
+
+def _small_fit():
+    from melsml import MELS, simulate_london
+
+    data = simulate_london(3, seed=5, n_schools=40, n_students=3000)
+    return MELS.from_formula("y ~ prior", data, "school", ws_formula="~ prior").fit()
+
+
+def test_wald_and_t_tests_equal_the_z_tests_where_they_coincide():
+    import numpy as np
+    import pytest
+
+    res = _small_fit()
+    z = res.tvalues[("tau", "prior")]
+    w = res.wald_test("tau[prior] = 0")
+    assert w.statistic == pytest.approx(z**2, rel=1e-12)
+    assert w.pvalue == pytest.approx(res.pvalues[("tau", "prior")], rel=1e-9)
+    assert res.wald_test(("tau", "prior")).statistic == pytest.approx(z**2, rel=1e-12)
+    t = res.t_test("beta[prior] = 0.6")
+    assert t.sd[0] == pytest.approx(res.bse[("beta", "prior")])
+    assert t.statistic[0] == pytest.approx(
+        (res.params[("beta", "prior")] - 0.6) / res.bse[("beta", "prior")]
+    )
+    R = np.zeros((2, res.k_params))
+    R[0, 1], R[1, 4] = 1, 1
+    joint = res.wald_test(R)
+    assert joint.df_denom == 2 and joint.statistic > 0
+    from melsml import MELSInputError
+
+    with pytest.raises(MELSInputError, match="res.param_names"):
+        res.wald_test("nosuch = 0")
+
+
+def test_save_load_round_trip(tmp_path):
+    import numpy as np
+
+    from melsml import MELSResults
+
+    res = _small_fit()
+    res.save(tmp_path / "fit.pkl")
+    back = MELSResults.load(tmp_path / "fit.pkl")
+    np.testing.assert_array_equal(back.params, res.params)
+    np.testing.assert_array_equal(back.bse, res.bse)
+    assert back.summary().as_text() == res.summary().as_text()
+    np.testing.assert_allclose(back.school_effects()["variance"], res.school_effects()["variance"])
+
+
+def test_summary_prints_itself_at_the_prompt_and_in_latex():
+    res = _small_fit()
+    s = res.summary()
+    assert repr(s) == s.as_text() == str(s)
+    latex = s.as_latex()
+    assert "\\begin{tabular}" in latex and "sigma\\_omega" in latex
+    assert repr(res.model).startswith("<MELS 'y ~ prior', groups='school', ws_formula='~ prior'")
