@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -40,9 +41,41 @@ def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def write_outputs(res: MELSResults, out: Path, stem: str = "") -> list[Path]:
+def _provenance(data_file: str | None) -> dict:
+    """Versions, platform, time, command line and the data file's hash."""
+    import datetime
+    import platform
+    from importlib import metadata
+
+    versions = {}
+    for pkg in ("numpy", "scipy", "pandas", "statsmodels", "formulaic", "matplotlib"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    record = {
+        "melsml_version": __version__,
+        "dependencies": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command_line": sys.argv,
+    }
+    if data_file is not None:
+        from .io import file_sha256
+
+        record["data_file"] = str(data_file)
+        record["data_sha256"] = file_sha256(data_file)
+    return record
+
+
+def write_outputs(
+    res: MELSResults, out: Path, stem: str = "", data_file: str | None = None
+) -> list[Path]:
     """Write estimates (CSV), natural random parameters (CSV), school effects
-    (CSV) and a JSON record of the fit into ``out``."""
+    (CSV), the summary (text) and a JSON record of the fit and its provenance
+    (melsml's and its dependencies' versions, Python, time, command line, the
+    data file's SHA-256, rows used and dropped) into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     pre = f"{stem}_" if stem else ""
     paths = [
@@ -50,13 +83,17 @@ def write_outputs(res: MELSResults, out: Path, stem: str = "") -> list[Path]:
         out / f"{pre}random_params.csv",
         out / f"{pre}school_effects.csv",
         out / f"{pre}fit.json",
+        out / f"{pre}summary.txt",
     ]
     res.tidy().to_csv(paths[0])
     res.random_params().to_csv(paths[1])
     res.school_effects().to_csv(paths[2])
+    paths[4].write_text(res.summary().as_text() + "\n")
     d = res.model.design
     record = {
-        "melsml_version": __version__,
+        **_provenance(data_file),
+        "rows_used": res.nobs,
+        "rows_dropped": d.n_dropped,
         "formulas": dict(d.formulas),
         "groups": d.groups,
         "random_scale": res.model.options.random_scale,
@@ -80,18 +117,15 @@ def write_outputs(res: MELSResults, out: Path, stem: str = "") -> list[Path]:
     return paths
 
 
-def _read_csv(name: str) -> pd.DataFrame:
-    path = Path(name)
-    if not path.is_file():
-        raise CLIError(f"data file {str(path)!r} not found")
-    try:
-        return pd.read_csv(path)
-    except Exception as exc:
-        raise CLIError(f"could not read {str(path)!r} as CSV: {exc}") from None
+def _read_csv(name: str, sep: str | None = None) -> pd.DataFrame:
+    """Any data file melsml reads (by suffix; see :mod:`melsml.io`)."""
+    from .io import read_table
+
+    return read_table(name, sep=sep)
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    data = _read_csv(args.data)
+    data = _read_csv(args.data, args.sep)
     model = MELS.from_formula(
         args.formula,
         data,
@@ -108,7 +142,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     res = model.fit(cov_type="robust" if args.robust else "observed")
     print(res.summary())
     if args.out:
-        paths = write_outputs(res, Path(args.out))
+        paths = write_outputs(res, Path(args.out), data_file=getattr(args, "data", None))
         print(f"\nwrote {', '.join(str(p) for p in paths)}")
     return 0
 
@@ -242,7 +276,7 @@ def _cmd_mixwild(args: argparse.Namespace) -> int:
         for note in model.notes:
             print(f"  {note}")
     if args.out:  # before the comparison, which may refuse a model it cannot match
-        paths = write_outputs(res, Path(args.out))
+        paths = write_outputs(res, Path(args.out), data_file=getattr(args, "data", None))
         print(f"\nwrote {', '.join(str(p) for p in paths)}")
     if args.compare:
         table = mixwild.compare(res, args.compare)
@@ -259,8 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"melsml {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    fit = sub.add_parser("fit", help="fit a MELS model to a CSV file")
-    fit.add_argument("data", help="CSV file with a header row")
+    fit = sub.add_parser("fit", help="fit a MELS model to a data file")
+    fit.add_argument(
+        "data",
+        help="data file with a header row: .csv, .tsv, .txt, .dta, .parquet, .xlsx or .sav",
+    )
+    fit.add_argument("--sep", help="column separator of a text file (default: by suffix)")
     fit.add_argument("--formula", required=True, help='mean function, e.g. "y ~ x"')
     fit.add_argument("--groups", required=True, help="column identifying the groups")
     fit.add_argument("--ws", default="~ 1", help='WS log-variance function (default "~ 1")')
@@ -274,8 +312,18 @@ def build_parser() -> argparse.ArgumentParser:
         help='random scale effects (default "~ 1"; "~ 1 + x" adds a random scale slope)',
     )
     fit.add_argument("--no-random-scale", action="store_true", help="omit the random scale")
-    fit.add_argument("--association", default="linear", choices=["none", "linear", "quadratic"])
-    fit.add_argument("--integration", default="auto", choices=["auto", "exact-location", "aghq"])
+    fit.add_argument(
+        "--association",
+        default="linear",
+        choices=["none", "linear", "quadratic"],
+        help="how the random scale depends on the location effect (default linear)",
+    )
+    fit.add_argument(
+        "--integration",
+        default="auto",
+        choices=["auto", "exact-location", "aghq"],
+        help="integration plan (default auto: exact over the location effects)",
+    )
     fit.add_argument(
         "--points",
         type=int,
@@ -283,14 +331,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="quadrature points per dimension (default 11 in 1-D, 7 in 2-D, 5 beyond)",
     )
     fit.add_argument("--robust", action="store_true", help="sandwich standard errors")
-    fit.add_argument("--out", help="folder for estimates and school predictions (CSV/JSON)")
+    fit.add_argument(
+        "--out",
+        help="folder for estimates, school predictions, the summary and fit.json (provenance)",
+    )
     fit.set_defaults(func=_cmd_fit)
 
     va = sub.add_parser("va", help="classical value-added measures")
     va_sub = va.add_subparsers(dest="method", required=True)
-    dfe = va_sub.add_parser("dfe", help="DfE 2003 median-line value added from pupil records")
-    dfe.add_argument("pupils", help="pupil records CSV (one row per qualification result)")
-    dfe.add_argument("--median-line", default="auto", choices=["auto", "A", "B", "data"])
+    dfe = va_sub.add_parser(
+        "dfe",
+        help="DfE 2003 median-line value added from pupil records",
+        description=(
+            "DfE 2003 KS3 to GCSE/GNVQ median-line value added.  The pupil records "
+            "file has one row per qualification result (a row with an empty "
+            "qualification for a pupil with none) and the required columns: pupil, "
+            "school, ks3_english, ks3_maths, ks3_science (levels 3-8, E, 2, N, B; "
+            "disregarded D, A, M, L), qualification (gcse, gcse_short, gnvq_...), "
+            "grade (A*-G, U, X; distinction/merit/pass for GNVQs); optional: special "
+            "(Table B) and same_school (stability)."
+        ),
+    )
+    dfe.add_argument("pupils", help="pupil records file (one row per qualification result)")
+    dfe.add_argument(
+        "--median-line",
+        default="auto",
+        choices=["auto", "A", "B", "data"],
+        help="national median line (A mainstream, B special), medians from the data, or auto",
+    )
     dfe.add_argument("--out", help="folder for dfe_pupils.csv and dfe_schools.csv")
     dfe.set_defaults(func=_cmd_va_dfe)
 
@@ -301,7 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--groups", help="schools column")
     rep.add_argument("--ws", default="~ 1", help="WS log-variance function")
     rep.add_argument("--re", default="~ 1", help="random location effects")
-    rep.add_argument("--median-line", default="auto", choices=["auto", "A", "B", "data"])
+    rep.add_argument(
+        "--median-line",
+        default="auto",
+        choices=["auto", "A", "B", "data"],
+        help="DfE median line (A mainstream, B special, data, or auto)",
+    )
     rep.add_argument("--out", default="melsml-report", help="output folder")
     rep.set_defaults(func=_cmd_report)
 
@@ -313,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="simulate London-sized data and fit models 1, 2, 3, 7")
     demo.add_argument("--out", default="melsml-demo", help="output folder (default melsml-demo)")
-    demo.add_argument("--seed", type=int, default=2024)
+    demo.add_argument("--seed", type=int, default=2024, help="random seed (default 2024)")
     demo.set_defaults(func=_cmd_demo)
     return parser
 
@@ -325,6 +398,12 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("always")
         try:
             status = args.func(args)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # the reader (e.g. `| head`) went away: end quietly, as Unix tools do
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 0
         except (CLIError, MELSInputError, FloatingPointError, OSError) as exc:
             print(f"melsml: error: {exc}", file=sys.stderr)
             status = 1

@@ -148,8 +148,11 @@ def _required(parsed, data: pd.DataFrame, option: str, formula: str) -> list[str
     names = sorted(v for v in found if v in data.columns or v in required)
     missing = [v for v in names if v not in data.columns]
     if missing:
+        have = [str(c) for c in data.columns]
+        shown = ", ".join(have[:30]) + (f", ... ({len(have)} in all)" if len(have) > 30 else "")
         raise MELSInputError(
-            f"{option}={formula!r} uses column(s) not in the data: {', '.join(missing)}"
+            f"{option}={formula!r} uses column(s) not in the data: {', '.join(missing)}; "
+            f"the data have: {shown}"
         )
     return names
 
