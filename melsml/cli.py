@@ -117,6 +117,22 @@ def write_outputs(
     return paths
 
 
+def format_comparison(table: pd.DataFrame) -> pd.DataFrame:
+    """A model comparison for printing: log-likelihoods and information criteria to
+    2 decimals, LR statistics to 2, p-values to 3 significant digits (tiny ones as
+    "<1e-16")."""
+    out = pd.DataFrame(index=table.index)
+    out["k"] = table["k"].astype(int)
+    for col in ("llf", "aic", "bic", "lr_stat"):
+        out[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    out["df"] = table["df"].map(lambda v: "" if pd.isna(v) else f"{int(v)}")
+    out["p_value"] = table["p_value"].map(
+        lambda v: "" if pd.isna(v) else ("<1e-16" if v < 1e-16 else f"{v:.3g}")
+    )
+    out["test"] = table["test"]
+    return out
+
+
 def _read_csv(name: str, sep: str | None = None) -> pd.DataFrame:
     """Any data file melsml reads (by suffix; see :mod:`melsml.io`)."""
     from .io import read_table
@@ -165,9 +181,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"(llf {fits[name].llf:.2f})"
         )
     table = compare(*fits.values(), names=list(fits))
-    with pd.option_context("display.width", 120, "display.max_columns", 20):
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
         print("Model comparison (each model against the one above it)")
-        print(table.to_string(float_format=lambda v: f"{v:.4g}"))
+        print(format_comparison(table).to_string())
     print()
     print("Model 3 (random intercept + random scale, prior score in the WS function)")
     print(fits["model 3"].summary())
@@ -176,6 +192,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     table.to_csv(out / "model_comparison.csv")
     written = write_outputs(fits["model 3"], out, stem="model3")
     effects = fits["model 3"].school_effects()
+    from . import plots
+
+    for name, fig in (
+        ("model3_caterpillar.png", plots.caterpillar_pair(effects)),
+        ("model3_mean_vs_variance.png", plots.mean_variance_scatter(effects)),
+    ):
+        fig.savefig(out / name, dpi=110)
+        written.append(out / name)
     print(
         f"\nSchools separated from the average (95% intervals), model 3: "
         f"means {int(effects['mean_separated'].sum())} of {len(effects)}, "

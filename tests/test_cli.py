@@ -159,6 +159,23 @@ def test_demo_writes_school_predictions(tmp_path, capsys):
     schools = pd.read_csv(out / "model3_school_effects.csv")
     assert len(schools) == 465
     assert (out / "model_comparison.csv").exists()
+    for name in ("model3_caterpillar.png", "model3_mean_vs_variance.png", "model3_summary.txt"):
+        assert (out / name).stat().st_size > 0, name
+    assert "<1e-16" in text  # tiny p-values, fixed decimals
+
+
+def test_comparison_formatting():
+    from melsml.cli import format_comparison
+
+    table = pd.DataFrame(
+        {"k": [4, 6], "llf": [-1234.5678, -1200.1], "aic": [1.0, 2.0], "bic": [3.0, 4.0],
+         "lr_stat": [float("nan"), 68.9], "df": [float("nan"), 2.0],
+         "p_value": [float("nan"), 1e-20], "test": ["", "vs a"]},
+        index=["a", "b"],
+    )  # fmt: skip
+    out = format_comparison(table)
+    assert out.loc["a", "llf"] == "-1234.57" and out.loc["b", "p_value"] == "<1e-16"
+    assert out.loc["a", "lr_stat"] == "" and out.loc["b", "df"] == "2"
 
 
 def test_va_dfe_on_the_example_file(tmp_path, capsys):
