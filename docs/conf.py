@@ -16,6 +16,9 @@ release = "0.1.0"
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.mathjax",
+    # MathJax shipped with the build (a PyPI package), so the manual renders
+    # its maths without network access
+    "sphinx-mathjax-offline",
     "numpydoc",
     "myst_parser",
 ]
@@ -27,7 +30,8 @@ numpydoc_validation_checks: set = set()
 autodoc_typehints = "none"
 html_theme = "alabaster"
 html_theme_options = {"page_width": "1180px", "sidebar_width": "220px"}
-html_static_path: list = []
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 suppress_warnings = ["myst.header"]
 
 # Figures, tables and numbers of the tutorial and the validation page are made
