@@ -238,7 +238,9 @@ def compare(*results: MELSResults, names: list[str] | None = None) -> pd.DataFra
 
     Returns
     -------
-    DataFrame with columns k, llf, deviance, aic, bic, lr_stat, df, p_value, test.
+    DataFrame with columns k, llf, deviance, aic, bic, lr_stat, df, p_value, test
+    (against which model, and the reference distribution) and added (the
+    parameters the larger model adds, as ``block[term]``).
     """
     if len(results) < 1:
         raise ValueError("compare() needs at least one fitted model")
@@ -258,6 +260,7 @@ def compare(*results: MELSResults, names: list[str] | None = None) -> pd.DataFra
             df=np.nan,
             p_value=np.nan,
             test="",
+            added="",
         )
         if i > 0:
             prev = results[i - 1]
@@ -288,11 +291,15 @@ def compare(*results: MELSResults, names: list[str] | None = None) -> pd.DataFra
                     if n_boundary > 1
                     else "chi2"
                 )
+                # shown under the larger model's own names
+                own = {_MIXWILD_AS_CHOLESKY.get(n, n): n for n in big.params.index}
+                added = sorted("{}[{}]".format(*own.get(n, n)) for n in big_names - small_names)
                 row.update(
                     lr_stat=stat,
                     df=df,
                     p_value=_lr_pvalue(stat, df, boundary),
                     test=f"vs {names[i - 1]}: {kind}",
+                    added=", ".join(added),
                 )
             else:
                 row["test"] = f"not nested in {names[i - 1]}"

@@ -75,3 +75,14 @@ def test_random_intercept_models_nest_in_random_slope_models():
         0.5 * stats.chi2.sf(stat, 1) + 0.5 * stats.chi2.sf(stat, 2)
     )
     assert "mixture" in table.iloc[2]["test"] and table.iloc[2]["df"] == 3
+
+
+def test_compare_names_the_parameters_a_test_adds():
+    from melsml import MELS, simulate_london
+
+    data = simulate_london(3, seed=1, n_schools=40, n_students=3000)
+    m1 = MELS.from_formula("y ~ prior", data, "school", random_scale=False).fit()
+    m3 = MELS.from_formula("y ~ prior", data, "school", ws_formula="~ prior").fit()
+    row = melsml.compare(m1, m3, names=["m1", "m3"]).loc["m3"]
+    assert row["added"] == "random[sigma_omega], random[tau_l], tau[prior]"
+    assert "chi2(2) and chi2(3)" in row["test"]
