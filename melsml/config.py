@@ -9,6 +9,7 @@ from .exceptions import MELSInputError
 
 Association = Literal["none", "linear", "quadratic"]
 Integration = Literal["auto", "exact-location", "aghq"]
+WeightType = Literal["frequency", "sampling"]
 
 
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -36,6 +37,11 @@ class ModelOptions:
         quadratic association); "aghq" integrates all random effects by
         adaptive Gauss-Hermite quadrature; "auto" takes the first where valid.
         :func:`melsml.plan.plan` decides.
+    weight_type : {"frequency", "sampling"}
+        How group weights are read: frequency weights (a group of weight w
+        counts as w identical groups) or sampling weights (inverse selection
+        probabilities: the weighted pseudo-likelihood, with sandwich standard
+        errors).
     n_points : int, optional
         Gauss-Hermite points per dimension of the quadrature, 5 to 101.
         Default (None): 11 (MixWILD's default), except for the exact-location
@@ -50,12 +56,14 @@ class ModelOptions:
     association: Association = "linear"
     integration: Integration = "auto"
     n_points: int | None = None
+    weight_type: WeightType = "frequency"
 
     def __post_init__(self) -> None:
         if not isinstance(self.random_scale, bool):
             raise MELSInputError(f"random_scale must be True or False, got {self.random_scale!r}")
         _check_choice("association", self.association, get_args(Association))
         _check_choice("integration", self.integration, get_args(Integration))
+        _check_choice("weight_type", self.weight_type, get_args(WeightType))
         if self.n_points is not None and (
             isinstance(self.n_points, bool)
             or not isinstance(self.n_points, int)

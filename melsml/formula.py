@@ -60,6 +60,8 @@ class DesignMatrices:
     groups: str
     formulas: Mapping[str, str]
     n_dropped: int = 0
+    group_weights: np.ndarray | None = None
+    group_weights_column: str | None = None
     x_scale: np.ndarray | None = None
     scale_names: tuple[str, ...] = ("Intercept",)
     model_specs: Mapping[str, object] = field(default_factory=dict, repr=False)
@@ -192,6 +194,7 @@ def build_design(
     ws_formula: str = "~ 1",
     re_formula: str = "~ 1",
     ws_re_formula: str = "~ 1",
+    group_weights: str | None = None,
 ) -> DesignMatrices:
     """Build the three design matrices of a MELS model from formulas.
 
@@ -244,6 +247,14 @@ def build_design(
     }
     parsed = {opt: _parse(f, opt, needs_lhs=(opt == "formula")) for opt, f in specs.items()}
     used: list[str] = [groups]
+    if group_weights is not None:
+        if not isinstance(group_weights, str) or group_weights not in data.columns:
+            raise MELSInputError(
+                f"group_weights must name a column of the data, got {group_weights!r}"
+            )
+        if not pd.api.types.is_numeric_dtype(data[group_weights]):
+            raise MELSInputError(f"group_weights column {group_weights!r} must be numeric")
+        used.append(group_weights)
     for opt, p in parsed.items():
         for v in _required(p, data, opt, specs[opt]):
             if v not in used:
@@ -306,6 +317,20 @@ def build_design(
             "(use bs_formula='~ 1')"
         )
     _check_scale_design(arrays["ws_re_formula"], names["ws_re_formula"], group_ptr, ws_re_formula)
+    gw = None
+    if group_weights is not None:
+        w = frame[group_weights].to_numpy(dtype=float)
+        first = w[group_ptr[:-1]]
+        if not np.all(w == np.repeat(first, np.diff(group_ptr))):
+            raise MELSInputError(
+                f"group_weights column {group_weights!r} must be constant within each "
+                f"group ({groups})"
+            )
+        if not (np.isfinite(first).all() and (first > 0).all()):
+            raise MELSInputError(
+                f"group_weights column {group_weights!r} must be positive and finite"
+            )
+        gw = first
     return DesignMatrices(
         y=y,
         x_mean=arrays["formula"],
@@ -325,6 +350,8 @@ def build_design(
         groups=groups,
         formulas=specs,
         n_dropped=n_dropped,
+        group_weights=gw,
+        group_weights_column=group_weights,
         model_specs={opt: m.model_spec for opt, m in mats.items()},
     )
 

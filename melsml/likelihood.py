@@ -166,6 +166,9 @@ class MELSObjective:
         self._x_mean = np.asfortranarray(design.x_mean)
         self._x_ws = np.asfortranarray(design.x_ws)
         self._x_bs = np.asfortranarray(design.x_bs)
+        gw = design.group_weights
+        self._gw = None if gw is None else np.asarray(gw, dtype=float)
+        self._gw_unit = None if gw is None else np.repeat(self._gw, design.group_sizes)
         self._bs_constant = design.bs_names == ("Intercept",)
         self._work = np.empty(2 * n)
         self.n_evals = 0
@@ -266,6 +269,14 @@ class MELSObjective:
         )
         self.n_evals += 1
         grad_random = lay.chol_gradient(dL, d_tau_q=dtq)
+        llf = float(ll.sum())
+        if self._gw is not None:
+            # group weights: sum_j w_j ll_j, and each group's score times w_j
+            llf = float(ll @ self._gw)
+            grad_random = grad_random * self._gw[:, None]
+            if score:
+                g_mu, g_ws = g_mu * self._gw_unit, g_ws * self._gw_unit
+                g_z = g_z * self._gw_unit[:, None]
         g_bs = 0.5 * z[:, 0] * g_z[:, 0] if st.bs else None
         grad = None
         if score:
@@ -276,7 +287,7 @@ class MELSObjective:
             grad = np.concatenate(blocks)
         return Evaluation(
             theta=np.array(theta, dtype=float),
-            llf=float(ll.sum()),
+            llf=llf,
             score=grad,
             ll_groups=ll,
             centers=cen.copy(),

@@ -57,6 +57,7 @@ class MELS:
         association: Association = "linear",
         integration: Integration = "auto",
         n_points: int | None = None,
+        weight_type: str = "frequency",
     ):
         self.design = design
         self.options = ModelOptions(
@@ -64,6 +65,7 @@ class MELS:
             association=association,
             integration=integration,
             n_points=n_points,
+            weight_type=weight_type,
         )
         if not design.random_intercept_only and self.options.association == "quadratic":
             raise MELSInputError(
@@ -103,6 +105,8 @@ class MELS:
         ws_formula: str = "~ 1",
         re_formula: str = "~ 1",
         ws_re_formula: str = "~ 1",
+        group_weights: str | None = None,
+        weight_type: str = "frequency",
         random_scale: bool = True,
         association: Association = "linear",
         integration: Integration = "auto",
@@ -130,6 +134,12 @@ class MELS:
             ``"~ 1"`` (a random scale intercept, omega_j); ``"~ 1 + prior"``
             adds a random scale slope on ``prior``.  All random effects,
             location and scale, have one unstructured covariance.
+        group_weights : str, optional
+            Column of group (school) weights, constant within each group.
+        weight_type : {"frequency", "sampling"}
+            Frequency weights (a school of weight w counts as w identical
+            schools) or sampling weights (the weighted pseudo-likelihood of
+            Pfeffermann et al. 1998, with sandwich standard errors by default).
         random_scale : bool
             Include the random scale effect (default True).
         association : {"none", "linear", "quadratic"}
@@ -150,6 +160,7 @@ class MELS:
             association=association,
             integration=integration,
             n_points=n_points,
+            weight_type=weight_type,
         )  # fail fast on options
         design = build_design(
             formula,
@@ -159,6 +170,7 @@ class MELS:
             ws_formula=ws_formula,
             re_formula=re_formula,
             ws_re_formula=ws_re_formula,
+            group_weights=group_weights,
         )
         return cls(
             design,
@@ -166,6 +178,7 @@ class MELS:
             association=association,
             integration=integration,
             n_points=n_points,
+            weight_type=weight_type,
         )
 
     @classmethod
@@ -266,7 +279,7 @@ class MELS:
         self,
         start_params=None,
         *,
-        cov_type: CovType = "observed",
+        cov_type: CovType | None = None,
         maxiter: int = 500,
         tol: float = 1e-12,
     ) -> MELSResults:
@@ -279,9 +292,9 @@ class MELS:
             (sigma_omega or a diagonal of L) given as exactly 0 is a stationary
             point the optimiser cannot leave; it starts at half its default
             start value instead (logged).
-        cov_type : {"observed", "robust"}
-            Standard errors from the inverse observed information (default) or
-            the sandwich estimator.
+        cov_type : {"observed", "robust"}, optional
+            Standard errors from the inverse observed information (the default)
+            or the sandwich estimator (the default with sampling weights).
         maxiter : int
             Maximum quasi-Newton iterations.
         tol : float
@@ -291,6 +304,11 @@ class MELS:
         -------
         MELSResults
         """
+        if cov_type is None:
+            sampling = self.design.group_weights is not None and (
+                self.options.weight_type == "sampling"
+            )
+            cov_type = "robust" if sampling else "observed"
         if cov_type not in ("observed", "robust"):
             raise MELSInputError(
                 f"unknown cov_type {cov_type!r}; allowed values: 'observed', 'robust'"

@@ -109,7 +109,12 @@ class MELSResults:
         self._theta_raw = np.asarray(theta_raw, dtype=float)
         self.cov_type: CovType = cov_type
         self.llf = float(evaluation.llf)
-        self.nobs = model.design.n_obs
+        d = model.design
+        if d.group_weights is not None and model.options.weight_type == "frequency":
+            # a school of weight w counts as w schools of its size
+            self.nobs = int(round(float(d.group_weights @ d.group_sizes)))
+        else:
+            self.nobs = d.n_obs
         self.n_groups = model.design.n_groups
         self.k_params = layout.k_params
         self.converged = bool(info.converged)

@@ -37,12 +37,12 @@ class _Block:
     const_value: float
 
     @classmethod
-    def of(cls, x: np.ndarray) -> _Block:
+    def of(cls, x: np.ndarray, w: np.ndarray | None = None) -> _Block:
         k = x.shape[1]
-        sd = _column_sd(x)
+        sd = _column_sd(x, w)
         constant = [j for j in range(k) if sd[j] == 0.0]
         const = constant[0] if constant else None
-        center = _column_mean(x) if const is not None else np.zeros(k)
+        center = _column_mean(x, w) if const is not None else np.zeros(k)
         scale = np.where(sd > 0, sd, 1.0)
         center[constant] = 0.0
         return cls(center, scale, const, float(x[0, const]) if const is not None else 1.0)
@@ -63,25 +63,33 @@ class _Block:
         return out
 
 
-def _column_mean(x: np.ndarray) -> np.ndarray:
-    # column by column: a reduction down a C-ordered column is ~15x slower
-    return np.array([x[:, j].mean() for j in range(x.shape[1])])
+def _column_mean(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """(Weighted) mean of each column, column by column: a reduction down a
+    C-ordered column is ~15x slower."""
+    if w is None:
+        return np.array([x[:, j].mean() for j in range(x.shape[1])])
+    return np.array([np.dot(w, x[:, j]) / w.sum() for j in range(x.shape[1])])
 
 
-def _column_sd(x: np.ndarray) -> np.ndarray:
-    """SD of each column; exactly 0 for a constant column."""
+def _column_sd(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """(Weighted) SD of each column; exactly 0 for a constant column."""
     out = np.zeros(x.shape[1])
     for j in range(x.shape[1]):
         col = x[:, j]
         if col.size and not (col == col[0]).all():
-            out[j] = col.std()
+            if w is None:
+                out[j] = col.std()
+            else:
+                m = np.dot(w, col) / w.sum()
+                out[j] = np.sqrt(np.dot(w, (col - m) ** 2) / w.sum())
     return out
 
 
-def _rms_scale(x: np.ndarray) -> np.ndarray:
-    """Root mean square of each column; 1 for constant columns (intercepts)."""
-    sd = _column_sd(x)
-    rms = np.array([np.sqrt(np.dot(x[:, j], x[:, j]) / len(x)) for j in range(x.shape[1])])
+def _rms_scale(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """(Weighted) root mean square of each column; 1 for constant columns."""
+    sd = _column_sd(x, w)
+    ww = np.ones(len(x)) if w is None else w
+    rms = np.array([np.sqrt(np.dot(ww, x[:, j] ** 2) / ww.sum()) for j in range(x.shape[1])])
     return np.where((sd > 0) & (rms > 0), rms, 1.0)
 
 
@@ -99,18 +107,22 @@ class Scaling:
 
     @classmethod
     def of(cls, design: DesignMatrices) -> Scaling:
-        mean, bs, ws = (_Block.of(x) for x in (design.x_mean, design.x_bs, design.x_ws))
+        """Standardisation of ``design``; with group weights the moments are
+        weighted, so that frequency weights standardise like duplicated groups."""
+        gw = design.group_weights
+        w = None if gw is None else np.repeat(np.asarray(gw, dtype=float), design.group_sizes)
+        mean, bs, ws = (_Block.of(x, w) for x in (design.x_mean, design.x_bs, design.x_ws))
         y = design.y
-        sd = float(y.std())
+        sd = float(_column_sd(y[:, None], w)[0])
         y_scale = sd if sd > 0 else 1.0
         # the outcome's scale is absorbed by the intercepts of the variance
         # functions (BS, or the location effects' factor) and of the WS function
         location_absorbs = bs.const is not None or design.re_names != ("Intercept",)
         if ws.const is None or not location_absorbs:
             y_scale = 1.0
-        y_center = float(y.mean()) if mean.const is not None else 0.0
+        y_center = float(_column_mean(y[:, None], w)[0]) if mean.const is not None else 0.0
         h = design.x_scale if design.x_scale is not None else np.ones((design.n_obs, 1))
-        return cls(y_center, y_scale, mean, bs, ws, _rms_scale(design.x_re), _rms_scale(h))
+        return cls(y_center, y_scale, mean, bs, ws, _rms_scale(design.x_re, w), _rms_scale(h, w))
 
     def design(self, design: DesignMatrices) -> DesignMatrices:
         """The standardised copy of ``design``."""
