@@ -215,6 +215,34 @@ def _is_sd(name: tuple[str, str]) -> bool:
     return len(inner) == 2 and inner[0] == inner[1]
 
 
+def _model_label(res: MELSResults) -> str:
+    """A short description of a fitted model from its formulas and options."""
+    d, opt = res.model.design, res.model.options
+    f = d.formulas
+    parts = [f["formula"]]
+    if f.get("bs_formula", "~ 1") != "~ 1":
+        parts.append(f"BS {f['bs_formula']}")
+    if f.get("re_formula", "~ 1") != "~ 1":
+        parts.append(f"RE {f['re_formula']}")
+    parts.append(f"WS {f['ws_formula']}")
+    if not opt.random_scale:
+        parts.append("no random scale")
+    else:
+        if f.get("ws_re_formula", "~ 1") != "~ 1":
+            parts.append(f"scale RE {f['ws_re_formula']}")
+        if opt.association != "linear":
+            parts.append(f"association {opt.association}")
+    return "; ".join(parts)
+
+
+def _default_names(results) -> list[str]:
+    """Row labels from the models' formulas, numbered where two coincide."""
+    labels = [_model_label(r) for r in results]
+    if len(set(labels)) < len(labels):
+        labels = [f"{i + 1}: {lab}" for i, lab in enumerate(labels)]
+    return labels
+
+
 def compare(*results: MELSResults, names: list[str] | None = None) -> pd.DataFrame:
     """Compare fitted models: llf, AIC, BIC and likelihood-ratio tests.
 
@@ -234,7 +262,8 @@ def compare(*results: MELSResults, names: list[str] | None = None) -> pd.DataFra
     ----------
     *results : MELSResults
     names : list of str, optional
-        Row labels (default "model 1", "model 2", ...).
+        Row labels (default: each model's formulas and options, e.g.
+        ``"y ~ prior; WS ~ prior; no random scale"``).
 
     Returns
     -------
@@ -244,7 +273,7 @@ def compare(*results: MELSResults, names: list[str] | None = None) -> pd.DataFra
     """
     if len(results) < 1:
         raise ValueError("compare() needs at least one fitted model")
-    names = names or [f"model {i + 1}" for i in range(len(results))]
+    names = names or _default_names(results)
     if len(names) != len(results):
         raise ValueError(f"{len(names)} names for {len(results)} models")
     rows = []

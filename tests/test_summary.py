@@ -86,3 +86,19 @@ def test_compare_names_the_parameters_a_test_adds():
     row = melsml.compare(m1, m3, names=["m1", "m3"]).loc["m3"]
     assert row["added"] == "random[sigma_omega], random[tau_l], tau[prior]"
     assert "chi2(2) and chi2(3)" in row["test"]
+
+
+def test_compare_labels_models_by_their_formulas_by_default():
+    from melsml import MELS, simulate_london
+
+    data = simulate_london(3, seed=1, n_schools=40, n_students=3000)
+    m1 = MELS.from_formula("y ~ prior", data, "school", random_scale=False).fit()
+    m3 = MELS.from_formula("y ~ prior", data, "school", ws_formula="~ prior").fit()
+    table = melsml.compare(m1, m3)
+    assert list(table.index) == [
+        "y ~ prior; WS ~ 1; no random scale",
+        "y ~ prior; WS ~ prior",
+    ]
+    assert table.iloc[1]["test"].startswith("vs y ~ prior; WS ~ 1; no random scale")
+    twice = melsml.compare(m1, m1)
+    assert list(twice.index)[0].startswith("1: ")
