@@ -206,7 +206,8 @@ cdef struct Eng:
     # per-unit work (n_obs each): a_i = exp(-eta_i - h_i'v), r_i, exp(-eta_i)
     double* aw
     double* rw
-    double* invd
+    double* invd          # w_i exp(-eta_i): unit weights enter every unit sum here
+    const double* w       # unit weights (NULL: all 1)
     # gradient accumulation in the full pass (unit-level groups)
     int acc_grad
     double lw_off         # log weight of the node less log p(y | xi), less the reference
@@ -224,10 +225,10 @@ cdef void eng_group(Eng* e, Py_ssize_t start, Py_ssize_t stop, int const_h,
     cdef int q = e.q, s = e.s
     cdef int a, b
     cdef Py_ssize_t i
-    cdef double ai
+    cdef double ai, wi
     e.start = start
     e.stop = stop
-    e.n = <double>(stop - start)
+    e.n = 0.0
     e.const_h = const_h
     e.acc_grad = 0
     e.sumeta = 0.0
@@ -239,8 +240,10 @@ cdef void eng_group(Eng* e, Py_ssize_t start, Py_ssize_t stop, int const_h,
     for a in range(s):
         e.h[a] = H[start * s + a]
     for i in range(start, stop):
-        e.sumeta += eta[i]
-        e.invd[i] = exp(-eta[i])
+        wi = e.w[i] if e.w != NULL else 1.0
+        e.n += wi
+        e.sumeta += wi * eta[i]
+        e.invd[i] = wi * exp(-eta[i])
         if const_h:
             ai = e.invd[i]
             e.A += ai * r0[i] * r0[i]
@@ -273,7 +276,7 @@ cdef double eng_units(Eng* e, const double* shift, const double* r0, const doubl
         hv = 0.0
         for a in range(s):
             hv += H[i * s + a] * e.v[a]
-        sumhv += hv
+        sumhv += (e.w[i] if e.w != NULL else 1.0) * hv
         ai = e.invd[i] * exp(-hv)
         if q == 1:
             # the random-intercept case: scalar arithmetic
@@ -436,7 +439,7 @@ cdef void eng_node(Eng* e, const double* xi, const double* r0, const double* eta
                 ri = ai * eh * Z[i]
                 hv = ai * Z[i] * Z[i]
                 for k in range(s):
-                    e.sv[k] -= 0.5 * H[i * s + k] * (1.0 - rho)
+                    e.sv[k] -= 0.5 * H[i * s + k] * ((e.w[i] if e.w != NULL else 1.0) - rho)
                     for l in range(k + 1):
                         e.R[k * s + l] += rho * H[i * s + k] * H[i * s + l]
                     e.N[k] += ri * H[i * s + k]
@@ -461,7 +464,7 @@ cdef void eng_node(Eng* e, const double* xi, const double* r0, const double* eta
                     for a in range(q):
                         e.gz[i * q + a] += e.wt * ai * (eh * e.mu[a] - e.zt[a])
                 for k in range(s):
-                    e.sv[k] -= 0.5 * H[i * s + k] * (1.0 - rho)
+                    e.sv[k] -= 0.5 * H[i * s + k] * ((e.w[i] if e.w != NULL else 1.0) - rho)
                     for l in range(k + 1):
                         e.R[k * s + l] += rho * H[i * s + k] * H[i * s + l]
                     for a in range(q):
@@ -631,7 +634,8 @@ cdef void eng_full_node(Eng* e, const double* th, const double* r0, const double
                 for k in range(s):
                     e.Hx[(q + k) * d + a] -= ai * ei * Z[i * q + a] * H[i * s + k]
             for a in range(s):
-                e.sx[q + a] -= 0.5 * H[i * s + a] * (1.0 - ai * ei * ei)
+                e.sx[q + a] -= 0.5 * H[i * s + a] * (
+                    (e.w[i] if e.w != NULL else 1.0) - ai * ei * ei)
                 for b in range(a + 1):
                     e.Hx[(q + a) * d + q + b] -= 0.5 * ai * ei * ei * H[i * s + a] * H[i * s + b]
             if e.acc_grad:
@@ -987,11 +991,11 @@ cdef void eng_one_group(Eng* e, Work* w, Shared* sh, Py_ssize_t j) noexcept nogi
                 qd += sh.Z[i * q + a] * acc
                 sh.gz[i * q + a] = ai * (sh.r0[i] * w.k1[a] - acc)
             sh.gmu[i] = ai * eh
-            sh.gws[i] = 0.5 * (ai * qd - 1.0)
+            sh.gws[i] = 0.5 * (ai * qd - (e.w[i] if e.w != NULL else 1.0))
     elif sh.compute_grad:
         for i in range(e.start, e.stop):
             sh.gmu[i] /= tot
-            sh.gws[i] = 0.5 * (sh.gws[i] / tot - 1.0)
+            sh.gws[i] = 0.5 * (sh.gws[i] / tot - (e.w[i] if e.w != NULL else 1.0))
             for a in range(q):
                 sh.gz[i * q + a] /= tot
 
@@ -1023,6 +1027,7 @@ def engine_loglik(
     bint adapt=True,
     bint compute_grad=True,
     int n_threads=0,
+    const double[::1] w=None,
 ):
     """The kernel: per-group log-likelihood, posterior moments and gradients.
 
@@ -1077,6 +1082,8 @@ def engine_loglik(
         Also the gradients (else dL, dtq and the unit gradients are not set).
     n_threads : int
         Threads over groups (0: OpenMP's default; 1 without OpenMP).
+    w : (n_obs,) float64, optional
+        Unit weights: unit i's log-density counts w_i times (default all 1).
     """
     cdef int q = Z.shape[1], s = H.shape[1]
     cdef int d = q + s
@@ -1110,6 +1117,9 @@ def engine_loglik(
     e.Lf = &L[0, 0]
     e.tau_q = tau_q
     e.full = full
+    if w is not None and w.shape[0] != r0.shape[0]:
+        raise ValueError("engine_loglik: w must have one weight per unit")
+    e.w = &w[0] if w is not None else NULL
     unit_buf = np.empty(3 * r0.shape[0] + 1, dtype=np.float64)
     uw = unit_buf
     e.aw = &uw[0]
@@ -1171,6 +1181,7 @@ def engine_points(
     double[:, :, ::1] mu,
     double[:, :, :, ::1] pinv,
     double[:, :, ::1] v,
+    const double[::1] w=None,
 ):
     """The exact-location integrand at given points: for empirical Bayes grids.
 
@@ -1207,6 +1218,7 @@ def engine_points(
     e.Kvv = &Kvv[0, 0] if s > 0 else NULL
     e.Kuv = &Kuv[0, 0] if s > 0 else NULL
     e.C = &C[0, 0]
+    e.w = &w[0] if w is not None else NULL
     p = eng_bind(ep, &work[0])
     e.aw = p; p += r0.shape[0]
     e.rw = p; p += r0.shape[0]

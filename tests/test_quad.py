@@ -40,7 +40,9 @@ def h_const(H, ptr):
     return np.logical_and.reduceat(same, ptr[:-1]).astype(np.uint8)
 
 
-def run(r0, eta, Z, H, ptr, L, *, full=False, tau_q=0.0, points=11, centers=None, adapt=True):
+def run(
+    r0, eta, Z, H, ptr, L, *, full=False, tau_q=0.0, points=11, centers=None, adapt=True, w=None
+):
     q, s = Z.shape[1], H.shape[1]
     d = q + s
     m = d if full else s
@@ -64,15 +66,17 @@ def run(r0, eta, Z, H, ptr, L, *, full=False, tau_q=0.0, points=11, centers=None
     _quad.engine_loglik(
         r0, eta, Z, H, h_const(H, ptr), ptr, kvv, kuv, c, np.ascontiguousarray(L), tau_q,
         full, x, lw, out["ll"], out["ex"], out["exx"], out["dL"], out["dtq"], out["centers"],
-        out["g_mu"], out["g_ws"], out["g_z"], adapt=adapt,
+        out["g_mu"], out["g_ws"], out["g_z"], adapt=adapt, w=w,
     )  # fmt: skip
     return out
 
 
-def twin(r0, eta, Z, H, ptr, L, *, full=False, tau_q=0.0, points=11):
+def twin(r0, eta, Z, H, ptr, L, *, full=False, tau_q=0.0, points=11, w=None):
     kvv, kuv, c = scale_first_factor(L @ L.T, Z.shape[1])
     x, lw = gauss_hermite(points)
-    return engine_loglik_ref(r0, eta, Z, H, ptr, kvv, kuv, c, x, lw, L=L, tau_q=tau_q, full=full)
+    return engine_loglik_ref(
+        r0, eta, Z, H, ptr, kvv, kuv, c, x, lw, L=L, tau_q=tau_q, full=full, w=w
+    )
 
 
 SHAPES = [(1, 0), (1, 1), (1, 2), (2, 1), (2, 2), (3, 1)]
@@ -273,3 +277,31 @@ def test_threads_give_identical_results():
             np.testing.assert_array_equal(a, b)
     assert _quad.openmp_threads() >= 1
     assert isinstance(_quad.built_with_openmp(), bool)
+
+
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("unit_level", [True, False])
+def test_unit_weights_kernel_equals_twin(full, unit_level):
+    case = make_case(1, 2 if not full else 1, unit_level=unit_level, seed=21)
+    w = np.random.default_rng(2).uniform(0.2, 3.0, len(case[0]))
+    a = run(*case, full=full, points=5, w=w)
+    b = twin(*case, full=full, points=5, w=w)
+    for key in ("ll", "ex", "exx", "dL", "g_mu", "g_ws", "g_z"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-10, atol=1e-10, err_msg=key)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_integer_unit_weights_equal_duplicated_rows(full):
+    r0, eta, Z, H, ptr, L = make_case(2, 1, unit_level=True, seed=22)
+    w = np.random.default_rng(3).integers(1, 4, len(r0)).astype(float)
+    rep = np.repeat(np.arange(len(r0)), w.astype(int))
+    sizes = np.add.reduceat(w, ptr[:-1]).astype(int)
+    ptr2 = np.concatenate([[0], np.cumsum(sizes)]).astype(np.intp)
+    dup = (r0[rep], eta[rep], np.ascontiguousarray(Z[rep]), np.ascontiguousarray(H[rep]))
+    a = run(r0, eta, Z, H, ptr, L, full=full, points=7, w=w)
+    b = run(*dup, ptr2, L, full=full, points=7)
+    np.testing.assert_allclose(a["ll"], b["ll"], rtol=1e-12)
+    np.testing.assert_allclose(a["dL"], b["dL"], rtol=1e-9, atol=1e-12)
+    # a weighted unit's gradient is the sum over its copies
+    np.testing.assert_allclose(a["g_mu"], np.bincount(rep, b["g_mu"]), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(a["g_ws"], np.bincount(rep, b["g_ws"]), rtol=1e-9, atol=1e-12)

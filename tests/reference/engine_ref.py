@@ -35,13 +35,14 @@ import numpy as np
 LOG2PI = np.log(2.0 * np.pi)
 
 
-def node_eval(xi, r0, eta, Z, H, Kvv, Kuv, C):
-    """Log p(y | xi) and the posterior terms at one node of one group."""
+def node_eval(xi, r0, eta, Z, H, w, Kvv, Kuv, C):
+    """Log p(y | xi) and the posterior terms at one node of one group (unit i's
+    log-density counts w_i times: the weights multiply a_i and every constant)."""
     q, s = Z.shape[1], H.shape[1]
     v = Kvv @ xi
     gx = Kuv @ xi
     hv = H @ v
-    a = np.exp(-eta - hv)
+    a = w * np.exp(-eta - hv)
     r = r0 - Z @ gx
     lam = (Z * a[:, None]).T @ Z
     b = Z.T @ (a * r)
@@ -50,12 +51,12 @@ def node_eval(xi, r0, eta, Z, H, Kvv, Kuv, C):
     logdet = np.linalg.slogdet(B)[1]
     pinv = C @ np.linalg.solve(B, C.T)
     m = pinv @ b
-    logp = -0.5 * (r0.size * LOG2PI + eta.sum() + hv.sum() + logdet + c - b @ m)
+    logp = -0.5 * (w.sum() * LOG2PI + w @ eta + w @ hv + logdet + c - b @ m)
     ehat = r - Z @ m
     qd = np.einsum("ia,ab,ib->i", Z, pinv, Z)
     rho = a * (ehat**2 + qd)
     su = b - lam @ m
-    sv = -0.5 * H.T @ (1.0 - rho)
+    sv = -0.5 * H.T @ (w - rho)
     N = (Z * (a * ehat)[:, None]).T @ H
     M = [(Z * (a * H[:, k])[:, None]).T @ Z for k in range(s)]
     T = np.array([[np.trace(pinv @ M[k] @ pinv @ M[m2]) for m2 in range(s)] for k in range(s)])
@@ -78,7 +79,7 @@ def node_eval(xi, r0, eta, Z, H, Kvv, Kuv, C):
     )
 
 
-def full_node_eval(th, r0, eta, Z, H, L, tau_q):
+def full_node_eval(th, r0, eta, Z, H, w, L, tau_q):
     """log p(y | x) at x = L theta (+ tau_q theta0^2 on the first scale effect),
     with its gradient s and Hessian in x."""
     q, s = Z.shape[1], H.shape[1]
@@ -87,11 +88,11 @@ def full_node_eval(th, r0, eta, Z, H, L, tau_q):
         x[q] += tau_q * th[0] ** 2
     u, v = x[:q], x[q:]
     hv = H @ v
-    a = np.exp(-eta - hv)
+    a = w * np.exp(-eta - hv)
     e = r0 - Z @ u
-    logp = -0.5 * (r0.size * LOG2PI + eta.sum() + hv.sum() + a @ (e * e))
+    logp = -0.5 * (w.sum() * LOG2PI + w @ eta + w @ hv + a @ (e * e))
     su = Z.T @ (a * e)
-    sv = -0.5 * H.T @ (1.0 - a * e * e)
+    sv = -0.5 * H.T @ (w - a * e * e)
     hess = np.zeros((q + s, q + s))
     hess[:q, :q] = -(Z * a[:, None]).T @ Z
     hess[q:, :q] = -(H * (a * e)[:, None]).T @ Z
@@ -175,6 +176,7 @@ def engine_loglik_ref(
     L=None,
     tau_q=0.0,
     full=False,
+    w=None,
 ):
     """Per-group log-likelihood, posterior moments, gradients in L and unit gradients.
 
@@ -187,6 +189,7 @@ def engine_loglik_ref(
     m = d if full else s
     n_groups = len(group_ptr) - 1
     args = (Kvv, Kuv, C, L, tau_q, full)
+    w = np.ones(r0.size) if w is None else np.asarray(w, dtype=float)
     out = dict(
         ll=np.empty(n_groups),
         ex=np.empty((n_groups, d)),
@@ -201,7 +204,7 @@ def engine_loglik_ref(
     )
     for j in range(n_groups):
         sl = slice(group_ptr[j], group_ptr[j + 1])
-        grp = (r0[sl], eta[sl], Z[sl], H[sl])
+        grp = (r0[sl], eta[sl], Z[sl], H[sl], w[sl])
         if m:
             start = np.zeros(m) if centers is None else centers[j, :m]
             mode, scale = find_mode(start, grp, *args)
@@ -242,7 +245,7 @@ def engine_loglik_ref(
             out["ex"][j], out["exx"][j], out["dL"][j], out["dtq"][j] = ex, exx, dL, dtq
             out["om"][j] = np.nan
             out["g_mu"][sl] = g_mu
-            out["g_ws"][sl] = 0.5 * (g_ws - 1.0)
+            out["g_ws"][sl] = 0.5 * (g_ws - w[sl])
             out["g_z"][sl] = g_z
             continue
         for wt, xi in zip(wts, nodes, strict=True):
@@ -261,7 +264,7 @@ def engine_loglik_ref(
         if L is not None:
             out["dL"][j] = np.tril(om @ L)
         out["g_mu"][sl] = g_mu
-        out["g_ws"][sl] = 0.5 * (g_ws - 1.0)
+        out["g_ws"][sl] = 0.5 * (g_ws - w[sl])
         out["g_z"][sl] = g_z
     return out
 
