@@ -10,6 +10,7 @@ from .exceptions import MELSInputError
 Association = Literal["none", "linear", "quadratic"]
 Integration = Literal["auto", "exact-location", "aghq"]
 WeightType = Literal["frequency", "sampling"]
+WeightScaling = Literal["size", "effective", "none"]
 
 
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -41,7 +42,12 @@ class ModelOptions:
         How group weights are read: frequency weights (a group of weight w
         counts as w identical groups) or sampling weights (inverse selection
         probabilities: the weighted pseudo-likelihood, with sandwich standard
-        errors).
+        errors).  Applies to group and unit weights alike.
+    weight_scaling : {"size", "effective", "none"}
+        Sampling unit weights only: how they are scaled within each group
+        (Rabe-Hesketh & Skrondal 2006): to sum to the group's size (method 1,
+        the default), to its effective size (sum w)^2 / sum w^2 (method 2), or
+        not at all.
     n_points : int, optional
         Gauss-Hermite points per dimension of the quadrature, 5 to 101.
         Default (None): 11 (MixWILD's default), except for the exact-location
@@ -57,6 +63,7 @@ class ModelOptions:
     integration: Integration = "auto"
     n_points: int | None = None
     weight_type: WeightType = "frequency"
+    weight_scaling: WeightScaling = "size"
 
     def __post_init__(self) -> None:
         if not isinstance(self.random_scale, bool):
@@ -64,6 +71,7 @@ class ModelOptions:
         _check_choice("association", self.association, get_args(Association))
         _check_choice("integration", self.integration, get_args(Integration))
         _check_choice("weight_type", self.weight_type, get_args(WeightType))
+        _check_choice("weight_scaling", self.weight_scaling, get_args(WeightScaling))
         if self.n_points is not None and (
             isinstance(self.n_points, bool)
             or not isinstance(self.n_points, int)

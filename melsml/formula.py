@@ -62,6 +62,8 @@ class DesignMatrices:
     n_dropped: int = 0
     group_weights: np.ndarray | None = None
     group_weights_column: str | None = None
+    unit_weights: np.ndarray | None = None
+    unit_weights_column: str | None = None
     x_scale: np.ndarray | None = None
     scale_names: tuple[str, ...] = ("Intercept",)
     model_specs: Mapping[str, object] = field(default_factory=dict, repr=False)
@@ -195,6 +197,7 @@ def build_design(
     re_formula: str = "~ 1",
     ws_re_formula: str = "~ 1",
     group_weights: str | None = None,
+    weights: str | None = None,
 ) -> DesignMatrices:
     """Build the three design matrices of a MELS model from formulas.
 
@@ -255,6 +258,13 @@ def build_design(
         if not pd.api.types.is_numeric_dtype(data[group_weights]):
             raise MELSInputError(f"group_weights column {group_weights!r} must be numeric")
         used.append(group_weights)
+    if weights is not None:
+        if not isinstance(weights, str) or weights not in data.columns:
+            raise MELSInputError(f"weights must name a column of the data, got {weights!r}")
+        if not pd.api.types.is_numeric_dtype(data[weights]):
+            raise MELSInputError(f"weights column {weights!r} must be numeric")
+        if weights not in used:
+            used.append(weights)
     for opt, p in parsed.items():
         for v in _required(p, data, opt, specs[opt]):
             if v not in used:
@@ -331,6 +341,11 @@ def build_design(
                 f"group_weights column {group_weights!r} must be positive and finite"
             )
         gw = first
+    uw = None
+    if weights is not None:
+        uw = np.ascontiguousarray(frame[weights].to_numpy(dtype=float))
+        if not (np.isfinite(uw).all() and (uw > 0).all()):
+            raise MELSInputError(f"weights column {weights!r} must be positive and finite")
     return DesignMatrices(
         y=y,
         x_mean=arrays["formula"],
@@ -352,6 +367,8 @@ def build_design(
         n_dropped=n_dropped,
         group_weights=gw,
         group_weights_column=group_weights,
+        unit_weights=uw,
+        unit_weights_column=weights,
         model_specs={opt: m.model_spec for opt, m in mats.items()},
     )
 

@@ -91,6 +91,25 @@ class FitState:
         return self.layout.unpack(self.theta)
 
 
+def unit_weights(design: DesignMatrices, options: ModelOptions) -> np.ndarray | None:
+    """The unit weights the kernel uses: as given for frequency weights; for
+    sampling weights scaled within each group (``options.weight_scaling``)."""
+    w = design.unit_weights
+    if w is None:
+        return None
+    w = np.asarray(w, dtype=float)
+    if options.weight_type == "frequency" or options.weight_scaling == "none":
+        return np.ascontiguousarray(w)
+    starts = design.group_ptr[:-1]
+    sizes = design.group_sizes
+    total = np.add.reduceat(w, starts)
+    if options.weight_scaling == "size":
+        target = sizes.astype(float)
+    else:  # effective sample size
+        target = total**2 / np.add.reduceat(w * w, starts)
+    return np.ascontiguousarray(w * np.repeat(target / total, sizes))
+
+
 def scale_first_factor(sigma: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cholesky factor of the covariance of (v, u): ``v = Kvv xi``, ``u = Kuv xi + C zeta``.
 
@@ -168,6 +187,7 @@ class MELSObjective:
         self._x_bs = np.asfortranarray(design.x_bs)
         gw = design.group_weights
         self._gw = None if gw is None else np.asarray(gw, dtype=float)
+        self._w = unit_weights(design, options)
         self._gw_unit = None if gw is None else np.repeat(self._gw, design.group_sizes)
         self._bs_constant = design.bs_names == ("Intercept",)
         self._work = np.empty(2 * n)
@@ -196,6 +216,7 @@ class MELSObjective:
             Kvv=kvv,
             Kuv=kuv,
             C=c,
+            w=self._w,
         )
 
     def _z(self, p) -> np.ndarray:
@@ -266,6 +287,7 @@ class MELSObjective:
             adapt=adapt,
             compute_grad=score,
             n_threads=self.n_threads,
+            w=self._w,
         )
         self.n_evals += 1
         grad_random = lay.chol_gradient(dL, d_tau_q=dtq)

@@ -58,6 +58,7 @@ class MELS:
         integration: Integration = "auto",
         n_points: int | None = None,
         weight_type: str = "frequency",
+        weight_scaling: str = "size",
     ):
         self.design = design
         self.options = ModelOptions(
@@ -66,6 +67,7 @@ class MELS:
             integration=integration,
             n_points=n_points,
             weight_type=weight_type,
+            weight_scaling=weight_scaling,
         )
         if not design.random_intercept_only and self.options.association == "quadratic":
             raise MELSInputError(
@@ -106,7 +108,9 @@ class MELS:
         re_formula: str = "~ 1",
         ws_re_formula: str = "~ 1",
         group_weights: str | None = None,
+        weights: str | None = None,
         weight_type: str = "frequency",
+        weight_scaling: str = "size",
         random_scale: bool = True,
         association: Association = "linear",
         integration: Integration = "auto",
@@ -136,6 +140,11 @@ class MELS:
             location and scale, have one unstructured covariance.
         group_weights : str, optional
             Column of group (school) weights, constant within each group.
+        weights : str, optional
+            Column of unit (student) weights.
+        weight_scaling : {"size", "effective", "none"}
+            Scaling of sampling unit weights within groups (see
+            :class:`melsml.config.ModelOptions`).
         weight_type : {"frequency", "sampling"}
             Frequency weights (a school of weight w counts as w identical
             schools) or sampling weights (the weighted pseudo-likelihood of
@@ -161,6 +170,7 @@ class MELS:
             integration=integration,
             n_points=n_points,
             weight_type=weight_type,
+            weight_scaling=weight_scaling,
         )  # fail fast on options
         design = build_design(
             formula,
@@ -171,6 +181,7 @@ class MELS:
             re_formula=re_formula,
             ws_re_formula=ws_re_formula,
             group_weights=group_weights,
+            weights=weights,
         )
         return cls(
             design,
@@ -179,6 +190,7 @@ class MELS:
             integration=integration,
             n_points=n_points,
             weight_type=weight_type,
+            weight_scaling=weight_scaling,
         )
 
     @classmethod
@@ -305,9 +317,8 @@ class MELS:
         MELSResults
         """
         if cov_type is None:
-            sampling = self.design.group_weights is not None and (
-                self.options.weight_type == "sampling"
-            )
+            weighted = self.design.group_weights is not None or self.design.unit_weights is not None
+            sampling = weighted and self.options.weight_type == "sampling"
             cov_type = "robust" if sampling else "observed"
         if cov_type not in ("observed", "robust"):
             raise MELSInputError(

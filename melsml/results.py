@@ -110,9 +110,13 @@ class MELSResults:
         self.cov_type: CovType = cov_type
         self.llf = float(evaluation.llf)
         d = model.design
-        if d.group_weights is not None and model.options.weight_type == "frequency":
-            # a school of weight w counts as w schools of its size
-            self.nobs = int(round(float(d.group_weights @ d.group_sizes)))
+        weighted = d.group_weights is not None or d.unit_weights is not None
+        if weighted and model.options.weight_type == "frequency":
+            # frequency weights count rows: a unit of weight w is w units
+            w = np.ones(d.n_obs) if d.unit_weights is None else d.unit_weights
+            if d.group_weights is not None:
+                w = w * np.repeat(d.group_weights, d.group_sizes)
+            self.nobs = int(round(float(w.sum())))
         else:
             self.nobs = d.n_obs
         self.n_groups = model.design.n_groups

@@ -107,10 +107,13 @@ class Scaling:
 
     @classmethod
     def of(cls, design: DesignMatrices) -> Scaling:
-        """Standardisation of ``design``; with group weights the moments are
-        weighted, so that frequency weights standardise like duplicated groups."""
+        """Standardisation of ``design``; with weights the moments are weighted,
+        so that frequency weights standardise like duplicated rows."""
         gw = design.group_weights
         w = None if gw is None else np.repeat(np.asarray(gw, dtype=float), design.group_sizes)
+        if design.unit_weights is not None:
+            uw = np.asarray(design.unit_weights, dtype=float)
+            w = uw if w is None else w * uw
         mean, bs, ws = (_Block.of(x, w) for x in (design.x_mean, design.x_bs, design.x_ws))
         y = design.y
         sd = float(_column_sd(y[:, None], w)[0])

@@ -91,3 +91,56 @@ def test_sampling_weights_correct_informative_sampling_of_schools():
         est_w.append(w.params[("beta", "Intercept")])
         est_u.append(u.params[("beta", "Intercept")])
     assert abs(np.mean(est_w)) < 0.03 < np.mean(est_u)
+
+
+def test_integer_unit_frequency_weights_equal_duplicated_rows(data):
+    rng = np.random.default_rng(7)
+    w = rng.integers(1, 4, len(data))
+    weighted = data.assign(w=w.astype(float))
+    dup = data.loc[data.index.repeat(w)].reset_index(drop=True)
+    a = MELS.from_formula("y ~ prior", weighted, "school", weights="w", **SPEC).fit()
+    b = MELS.from_formula("y ~ prior", dup, "school", **SPEC).fit()
+    np.testing.assert_allclose(a.params, b.params, rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(a.bse, b.bse, rtol=1e-4)
+    assert a.llf == pytest.approx(b.llf, rel=1e-10)
+    assert a.nobs == len(dup)
+
+
+def test_unit_weights_of_one_change_nothing_and_scaling_is_per_group(data):
+    a = MELS.from_formula("y ~ prior", data, "school", **SPEC).fit()
+    b = MELS.from_formula("y ~ prior", data.assign(w=1.0), "school", weights="w", **SPEC).fit()
+    np.testing.assert_allclose(b.params, a.params, rtol=1e-10)
+    # sampling weights scaled to the group size: a constant factor within a group
+    # changes nothing ("size"), and neither does it with "effective" weights of 1
+    c = MELS.from_formula("y ~ prior", data.assign(w=5.0), "school", weights="w",
+                          weight_type="sampling", **SPEC).fit()  # fmt: skip
+    np.testing.assert_allclose(c.params, a.params, rtol=1e-8)
+    from melsml.likelihood import unit_weights
+
+    d = data.assign(w=np.linspace(1, 3, len(data)))
+    m = MELS.from_formula(
+        "y ~ prior", d, "school", weights="w", weight_type="sampling", weight_scaling="effective"
+    )
+    w = unit_weights(m.design, m.options)
+    starts = m.design.group_ptr[:-1]
+    raw = m.design.unit_weights
+    eff = np.add.reduceat(raw, starts) ** 2 / np.add.reduceat(raw**2, starts)
+    np.testing.assert_allclose(np.add.reduceat(w, starts), eff, rtol=1e-12)
+
+
+def test_sampling_unit_weights_correct_informative_sampling_of_students():
+    """Students with a high outcome are sampled more often: the unweighted mean is
+    biased upwards; the pseudo-likelihood with scaled student weights is not."""
+    rng = np.random.default_rng(11)
+    est_w, est_u = [], []
+    for rep in range(10):
+        data = simulate_london(3, seed=500 + rep, n_schools=150, n_students=30000)
+        z = (data["y"] - data["y"].mean()) / data["y"].std()
+        p = 1 / (1 + np.exp(-(0.3 + 1.0 * z)))
+        d = data[rng.uniform(size=len(data)) < p].assign(w=1 / p)
+        w = MELS.from_formula("y ~ prior", d, "school", weights="w",
+                              weight_type="sampling", **SPEC).fit()  # fmt: skip
+        u = MELS.from_formula("y ~ prior", d, "school", **SPEC).fit()
+        est_w.append(w.params[("beta", "Intercept")])
+        est_u.append(u.params[("beta", "Intercept")])
+    assert abs(np.mean(est_w)) < 0.05 < np.mean(est_u)
