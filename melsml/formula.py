@@ -70,7 +70,7 @@ class DesignMatrices:
 
     @property
     def n_obs(self) -> int:
-        return int(self.y.shape[0])
+        return int(self.group_ptr[-1])
 
     @property
     def n_groups(self) -> int:

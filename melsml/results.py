@@ -292,6 +292,9 @@ class MELSResults:
     # --- derived parameters -------------------------------------------------------
     def reference_values(self, block: Literal["bs", "ws"]) -> np.ndarray:
         """Sample means of the BS or WS design's columns (the reference covariates)."""
+        cached = getattr(self, "_reference", None)
+        if cached is not None:
+            return cached[block].copy()
         d = self.model.design
         return (d.x_bs if block == "bs" else d.x_ws).mean(axis=0)
 
@@ -377,6 +380,43 @@ class MELSResults:
         return names, fun
 
     # --- predictions --------------------------------------------------------------
+    def _needs_data(self, what: str) -> None:
+        if getattr(self, "_data_removed", False):
+            raise MELSInputError(f"{what} needs the data, which remove_data() removed")
+
+    def remove_data(self) -> None:
+        """Drop the data arrays (design, objective, per-unit gradients), keeping
+        the estimates, covariances, summary, random_params() and tests; for
+        smaller saved results.  Predictions and school effects then need a refit.
+        The model object loses its data too."""
+        from dataclasses import replace
+
+        self._reference = {b: self.reference_values(b) for b in ("bs", "ws")}
+        _ = self._cov_robust  # computed while the data are there
+        d = self.model.design
+
+        def empty(x):
+            return None if x is None else np.zeros((0,) + np.shape(x)[1:])
+
+        stripped = replace(
+            d,
+            y=np.zeros(0),
+            x_mean=empty(d.x_mean),
+            x_bs=empty(d.x_bs),
+            x_ws=empty(d.x_ws),
+            x_re=empty(d.x_re),
+            x_scale=empty(d.x_scale),
+            row_index=pd.Index([]),
+            unit_weights=empty(d.unit_weights),
+        )
+        self.model.design = stripped
+        ev = self._evaluation
+        ev = replace(ev, grad_mu=None, grad_ws=None, grad_bs=None)
+        self._evaluation = ev
+        self.fit_state = replace(self.fit_state, design=stripped, evaluation=ev)
+        self._std = replace(self._std, objective=None)
+        self._data_removed = True
+
     def predict(self, exog=None, *, kind="mean", conditional: bool = True) -> pd.Series:
         """Predicted means, residual variances or SDs, school-specific or population.
 
@@ -384,6 +424,7 @@ class MELSResults:
         """
         from .predict import predict
 
+        self._needs_data("predict()")
         return predict(self, exog, kind=kind, conditional=conditional)
 
     @property
@@ -409,6 +450,7 @@ class MELSResults:
         """
         from .random_effects import random_effects
 
+        self._needs_data("random_effects()")
         return random_effects(self)
 
     def school_effects(
@@ -418,6 +460,7 @@ class MELSResults:
 
         See :func:`melsml.random_effects.school_effects`.
         """
+        self._needs_data("school_effects()")
         from .random_effects import school_effects
 
         return school_effects(

@@ -163,3 +163,28 @@ def test_summary_prints_itself_at_the_prompt_and_in_latex():
     latex = s.as_latex()
     assert "\\begin{tabular}" in latex and "sigma\\_omega" in latex
     assert repr(res.model).startswith("<MELS 'y ~ prior', groups='school', ws_formula='~ prior'")
+
+
+def test_remove_data_keeps_the_estimates_and_says_what_needs_the_data(tmp_path):
+    import numpy as np
+    import pytest
+
+    from melsml import MELSInputError, MELSResults
+
+    res = _small_fit()
+    text, bse, robust = res.summary().as_text(), res.bse.copy(), res.cov_params("robust")
+    big = tmp_path / "big.pkl"
+    res.save(big)
+    res.remove_data()
+    small = tmp_path / "small.pkl"
+    res.save(small)
+    assert small.stat().st_size < big.stat().st_size / 3
+    back = MELSResults.load(small)
+    assert back.summary().as_text() == text
+    np.testing.assert_array_equal(back.bse, bse)
+    np.testing.assert_array_equal(back.cov_params("robust"), robust)
+    assert back.wald_test("tau[prior] = 0").statistic > 0
+    with pytest.raises(MELSInputError, match="remove_data"):
+        back.school_effects()
+    with pytest.raises(MELSInputError, match="remove_data"):
+        back.predict()
