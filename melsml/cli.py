@@ -17,6 +17,7 @@ import pandas as pd
 
 from . import __version__
 from .exceptions import MELSInputError
+from .measures import RANK_ORDER
 from .model import MELS
 from .results import MELSResults
 from .summary import compare
@@ -206,6 +207,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"variances {int(effects['variance_separated'].sum())} of {len(effects)}"
     )
     print(f"School predictions written to {out / 'model3_school_effects.csv'}")
+    print(f"Ranks: {RANK_ORDER['mean']}; {RANK_ORDER['variance']}")
     print(
         f"All outputs in {out.resolve()} ({len(written) + 2} files); "
         f"total time {time.perf_counter() - t0:.1f} s"
@@ -278,6 +280,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for name, fig in figures.items():
         fig.savefig(out / name, dpi=120)
     print(res.summary())
+    print(f"\nRanks: {RANK_ORDER['mean']}; {RANK_ORDER['variance']}")
     print("\nSchools separated from the average (95% intervals)")
     print(report.separation.to_string(float_format=lambda v: f"{v:.1f}"))
     print("\nRank correlations (Spearman)")

@@ -15,16 +15,35 @@ from scipy.special import ndtr
 MEASURE_SUFFIXES = ("", "_sd", "_lower", "_upper", "_rank", "_separated")
 
 
+#: what rank 1 means for each kind of school measure
+RANK_ORDER = {
+    "mean": "1 = highest school mean (the most value added)",
+    "variance": "1 = lowest school variance (the most consistent progress)",
+}
+
+
+def rank_order(name: str) -> str:
+    """``"highest"`` or ``"lowest"``: which estimate gets rank 1 for a measure."""
+    return "lowest" if name.startswith("variance") else "highest"
+
+
 def measure_columns(name: str, est, sd, lower, upper, reference: float) -> dict:
-    """The columns of one school measure: estimate, SD, interval, ascending rank
-    (1 = lowest) and whether the interval excludes ``reference``."""
+    """The columns of one school measure: estimate, SD, interval, rank and
+    whether the interval excludes ``reference``.
+
+    Rank 1 is the best school: the highest mean, the lowest variance
+    (:data:`RANK_ORDER`); ties share the better rank."""
     est, lower, upper = (np.asarray(v, dtype=float) for v in (est, lower, upper))
+    ascending = rank_order(name) == "lowest"
     return {
         name: est,
         f"{name}_sd": np.asarray(sd, dtype=float),
         f"{name}_lower": lower,
         f"{name}_upper": upper,
-        f"{name}_rank": pd.Series(est).rank(method="min").astype(int).to_numpy(),
+        f"{name}_rank": pd.Series(est)
+        .rank(method="min", ascending=ascending)
+        .astype(int)
+        .to_numpy(),
         f"{name}_separated": (lower > reference) | (upper < reference),
     }
 

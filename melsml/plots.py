@@ -130,8 +130,9 @@ def rank_scatter(
     n = len(joined)
     ax.plot([1, n], [1, n], color="tab:red", lw=0.8, ls="--")
     rho = joined.corr(method="spearman").iloc[0, 1]
-    ax.set_xlabel(f"rank of school {measure}: {labels[0]}")
-    ax.set_ylabel(f"rank of school {measure}: {labels[1]}")
+    best = "highest" if not measure.startswith("variance") else "lowest"
+    ax.set_xlabel(f"rank of school {measure} (1 = {best}): {labels[0]}")
+    ax.set_ylabel(f"rank of school {measure} (1 = {best}): {labels[1]}")
     ax.set_title(f"School {measure} ranks (Spearman {rho:.3f})", fontsize=10)
     ax.set_aspect("equal")
     fig.tight_layout()

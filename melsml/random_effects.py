@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .exceptions import MELSInputError
-from .measures import grid_quantiles, measure_columns, mixture_quantiles
+from .measures import RANK_ORDER, grid_quantiles, measure_columns, mixture_quantiles
 from .posterior import (
     PosteriorGrid,
     moments,
@@ -256,13 +256,14 @@ def school_effects(
     ``mean_lower``, ``mean_upper``, ``mean_rank``, ``mean_separated``;
     ``variance``, ``variance_sd``, ``variance_lower``, ``variance_upper``,
     ``variance_rank``, ``variance_separated``; and the ``at`` columns.
+    Rank 1 is the best school: the highest mean and the lowest variance
+    (``attrs["rank_order"]`` says so).
 
     Notes
     -----
     ``mean`` is the posterior mean of the school effect (with random slopes,
     averaged over the school's own students); ``variance`` the posterior
-    mean (not the plug-in) of the school variance.  Ranks are ascending (1 =
-    lowest), as in a caterpillar plot.  A school is *separated* when its
+    mean (not the plug-in) of the school variance.  A school is *separated* when its
     interval excludes the overall average: 0 for the mean and the variance
     of a school with v_j = 0 for the variance; both are in
     ``DataFrame.attrs``.
@@ -308,7 +309,9 @@ def school_effects(
             extra, at_refs[name] = variance_columns(name, wrow, hrow)
             cols.update(extra)
     out = _frame(state, cols)
-    out.attrs.update(mean_reference=0.0, variance_reference=ref_var, alpha=alpha)
+    out.attrs.update(
+        mean_reference=0.0, variance_reference=ref_var, alpha=alpha, rank_order=RANK_ORDER
+    )
     if slopes:
         out.attrs["reference_var"] = sigma_ref.tolist()
     if at_refs:

@@ -162,6 +162,7 @@ def test_demo_writes_school_predictions(tmp_path, capsys):
     for name in ("model3_caterpillar.png", "model3_mean_vs_variance.png", "model3_summary.txt"):
         assert (out / name).stat().st_size > 0, name
     assert "<1e-16" in text  # tiny p-values, fixed decimals
+    assert "Ranks: 1 = highest school mean" in text
 
 
 def test_comparison_formatting():

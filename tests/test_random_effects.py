@@ -90,7 +90,9 @@ def test_school_effects_table(small_fit):
     assert (se["variance_lower"] < se["variance"]).all()
     assert (se["variance"] < se["variance_upper"]).all()
     assert sorted(se["mean_rank"]) == list(range(1, 61))
-    assert se.loc[se["mean"].idxmin(), "mean_rank"] == 1
+    assert se.loc[se["mean"].idxmax(), "mean_rank"] == 1  # 1 = best: the highest mean
+    assert se.loc[se["variance"].idxmin(), "variance_rank"] == 1  # and the lowest variance
+    assert "highest" in se.attrs["rank_order"]["mean"]
     ref = se.attrs["variance_reference"]
     wbar = small_fit.model.design.x_ws.mean(axis=0)
     assert ref == pytest.approx(np.exp(wbar @ small_fit.params["tau"].to_numpy()))

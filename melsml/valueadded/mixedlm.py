@@ -43,7 +43,7 @@ def mixedlm_va(
     :meth:`melsml.MELSResults.school_effects`: ``n``, ``mean`` (the EB
     school effect; with random slopes averaged over the school's students),
     ``mean_sd`` (comparative SE: the posterior SD given the estimates),
-    ``mean_lower``, ``mean_upper``, ``mean_rank`` (1 = lowest),
+    ``mean_lower``, ``mean_upper``, ``mean_rank`` (1 = highest),
     ``mean_separated``.  The fit is in ``DataFrame.attrs["fit"]``.
     """
     if isinstance(formula, pd.DataFrame) and isinstance(data, str):

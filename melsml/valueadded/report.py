@@ -51,7 +51,8 @@ def compare_schools(
     SchoolReport
         ``table``: per school ``dfe_va`` (published, 100-based), ``dfe_rank``,
         the MixedLM ``mixedlm_*`` and MELS ``mels_mean_*``/``mels_variance_*``
-        estimates, intervals, ranks (1 = lowest) and ``*_separated`` flags;
+        estimates, intervals, ranks (1 = best: the highest mean, the lowest
+        variance) and ``*_separated`` flags;
         ``separation``: per measure the number and share of schools whose
         interval excludes the average; ``rank_correlations``: Spearman
         correlations between the measures' school rankings.
@@ -60,7 +61,7 @@ def compare_schools(
     if dfe is not None:
         schools = dfe.schools if isinstance(dfe, DfEResult) else dfe
         d = pd.DataFrame({"dfe_va": schools["va_published"], "dfe_coverage": schools["coverage"]})
-        d["dfe_rank"] = d["dfe_va"].rank(method="min")
+        d["dfe_rank"] = d["dfe_va"].rank(method="min", ascending=False)  # 1 = highest
         parts.append(d)
     if mixedlm is not None:
         parts.append(_prefixed(mixedlm, "mixedlm_", _columns("mean")))
