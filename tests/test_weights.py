@@ -10,6 +10,13 @@ from melsml import MELS, MELSInputError, simulate_london
 SPEC = dict(ws_formula="~ prior")
 
 
+def _intercepts(d, **weighting):
+    """The mean intercept fitted with sampling weights and without."""
+    w = MELS.from_formula("y ~ prior", d, "school", weight_type="sampling", **weighting, **SPEC)
+    u = MELS.from_formula("y ~ prior", d, "school", **SPEC)
+    return (w.fit().params[("beta", "Intercept")], u.fit().params[("beta", "Intercept")])
+
+
 @pytest.fixture(scope="module")
 def data():
     return simulate_london(3, seed=12, n_schools=60, n_students=5000)
@@ -85,11 +92,9 @@ def test_sampling_weights_correct_informative_sampling_of_schools():
         keep = eff.index[rng.uniform(size=len(eff)) < p]
         d = data[data["school"].isin(keep)].copy()
         d["w"] = d["school"].map(1 / p)
-        w = MELS.from_formula("y ~ prior", d, "school", group_weights="w",
-                              weight_type="sampling", **SPEC).fit()  # fmt: skip
-        u = MELS.from_formula("y ~ prior", d, "school", **SPEC).fit()
-        est_w.append(w.params[("beta", "Intercept")])
-        est_u.append(u.params[("beta", "Intercept")])
+        w, u = _intercepts(d, group_weights="w")
+        est_w.append(w)
+        est_u.append(u)
     assert abs(np.mean(est_w)) < 0.03 < np.mean(est_u)
 
 
@@ -138,9 +143,7 @@ def test_sampling_unit_weights_correct_informative_sampling_of_students():
         z = (data["y"] - data["y"].mean()) / data["y"].std()
         p = 1 / (1 + np.exp(-(0.3 + 1.0 * z)))
         d = data[rng.uniform(size=len(data)) < p].assign(w=1 / p)
-        w = MELS.from_formula("y ~ prior", d, "school", weights="w",
-                              weight_type="sampling", **SPEC).fit()  # fmt: skip
-        u = MELS.from_formula("y ~ prior", d, "school", **SPEC).fit()
-        est_w.append(w.params[("beta", "Intercept")])
-        est_u.append(u.params[("beta", "Intercept")])
+        w, u = _intercepts(d, weights="w")
+        est_w.append(w)
+        est_u.append(u)
     assert abs(np.mean(est_w)) < 0.05 < np.mean(est_u)
