@@ -17,6 +17,7 @@ import pandas as pd
 
 from . import __version__
 from .exceptions import MELSInputError
+from .io import read_table
 from .measures import RANK_ORDER
 from .model import MELS
 from .results import MELSResults
@@ -134,15 +135,8 @@ def format_comparison(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _read_csv(name: str, sep: str | None = None) -> pd.DataFrame:
-    """Any data file melsml reads (by suffix; see :mod:`melsml.io`)."""
-    from .io import read_table
-
-    return read_table(name, sep=sep)
-
-
 def _cmd_fit(args: argparse.Namespace) -> int:
-    data = _read_csv(args.data, args.sep)
+    data = read_table(args.data, sep=args.sep)
     model = MELS.from_formula(
         args.formula,
         data,
@@ -218,7 +212,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_va_dfe(args: argparse.Namespace) -> int:
     from .valueadded import dfe_value_added
 
-    res = dfe_value_added(_read_csv(args.pupils), median_line=args.median_line)
+    res = dfe_value_added(read_table(args.pupils), median_line=args.median_line)
     with pd.option_context(
         "display.width", 120, "display.max_columns", 20, "display.max_rows", 200
     ):
@@ -241,9 +235,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     dfe = None
     if args.pupils:
-        dfe = dfe_value_added(_read_csv(args.pupils), median_line=args.median_line)
+        dfe = dfe_value_added(read_table(args.pupils), median_line=args.median_line)
     if args.data:
-        data = _read_csv(args.data)
+        data = read_table(args.data)
         formula, groups, ws = args.formula, args.groups, args.ws
         if not formula or not groups:
             raise CLIError("--formula and --groups are needed with a DATA file")

@@ -21,7 +21,7 @@ from .exceptions import MELSInputError, MissingDataWarning
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DesignMatrices", "build_design"]
+__all__ = ["DesignMatrices", "build_design", "encode_rows"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,8 @@ class DesignMatrices:
     ws_names: tuple[str, ...]
     x_re: np.ndarray
     re_names: tuple[str, ...]
+    x_scale: np.ndarray
+    scale_names: tuple[str, ...]
     group_ptr: np.ndarray
     group_labels: np.ndarray
     row_index: pd.Index
@@ -64,9 +66,18 @@ class DesignMatrices:
     group_weights_column: str | None = None
     unit_weights: np.ndarray | None = None
     unit_weights_column: str | None = None
-    x_scale: np.ndarray | None = None
-    scale_names: tuple[str, ...] = ("Intercept",)
     model_specs: Mapping[str, object] = field(default_factory=dict, repr=False)
+
+    @property
+    def row_weights(self) -> np.ndarray | None:
+        """(n_obs,) each row's weight, the product of its group weight and its own
+        weight; None without weights."""
+        if self.group_weights is None and self.unit_weights is None:
+            return None
+        w = np.ones(self.n_obs) if self.unit_weights is None else self.unit_weights
+        if self.group_weights is not None:
+            w = w * np.repeat(self.group_weights, self.group_sizes)
+        return w
 
     @property
     def n_obs(self) -> int:
@@ -403,3 +414,34 @@ def _check_scale_design(h: np.ndarray, names: tuple[str, ...], group_ptr, formul
                 f"fewer than two groups have more than {s} units with distinct values of "
                 "these terms: the groups cannot identify them"
             )
+
+
+def encode_rows(design: DesignMatrices, data: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The design rows of new data, encoded with the fitted formulas' stored
+    specifications: stateful transforms (centring, scaling, splines, category
+    levels) reuse the fitted data's state.
+
+    Returns
+    -------
+    dict with ``x_mean``, ``x_bs``, ``x_ws``, ``x_re``, ``x_scale`` (n_rows, k)
+    """
+    out = {}
+    for opt, key in (
+        ("formula", "x_mean"),
+        ("bs_formula", "x_bs"),
+        ("ws_formula", "x_ws"),
+        ("re_formula", "x_re"),
+        ("ws_re_formula", "x_scale"),
+    ):
+        spec = design.model_specs[opt]
+        try:
+            mm = spec.get_model_matrix(data, na_action="raise")
+        except Exception as exc:  # formulaic raises several classes
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            missing = [c for c in sorted(map(str, spec.required_variables)) if c not in data]
+            hint = f"; columns missing from exog: {', '.join(missing)}" if missing else ""
+            raise MELSInputError(
+                f"exog cannot be encoded with {opt}={design.formulas[opt]!r}: {msg}{hint}"
+            ) from None
+        out[key] = np.asarray(mm, dtype=float)
+    return out

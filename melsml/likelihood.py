@@ -22,7 +22,7 @@ from . import _quad  # noqa: E402
 from .config import ModelOptions
 from .formula import DesignMatrices
 from .params import ParamLayout
-from .plan import IntegrationPlan, constant_within_groups, plan
+from .plan import IntegrationPlan, plan_for_design
 from .quadrature import gauss_hermite
 
 
@@ -164,13 +164,9 @@ class MELSObjective:
         self.layout = layout
         self.options = options
         st = layout.structure
-        n, j = design.n_obs, design.n_groups
-        h = design.x_scale if design.x_scale is not None else np.ones((n, 1))
-        self._h = np.ascontiguousarray(h[:, : st.s] if st.s else np.zeros((n, 0)))
-        self._h_const = constant_within_groups(self._h, design.group_ptr)
-        self.plan: IntegrationPlan = plan(
-            st, options, unit_level_scale=bool(st.s and not self._h_const.all())
-        )
+        j = design.n_groups
+        self.plan: IntegrationPlan
+        self.plan, self._h, self._h_const = plan_for_design(st, options, design)
         self.gh_x, self.gh_logw = gauss_hermite(self.plan.n_points)
         # threads pay off where each node costs O(n_j) (a unit-level scale design)
         # or there are many nodes; a constant-h exact plan is faster on one thread
@@ -190,7 +186,6 @@ class MELSObjective:
         self._w = unit_weights(design, options)
         self._gw_unit = None if gw is None else np.repeat(self._gw, design.group_sizes)
         self._bs_constant = design.bs_names == ("Intercept",)
-        self._work = np.empty(2 * n)
         self.n_evals = 0
 
     def reset_counter(self) -> None:
@@ -202,11 +197,16 @@ class MELSObjective:
         return self._centers.copy()
 
     def kernel_inputs(self, theta: np.ndarray) -> dict:
-        """The kernel's arrays at ``theta``: r0, eta, Z, H, h_const and the factors."""
+        """The kernel's arrays at ``theta``: r0, eta, Z, H, h_const, the factors and
+        the unit weights (the arguments :func:`melsml._quad.engine_points` takes)."""
+        return self._inputs(theta)[1]
+
+    def _inputs(self, theta: np.ndarray) -> tuple[dict, dict]:
+        """The parameters split into blocks, and the kernel's arrays at ``theta``."""
         p = self.layout.unpack(theta)
         L = p["L"]
         kvv, kuv, c = scale_first_factor(L @ L.T, self.layout.q)
-        return dict(
+        return p, dict(
             r0=np.ascontiguousarray(self.design.y - self._x_mean @ p["beta"]),
             eta=np.ascontiguousarray(self._x_ws @ p["tau"]),
             Z=self._z(p),
@@ -246,14 +246,10 @@ class MELSObjective:
         """
         d, lay = self.design, self.layout
         st = lay.structure
-        p = lay.unpack(theta)
+        p, inputs = self._inputs(theta)
         q, s = st.q, st.s
         dim = q + s
-        r0 = np.ascontiguousarray(d.y - self._x_mean @ p["beta"])
-        eta = np.ascontiguousarray(self._x_ws @ p["tau"])
-        z = self._z(p)
-        L = p["L"]
-        kvv, kuv, c = scale_first_factor(L @ L.T, q)
+        z = inputs["Z"]
         j, n = d.n_groups, d.n_obs
         ll = np.empty(j)
         ex, exx, dL = np.empty((j, dim)), np.empty((j, dim, dim)), np.empty((j, dim, dim))
@@ -261,33 +257,24 @@ class MELSObjective:
         cen = self._centers if centers is None else np.array(centers, dtype=float, order="C")
         g_mu, g_ws, g_z = np.empty(n), np.empty(n), np.empty((n, q))
         _quad.engine_loglik(
-            r0,
-            eta,
-            z,
-            self._h,
-            self._h_const,
-            d.group_ptr,
-            kvv,
-            kuv,
-            c,
-            np.ascontiguousarray(L),
-            float(p["tau_q"]),
-            self.plan.method == "aghq",
-            self.gh_x,
-            self.gh_logw,
-            ll,
-            ex,
-            exx,
-            dL,
-            dtq,
-            cen,
-            g_mu,
-            g_ws,
-            g_z,
+            **inputs,
+            L=np.ascontiguousarray(p["L"]),
+            tau_q=float(p["tau_q"]),
+            full=self.plan.method == "aghq",
+            gh_x=self.gh_x,
+            gh_logw=self.gh_logw,
+            ll=ll,
+            ex=ex,
+            exx=exx,
+            dL=dL,
+            dtq=dtq,
+            centers=cen,
+            g_mu=g_mu,
+            g_ws=g_ws,
+            g_z=g_z,
             adapt=adapt,
             compute_grad=score,
             n_threads=self.n_threads,
-            w=self._w,
         )
         self.n_evals += 1
         grad_random = lay.chol_gradient(dL, d_tau_q=dtq)

@@ -17,8 +17,7 @@ from .identify import check_identifiable
 from .likelihood import MELSObjective
 from .optimize import maximize
 from .params import ParamLayout
-from .plan import IntegrationPlan, constant_within_groups
-from .plan import plan as make_plan
+from .plan import IntegrationPlan, plan_for_design
 from .results import CovType, MELSResults, StandardisedFit
 from .scaling import Scaling
 from .start import start_values
@@ -234,10 +233,7 @@ class MELS:
     @cached_property
     def plan(self) -> IntegrationPlan:
         """How the likelihood is integrated (see :func:`melsml.plan.plan`)."""
-        d, st = self.design, self.structure
-        h = d.x_scale if d.x_scale is not None else np.ones((d.n_obs, 1))
-        varies = st.s > 0 and not constant_within_groups(h[:, : st.s], d.group_ptr).all()
-        return make_plan(st, self.options, unit_level_scale=bool(varies))
+        return plan_for_design(self.structure, self.options, self.design)[0]
 
     @property
     def param_names(self) -> pd.MultiIndex:
@@ -317,7 +313,7 @@ class MELS:
         MELSResults
         """
         if cov_type is None:
-            weighted = self.design.group_weights is not None or self.design.unit_weights is not None
+            weighted = self.design.row_weights is not None
             sampling = weighted and self.options.weight_type == "sampling"
             cov_type = "robust" if sampling else "observed"
         if cov_type not in ("observed", "robust"):

@@ -97,3 +97,20 @@ def plan(
         method, dim = "exact-location", structure.s
     points = options.n_points if options.n_points is not None else default_points(dim, method)
     return IntegrationPlan(method, dim, points, unit_level_scale)
+
+
+def plan_for_design(
+    structure: RandomStructure, options: ModelOptions, design
+) -> tuple[IntegrationPlan, np.ndarray, np.ndarray]:
+    """The plan for a design, with what the kernel needs to follow it.
+
+    Returns
+    -------
+    plan : IntegrationPlan
+    h : (n_obs, s) the scale design's columns, C-contiguous
+    h_const : (n_groups,) uint8, 1 where h is the same on every row of the group
+    """
+    h = np.ascontiguousarray(design.x_scale[:, : structure.s])
+    h_const = constant_within_groups(h, design.group_ptr)
+    unit_level = bool(structure.s and not h_const.all())
+    return plan(structure, options, unit_level_scale=unit_level), h, h_const

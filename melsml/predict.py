@@ -23,37 +23,13 @@ import numpy as np
 import pandas as pd
 
 from .exceptions import MELSInputError
+from .formula import encode_rows
 from .posterior import posterior_grid
 
 if TYPE_CHECKING:  # pragma: no cover
     from .results import MELSResults
 
 Kind = Literal["mean", "variance", "sd"]
-
-
-def _encode(res: MELSResults, exog: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Design rows of new data from the stored formula specifications."""
-    d = res.model.design
-    out = {}
-    for opt, key in (
-        ("formula", "x_mean"),
-        ("bs_formula", "x_bs"),
-        ("ws_formula", "x_ws"),
-        ("re_formula", "x_re"),
-        ("ws_re_formula", "x_scale"),
-    ):
-        spec = d.model_specs[opt]
-        try:
-            mm = spec.get_model_matrix(exog, na_action="raise")
-        except Exception as exc:  # formulaic raises several classes
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            missing = [c for c in sorted(map(str, spec.required_variables)) if c not in exog]
-            hint = f"; columns missing from exog: {', '.join(missing)}" if missing else ""
-            raise MELSInputError(
-                f"exog cannot be encoded with {opt}={d.formulas[opt]!r}: {msg}{hint}"
-            ) from None
-        out[key] = np.asarray(mm, dtype=float)
-    return out
 
 
 def predict(
@@ -85,14 +61,13 @@ def predict(
     d, lay = state.design, state.layout
     p = state.params()
     if exog is None:
-        rows = dict(x_mean=d.x_mean, x_bs=d.x_bs, x_ws=d.x_ws, x_re=d.x_re)
-        rows["x_scale"] = d.x_scale if d.x_scale is not None else np.ones((d.n_obs, 1))
+        rows = dict(x_mean=d.x_mean, x_bs=d.x_bs, x_ws=d.x_ws, x_re=d.x_re, x_scale=d.x_scale)
         gidx = d.group_index
         index = d.row_index
     else:
         if not isinstance(exog, pd.DataFrame):
             raise MELSInputError(f"exog must be a pandas DataFrame, got {type(exog).__name__}")
-        rows = _encode(res, exog)
+        rows = encode_rows(d, exog)
         index = exog.index
         if conditional:
             if d.groups not in exog:

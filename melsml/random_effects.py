@@ -182,8 +182,7 @@ def _reference_rows(res: MELSResults, ws_reference, at_values: dict) -> tuple:
     ws_names = d.ws_names
     scale_names = d.scale_names
     wbar = res.reference_values("ws").copy()
-    h = d.x_scale if d.x_scale is not None else np.ones((d.n_obs, 1))
-    hbar = h.mean(axis=0)
+    hbar = d.x_scale.mean(axis=0)
     if ws_reference is not None:
         ref = dict(ws_reference)
         unknown = [k for k in ref if k not in ws_names]

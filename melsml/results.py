@@ -100,25 +100,18 @@ class MELSResults:
         self._theta = layout.canonical(theta_raw)
         flip = layout.sign_flip(theta_raw)
         jac = standardised.jacobian
-        self._hessian_raw = np.linalg.solve(
-            jac.T, np.linalg.solve(jac.T, standardised.hessian).T
-        )  # J^-T H* J^-1
         cov_raw = jac @ _inverse_information(standardised.hessian) @ jac.T
         self._cov_observed = cov_raw * np.outer(flip, flip)
         self._flip = flip
         self._theta_raw = np.asarray(theta_raw, dtype=float)
         self.cov_type: CovType = cov_type
         self.llf = float(evaluation.llf)
-        d = model.design
-        weighted = d.group_weights is not None or d.unit_weights is not None
-        if weighted and model.options.weight_type == "frequency":
+        w = model.design.row_weights
+        if w is not None and model.options.weight_type == "frequency":
             # frequency weights count rows: a unit of weight w is w units
-            w = np.ones(d.n_obs) if d.unit_weights is None else d.unit_weights
-            if d.group_weights is not None:
-                w = w * np.repeat(d.group_weights, d.group_sizes)
             self.nobs = int(round(float(w.sum())))
         else:
-            self.nobs = d.n_obs
+            self.nobs = model.design.n_obs
         self.n_groups = model.design.n_groups
         self.k_params = layout.k_params
         self.converged = bool(info.converged)

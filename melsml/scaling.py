@@ -109,11 +109,7 @@ class Scaling:
     def of(cls, design: DesignMatrices) -> Scaling:
         """Standardisation of ``design``; with weights the moments are weighted,
         so that frequency weights standardise like duplicated rows."""
-        gw = design.group_weights
-        w = None if gw is None else np.repeat(np.asarray(gw, dtype=float), design.group_sizes)
-        if design.unit_weights is not None:
-            uw = np.asarray(design.unit_weights, dtype=float)
-            w = uw if w is None else w * uw
+        w = design.row_weights
         mean, bs, ws = (_Block.of(x, w) for x in (design.x_mean, design.x_bs, design.x_ws))
         y = design.y
         sd = float(_column_sd(y[:, None], w)[0])
@@ -124,12 +120,11 @@ class Scaling:
         if ws.const is None or not location_absorbs:
             y_scale = 1.0
         y_center = float(_column_mean(y[:, None], w)[0]) if mean.const is not None else 0.0
-        h = design.x_scale if design.x_scale is not None else np.ones((design.n_obs, 1))
+        h = design.x_scale
         return cls(y_center, y_scale, mean, bs, ws, _rms_scale(design.x_re, w), _rms_scale(h, w))
 
     def design(self, design: DesignMatrices) -> DesignMatrices:
         """The standardised copy of ``design``."""
-        h = design.x_scale
         return replace(
             design,
             y=np.ascontiguousarray((design.y - self.y_center) / self.y_scale),
@@ -137,7 +132,7 @@ class Scaling:
             x_bs=np.ascontiguousarray(self.bs.apply(design.x_bs)),
             x_ws=np.ascontiguousarray(self.ws.apply(design.x_ws)),
             x_re=np.ascontiguousarray(design.x_re / self.re_scale),
-            x_scale=None if h is None else np.ascontiguousarray(h / self.scale_scale),
+            x_scale=np.ascontiguousarray(design.x_scale / self.scale_scale),
         )
 
     @property

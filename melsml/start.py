@@ -85,7 +85,7 @@ def _random_start(
     st = layout.structure
     q = st.q
     sd_z = design.x_re.std(axis=0)
-    h = design.x_scale if design.x_scale is not None else np.ones((design.n_obs, 1))
+    h = design.x_scale
     sd_h = h.std(axis=0)
     values = []
     for t in layout.targets:
