@@ -310,7 +310,7 @@ cdef void eng_node(Eng* e, const double* xi, const double* r0, const double* eta
     cdef int q = e.q, s = e.s, d = e.d
     cdef int a, b, k, l
     cdef Py_ssize_t i
-    cdef double acc, hv, sumhv, ai, ri, kap, eh, qd, rho, trPL, trPLPL, mLm
+    cdef double acc, hv, sumhv, ai, ri, kap, eh, qd, rho, trPL, trPLPL, mLm, wi, hk, z0
     if q == 1 and s == 1 and e.const_h:
         eng_node_11(e, xi[0], full)
         return
@@ -424,30 +424,22 @@ cdef void eng_node(Eng* e, const double* xi, const double* r0, const double* eta
                 e.N[a * s + k] = 0.0
                 for b in range(q):
                     e.M[(k * q + a) * q + b] = 0.0
-        if q == 1:
-            # the random-intercept case: scalar terms (same arithmetic as below)
-            for i in range(e.start, e.stop):
-                ai = e.aw[i]
-                eh = e.rw[i] - Z[i] * e.m[0]
-                acc = e.pinv[0] * Z[i]
-                qd = Z[i] * acc
+        for i in range(e.start, e.stop):
+            ai = e.aw[i]
+            eh = e.rw[i]
+            wi = e.w[i] if e.w != NULL else 1.0
+            if q == 1:
+                # the random-intercept case: scalar arithmetic in registers
+                z0 = Z[i]
+                eh -= z0 * e.m[0]
+                acc = e.pinv[0] * z0
+                qd = z0 * acc
                 rho = ai * (eh * eh + qd)
                 if e.acc_grad:
-                    e.gmu[i] += e.wt * ai * eh
-                    e.gws[i] += e.wt * rho
                     e.gz[i] += e.wt * ai * (eh * e.mu[0] - acc)
-                ri = ai * eh * Z[i]
-                hv = ai * Z[i] * Z[i]
-                for k in range(s):
-                    e.sv[k] -= 0.5 * H[i * s + k] * ((e.w[i] if e.w != NULL else 1.0) - rho)
-                    for l in range(k + 1):
-                        e.R[k * s + l] += rho * H[i * s + k] * H[i * s + l]
-                    e.N[k] += ri * H[i * s + k]
-                    e.M[k] += hv * H[i * s + k]
-        else:
-            for i in range(e.start, e.stop):
-                ai = e.aw[i]
-                eh = e.rw[i]
+                ri = ai * eh * z0
+                hv = ai * z0 * z0
+            else:
                 for a in range(q):
                     eh -= Z[i * q + a] * e.m[a]
                 qd = 0.0
@@ -459,19 +451,24 @@ cdef void eng_node(Eng* e, const double* xi, const double* r0, const double* eta
                     qd += Z[i * q + a] * acc
                 rho = ai * (eh * eh + qd)
                 if e.acc_grad:
-                    e.gmu[i] += e.wt * ai * eh
-                    e.gws[i] += e.wt * rho
                     for a in range(q):
                         e.gz[i * q + a] += e.wt * ai * (eh * e.mu[a] - e.zt[a])
-                for k in range(s):
-                    e.sv[k] -= 0.5 * H[i * s + k] * ((e.w[i] if e.w != NULL else 1.0) - rho)
-                    for l in range(k + 1):
-                        e.R[k * s + l] += rho * H[i * s + k] * H[i * s + l]
+            if e.acc_grad:
+                e.gmu[i] += e.wt * ai * eh
+                e.gws[i] += e.wt * rho
+            for k in range(s):
+                hk = H[i * s + k]
+                e.sv[k] -= 0.5 * hk * (wi - rho)
+                for l in range(k + 1):
+                    e.R[k * s + l] += rho * hk * H[i * s + l]
+                if q == 1:
+                    e.N[k] += ri * hk
+                    e.M[k] += hv * hk
+                else:
                     for a in range(q):
-                        e.N[a * s + k] += ai * eh * Z[i * q + a] * H[i * s + k]
+                        e.N[a * s + k] += ai * eh * Z[i * q + a] * hk
                         for b in range(q):
-                            e.M[(k * q + a) * q + b] += (ai * H[i * s + k] * Z[i * q + a]
-                                                         * Z[i * q + b])
+                            e.M[(k * q + a) * q + b] += ai * hk * Z[i * q + a] * Z[i * q + b]
         for k in range(s):
             for l in range(k + 1, s):
                 e.R[k * s + l] = e.R[l * s + k]
