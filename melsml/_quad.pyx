@@ -217,6 +217,27 @@ cdef struct Eng:
     double* gz
 
 
+cdef void eng_init(Eng* e, int q, int s, const double* Kvv, const double* Kuv,
+                   const double* C, const double* w, double* unit_work,
+                   Py_ssize_t n_obs) noexcept nogil:
+    """Dimensions, covariance factors, unit weights (NULL: all 1) and the per-unit
+    work arrays (3 n_obs doubles) of an Eng, for the exact-location integrand."""
+    e.q = q
+    e.s = s
+    e.d = q + s
+    e.Kvv = Kvv
+    e.Kuv = Kuv
+    e.C = C
+    e.w = w
+    e.full = 0
+    e.Lf = NULL
+    e.tau_q = 0.0
+    e.acc_grad = 0
+    e.aw = unit_work
+    e.rw = unit_work + n_obs
+    e.invd = unit_work + 2 * n_obs
+
+
 cdef void eng_group(Eng* e, Py_ssize_t start, Py_ssize_t stop, int const_h,
                     const double* r0, const double* eta, const double* Z,
                     const double* H) noexcept nogil:
@@ -1105,23 +1126,14 @@ def engine_loglik(
     for a in range(m):
         n_nodes *= n_q
     cdef Py_ssize_t n_buf = eng_work_size(q, s, n_nodes)
-    e.q = q
-    e.s = s
-    e.d = d
-    e.Kvv = &Kvv[0, 0] if s > 0 else NULL
-    e.Kuv = &Kuv[0, 0] if s > 0 else NULL
-    e.C = &C[0, 0]
+    if w is not None and w.shape[0] != r0.shape[0]:
+        raise ValueError("engine_loglik: w must have one weight per unit")
+    uw = np.empty(3 * r0.shape[0] + 1, dtype=np.float64)
+    eng_init(&e, q, s, &Kvv[0, 0] if s > 0 else NULL, &Kuv[0, 0] if s > 0 else NULL,
+             &C[0, 0], &w[0] if w is not None else NULL, &uw[0], r0.shape[0])
     e.Lf = &L[0, 0]
     e.tau_q = tau_q
     e.full = full
-    if w is not None and w.shape[0] != r0.shape[0]:
-        raise ValueError("engine_loglik: w must have one weight per unit")
-    e.w = &w[0] if w is not None else NULL
-    unit_buf = np.empty(3 * r0.shape[0] + 1, dtype=np.float64)
-    uw = unit_buf
-    e.aw = &uw[0]
-    e.rw = &uw[r0.shape[0]]
-    e.invd = &uw[2 * r0.shape[0]]
     e.gmu = &g_mu[0]
     e.gws = &g_ws[0]
     e.gz = &g_z[0, 0]
@@ -1195,7 +1207,6 @@ def engine_points(
         The scale effects v = Kvv xi.
     """
     cdef int q = Z.shape[1], s = H.shape[1]
-    cdef int d = q + s
     cdef Py_ssize_t n_groups = group_ptr.shape[0] - 1
     cdef Py_ssize_t n_pts = points.shape[1]
     cdef Py_ssize_t j, k
@@ -1203,23 +1214,15 @@ def engine_points(
     cdef Eng e
     cdef Eng* ep = &e
     cdef double[::1] work
-    cdef double* p
     cdef const double *pH
     if points.shape[0] != n_groups or points.shape[2] != s:
         raise ValueError("engine_points: points must have shape (n_groups, P, s)")
+    if w is not None and w.shape[0] != r0.shape[0]:
+        raise ValueError("engine_points: w must have one weight per unit")
     work = np.zeros(eng_work_size(q, s, 1) + 3 * r0.shape[0])
-    e.q = q
-    e.s = s
-    e.d = d
-    e.full = 0
-    e.Kvv = &Kvv[0, 0] if s > 0 else NULL
-    e.Kuv = &Kuv[0, 0] if s > 0 else NULL
-    e.C = &C[0, 0]
-    e.w = &w[0] if w is not None else NULL
-    p = eng_bind(ep, &work[0])
-    e.aw = p; p += r0.shape[0]
-    e.rw = p; p += r0.shape[0]
-    e.invd = p; p += r0.shape[0]
+    eng_init(ep, q, s, &Kvv[0, 0] if s > 0 else NULL, &Kuv[0, 0] if s > 0 else NULL,
+             &C[0, 0], &w[0] if w is not None else NULL, &work[0], r0.shape[0])
+    eng_bind(ep, &work[3 * r0.shape[0]])
     pH = &H[0, 0] if s > 0 else NULL
     with nogil:
         for j in range(n_groups):
