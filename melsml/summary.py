@@ -140,22 +140,35 @@ class Summary:
         )
 
     def as_latex(self) -> str:
-        """The summary as LaTeX tables (booktabs)."""
+        """The summary as LaTeX tables (booktabs), without extra dependencies."""
         esc = {"_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "^": r"\^{}", "~": r"$\sim$"}
 
-        def tex(s: str) -> str:
+        def tex(s) -> str:
             return "".join(esc.get(ch, ch) for ch in str(s))
 
-        info = "\n".join(f"{tex(k)} & {tex(v)} \\\\" for k, v in self.info)
-        params = self.params.copy()
-        params.index = [f"{b}: {t}" for b, t in params.index]
-        return (
-            "\\begin{tabular}{ll}\n\\toprule\n"
-            + info
-            + "\n\\bottomrule\n\\end{tabular}\n\n"
-            + params.to_latex(float_format="%.5f", escape=True)
-            + "\n"
-            + self.random.to_latex(float_format="%.5f", escape=True)
+        def table(rows, header=None, align=None) -> str:
+            ncol = len(rows[0]) if rows else len(header)
+            align = align or "l" + "r" * (ncol - 1)
+            lines = [f"\\begin{{tabular}}{{{align}}}", "\\toprule"]
+            if header is not None:
+                lines += [" & ".join(tex(h) for h in header) + " \\\\", "\\midrule"]
+            lines += [" & ".join(tex(c) for c in row) + " \\\\" for row in rows]
+            return "\n".join([*lines, "\\bottomrule", "\\end{tabular}"]) + "\n"
+
+        def frame(df: pd.DataFrame, index) -> str:
+            rows = [
+                [name, *(f"{v:.5f}" for v in vals)]
+                for name, vals in zip(index, df.to_numpy(), strict=True)
+            ]
+            return table(rows, ["", *df.columns])
+
+        params_index = [f"{b}: {t}" for b, t in self.params.index]
+        return "\n".join(
+            [
+                table([[k, v] for k, v in self.info], align="ll"),
+                frame(self.params, params_index),
+                frame(self.random, list(self.random.index)),
+            ]
         )
 
     def __str__(self) -> str:
