@@ -49,13 +49,14 @@ def openmp_flags() -> tuple[list[str], list[str]]:
 omp_compile, omp_link = openmp_flags()
 extensions = [
     Extension(
-        "melsml._quad",
-        ["melsml/_quad.pyx"],
+        f"melsml.{name}",
+        [f"melsml/{name}.pyx"],
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=["-O3", *omp_compile] if sys.platform != "win32" else omp_compile,
         extra_link_args=omp_link,
     )
+    for name in ("_quad", "_nested")
 ]
 
 setup(
