@@ -6,7 +6,14 @@
 >>> print(res.summary())                                       # doctest: +SKIP
 """
 
-from . import plots, valueadded
+import os
+
+# OpenMP worker threads that spin after a parallel region slow the NumPy work
+# between kernel calls; let them sleep unless the user chose otherwise (read
+# once, when the OpenMP runtime loads with the first kernel).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import plots, valueadded  # noqa: E402
 from .exceptions import (
     BoundaryWarning,
     ConvergenceWarning,

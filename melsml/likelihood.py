@@ -8,17 +8,11 @@ is done here with matrix products.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
-# OpenMP worker threads that spin after a parallel region slow the NumPy work
-# between kernel calls; let them sleep unless the user chose otherwise.  (Read
-# once, when the OpenMP runtime loads with the kernel below.)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from . import _quad  # noqa: E402
+from . import _quad  # OMP_WAIT_POLICY: see melsml/__init__.py
 from .config import ModelOptions
 from .formula import DesignMatrices
 from .params import ParamLayout

@@ -14,6 +14,7 @@ from .config import Association, Integration, ModelOptions
 from .exceptions import BoundaryWarning, ConvergenceWarning, MELSInputError
 from .formula import DesignMatrices, build_design
 from .identify import check_identifiable
+from .levels import IdScope
 from .likelihood import MELSObjective
 from .optimize import maximize
 from .params import ParamLayout
@@ -22,6 +23,7 @@ from .results import CovType, MELSResults, StandardisedFit
 from .scaling import Scaling
 from .start import start_values
 from .structure import RandomStructure
+from .threelevel import ThreeLevelMELS
 
 __all__ = ["MELS"]
 
@@ -100,7 +102,7 @@ class MELS:
         cls,
         formula: str,
         data: pd.DataFrame,
-        groups: str,
+        groups: str | list[str],
         *,
         bs_formula: str = "~ 1",
         ws_formula: str = "~ 1",
@@ -114,7 +116,9 @@ class MELS:
         association: Association = "linear",
         integration: Integration = "auto",
         n_points: int | None = None,
-    ) -> MELS:
+        random_bs: bool = False,
+        ids: IdScope = "auto",
+    ) -> MELS | ThreeLevelMELS:
         """Specify a MELS model with formulas.
 
         Parameters
@@ -122,8 +126,11 @@ class MELS:
         formula : str
             Mean function, e.g. ``"y ~ prior + fsm"`` (formulaic syntax).
         data : pandas.DataFrame
-        groups : str
-            Column identifying the groups (schools).
+        groups : str or [str, str]
+            Column identifying the groups (schools); or two columns, outermost
+            first (``["district", "school"]``, ``["school", "cohort"]``), for a
+            three-level model (returns a
+            :class:`~melsml.threelevel.ThreeLevelMELS`).
         bs_formula : str
             Between-group (location) log-variance function, default ``"~ 1"``.
         ws_formula : str
@@ -148,21 +155,37 @@ class MELS:
             Frequency weights (a school of weight w counts as w identical
             schools) or sampling weights (the weighted pseudo-likelihood of
             Pfeffermann et al. 1998, with sandwich standard errors by default).
-        random_scale : bool
-            Include the random scale effect (default True).
+        random_scale : bool or list of str
+            Include the random scale effect (default True).  In a three-level
+            model, the levels with a random scale effect (True: both).
         association : {"none", "linear", "quadratic"}
             Location-scale association (default "linear").
         integration : {"auto", "exact-location", "aghq"}
         n_points : int, optional
             Quadrature points per dimension (default: 11 for one scale effect,
             fewer per dimension for more; see :class:`melsml.config.ModelOptions`).
-            Quadrature points per dimension (default 11).
+            In a three-level model, an int or a pair (outer per dimension,
+            inner); default 7 per dimension outside (11 for one effect, 5 for
+            three) and 11 inside.
+        random_bs : bool
+            Three-level models: a random effect of the outer level in the
+            inner level's log-variance function (log var(u_jk) = s'alpha + a_k),
+            correlated with the outer level's other effects.
+        ids : {"auto", "unique", "within"}
+            Three-level models: whether inner ids are unique ("unique": an id
+            under two parents is an error) or labels within their parent
+            ("within": cohort "2019" in every school); see
+            :func:`melsml.levels.nest_ids`.
 
         Notes
         -----
         Rows with a missing value in any used column are dropped with a
         :class:`~melsml.exceptions.MissingDataWarning` giving the count.
         """
+        if not isinstance(groups, str) and len(groups) != 1:
+            return cls._three_level(formula, data, groups, locals())
+        if not isinstance(groups, str):
+            groups = groups[0]
         ModelOptions(
             random_scale=random_scale,
             association=association,
@@ -190,6 +213,34 @@ class MELS:
             n_points=n_points,
             weight_type=weight_type,
             weight_scaling=weight_scaling,
+        )
+
+    @staticmethod
+    def _three_level(formula, data, groups, given: dict) -> ThreeLevelMELS:
+        """The three-level model, refusing the options it does not have."""
+        defaults = {
+            "re_formula": "~ 1",
+            "ws_re_formula": "~ 1",
+            "group_weights": None,
+            "weights": None,
+            "integration": "auto",
+        }
+        for name, default in defaults.items():
+            if given[name] != default:
+                raise MELSInputError(
+                    f"{name}={given[name]!r} is not yet available in three-level models"
+                )
+        return ThreeLevelMELS.from_formula(
+            formula,
+            data,
+            groups,
+            bs_formula=given["bs_formula"],
+            ws_formula=given["ws_formula"],
+            random_scale=given["random_scale"],
+            random_bs=given["random_bs"],
+            association=given["association"],
+            n_points=given["n_points"],
+            ids=given["ids"],
         )
 
     @classmethod

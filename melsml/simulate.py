@@ -19,6 +19,8 @@ __all__ = [
     "LONDON_SLOPE_TRUE",
     "LONDON_COVARIATE_TRUE",
     "LONDON_SCALE_SLOPE_TRUE",
+    "simulate_three_level",
+    "THREE_LEVEL_TRUE",
 ]
 
 #: true parameters of :func:`simulate_london` with ``model=3`` (loosely after the
@@ -355,4 +357,73 @@ def simulate_london(
         ws_re_formula=ws_re,
         seed=rng,
         return_effects=return_effects,
+    )
+
+
+#: true parameters of :func:`simulate_three_level`: model 3 with districts
+#: (district SDs 0.14 in the mean and 0.10 in the log variance, correlation -0.3)
+THREE_LEVEL_TRUE = {
+    "beta": {"Intercept": 0.0, "prior": 0.65},
+    "alpha": {"Intercept": np.log(0.07)},
+    "tau": {"Intercept": np.log(0.50), "prior": -0.12},
+    "school": {"tau_l": -0.10, "sigma_omega": 0.20},
+    "district": {
+        "L(location,location)": np.sqrt(0.02),
+        "L(scale,location)": -0.03,
+        "L(scale,scale)": np.sqrt(0.01 - 0.03**2),
+    },
+}
+
+
+def simulate_three_level(
+    n_outer: int = 150,
+    n_inner: int = 20,
+    n_units: int = 180,
+    *,
+    params: Mapping | None = None,
+    levels: tuple[str, str] = ("district", "school"),
+    seed: int | None = None,
+) -> pd.DataFrame:
+    """Students (``prior``, ``y``) in schools in districts, from the three-level model
+    with a random intercept and prior attainment in the mean and WS functions.
+
+    The number of inner units per outer unit is 1 + Poisson(n_inner - 1); of
+    students per inner unit max(2, Poisson(n_units)).  ``params`` has the
+    blocks of :data:`THREE_LEVEL_TRUE` (the level blocks named after
+    ``levels``; entries of the outer block may include ``bs`` rows).  Inner
+    ids repeat across outer units (labels within their parent).
+    """
+    params = THREE_LEVEL_TRUE if params is None else params
+    outer, inner = levels
+    rng = np.random.default_rng(seed)
+    per_outer = 1 + rng.poisson(max(n_inner - 1, 0), n_outer)
+    n_in = int(per_outer.sum())
+    sizes = np.maximum(rng.poisson(n_units, n_in), 2)
+    effects = ("location", "scale", "bs")
+    chol = np.zeros((3, 3))
+    for name, value in params[outer].items():
+        row, col = name[2:-1].split(",")
+        chol[effects.index(row), effects.index(col)] = value
+    b3 = rng.standard_normal((n_outer, 3)) @ chol.T
+    b3_in = np.repeat(b3, per_outer, axis=0)
+    th = rng.standard_normal((n_in, 2))
+    sch = params.get(inner, {})
+    v2 = sch.get("tau_l", 0.0) * th[:, 0] + sch.get("sigma_omega", 0.0) * th[:, 1]
+    sd_u = np.exp(0.5 * (params["alpha"]["Intercept"] + b3_in[:, 2]))
+    u = b3_in[:, 0] + sd_u * th[:, 0]
+    v = b3_in[:, 1] + v2
+    n = int(sizes.sum())
+    prior = rng.standard_normal(n)
+    beta, tau = params["beta"], params["tau"]
+    logvar = tau["Intercept"] + tau["prior"] * prior + np.repeat(v, sizes)
+    y = (
+        beta["Intercept"]
+        + beta["prior"] * prior
+        + np.repeat(u, sizes)
+        + np.exp(0.5 * logvar) * rng.standard_normal(n)
+    )
+    outer_id = np.repeat(np.repeat(np.arange(n_outer), per_outer), sizes)
+    inner_id = np.repeat(np.concatenate([np.arange(k) for k in per_outer]), sizes)
+    return pd.DataFrame(
+        {outer: [f"D{k:03d}" for k in outer_id], inner: inner_id + 1, "prior": prior, "y": y}
     )

@@ -12,6 +12,7 @@ from scipy import stats
 
 if TYPE_CHECKING:  # pragma: no cover
     from .results import MELSResults
+    from .threelevel_results import ThreeLevelResults
 
 BLOCK_TITLES = {
     "beta": "BETA (mean function)",
@@ -32,6 +33,8 @@ class Summary:
     random: pd.DataFrame  # natural random-effect parameters
     alpha: float
     notes: list[str]
+    title: str = "MELS: mixed-effects location scale model (maximum likelihood)"
+    block_titles: dict | None = None
 
     @classmethod
     def from_results(cls, res: MELSResults, alpha: float = 0.05) -> Summary:
@@ -91,21 +94,78 @@ class Summary:
             notes=notes,
         )
 
+    @classmethod
+    def from_three_level(cls, res: ThreeLevelResults, alpha: float = 0.05) -> Summary:
+        m, fi = res.model, res.fit_info
+        d = m.design
+        outer, inner = m.levels
+        sizes = d.group_sizes
+        per_outer = np.diff(m.outer_ptr)
+        lay = m.layout
+        info = [
+            ("Outcome", d.outcome),
+            ("Levels", f"{inner} in {outer}"),
+            ("Mean function", d.formulas["formula"]),
+            ("BS variance function", f"log var(u_{inner}) " + d.formulas["bs_formula"]),
+            ("WS variance function", "log sigma_e^2 " + d.formulas["ws_formula"]),
+            (f"{outer} effects", ", ".join(lay.outer_effects) + " (unstructured)"),
+            (f"{inner} random scale", "yes" if lay.inner else "no"),
+            (
+                "Observations",
+                f"{d.n_obs}" + (f" ({d.n_dropped} dropped: missing values)" if d.n_dropped else ""),
+            ),
+            (f"{outer} units", f"{m.n_outer}"),
+            (
+                f"{inner} units",
+                f"{d.n_groups} (per {outer} min/mean/max {per_outer.min()} / "
+                f"{per_outer.mean():.1f} / {per_outer.max()})",
+            ),
+            (f"{inner} size min/mean/max", f"{sizes.min()} / {sizes.mean():.1f} / {sizes.max()}"),
+            ("Integration", m.describe_integration()),
+            (
+                "Converged",
+                f"{'yes' if res.converged else 'NO'} ({fi.n_iter} iterations, "
+                f"{fi.n_evals} evaluations, max |score| {fi.max_abs_score:.1e})",
+            ),
+            ("Log-likelihood", f"{res.llf:.4f}"),
+            ("AIC", f"{res.aic:.4f}"),
+            ("BIC", f"{res.bic:.4f}"),
+        ]
+        notes = [
+            f"L({outer}) is the Cholesky factor of the covariance of the {outer} effects, "
+            "reported with a non-negative diagonal; z tests of SDs are on the boundary "
+            "(use melsml.compare for mixture LR tests)."
+        ]
+        if not fi.hessian_pd:
+            notes.append("The observed information is not positive definite: SEs unreliable.")
+        return cls(
+            info=info,
+            params=res.tidy(alpha),
+            random=res.random_params(alpha),
+            alpha=alpha,
+            notes=notes,
+            title="Three-level MELS model (maximum likelihood)",
+            block_titles={
+                outer: f"{outer}: Cholesky factor L of cov({', '.join(lay.outer_effects)})",
+                inner: f"{inner}: random scale (v = tau_l*theta1 + sigma_omega*theta2)",
+            },
+        )
+
     def as_text(self) -> str:
         terms = list(self.params.index.get_level_values("term")) + list(self.random.index)
         nw = max(24, max(len(str(t)) for t in terms) + 2)
         width = _WIDTH + nw - 24
         lines = [
-            "MELS: mixed-effects location scale model (maximum likelihood)".center(width),
+            self.title.center(width),
             "=" * width,
         ]
         key_w = max(len(k) for k, _ in self.info) + 2
         lines += [f"{k + ':':<{key_w}}{v}" for k, v in self.info]
         lo, hi = f"[{self.alpha / 2:.3f}", f"{1 - self.alpha / 2:.3f}]"
         header = f"{'':<{nw}}{'estimate':>10}{'std.err':>10}{'z':>9}{'P>|z|':>9}{lo:>12}{hi:>12}"
-        for block, title in BLOCK_TITLES.items():
-            if block not in self.params.index.get_level_values("block"):
-                continue
+        titles = {**BLOCK_TITLES, **(self.block_titles or {})}
+        for block in dict.fromkeys(self.params.index.get_level_values("block")):
+            title = titles.get(block, block)
             tab = self.params.xs(block, level="block")
             if block == "random" and any(t.startswith("L(") for t in tab.index):
                 title = "Cholesky factor L of cov(u, v) (location first; (u, v) = L theta)"
