@@ -68,8 +68,8 @@ def nest_ids(data: pd.DataFrame, groups, ids: IdScope = "auto") -> Nesting:
         (a school listed in two districts).  ``"within"``: inner ids are
         labels within their parent (cohort "2019" of every school), made
         unique as (parent, id) pairs.  ``"auto"`` (default): "within" when
-        most inner ids occur under several parents (labels reused by
-        design), otherwise "unique".
+        most (outer, inner) pairs have an inner id found under several
+        parents (labels reused by design), otherwise "unique".
     """
     if ids not in ID_SCOPES:
         raise MELSInputError(f"unknown ids={ids!r}; allowed values: {', '.join(ID_SCOPES)}")
@@ -89,12 +89,13 @@ def nest_ids(data: pd.DataFrame, groups, ids: IdScope = "auto") -> Nesting:
     parents = pairs.groupby(inner, sort=False)[outer].nunique()
     shared = parents[parents > 1]
     if ids == "auto":
-        ids = "within" if len(shared) > 0.5 * len(parents) else "unique"
+        in_shared = pairs[inner].isin(shared.index).to_numpy()
+        ids = "within" if in_shared.mean() > 0.5 else "unique"
     if ids == "unique" and len(shared):
         first = shared.index[0]
         where = sorted(map(str, pairs.loc[pairs[inner] == first, outer]))
         raise MELSInputError(
-            f"{inner} {first!r} appears under {len(where)} {outer} values "
+            f"{inner} '{first}' appears under {len(where)} {outer} values "
             f"({', '.join(where[:4])}): {inner} must be nested in {outer}"
             f"{f' ({len(shared)} {inner} ids are not)' if len(shared) > 1 else ''}; "
             f"if {inner} ids are labels within each {outer}, pass ids='within'"

@@ -393,8 +393,10 @@ def simulate_three_level(
     ``levels``; entries of the outer block may include ``bs`` rows).  Inner
     ids repeat across outer units (labels within their parent).
     """
-    params = THREE_LEVEL_TRUE if params is None else params
     outer, inner = levels
+    if params is None:
+        true = THREE_LEVEL_TRUE
+        params = {**true, outer: true["district"], inner: true["school"]}
     rng = np.random.default_rng(seed)
     per_outer = 1 + rng.poisson(max(n_inner - 1, 0), n_outer)
     n_in = int(per_outer.sum())

@@ -264,11 +264,19 @@ def _nesting_names(res: MELSResults, other: MELSResults) -> set:
     L(omega,omega) of the Cholesky layout; and against a model without a BS
     function (random slopes), a random intercept with a constant BS variance
     is the one-effect case: L(Intercept,Intercept) = exp(alpha0 / 2)."""
-    names = {_MIXWILD_AS_CHOLESKY.get(n, n) for n in res.params.index}
+    index = res.params.index
+    levels = getattr(res.model, "levels", None)
+    if levels is not None:
+        # a three-level model: its inner level's block is the two-level random block
+        index = [("random" if b == levels[1] else b, t) for b, t in index]
+    names = {_MIXWILD_AS_CHOLESKY.get(n, n) for n in index}
+    structure, other_structure = (getattr(r.model, "structure", None) for r in (res, other))
     if (
         res.model.design.bs_names == ("Intercept",)
-        and res.model.structure.bs
-        and not other.model.structure.bs
+        and structure is not None
+        and other_structure is not None
+        and structure.bs
+        and not other_structure.bs
     ):
         names = {
             ("random", "L(Intercept,Intercept)") if n == ("alpha", "Intercept") else n
@@ -280,7 +288,7 @@ def _nesting_names(res: MELSResults, other: MELSResults) -> set:
 def _is_sd(name: tuple[str, str]) -> bool:
     """A parameter whose value 0 is a boundary (an SD or a Cholesky diagonal)."""
     block, term = name
-    if block != "random":
+    if block in ("beta", "alpha", "tau"):
         return False
     if term == "sigma_omega":
         return True
@@ -290,9 +298,20 @@ def _is_sd(name: tuple[str, str]) -> bool:
 
 def _model_label(res: MELSResults) -> str:
     """A short description of a fitted model from its formulas and options."""
-    d, opt = res.model.design, res.model.options
+    d = res.model.design
     f = d.formulas
     parts = [f["formula"]]
+    levels = getattr(res.model, "levels", None)
+    if levels is not None:
+        lay = res.model.layout
+        if f.get("bs_formula", "~ 1") != "~ 1":
+            parts.append(f"BS {f['bs_formula']}")
+        parts.append(f"WS {f['ws_formula']}")
+        parts.append(f"{levels[1]} in {levels[0]} ({levels[0]}: {', '.join(lay.outer_effects)})")
+        if not lay.inner:
+            parts.append(f"no {levels[1]} random scale")
+        return "; ".join(parts)
+    opt = res.model.options
     if f.get("bs_formula", "~ 1") != "~ 1":
         parts.append(f"BS {f['bs_formula']}")
     if f.get("re_formula", "~ 1") != "~ 1":
@@ -316,7 +335,9 @@ def _default_names(results) -> list[str]:
     return labels
 
 
-def compare(*results: MELSResults, names: list[str] | None = None) -> pd.DataFrame:
+def compare(
+    *results: MELSResults | ThreeLevelResults, names: list[str] | None = None
+) -> pd.DataFrame:
     """Compare fitted models: llf, AIC, BIC and likelihood-ratio tests.
 
     Models are listed in the order given.  Each model is tested against the
@@ -329,7 +350,9 @@ def compare(*results: MELSResults, names: list[str] | None = None) -> pd.DataFra
     the chi-bar-square mixture of Self & Liang (1987) and Stram & Lee
     (1994), 50:50 of chi-square(k) and chi-square(k + 1); the ``test``
     column names the mixture.  With several added variances the plain
-    chi-square(df) is used, which is conservative.
+    chi-square(df) is used, which is conservative.  A three-level model is
+    compared with the two-level model of its inner groups (the same
+    observations): the added level's effects are the added parameters.
 
     Parameters
     ----------
@@ -367,10 +390,11 @@ def compare(*results: MELSResults, names: list[str] | None = None) -> pd.DataFra
         if i > 0:
             prev = results[i - 1]
             small, big = (prev, res) if prev.k_params <= res.k_params else (res, prev)
+            # the same observations (a three-level model sorts its rows by level)
             same_data = (
                 small.nobs == big.nobs
                 and small.model.design.outcome == big.model.design.outcome
-                and np.array_equal(small.model.design.y, big.model.design.y)
+                and np.array_equal(np.sort(small.model.design.y), np.sort(big.model.design.y))
             )
             small_names, big_names = _nesting_names(small, big), _nesting_names(big, small)
             nested = small_names <= big_names

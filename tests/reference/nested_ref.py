@@ -22,8 +22,9 @@ def _rule(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sqrt(2.0) * x, np.log(w / np.sqrt(np.pi))
 
 
-def nested_loglik_brute(r0, d, z, school, district, M, tau_l, sigma_omega,
-                        n_outer: int = 30, n_inner: int = 40) -> np.ndarray:
+def nested_loglik_brute(
+    r0, d, z, school, district, M, tau_l, sigma_omega, n_outer: int = 30, n_inner: int = 40
+) -> np.ndarray:
     """Per-district log-likelihood by brute-force quadrature.
 
     ``school`` and ``district`` are per-unit labels; M is (3, d3)."""
@@ -46,10 +47,15 @@ def nested_loglik_brute(r0, d, z, school, district, M, tau_l, sigma_omega,
         for j in np.unique(school[in_k]):
             rows = in_k & (school == j)
             r, dd, zz = r0[rows], d[rows], z[rows]
-            e = (r[None, None, :] - u3[:, None, None]
-                 - c[:, None, None] * t1[None, :, None] * zz[None, None, :])
-            logvar = np.log(dd)[None, None, :] + v3[:, None, None] + v2[None, :, None]
-            lp = -0.5 * (np.log(2 * np.pi) + logvar + e * e * np.exp(-logvar)).sum(axis=2)
-            total += logsumexp(lp + lw_in[None, :], axis=1)
+            for a in range(0, th3.shape[0], 400):  # outer nodes in chunks (memory)
+                sl = slice(a, a + 400)
+                e = (
+                    r[None, None, :]
+                    - u3[sl, None, None]
+                    - c[sl, None, None] * t1[None, :, None] * zz[None, None, :]
+                )
+                logvar = np.log(dd)[None, None, :] + v3[sl, None, None] + v2[None, :, None]
+                lp = -0.5 * (np.log(2 * np.pi) + logvar + e * e * np.exp(-logvar)).sum(axis=2)
+                total[sl] += logsumexp(lp + lw_in[None, :], axis=1)
         out.append(logsumexp(total))
     return np.array(out)
