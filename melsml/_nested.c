@@ -18,7 +18,7 @@
             "-fopenmp"
         ],
         "include_dirs": [
-            "/tmp/pip-build-env-3fa806iv/overlay/lib/python3.11/site-packages/numpy/_core/include"
+            "/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/numpy/_core/include"
         ],
         "name": "melsml._nested",
         "sources": [
@@ -1829,7 +1829,7 @@ struct __pyx_t_6melsml_7_nested_Inner {
   double e[6];
 };
 
-/* "melsml/_nested.pyx":248
+/* "melsml/_nested.pyx":260
  * 
  * 
  * cdef struct Outer:             # <<<<<<<<<<<<<<
@@ -3372,12 +3372,11 @@ static PyObject *indirect_contiguous = 0;
 static int __pyx_memoryview_thread_locks_used;
 static PyThread_type_lock __pyx_memoryview_thread_locks[8];
 static CYTHON_INLINE void __pyx_f_6melsml_7_nested_school_given_b3(struct __pyx_t_6melsml_7_nested_School *, double const *, double, double, double); /*proto*/
-static CYTHON_INLINE double __pyx_f_6melsml_7_nested_inner_g(struct __pyx_t_6melsml_7_nested_School const *, double, double *); /*proto*/
-static CYTHON_INLINE double __pyx_f_6melsml_7_nested_inner_d2(struct __pyx_t_6melsml_7_nested_School const *, double); /*proto*/
+static CYTHON_INLINE double __pyx_f_6melsml_7_nested_inner_g(struct __pyx_t_6melsml_7_nested_School const *, double, double *, double *); /*proto*/
 static double __pyx_f_6melsml_7_nested_inner_mode(struct __pyx_t_6melsml_7_nested_School const *, double, double *); /*proto*/
 static CYTHON_INLINE double __pyx_f_6melsml_7_nested_poly_e(double, double, double, double const *); /*proto*/
 static CYTHON_INLINE double __pyx_f_6melsml_7_nested_poly_ee(double const *, double const *, double const *); /*proto*/
-static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_nested_School *, double *, int, double const *, double const *, double *, struct __pyx_t_6melsml_7_nested_Inner *); /*proto*/
+static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_nested_School *, double *, int, double const *, double const *, double *, struct __pyx_t_6melsml_7_nested_Inner *, int); /*proto*/
 static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_Outer *, Py_ssize_t, double const *, struct __pyx_t_6melsml_7_nested_School *, struct __pyx_t_6melsml_7_nested_Inner *, double *, double *, double *); /*proto*/
 static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_Outer *, Py_ssize_t, struct __pyx_t_6melsml_7_nested_School *, struct __pyx_t_6melsml_7_nested_Inner *, double *, double *, double *, double *, double *); /*proto*/
 static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_nested_Outer *, Py_ssize_t, double *, int *); /*proto*/
@@ -3493,6 +3492,8 @@ static PyObject *__pyx_pf___pyx_memoryviewslice___reduce_cython__(CYTHON_UNUSED 
 static PyObject *__pyx_pf___pyx_memoryviewslice_2__setstate_cython__(CYTHON_UNUSED struct __pyx_memoryviewslice_obj *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state); /* proto */
 static PyObject *__pyx_pf_15View_dot_MemoryView___pyx_unpickle_Enum(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state); /* proto */
 static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject *__pyx_self, __Pyx_memviewslice __pyx_v_stats, __Pyx_memviewslice __pyx_v_outer_ptr, __Pyx_memviewslice __pyx_v_M, double __pyx_v_tau_l, double __pyx_v_sigma_omega, __Pyx_memviewslice __pyx_v_gx_in, __Pyx_memviewslice __pyx_v_glw_in, __Pyx_memviewslice __pyx_v_gx_out, __Pyx_memviewslice __pyx_v_glw_out, __Pyx_memviewslice __pyx_v_centers, __Pyx_memviewslice __pyx_v_modes_in, int __pyx_v_adapt, __Pyx_memviewslice __pyx_v_ll, __Pyx_memviewslice __pyx_v_g_M, __Pyx_memviewslice __pyx_v_g_school, __Pyx_memviewslice __pyx_v_umom, __Pyx_memviewslice __pyx_v_eb_school, __Pyx_memviewslice __pyx_v_eb_district, int __pyx_v_n_threads); /* proto */
+static PyObject *__pyx_pf_6melsml_7_nested_2school_sums(CYTHON_UNUSED PyObject *__pyx_self, __Pyx_memviewslice __pyx_v_r0, __Pyx_memviewslice __pyx_v_logd, __Pyx_memviewslice __pyx_v_z, __Pyx_memviewslice __pyx_v_group_ptr, __Pyx_memviewslice __pyx_v_stats); /* proto */
+static PyObject *__pyx_pf_6melsml_7_nested_4unit_gradients(CYTHON_UNUSED PyObject *__pyx_self, __Pyx_memviewslice __pyx_v_r0, __Pyx_memviewslice __pyx_v_logd, __Pyx_memviewslice __pyx_v_z, __Pyx_memviewslice __pyx_v_group_ptr, __Pyx_memviewslice __pyx_v_umom, __Pyx_memviewslice __pyx_v_g_mu, __Pyx_memviewslice __pyx_v_g_ws, __Pyx_memviewslice __pyx_v_g_bs); /* proto */
 static PyObject *__pyx_tp_new__initialisation_array(PyObject *o, 
 #if CYTHON_VECTORCALL_TPNEW
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
@@ -3627,8 +3628,8 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
     PyObject *__pyx_slice[1];
     PyObject *__pyx_tuple[2];
-    PyObject *__pyx_codeobj_tab[1];
-    PyObject *__pyx_string_tab[129];
+    PyObject *__pyx_codeobj_tab[3];
+    PyObject *__pyx_string_tab[158];
     PyObject *__pyx_number_tab[3];
 /* #### Code section: module_state_contents ### */
 /* PyFrozenDict.module_state_decls */
@@ -3705,108 +3706,137 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_kp_u_melsml__nested_pyx __pyx_string_tab[24]
 #define __pyx_kp_u_no_default___reduce___due_to_non __pyx_string_tab[25]
 #define __pyx_kp_u_stats_must_be_J_8_with_J_outer_p __pyx_string_tab[26]
-#define __pyx_kp_u_unable_to_allocate_array_data __pyx_string_tab[27]
-#define __pyx_kp_u_unable_to_allocate_shape_and_str __pyx_string_tab[28]
-#define __pyx_n_u_ASCII __pyx_string_tab[29]
-#define __pyx_n_u_Ellipsis __pyx_string_tab[30]
-#define __pyx_n_u_M __pyx_string_tab[31]
-#define __pyx_n_u_Sequence __pyx_string_tab[32]
-#define __pyx_n_u_View_MemoryView __pyx_string_tab[33]
-#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[34]
-#define __pyx_n_u_annotate __pyx_string_tab[35]
-#define __pyx_n_u_class __pyx_string_tab[36]
-#define __pyx_n_u_class_getitem __pyx_string_tab[37]
-#define __pyx_n_u_dict __pyx_string_tab[38]
-#define __pyx_n_u_func __pyx_string_tab[39]
-#define __pyx_n_u_getstate __pyx_string_tab[40]
-#define __pyx_n_u_import __pyx_string_tab[41]
-#define __pyx_n_u_main __pyx_string_tab[42]
-#define __pyx_n_u_module __pyx_string_tab[43]
-#define __pyx_n_u_name_2 __pyx_string_tab[44]
-#define __pyx_n_u_new __pyx_string_tab[45]
-#define __pyx_n_u_pyx_checksum __pyx_string_tab[46]
-#define __pyx_n_u_pyx_state __pyx_string_tab[47]
-#define __pyx_n_u_pyx_type __pyx_string_tab[48]
-#define __pyx_n_u_pyx_unpickle_Enum __pyx_string_tab[49]
-#define __pyx_n_u_pyx_vtable __pyx_string_tab[50]
-#define __pyx_n_u_qualname __pyx_string_tab[51]
-#define __pyx_n_u_reduce __pyx_string_tab[52]
-#define __pyx_n_u_reduce_cython __pyx_string_tab[53]
-#define __pyx_n_u_reduce_ex __pyx_string_tab[54]
-#define __pyx_n_u_set_name __pyx_string_tab[55]
-#define __pyx_n_u_setstate __pyx_string_tab[56]
-#define __pyx_n_u_setstate_cython __pyx_string_tab[57]
-#define __pyx_n_u_test __pyx_string_tab[58]
-#define __pyx_n_u_is_coroutine __pyx_string_tab[59]
-#define __pyx_n_u_abc __pyx_string_tab[60]
-#define __pyx_n_u_adapt __pyx_string_tab[61]
-#define __pyx_n_u_allocate_buffer __pyx_string_tab[62]
-#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[63]
-#define __pyx_n_u_base __pyx_string_tab[64]
-#define __pyx_n_u_buf __pyx_string_tab[65]
-#define __pyx_n_u_c __pyx_string_tab[66]
-#define __pyx_n_u_centers __pyx_string_tab[67]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[68]
-#define __pyx_n_u_count __pyx_string_tab[69]
-#define __pyx_n_u_d3 __pyx_string_tab[70]
-#define __pyx_n_u_dtype_is_object __pyx_string_tab[71]
-#define __pyx_n_u_eb_district __pyx_string_tab[72]
-#define __pyx_n_u_eb_school __pyx_string_tab[73]
-#define __pyx_n_u_encode __pyx_string_tab[74]
-#define __pyx_n_u_enumerate __pyx_string_tab[75]
-#define __pyx_n_u_error __pyx_string_tab[76]
-#define __pyx_n_u_flags __pyx_string_tab[77]
-#define __pyx_n_u_format __pyx_string_tab[78]
-#define __pyx_n_u_fortran __pyx_string_tab[79]
-#define __pyx_n_u_g_M __pyx_string_tab[80]
-#define __pyx_n_u_g_school __pyx_string_tab[81]
-#define __pyx_n_u_glw_in __pyx_string_tab[82]
-#define __pyx_n_u_glw_out __pyx_string_tab[83]
-#define __pyx_n_u_gx_in __pyx_string_tab[84]
-#define __pyx_n_u_gx_out __pyx_string_tab[85]
-#define __pyx_n_u_id __pyx_string_tab[86]
-#define __pyx_n_u_idx __pyx_string_tab[87]
-#define __pyx_n_u_index __pyx_string_tab[88]
-#define __pyx_n_u_items __pyx_string_tab[89]
-#define __pyx_n_u_itemsize __pyx_string_tab[90]
-#define __pyx_n_u_k __pyx_string_tab[91]
-#define __pyx_n_u_ll __pyx_string_tab[92]
-#define __pyx_n_u_max_j __pyx_string_tab[93]
-#define __pyx_n_u_melsml__nested __pyx_string_tab[94]
-#define __pyx_n_u_memview __pyx_string_tab[95]
-#define __pyx_n_u_mode __pyx_string_tab[96]
-#define __pyx_n_u_modes_in __pyx_string_tab[97]
-#define __pyx_n_u_n_d __pyx_string_tab[98]
-#define __pyx_n_u_n_threads __pyx_string_tab[99]
-#define __pyx_n_u_name __pyx_string_tab[100]
-#define __pyx_n_u_nb __pyx_string_tab[101]
-#define __pyx_n_u_ndim __pyx_string_tab[102]
-#define __pyx_n_u_nested_loglik __pyx_string_tab[103]
-#define __pyx_n_u_nt __pyx_string_tab[104]
-#define __pyx_n_u_o __pyx_string_tab[105]
-#define __pyx_n_u_obj __pyx_string_tab[106]
-#define __pyx_n_u_outer_ptr __pyx_string_tab[107]
-#define __pyx_n_u_pack __pyx_string_tab[108]
-#define __pyx_n_u_pop __pyx_string_tab[109]
-#define __pyx_n_u_register __pyx_string_tab[110]
-#define __pyx_n_u_setdefault __pyx_string_tab[111]
-#define __pyx_n_u_shape __pyx_string_tab[112]
-#define __pyx_n_u_sigma_omega __pyx_string_tab[113]
-#define __pyx_n_u_size __pyx_string_tab[114]
-#define __pyx_n_u_start __pyx_string_tab[115]
-#define __pyx_n_u_stats __pyx_string_tab[116]
-#define __pyx_n_u_step __pyx_string_tab[117]
-#define __pyx_n_u_stop __pyx_string_tab[118]
-#define __pyx_n_u_struct __pyx_string_tab[119]
-#define __pyx_n_u_sv __pyx_string_tab[120]
-#define __pyx_n_u_tau_l __pyx_string_tab[121]
-#define __pyx_n_u_umom __pyx_string_tab[122]
-#define __pyx_n_u_unpack __pyx_string_tab[123]
-#define __pyx_n_u_update __pyx_string_tab[124]
-#define __pyx_n_u_values __pyx_string_tab[125]
-#define __pyx_n_u_x __pyx_string_tab[126]
-#define __pyx_n_b_O __pyx_string_tab[127]
-#define __pyx_kp_b_iso88591_6_6_R_Q_6_T_b_z_7_q_as_Rs_Rr_Cr __pyx_string_tab[128]
+#define __pyx_kp_u_stats_must_be_n_groups_8 __pyx_string_tab[27]
+#define __pyx_kp_u_unable_to_allocate_array_data __pyx_string_tab[28]
+#define __pyx_kp_u_unable_to_allocate_shape_and_str __pyx_string_tab[29]
+#define __pyx_n_u_ASCII __pyx_string_tab[30]
+#define __pyx_n_u_Ellipsis __pyx_string_tab[31]
+#define __pyx_n_u_M __pyx_string_tab[32]
+#define __pyx_n_u_Sequence __pyx_string_tab[33]
+#define __pyx_n_u_View_MemoryView __pyx_string_tab[34]
+#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[35]
+#define __pyx_n_u_annotate __pyx_string_tab[36]
+#define __pyx_n_u_class __pyx_string_tab[37]
+#define __pyx_n_u_class_getitem __pyx_string_tab[38]
+#define __pyx_n_u_dict __pyx_string_tab[39]
+#define __pyx_n_u_func __pyx_string_tab[40]
+#define __pyx_n_u_getstate __pyx_string_tab[41]
+#define __pyx_n_u_import __pyx_string_tab[42]
+#define __pyx_n_u_main __pyx_string_tab[43]
+#define __pyx_n_u_module __pyx_string_tab[44]
+#define __pyx_n_u_name_2 __pyx_string_tab[45]
+#define __pyx_n_u_new __pyx_string_tab[46]
+#define __pyx_n_u_pyx_checksum __pyx_string_tab[47]
+#define __pyx_n_u_pyx_state __pyx_string_tab[48]
+#define __pyx_n_u_pyx_type __pyx_string_tab[49]
+#define __pyx_n_u_pyx_unpickle_Enum __pyx_string_tab[50]
+#define __pyx_n_u_pyx_vtable __pyx_string_tab[51]
+#define __pyx_n_u_qualname __pyx_string_tab[52]
+#define __pyx_n_u_reduce __pyx_string_tab[53]
+#define __pyx_n_u_reduce_cython __pyx_string_tab[54]
+#define __pyx_n_u_reduce_ex __pyx_string_tab[55]
+#define __pyx_n_u_set_name __pyx_string_tab[56]
+#define __pyx_n_u_setstate __pyx_string_tab[57]
+#define __pyx_n_u_setstate_cython __pyx_string_tab[58]
+#define __pyx_n_u_test __pyx_string_tab[59]
+#define __pyx_n_u_is_coroutine __pyx_string_tab[60]
+#define __pyx_n_u_a __pyx_string_tab[61]
+#define __pyx_n_u_abc __pyx_string_tab[62]
+#define __pyx_n_u_adapt __pyx_string_tab[63]
+#define __pyx_n_u_allocate_buffer __pyx_string_tab[64]
+#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[65]
+#define __pyx_n_u_base __pyx_string_tab[66]
+#define __pyx_n_u_buf __pyx_string_tab[67]
+#define __pyx_n_u_c __pyx_string_tab[68]
+#define __pyx_n_u_centers __pyx_string_tab[69]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[70]
+#define __pyx_n_u_count __pyx_string_tab[71]
+#define __pyx_n_u_d3 __pyx_string_tab[72]
+#define __pyx_n_u_dtype_is_object __pyx_string_tab[73]
+#define __pyx_n_u_e1 __pyx_string_tab[74]
+#define __pyx_n_u_e2 __pyx_string_tab[75]
+#define __pyx_n_u_eb_district __pyx_string_tab[76]
+#define __pyx_n_u_eb_school __pyx_string_tab[77]
+#define __pyx_n_u_encode __pyx_string_tab[78]
+#define __pyx_n_u_enumerate __pyx_string_tab[79]
+#define __pyx_n_u_error __pyx_string_tab[80]
+#define __pyx_n_u_et __pyx_string_tab[81]
+#define __pyx_n_u_flags __pyx_string_tab[82]
+#define __pyx_n_u_format __pyx_string_tab[83]
+#define __pyx_n_u_fortran __pyx_string_tab[84]
+#define __pyx_n_u_g_M __pyx_string_tab[85]
+#define __pyx_n_u_g_bs __pyx_string_tab[86]
+#define __pyx_n_u_g_mu __pyx_string_tab[87]
+#define __pyx_n_u_g_school __pyx_string_tab[88]
+#define __pyx_n_u_g_ws __pyx_string_tab[89]
+#define __pyx_n_u_glw_in __pyx_string_tab[90]
+#define __pyx_n_u_glw_out __pyx_string_tab[91]
+#define __pyx_n_u_group_ptr __pyx_string_tab[92]
+#define __pyx_n_u_gx_in __pyx_string_tab[93]
+#define __pyx_n_u_gx_out __pyx_string_tab[94]
+#define __pyx_n_u_i __pyx_string_tab[95]
+#define __pyx_n_u_id __pyx_string_tab[96]
+#define __pyx_n_u_idx __pyx_string_tab[97]
+#define __pyx_n_u_index __pyx_string_tab[98]
+#define __pyx_n_u_inv __pyx_string_tab[99]
+#define __pyx_n_u_items __pyx_string_tab[100]
+#define __pyx_n_u_itemsize __pyx_string_tab[101]
+#define __pyx_n_u_j __pyx_string_tab[102]
+#define __pyx_n_u_k __pyx_string_tab[103]
+#define __pyx_n_u_ll __pyx_string_tab[104]
+#define __pyx_n_u_logd __pyx_string_tab[105]
+#define __pyx_n_u_m0 __pyx_string_tab[106]
+#define __pyx_n_u_m1 __pyx_string_tab[107]
+#define __pyx_n_u_m2 __pyx_string_tab[108]
+#define __pyx_n_u_m3 __pyx_string_tab[109]
+#define __pyx_n_u_m4 __pyx_string_tab[110]
+#define __pyx_n_u_m5 __pyx_string_tab[111]
+#define __pyx_n_u_max_j __pyx_string_tab[112]
+#define __pyx_n_u_melsml__nested __pyx_string_tab[113]
+#define __pyx_n_u_memview __pyx_string_tab[114]
+#define __pyx_n_u_mode __pyx_string_tab[115]
+#define __pyx_n_u_modes_in __pyx_string_tab[116]
+#define __pyx_n_u_n_d __pyx_string_tab[117]
+#define __pyx_n_u_n_groups __pyx_string_tab[118]
+#define __pyx_n_u_n_threads __pyx_string_tab[119]
+#define __pyx_n_u_name __pyx_string_tab[120]
+#define __pyx_n_u_nb __pyx_string_tab[121]
+#define __pyx_n_u_ndim __pyx_string_tab[122]
+#define __pyx_n_u_nested_loglik __pyx_string_tab[123]
+#define __pyx_n_u_nt __pyx_string_tab[124]
+#define __pyx_n_u_o __pyx_string_tab[125]
+#define __pyx_n_u_obj __pyx_string_tab[126]
+#define __pyx_n_u_outer_ptr __pyx_string_tab[127]
+#define __pyx_n_u_pack __pyx_string_tab[128]
+#define __pyx_n_u_pop __pyx_string_tab[129]
+#define __pyx_n_u_r0 __pyx_string_tab[130]
+#define __pyx_n_u_register __pyx_string_tab[131]
+#define __pyx_n_u_ri __pyx_string_tab[132]
+#define __pyx_n_u_s __pyx_string_tab[133]
+#define __pyx_n_u_school_sums __pyx_string_tab[134]
+#define __pyx_n_u_setdefault __pyx_string_tab[135]
+#define __pyx_n_u_shape __pyx_string_tab[136]
+#define __pyx_n_u_sigma_omega __pyx_string_tab[137]
+#define __pyx_n_u_size __pyx_string_tab[138]
+#define __pyx_n_u_start __pyx_string_tab[139]
+#define __pyx_n_u_stats __pyx_string_tab[140]
+#define __pyx_n_u_step __pyx_string_tab[141]
+#define __pyx_n_u_stop __pyx_string_tab[142]
+#define __pyx_n_u_struct __pyx_string_tab[143]
+#define __pyx_n_u_sv __pyx_string_tab[144]
+#define __pyx_n_u_tau_l __pyx_string_tab[145]
+#define __pyx_n_u_umom __pyx_string_tab[146]
+#define __pyx_n_u_unit_gradients __pyx_string_tab[147]
+#define __pyx_n_u_unpack __pyx_string_tab[148]
+#define __pyx_n_u_update __pyx_string_tab[149]
+#define __pyx_n_u_values __pyx_string_tab[150]
+#define __pyx_n_u_x __pyx_string_tab[151]
+#define __pyx_n_u_z __pyx_string_tab[152]
+#define __pyx_n_u_zi __pyx_string_tab[153]
+#define __pyx_n_b_O __pyx_string_tab[154]
+#define __pyx_kp_b_iso88591_YfAS_uF_3c_U_Cq_j_E_aq_U_1_q_U __pyx_string_tab[155]
+#define __pyx_kp_b_iso88591_YfAS_E_aq_Qc_U_as_e4q_1_Qc_U_as __pyx_string_tab[156]
+#define __pyx_kp_b_iso88591_6_6_R_Q_6_T_b_z_7_q_as_Rs_Rr_Cr __pyx_string_tab[157]
 #define __pyx_int_0 __pyx_number_tab[0]
 #define __pyx_int_neg_1 __pyx_number_tab[1]
 #define __pyx_int_136983863 __pyx_number_tab[2]
@@ -3837,8 +3867,8 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_slice[i]); }
   for (int i=0; i<2; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
-  for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<129; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<3; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<158; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<3; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
@@ -3875,8 +3905,8 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_slice[i]); }
   for (int i=0; i<2; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
-  for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<129; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<3; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<158; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<3; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
@@ -18708,12 +18738,12 @@ static CYTHON_INLINE void __pyx_f_6melsml_7_nested_school_given_b3(struct __pyx_
 /* "melsml/_nested.pyx":72
  * 
  * 
- * cdef inline double inner_g(const School* p, double xi, double* dg) noexcept nogil:             # <<<<<<<<<<<<<<
- *     """log of f(y_j | b3, xi) phi(xi), with the location integrated; dg: its derivative."""
- *     cdef double arg = -p.v3 - p.sv * xi
+ * cdef inline double inner_g(const School* p, double xi, double* dg, double* d2g) noexcept nogil:             # <<<<<<<<<<<<<<
+ *     """log of f(y_j | b3, xi) phi(xi), with the location integrated; its first and
+ *     second derivatives in xi go to dg and d2g (when not NULL)."""
 */
 
-static CYTHON_INLINE double __pyx_f_6melsml_7_nested_inner_g(struct __pyx_t_6melsml_7_nested_School const *__pyx_v_p, double __pyx_v_xi, double *__pyx_v_dg) {
+static CYTHON_INLINE double __pyx_f_6melsml_7_nested_inner_g(struct __pyx_t_6melsml_7_nested_School const *__pyx_v_p, double __pyx_v_xi, double *__pyx_v_dg, double *__pyx_v_d2g) {
   double __pyx_v_arg;
   double __pyx_v_K;
   double __pyx_v_cc;
@@ -18722,24 +18752,30 @@ static CYTHON_INLINE double __pyx_f_6melsml_7_nested_inner_g(struct __pyx_t_6mel
   double __pyx_v_aa;
   double __pyx_v_P;
   double __pyx_v_g;
-  double __pyx_v_dK;
-  double __pyx_v_dtr;
-  double __pyx_v_drr;
-  double __pyx_v_dF;
+  double __pyx_v_k1;
+  double __pyx_v_k2;
+  double __pyx_v_t1;
+  double __pyx_v_r1;
+  double __pyx_v_r2;
+  double __pyx_v_nn;
+  double __pyx_v_n1;
+  double __pyx_v_n2;
+  double __pyx_v_p1;
+  double __pyx_v_p2;
   double __pyx_r;
   int __pyx_t_1;
 
-  /* "melsml/_nested.pyx":74
- * cdef inline double inner_g(const School* p, double xi, double* dg) noexcept nogil:
- *     """log of f(y_j | b3, xi) phi(xi), with the location integrated; dg: its derivative."""
+  /* "melsml/_nested.pyx":75
+ *     """log of f(y_j | b3, xi) phi(xi), with the location integrated; its first and
+ *     second derivatives in xi go to dg and d2g (when not NULL)."""
  *     cdef double arg = -p.v3 - p.sv * xi             # <<<<<<<<<<<<<<
  *     if arg > 700.0:
  *         arg = 700.0
 */
   __pyx_v_arg = ((-__pyx_v_p->v3) - (__pyx_v_p->sv * __pyx_v_xi));
 
-  /* "melsml/_nested.pyx":75
- *     """log of f(y_j | b3, xi) phi(xi), with the location integrated; dg: its derivative."""
+  /* "melsml/_nested.pyx":76
+ *     second derivatives in xi go to dg and d2g (when not NULL)."""
  *     cdef double arg = -p.v3 - p.sv * xi
  *     if arg > 700.0:             # <<<<<<<<<<<<<<
  *         arg = 700.0
@@ -18750,7 +18786,7 @@ static CYTHON_INLINE double __pyx_f_6melsml_7_nested_inner_g(struct __pyx_t_6mel
   if (__pyx_t_1) {
 
 
-    /* "melsml/_nested.pyx":76
+    /* "melsml/_nested.pyx":77
  *     cdef double arg = -p.v3 - p.sv * xi
  *     if arg > 700.0:
  *         arg = 700.0             # <<<<<<<<<<<<<<
@@ -18759,8 +18795,8 @@ static CYTHON_INLINE double __pyx_f_6melsml_7_nested_inner_g(struct __pyx_t_6mel
 */
     __pyx_v_arg = 700.0;
 
-    /* "melsml/_nested.pyx":75
- *     """log of f(y_j | b3, xi) phi(xi), with the location integrated; dg: its derivative."""
+    /* "melsml/_nested.pyx":76
+ *     second derivatives in xi go to dg and d2g (when not NULL)."""
  *     cdef double arg = -p.v3 - p.sv * xi
  *     if arg > 700.0:             # <<<<<<<<<<<<<<
  *         arg = 700.0
@@ -18768,7 +18804,7 @@ static CYTHON_INLINE double __pyx_f_6melsml_7_nested_inner_g(struct __pyx_t_6mel
 */
   }
 
-  /* "melsml/_nested.pyx":77
+  /* "melsml/_nested.pyx":78
  *     if arg > 700.0:
  *         arg = 700.0
  *     cdef double K = exp(arg)             # <<<<<<<<<<<<<<
@@ -18777,7 +18813,7 @@ static CYTHON_INLINE double __pyx_f_6melsml_7_nested_inner_g(struct __pyx_t_6mel
 */
   __pyx_v_K = exp(__pyx_v_arg);
 
-  /* "melsml/_nested.pyx":78
+  /* "melsml/_nested.pyx":79
  *         arg = 700.0
  *     cdef double K = exp(arg)
  *     cdef double cc = p.c * p.cphi             # <<<<<<<<<<<<<<
@@ -18786,7 +18822,7 @@ static CYTHON_INLINE double __pyx_f_6melsml_7_nested_inner_g(struct __pyx_t_6mel
 */
   __pyx_v_cc = (__pyx_v_p->c * __pyx_v_p->cphi);
 
-  /* "melsml/_nested.pyx":79
+  /* "melsml/_nested.pyx":80
  *     cdef double K = exp(arg)
  *     cdef double cc = p.c * p.cphi
  *     cdef double tr = p.t0 - cc * p.lam * xi             # <<<<<<<<<<<<<<
@@ -18795,7 +18831,7 @@ static CYTHON_INLINE double __pyx_f_6melsml_7_nested_inner_g(struct __pyx_t_6mel
 */
   __pyx_v_tr = (__pyx_v_p->t0 - ((__pyx_v_cc * __pyx_v_p->lam) * __pyx_v_xi));
 
-  /* "melsml/_nested.pyx":80
+  /* "melsml/_nested.pyx":81
  *     cdef double cc = p.c * p.cphi
  *     cdef double tr = p.t0 - cc * p.lam * xi
  *     cdef double rr = p.q0 - 2.0 * cc * xi * p.t0 + cc * cc * xi * xi * p.lam             # <<<<<<<<<<<<<<
@@ -18804,7 +18840,7 @@ static CYTHON_INLINE double __pyx_f_6melsml_7_nested_inner_g(struct __pyx_t_6mel
 */
   __pyx_v_rr = ((__pyx_v_p->q0 - (((2.0 * __pyx_v_cc) * __pyx_v_xi) * __pyx_v_p->t0)) + ((((__pyx_v_cc * __pyx_v_cc) * __pyx_v_xi) * __pyx_v_xi) * __pyx_v_p->lam));
 
-  /* "melsml/_nested.pyx":81
+  /* "melsml/_nested.pyx":82
  *     cdef double tr = p.t0 - cc * p.lam * xi
  *     cdef double rr = p.q0 - 2.0 * cc * xi * p.t0 + cc * cc * xi * xi * p.lam
  *     cdef double aa = p.c2 * p.sphi * p.sphi             # <<<<<<<<<<<<<<
@@ -18813,7 +18849,7 @@ static CYTHON_INLINE double __pyx_f_6melsml_7_nested_inner_g(struct __pyx_t_6mel
 */
   __pyx_v_aa = ((__pyx_v_p->c2 * __pyx_v_p->sphi) * __pyx_v_p->sphi);
 
-  /* "melsml/_nested.pyx":82
+  /* "melsml/_nested.pyx":83
  *     cdef double rr = p.q0 - 2.0 * cc * xi * p.t0 + cc * cc * xi * xi * p.lam
  *     cdef double aa = p.c2 * p.sphi * p.sphi
  *     cdef double P = 1.0 + aa * K * p.lam             # <<<<<<<<<<<<<<
@@ -18822,84 +18858,168 @@ static CYTHON_INLINE double __pyx_f_6melsml_7_nested_inner_g(struct __pyx_t_6mel
 */
   __pyx_v_P = (1.0 + ((__pyx_v_aa * __pyx_v_K) * __pyx_v_p->lam));
 
-  /* "melsml/_nested.pyx":85
+  /* "melsml/_nested.pyx":86
  *     cdef double g = (-0.5 * (p.n * LOG2PI + p.sld + p.n * (p.v3 + p.sv * xi))
  *                      - 0.5 * K * rr + 0.5 * aa * K * K * tr * tr / P - 0.5 * log(P)
  *                      - 0.5 * xi * xi - 0.5 * LOG2PI)             # <<<<<<<<<<<<<<
- *     cdef double dK, dtr, drr, dF
+ *     cdef double k1, k2, t1, r1, r2, nn, n1, n2, p1, p2
  *     if dg != NULL:
 */
   __pyx_v_g = ((((((-0.5 * (((__pyx_v_p->n * __pyx_v_6melsml_7_nested_LOG2PI) + __pyx_v_p->sld) + (__pyx_v_p->n * (__pyx_v_p->v3 + (__pyx_v_p->sv * __pyx_v_xi))))) - ((0.5 * __pyx_v_K) * __pyx_v_rr)) + ((((((0.5 * __pyx_v_aa) * __pyx_v_K) * __pyx_v_K) * __pyx_v_tr) * __pyx_v_tr) / __pyx_v_P)) - (0.5 * log(__pyx_v_P))) - ((0.5 * __pyx_v_xi) * __pyx_v_xi)) - (0.5 * __pyx_v_6melsml_7_nested_LOG2PI));
 
-  /* "melsml/_nested.pyx":87
+  /* "melsml/_nested.pyx":88
  *                      - 0.5 * xi * xi - 0.5 * LOG2PI)
- *     cdef double dK, dtr, drr, dF
+ *     cdef double k1, k2, t1, r1, r2, nn, n1, n2, p1, p2
  *     if dg != NULL:             # <<<<<<<<<<<<<<
- *         dK = -p.sv * K
- *         dtr = -cc * p.lam
+ *         # derivatives of K, tr, rr, N = K^2 tr^2 and P in xi
+ *         k1 = -p.sv * K
 */
   __pyx_t_1 = (__pyx_v_dg != NULL);
 
   if (__pyx_t_1) {
 
 
-    /* "melsml/_nested.pyx":88
- *     cdef double dK, dtr, drr, dF
- *     if dg != NULL:
- *         dK = -p.sv * K             # <<<<<<<<<<<<<<
- *         dtr = -cc * p.lam
- *         drr = -2.0 * cc * tr
-*/
-    __pyx_v_dK = ((-__pyx_v_p->sv) * __pyx_v_K);
-
-    /* "melsml/_nested.pyx":89
- *     if dg != NULL:
- *         dK = -p.sv * K
- *         dtr = -cc * p.lam             # <<<<<<<<<<<<<<
- *         drr = -2.0 * cc * tr
- *         dF = 0.5 * aa * ((2.0 * K * dK * tr * tr + 2.0 * K * K * tr * dtr) * P
-*/
-    __pyx_v_dtr = ((-__pyx_v_cc) * __pyx_v_p->lam);
-
     /* "melsml/_nested.pyx":90
- *         dK = -p.sv * K
- *         dtr = -cc * p.lam
- *         drr = -2.0 * cc * tr             # <<<<<<<<<<<<<<
- *         dF = 0.5 * aa * ((2.0 * K * dK * tr * tr + 2.0 * K * K * tr * dtr) * P
- *                          - K * K * tr * tr * aa * p.lam * dK) / (P * P)
+ *     if dg != NULL:
+ *         # derivatives of K, tr, rr, N = K^2 tr^2 and P in xi
+ *         k1 = -p.sv * K             # <<<<<<<<<<<<<<
+ *         k2 = p.sv * p.sv * K
+ *         t1 = -cc * p.lam
 */
-    __pyx_v_drr = ((-2.0 * __pyx_v_cc) * __pyx_v_tr);
+    __pyx_v_k1 = ((-__pyx_v_p->sv) * __pyx_v_K);
+
+    /* "melsml/_nested.pyx":91
+ *         # derivatives of K, tr, rr, N = K^2 tr^2 and P in xi
+ *         k1 = -p.sv * K
+ *         k2 = p.sv * p.sv * K             # <<<<<<<<<<<<<<
+ *         t1 = -cc * p.lam
+ *         r1 = -2.0 * cc * tr
+*/
+    __pyx_v_k2 = ((__pyx_v_p->sv * __pyx_v_p->sv) * __pyx_v_K);
 
     /* "melsml/_nested.pyx":92
- *         drr = -2.0 * cc * tr
- *         dF = 0.5 * aa * ((2.0 * K * dK * tr * tr + 2.0 * K * K * tr * dtr) * P
- *                          - K * K * tr * tr * aa * p.lam * dK) / (P * P)             # <<<<<<<<<<<<<<
- *         dg[0] = (-0.5 * p.n * p.sv - 0.5 * (dK * rr + K * drr) + dF
- *                  - 0.5 * aa * p.lam * dK / P - xi)
+ *         k1 = -p.sv * K
+ *         k2 = p.sv * p.sv * K
+ *         t1 = -cc * p.lam             # <<<<<<<<<<<<<<
+ *         r1 = -2.0 * cc * tr
+ *         r2 = 2.0 * cc * cc * p.lam
 */
-    __pyx_v_dF = (((0.5 * __pyx_v_aa) * (((((((2.0 * __pyx_v_K) * __pyx_v_dK) * __pyx_v_tr) * __pyx_v_tr) + ((((2.0 * __pyx_v_K) * __pyx_v_K) * __pyx_v_tr) * __pyx_v_dtr)) * __pyx_v_P) - ((((((__pyx_v_K * __pyx_v_K) * __pyx_v_tr) * __pyx_v_tr) * __pyx_v_aa) * __pyx_v_p->lam) * __pyx_v_dK))) / (__pyx_v_P * __pyx_v_P));
+    __pyx_v_t1 = ((-__pyx_v_cc) * __pyx_v_p->lam);
 
     /* "melsml/_nested.pyx":93
- *         dF = 0.5 * aa * ((2.0 * K * dK * tr * tr + 2.0 * K * K * tr * dtr) * P
- *                          - K * K * tr * tr * aa * p.lam * dK) / (P * P)
- *         dg[0] = (-0.5 * p.n * p.sv - 0.5 * (dK * rr + K * drr) + dF             # <<<<<<<<<<<<<<
- *                  - 0.5 * aa * p.lam * dK / P - xi)
- *     return g
+ *         k2 = p.sv * p.sv * K
+ *         t1 = -cc * p.lam
+ *         r1 = -2.0 * cc * tr             # <<<<<<<<<<<<<<
+ *         r2 = 2.0 * cc * cc * p.lam
+ *         nn = K * K * tr * tr
 */
-    (__pyx_v_dg[0]) = ((((((-0.5 * __pyx_v_p->n) * __pyx_v_p->sv) - (0.5 * ((__pyx_v_dK * __pyx_v_rr) + (__pyx_v_K * __pyx_v_drr)))) + __pyx_v_dF) - ((((0.5 * __pyx_v_aa) * __pyx_v_p->lam) * __pyx_v_dK) / __pyx_v_P)) - __pyx_v_xi);
+    __pyx_v_r1 = ((-2.0 * __pyx_v_cc) * __pyx_v_tr);
 
-    /* "melsml/_nested.pyx":87
+    /* "melsml/_nested.pyx":94
+ *         t1 = -cc * p.lam
+ *         r1 = -2.0 * cc * tr
+ *         r2 = 2.0 * cc * cc * p.lam             # <<<<<<<<<<<<<<
+ *         nn = K * K * tr * tr
+ *         n1 = 2.0 * K * k1 * tr * tr + 2.0 * K * K * tr * t1
+*/
+    __pyx_v_r2 = (((2.0 * __pyx_v_cc) * __pyx_v_cc) * __pyx_v_p->lam);
+
+    /* "melsml/_nested.pyx":95
+ *         r1 = -2.0 * cc * tr
+ *         r2 = 2.0 * cc * cc * p.lam
+ *         nn = K * K * tr * tr             # <<<<<<<<<<<<<<
+ *         n1 = 2.0 * K * k1 * tr * tr + 2.0 * K * K * tr * t1
+ *         p1 = aa * p.lam * k1
+*/
+    __pyx_v_nn = (((__pyx_v_K * __pyx_v_K) * __pyx_v_tr) * __pyx_v_tr);
+
+    /* "melsml/_nested.pyx":96
+ *         r2 = 2.0 * cc * cc * p.lam
+ *         nn = K * K * tr * tr
+ *         n1 = 2.0 * K * k1 * tr * tr + 2.0 * K * K * tr * t1             # <<<<<<<<<<<<<<
+ *         p1 = aa * p.lam * k1
+ *         dg[0] = (-0.5 * p.n * p.sv - 0.5 * (k1 * rr + K * r1)
+*/
+    __pyx_v_n1 = (((((2.0 * __pyx_v_K) * __pyx_v_k1) * __pyx_v_tr) * __pyx_v_tr) + ((((2.0 * __pyx_v_K) * __pyx_v_K) * __pyx_v_tr) * __pyx_v_t1));
+
+    /* "melsml/_nested.pyx":97
+ *         nn = K * K * tr * tr
+ *         n1 = 2.0 * K * k1 * tr * tr + 2.0 * K * K * tr * t1
+ *         p1 = aa * p.lam * k1             # <<<<<<<<<<<<<<
+ *         dg[0] = (-0.5 * p.n * p.sv - 0.5 * (k1 * rr + K * r1)
+ *                  + 0.5 * aa * (n1 * P - nn * p1) / (P * P) - 0.5 * p1 / P - xi)
+*/
+    __pyx_v_p1 = ((__pyx_v_aa * __pyx_v_p->lam) * __pyx_v_k1);
+
+    /* "melsml/_nested.pyx":98
+ *         n1 = 2.0 * K * k1 * tr * tr + 2.0 * K * K * tr * t1
+ *         p1 = aa * p.lam * k1
+ *         dg[0] = (-0.5 * p.n * p.sv - 0.5 * (k1 * rr + K * r1)             # <<<<<<<<<<<<<<
+ *                  + 0.5 * aa * (n1 * P - nn * p1) / (P * P) - 0.5 * p1 / P - xi)
+ *         if d2g != NULL:
+*/
+    (__pyx_v_dg[0]) = ((((((-0.5 * __pyx_v_p->n) * __pyx_v_p->sv) - (0.5 * ((__pyx_v_k1 * __pyx_v_rr) + (__pyx_v_K * __pyx_v_r1)))) + (((0.5 * __pyx_v_aa) * ((__pyx_v_n1 * __pyx_v_P) - (__pyx_v_nn * __pyx_v_p1))) / (__pyx_v_P * __pyx_v_P))) - ((0.5 * __pyx_v_p1) / __pyx_v_P)) - __pyx_v_xi);
+
+    /* "melsml/_nested.pyx":100
+ *         dg[0] = (-0.5 * p.n * p.sv - 0.5 * (k1 * rr + K * r1)
+ *                  + 0.5 * aa * (n1 * P - nn * p1) / (P * P) - 0.5 * p1 / P - xi)
+ *         if d2g != NULL:             # <<<<<<<<<<<<<<
+ *             n2 = (2.0 * (k1 * k1 + K * k2) * tr * tr + 8.0 * K * k1 * tr * t1
+ *                   + 2.0 * K * K * t1 * t1)
+*/
+    __pyx_t_1 = (__pyx_v_d2g != NULL);
+
+    if (__pyx_t_1) {
+
+
+      /* "melsml/_nested.pyx":102
+ *         if d2g != NULL:
+ *             n2 = (2.0 * (k1 * k1 + K * k2) * tr * tr + 8.0 * K * k1 * tr * t1
+ *                   + 2.0 * K * K * t1 * t1)             # <<<<<<<<<<<<<<
+ *             p2 = aa * p.lam * k2
+ *             d2g[0] = (-0.5 * (k2 * rr + 2.0 * k1 * r1 + K * r2)
+*/
+      __pyx_v_n2 = (((((2.0 * ((__pyx_v_k1 * __pyx_v_k1) + (__pyx_v_K * __pyx_v_k2))) * __pyx_v_tr) * __pyx_v_tr) + ((((8.0 * __pyx_v_K) * __pyx_v_k1) * __pyx_v_tr) * __pyx_v_t1)) + ((((2.0 * __pyx_v_K) * __pyx_v_K) * __pyx_v_t1) * __pyx_v_t1));
+
+      /* "melsml/_nested.pyx":103
+ *             n2 = (2.0 * (k1 * k1 + K * k2) * tr * tr + 8.0 * K * k1 * tr * t1
+ *                   + 2.0 * K * K * t1 * t1)
+ *             p2 = aa * p.lam * k2             # <<<<<<<<<<<<<<
+ *             d2g[0] = (-0.5 * (k2 * rr + 2.0 * k1 * r1 + K * r2)
+ *                       + 0.5 * aa * ((n2 * P - nn * p2) / (P * P)
+*/
+      __pyx_v_p2 = ((__pyx_v_aa * __pyx_v_p->lam) * __pyx_v_k2);
+
+      /* "melsml/_nested.pyx":104
+ *                   + 2.0 * K * K * t1 * t1)
+ *             p2 = aa * p.lam * k2
+ *             d2g[0] = (-0.5 * (k2 * rr + 2.0 * k1 * r1 + K * r2)             # <<<<<<<<<<<<<<
+ *                       + 0.5 * aa * ((n2 * P - nn * p2) / (P * P)
+ *                                     - 2.0 * p1 * (n1 * P - nn * p1) / (P * P * P))
+*/
+      (__pyx_v_d2g[0]) = ((((-0.5 * (((__pyx_v_k2 * __pyx_v_rr) + ((2.0 * __pyx_v_k1) * __pyx_v_r1)) + (__pyx_v_K * __pyx_v_r2))) + ((0.5 * __pyx_v_aa) * ((((__pyx_v_n2 * __pyx_v_P) - (__pyx_v_nn * __pyx_v_p2)) / (__pyx_v_P * __pyx_v_P)) - (((2.0 * __pyx_v_p1) * ((__pyx_v_n1 * __pyx_v_P) - (__pyx_v_nn * __pyx_v_p1))) / ((__pyx_v_P * __pyx_v_P) * __pyx_v_P))))) - (0.5 * ((__pyx_v_p2 / __pyx_v_P) - ((__pyx_v_p1 * __pyx_v_p1) / (__pyx_v_P * __pyx_v_P))))) - 1.0);
+
+      /* "melsml/_nested.pyx":100
+ *         dg[0] = (-0.5 * p.n * p.sv - 0.5 * (k1 * rr + K * r1)
+ *                  + 0.5 * aa * (n1 * P - nn * p1) / (P * P) - 0.5 * p1 / P - xi)
+ *         if d2g != NULL:             # <<<<<<<<<<<<<<
+ *             n2 = (2.0 * (k1 * k1 + K * k2) * tr * tr + 8.0 * K * k1 * tr * t1
+ *                   + 2.0 * K * K * t1 * t1)
+*/
+    }
+
+    /* "melsml/_nested.pyx":88
  *                      - 0.5 * xi * xi - 0.5 * LOG2PI)
- *     cdef double dK, dtr, drr, dF
+ *     cdef double k1, k2, t1, r1, r2, nn, n1, n2, p1, p2
  *     if dg != NULL:             # <<<<<<<<<<<<<<
- *         dK = -p.sv * K
- *         dtr = -cc * p.lam
+ *         # derivatives of K, tr, rr, N = K^2 tr^2 and P in xi
+ *         k1 = -p.sv * K
 */
   }
 
-  /* "melsml/_nested.pyx":95
- *         dg[0] = (-0.5 * p.n * p.sv - 0.5 * (dK * rr + K * drr) + dF
- *                  - 0.5 * aa * p.lam * dK / P - xi)
+  /* "melsml/_nested.pyx":108
+ *                                     - 2.0 * p1 * (n1 * P - nn * p1) / (P * P * P))
+ *                       - 0.5 * (p2 / P - p1 * p1 / (P * P)) - 1.0)
  *     return g             # <<<<<<<<<<<<<<
  * 
  * 
@@ -18913,9 +19033,9 @@ static CYTHON_INLINE double __pyx_f_6melsml_7_nested_inner_g(struct __pyx_t_6mel
   /* "melsml/_nested.pyx":72
  * 
  * 
- * cdef inline double inner_g(const School* p, double xi, double* dg) noexcept nogil:             # <<<<<<<<<<<<<<
- *     """log of f(y_j | b3, xi) phi(xi), with the location integrated; dg: its derivative."""
- *     cdef double arg = -p.v3 - p.sv * xi
+ * cdef inline double inner_g(const School* p, double xi, double* dg, double* d2g) noexcept nogil:             # <<<<<<<<<<<<<<
+ *     """log of f(y_j | b3, xi) phi(xi), with the location integrated; its first and
+ *     second derivatives in xi go to dg and d2g (when not NULL)."""
 */
 
   /* function exit code */
@@ -18932,85 +19052,21 @@ static CYTHON_INLINE double __pyx_f_6melsml_7_nested_inner_g(struct __pyx_t_6mel
 
 
 
-  return __pyx_r;
-}
 
-/* "melsml/_nested.pyx":98
- * 
- * 
- * cdef inline double inner_d2(const School* p, double xi) noexcept nogil:             # <<<<<<<<<<<<<<
- *     cdef double h = 1e-5 * (1.0 + fabs(xi)), gp, gm
- *     inner_g(p, xi + h, &gp)
-*/
 
-static CYTHON_INLINE double __pyx_f_6melsml_7_nested_inner_d2(struct __pyx_t_6melsml_7_nested_School const *__pyx_v_p, double __pyx_v_xi) {
-  double __pyx_v_h;
-  double __pyx_v_gp;
-  double __pyx_v_gm;
-  double __pyx_r;
 
-  /* "melsml/_nested.pyx":99
- * 
- * cdef inline double inner_d2(const School* p, double xi) noexcept nogil:
- *     cdef double h = 1e-5 * (1.0 + fabs(xi)), gp, gm             # <<<<<<<<<<<<<<
- *     inner_g(p, xi + h, &gp)
- *     inner_g(p, xi - h, &gm)
-*/
-  __pyx_v_h = (1e-5 * (1.0 + fabs(__pyx_v_xi)));
-
-  /* "melsml/_nested.pyx":100
- * cdef inline double inner_d2(const School* p, double xi) noexcept nogil:
- *     cdef double h = 1e-5 * (1.0 + fabs(xi)), gp, gm
- *     inner_g(p, xi + h, &gp)             # <<<<<<<<<<<<<<
- *     inner_g(p, xi - h, &gm)
- *     return (gp - gm) / (2.0 * h)
-*/
-  (void)(__pyx_f_6melsml_7_nested_inner_g(__pyx_v_p, (__pyx_v_xi + __pyx_v_h), (&__pyx_v_gp)));
-
-  /* "melsml/_nested.pyx":101
- *     cdef double h = 1e-5 * (1.0 + fabs(xi)), gp, gm
- *     inner_g(p, xi + h, &gp)
- *     inner_g(p, xi - h, &gm)             # <<<<<<<<<<<<<<
- *     return (gp - gm) / (2.0 * h)
- * 
-*/
-  (void)(__pyx_f_6melsml_7_nested_inner_g(__pyx_v_p, (__pyx_v_xi - __pyx_v_h), (&__pyx_v_gm)));
-
-  /* "melsml/_nested.pyx":102
- *     inner_g(p, xi + h, &gp)
- *     inner_g(p, xi - h, &gm)
- *     return (gp - gm) / (2.0 * h)             # <<<<<<<<<<<<<<
- * 
- * 
-*/
-  {
-
-    __pyx_r = ((__pyx_v_gp - __pyx_v_gm) / (2.0 * __pyx_v_h));
-  }
-  goto __pyx_L0;
-
-  /* "melsml/_nested.pyx":98
- * 
- * 
- * cdef inline double inner_d2(const School* p, double xi) noexcept nogil:             # <<<<<<<<<<<<<<
- *     cdef double h = 1e-5 * (1.0 + fabs(xi)), gp, gm
- *     inner_g(p, xi + h, &gp)
-*/
-
-  /* function exit code */
-  __pyx_L0:;
 
 
 
   return __pyx_r;
 }
 
-/* "melsml/_nested.pyx":105
+/* "melsml/_nested.pyx":111
  * 
  * 
  * cdef double inner_mode(const School* p, double xi0, double* curv) noexcept nogil:             # <<<<<<<<<<<<<<
  *     """Mode of inner_g by safeguarded Newton; curv: minus its second derivative there."""
- *     cdef double xi = xi0, g, d1, d2, step, t, gn, dn
+ *     cdef double xi = xi0, g, d1, d2, step, t, gn, dn, d2n
 */
 
 static double __pyx_f_6melsml_7_nested_inner_mode(struct __pyx_t_6melsml_7_nested_School const *__pyx_v_p, double __pyx_v_xi0, double *__pyx_v_curv) {
@@ -19022,108 +19078,76 @@ static double __pyx_f_6melsml_7_nested_inner_mode(struct __pyx_t_6melsml_7_neste
   double __pyx_v_t;
   double __pyx_v_gn;
   double __pyx_v_dn;
+  double __pyx_v_d2n;
   CYTHON_UNUSED int __pyx_v_it;
   CYTHON_UNUSED int __pyx_v_k;
   double __pyx_r;
   int __pyx_t_1;
-  int __pyx_t_2;
+  double __pyx_t_2;
   int __pyx_t_3;
-  double __pyx_t_4;
+  int __pyx_t_4;
 
-  /* "melsml/_nested.pyx":107
+  /* "melsml/_nested.pyx":113
  * cdef double inner_mode(const School* p, double xi0, double* curv) noexcept nogil:
  *     """Mode of inner_g by safeguarded Newton; curv: minus its second derivative there."""
- *     cdef double xi = xi0, g, d1, d2, step, t, gn, dn             # <<<<<<<<<<<<<<
+ *     cdef double xi = xi0, g, d1, d2, step, t, gn, dn, d2n             # <<<<<<<<<<<<<<
  *     cdef int it, k
- *     g = inner_g(p, xi, &d1)
+ *     g = inner_g(p, xi, &d1, &d2)
 */
   __pyx_v_xi = __pyx_v_xi0;
 
-  /* "melsml/_nested.pyx":109
- *     cdef double xi = xi0, g, d1, d2, step, t, gn, dn
+  /* "melsml/_nested.pyx":115
+ *     cdef double xi = xi0, g, d1, d2, step, t, gn, dn, d2n
  *     cdef int it, k
- *     g = inner_g(p, xi, &d1)             # <<<<<<<<<<<<<<
+ *     g = inner_g(p, xi, &d1, &d2)             # <<<<<<<<<<<<<<
  *     for it in range(100):
- *         d2 = inner_d2(p, xi)
+ *         step = -d1 / d2 if d2 < -1e-12 else d1
 */
-  __pyx_v_g = __pyx_f_6melsml_7_nested_inner_g(__pyx_v_p, __pyx_v_xi, (&__pyx_v_d1));
+  __pyx_v_g = __pyx_f_6melsml_7_nested_inner_g(__pyx_v_p, __pyx_v_xi, (&__pyx_v_d1), (&__pyx_v_d2));
 
-  /* "melsml/_nested.pyx":110
+  /* "melsml/_nested.pyx":116
  *     cdef int it, k
- *     g = inner_g(p, xi, &d1)
+ *     g = inner_g(p, xi, &d1, &d2)
  *     for it in range(100):             # <<<<<<<<<<<<<<
- *         d2 = inner_d2(p, xi)
- *         if d2 < -1e-12:
+ *         step = -d1 / d2 if d2 < -1e-12 else d1
+ *         if step > 2.0:
 */
   for (__pyx_t_1 = 0; __pyx_t_1 < 0x64; __pyx_t_1+=1) {
     __pyx_v_it = __pyx_t_1;
 
-    /* "melsml/_nested.pyx":111
- *     g = inner_g(p, xi, &d1)
+    /* "melsml/_nested.pyx":117
+ *     g = inner_g(p, xi, &d1, &d2)
  *     for it in range(100):
- *         d2 = inner_d2(p, xi)             # <<<<<<<<<<<<<<
- *         if d2 < -1e-12:
- *             step = -d1 / d2
-*/
-    __pyx_v_d2 = __pyx_f_6melsml_7_nested_inner_d2(__pyx_v_p, __pyx_v_xi);
-
-    /* "melsml/_nested.pyx":112
- *     for it in range(100):
- *         d2 = inner_d2(p, xi)
- *         if d2 < -1e-12:             # <<<<<<<<<<<<<<
- *             step = -d1 / d2
- *         else:
-*/
-    __pyx_t_2 = (__pyx_v_d2 < -1e-12);
-
-    if (__pyx_t_2) {
-
-
-      /* "melsml/_nested.pyx":113
- *         d2 = inner_d2(p, xi)
- *         if d2 < -1e-12:
- *             step = -d1 / d2             # <<<<<<<<<<<<<<
- *         else:
- *             step = d1
-*/
-      __pyx_v_step = ((-__pyx_v_d1) / __pyx_v_d2);
-
-      /* "melsml/_nested.pyx":112
- *     for it in range(100):
- *         d2 = inner_d2(p, xi)
- *         if d2 < -1e-12:             # <<<<<<<<<<<<<<
- *             step = -d1 / d2
- *         else:
-*/
-      goto __pyx_L5;
-    }
-
-    /* "melsml/_nested.pyx":115
- *             step = -d1 / d2
- *         else:
- *             step = d1             # <<<<<<<<<<<<<<
+ *         step = -d1 / d2 if d2 < -1e-12 else d1             # <<<<<<<<<<<<<<
  *         if step > 2.0:
  *             step = 2.0
 */
-    /*else*/ {
-      __pyx_v_step = __pyx_v_d1;
-    }
-    __pyx_L5:;
+    __pyx_t_3 = (__pyx_v_d2 < -1e-12);
 
-    /* "melsml/_nested.pyx":116
- *         else:
- *             step = d1
+    if (__pyx_t_3) {
+
+      __pyx_t_2 = ((-__pyx_v_d1) / __pyx_v_d2);
+    } else {
+
+      __pyx_t_2 = __pyx_v_d1;
+    }
+
+    __pyx_v_step = __pyx_t_2;
+
+    /* "melsml/_nested.pyx":118
+ *     for it in range(100):
+ *         step = -d1 / d2 if d2 < -1e-12 else d1
  *         if step > 2.0:             # <<<<<<<<<<<<<<
  *             step = 2.0
  *         elif step < -2.0:
 */
-    __pyx_t_2 = (__pyx_v_step > 2.0);
+    __pyx_t_3 = (__pyx_v_step > 2.0);
 
-    if (__pyx_t_2) {
+    if (__pyx_t_3) {
 
 
-      /* "melsml/_nested.pyx":117
- *             step = d1
+      /* "melsml/_nested.pyx":119
+ *         step = -d1 / d2 if d2 < -1e-12 else d1
  *         if step > 2.0:
  *             step = 2.0             # <<<<<<<<<<<<<<
  *         elif step < -2.0:
@@ -19131,29 +19155,29 @@ static double __pyx_f_6melsml_7_nested_inner_mode(struct __pyx_t_6melsml_7_neste
 */
       __pyx_v_step = 2.0;
 
-      /* "melsml/_nested.pyx":116
- *         else:
- *             step = d1
+      /* "melsml/_nested.pyx":118
+ *     for it in range(100):
+ *         step = -d1 / d2 if d2 < -1e-12 else d1
  *         if step > 2.0:             # <<<<<<<<<<<<<<
  *             step = 2.0
  *         elif step < -2.0:
 */
-      goto __pyx_L6;
+      goto __pyx_L5;
     }
 
-    /* "melsml/_nested.pyx":118
+    /* "melsml/_nested.pyx":120
  *         if step > 2.0:
  *             step = 2.0
  *         elif step < -2.0:             # <<<<<<<<<<<<<<
  *             step = -2.0
  *         t = 1.0
 */
-    __pyx_t_2 = (__pyx_v_step < -2.0);
+    __pyx_t_3 = (__pyx_v_step < -2.0);
 
-    if (__pyx_t_2) {
+    if (__pyx_t_3) {
 
 
-      /* "melsml/_nested.pyx":119
+      /* "melsml/_nested.pyx":121
  *             step = 2.0
  *         elif step < -2.0:
  *             step = -2.0             # <<<<<<<<<<<<<<
@@ -19162,7 +19186,7 @@ static double __pyx_f_6melsml_7_nested_inner_mode(struct __pyx_t_6melsml_7_neste
 */
       __pyx_v_step = -2.0;
 
-      /* "melsml/_nested.pyx":118
+      /* "melsml/_nested.pyx":120
  *         if step > 2.0:
  *             step = 2.0
  *         elif step < -2.0:             # <<<<<<<<<<<<<<
@@ -19170,67 +19194,67 @@ static double __pyx_f_6melsml_7_nested_inner_mode(struct __pyx_t_6melsml_7_neste
  *         t = 1.0
 */
     }
-    __pyx_L6:;
+    __pyx_L5:;
 
-    /* "melsml/_nested.pyx":120
+    /* "melsml/_nested.pyx":122
  *         elif step < -2.0:
  *             step = -2.0
  *         t = 1.0             # <<<<<<<<<<<<<<
  *         for k in range(40):
- *             gn = inner_g(p, xi + t * step, &dn)
+ *             gn = inner_g(p, xi + t * step, &dn, &d2n)
 */
     __pyx_v_t = 1.0;
 
-    /* "melsml/_nested.pyx":121
+    /* "melsml/_nested.pyx":123
  *             step = -2.0
  *         t = 1.0
  *         for k in range(40):             # <<<<<<<<<<<<<<
- *             gn = inner_g(p, xi + t * step, &dn)
+ *             gn = inner_g(p, xi + t * step, &dn, &d2n)
  *             if gn >= g - 1e-13 * fabs(g):
 */
-    for (__pyx_t_3 = 0; __pyx_t_3 < 40; __pyx_t_3+=1) {
-      __pyx_v_k = __pyx_t_3;
+    for (__pyx_t_4 = 0; __pyx_t_4 < 40; __pyx_t_4+=1) {
+      __pyx_v_k = __pyx_t_4;
 
-      /* "melsml/_nested.pyx":122
+      /* "melsml/_nested.pyx":124
  *         t = 1.0
  *         for k in range(40):
- *             gn = inner_g(p, xi + t * step, &dn)             # <<<<<<<<<<<<<<
+ *             gn = inner_g(p, xi + t * step, &dn, &d2n)             # <<<<<<<<<<<<<<
  *             if gn >= g - 1e-13 * fabs(g):
  *                 break
 */
-      __pyx_v_gn = __pyx_f_6melsml_7_nested_inner_g(__pyx_v_p, (__pyx_v_xi + (__pyx_v_t * __pyx_v_step)), (&__pyx_v_dn));
+      __pyx_v_gn = __pyx_f_6melsml_7_nested_inner_g(__pyx_v_p, (__pyx_v_xi + (__pyx_v_t * __pyx_v_step)), (&__pyx_v_dn), (&__pyx_v_d2n));
 
-      /* "melsml/_nested.pyx":123
+      /* "melsml/_nested.pyx":125
  *         for k in range(40):
- *             gn = inner_g(p, xi + t * step, &dn)
+ *             gn = inner_g(p, xi + t * step, &dn, &d2n)
  *             if gn >= g - 1e-13 * fabs(g):             # <<<<<<<<<<<<<<
  *                 break
  *             t *= 0.5
 */
-      __pyx_t_2 = (__pyx_v_gn >= (__pyx_v_g - (1e-13 * fabs(__pyx_v_g))));
+      __pyx_t_3 = (__pyx_v_gn >= (__pyx_v_g - (1e-13 * fabs(__pyx_v_g))));
 
-      if (__pyx_t_2) {
+      if (__pyx_t_3) {
 
 
-        /* "melsml/_nested.pyx":124
- *             gn = inner_g(p, xi + t * step, &dn)
+        /* "melsml/_nested.pyx":126
+ *             gn = inner_g(p, xi + t * step, &dn, &d2n)
  *             if gn >= g - 1e-13 * fabs(g):
  *                 break             # <<<<<<<<<<<<<<
  *             t *= 0.5
  *         xi += t * step
 */
-        goto __pyx_L8_break;
+        goto __pyx_L7_break;
 
-        /* "melsml/_nested.pyx":123
+        /* "melsml/_nested.pyx":125
  *         for k in range(40):
- *             gn = inner_g(p, xi + t * step, &dn)
+ *             gn = inner_g(p, xi + t * step, &dn, &d2n)
  *             if gn >= g - 1e-13 * fabs(g):             # <<<<<<<<<<<<<<
  *                 break
  *             t *= 0.5
 */
       }
 
-      /* "melsml/_nested.pyx":125
+      /* "melsml/_nested.pyx":127
  *             if gn >= g - 1e-13 * fabs(g):
  *                 break
  *             t *= 0.5             # <<<<<<<<<<<<<<
@@ -19239,9 +19263,9 @@ static double __pyx_f_6melsml_7_nested_inner_mode(struct __pyx_t_6melsml_7_neste
 */
       __pyx_v_t = (__pyx_v_t * 0.5);
     }
-    __pyx_L8_break:;
+    __pyx_L7_break:;
 
-    /* "melsml/_nested.pyx":126
+    /* "melsml/_nested.pyx":128
  *                 break
  *             t *= 0.5
  *         xi += t * step             # <<<<<<<<<<<<<<
@@ -19250,87 +19274,87 @@ static double __pyx_f_6melsml_7_nested_inner_mode(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_xi = (__pyx_v_xi + (__pyx_v_t * __pyx_v_step));
 
-    /* "melsml/_nested.pyx":127
+    /* "melsml/_nested.pyx":129
  *             t *= 0.5
  *         xi += t * step
  *         g = gn             # <<<<<<<<<<<<<<
  *         d1 = dn
- *         if fabs(t * step) < 1e-10:
+ *         d2 = d2n
 */
     __pyx_v_g = __pyx_v_gn;
 
-    /* "melsml/_nested.pyx":128
+    /* "melsml/_nested.pyx":130
  *         xi += t * step
  *         g = gn
  *         d1 = dn             # <<<<<<<<<<<<<<
- *         if fabs(t * step) < 1e-10:
- *             break
+ *         d2 = d2n
+ *         if fabs(t * step) < 1e-9:
 */
     __pyx_v_d1 = __pyx_v_dn;
 
-    /* "melsml/_nested.pyx":129
+    /* "melsml/_nested.pyx":131
  *         g = gn
  *         d1 = dn
- *         if fabs(t * step) < 1e-10:             # <<<<<<<<<<<<<<
+ *         d2 = d2n             # <<<<<<<<<<<<<<
+ *         if fabs(t * step) < 1e-9:
  *             break
- *     d2 = inner_d2(p, xi)
 */
-    __pyx_t_2 = (fabs((__pyx_v_t * __pyx_v_step)) < 1e-10);
+    __pyx_v_d2 = __pyx_v_d2n;
 
-    if (__pyx_t_2) {
-
-
-      /* "melsml/_nested.pyx":130
+    /* "melsml/_nested.pyx":132
  *         d1 = dn
- *         if fabs(t * step) < 1e-10:
- *             break             # <<<<<<<<<<<<<<
- *     d2 = inner_d2(p, xi)
+ *         d2 = d2n
+ *         if fabs(t * step) < 1e-9:             # <<<<<<<<<<<<<<
+ *             break
  *     curv[0] = -d2 if d2 < -1e-12 else 1.0
+*/
+    __pyx_t_3 = (fabs((__pyx_v_t * __pyx_v_step)) < 1e-9);
+
+    if (__pyx_t_3) {
+
+
+      /* "melsml/_nested.pyx":133
+ *         d2 = d2n
+ *         if fabs(t * step) < 1e-9:
+ *             break             # <<<<<<<<<<<<<<
+ *     curv[0] = -d2 if d2 < -1e-12 else 1.0
+ *     return xi
 */
       goto __pyx_L4_break;
 
-      /* "melsml/_nested.pyx":129
- *         g = gn
+      /* "melsml/_nested.pyx":132
  *         d1 = dn
- *         if fabs(t * step) < 1e-10:             # <<<<<<<<<<<<<<
+ *         d2 = d2n
+ *         if fabs(t * step) < 1e-9:             # <<<<<<<<<<<<<<
  *             break
- *     d2 = inner_d2(p, xi)
+ *     curv[0] = -d2 if d2 < -1e-12 else 1.0
 */
     }
   }
   __pyx_L4_break:;
 
-  /* "melsml/_nested.pyx":131
- *         if fabs(t * step) < 1e-10:
+  /* "melsml/_nested.pyx":134
+ *         if fabs(t * step) < 1e-9:
  *             break
- *     d2 = inner_d2(p, xi)             # <<<<<<<<<<<<<<
- *     curv[0] = -d2 if d2 < -1e-12 else 1.0
- *     return xi
-*/
-  __pyx_v_d2 = __pyx_f_6melsml_7_nested_inner_d2(__pyx_v_p, __pyx_v_xi);
-
-  /* "melsml/_nested.pyx":132
- *             break
- *     d2 = inner_d2(p, xi)
  *     curv[0] = -d2 if d2 < -1e-12 else 1.0             # <<<<<<<<<<<<<<
  *     return xi
  * 
 */
-  __pyx_t_2 = (__pyx_v_d2 < -1e-12);
+  __pyx_t_3 = (__pyx_v_d2 < -1e-12);
 
-  if (__pyx_t_2) {
+  if (__pyx_t_3) {
 
-    __pyx_t_4 = (-__pyx_v_d2);
+    __pyx_t_2 = (-__pyx_v_d2);
   } else {
 
-    __pyx_t_4 = 1.0;
+    __pyx_t_2 = 1.0;
   }
 
-  (__pyx_v_curv[0]) = __pyx_t_4;
+  (__pyx_v_curv[0]) = __pyx_t_2;
 
 
-  /* "melsml/_nested.pyx":133
- *     d2 = inner_d2(p, xi)
+  /* "melsml/_nested.pyx":135
+ *             break
  *     curv[0] = -d2 if d2 < -1e-12 else 1.0
  *     return xi             # <<<<<<<<<<<<<<
  * 
@@ -19342,12 +19366,12 @@ static double __pyx_f_6melsml_7_nested_inner_mode(struct __pyx_t_6melsml_7_neste
   }
   goto __pyx_L0;
 
-  /* "melsml/_nested.pyx":105
+  /* "melsml/_nested.pyx":111
  * 
  * 
  * cdef double inner_mode(const School* p, double xi0, double* curv) noexcept nogil:             # <<<<<<<<<<<<<<
  *     """Mode of inner_g by safeguarded Newton; curv: minus its second derivative there."""
- *     cdef double xi = xi0, g, d1, d2, step, t, gn, dn
+ *     cdef double xi = xi0, g, d1, d2, step, t, gn, dn, d2n
 */
 
   /* function exit code */
@@ -19362,10 +19386,11 @@ static double __pyx_f_6melsml_7_nested_inner_mode(struct __pyx_t_6melsml_7_neste
 
 
 
+
   return __pyx_r;
 }
 
-/* "melsml/_nested.pyx":136
+/* "melsml/_nested.pyx":138
  * 
  * 
  * cdef inline double poly_e(double c0, double c1, double c2, const double* E) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -19376,7 +19401,7 @@ static double __pyx_f_6melsml_7_nested_inner_mode(struct __pyx_t_6melsml_7_neste
 static CYTHON_INLINE double __pyx_f_6melsml_7_nested_poly_e(double __pyx_v_c0, double __pyx_v_c1, double __pyx_v_c2, double const *__pyx_v_E) {
   double __pyx_r;
 
-  /* "melsml/_nested.pyx":137
+  /* "melsml/_nested.pyx":139
  * 
  * cdef inline double poly_e(double c0, double c1, double c2, const double* E) noexcept nogil:
  *     return c0 + c1 * E[1] + c2 * E[2]             # <<<<<<<<<<<<<<
@@ -19389,7 +19414,7 @@ static CYTHON_INLINE double __pyx_f_6melsml_7_nested_poly_e(double __pyx_v_c0, d
   }
   goto __pyx_L0;
 
-  /* "melsml/_nested.pyx":136
+  /* "melsml/_nested.pyx":138
  * 
  * 
  * cdef inline double poly_e(double c0, double c1, double c2, const double* E) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -19402,7 +19427,7 @@ static CYTHON_INLINE double __pyx_f_6melsml_7_nested_poly_e(double __pyx_v_c0, d
   return __pyx_r;
 }
 
-/* "melsml/_nested.pyx":140
+/* "melsml/_nested.pyx":142
  * 
  * 
  * cdef inline double poly_ee(const double* p, const double* q, const double* E) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -19418,7 +19443,7 @@ static CYTHON_INLINE double __pyx_f_6melsml_7_nested_poly_ee(double const *__pyx
   int __pyx_t_1;
   int __pyx_t_2;
 
-  /* "melsml/_nested.pyx":141
+  /* "melsml/_nested.pyx":143
  * 
  * cdef inline double poly_ee(const double* p, const double* q, const double* E) noexcept nogil:
  *     cdef double s = 0.0             # <<<<<<<<<<<<<<
@@ -19427,7 +19452,7 @@ static CYTHON_INLINE double __pyx_f_6melsml_7_nested_poly_ee(double const *__pyx
 */
   __pyx_v_s = 0.0;
 
-  /* "melsml/_nested.pyx":143
+  /* "melsml/_nested.pyx":145
  *     cdef double s = 0.0
  *     cdef int i, j
  *     for i in range(3):             # <<<<<<<<<<<<<<
@@ -19437,7 +19462,7 @@ static CYTHON_INLINE double __pyx_f_6melsml_7_nested_poly_ee(double const *__pyx
   for (__pyx_t_1 = 0; __pyx_t_1 < 3; __pyx_t_1+=1) {
     __pyx_v_i = __pyx_t_1;
 
-    /* "melsml/_nested.pyx":144
+    /* "melsml/_nested.pyx":146
  *     cdef int i, j
  *     for i in range(3):
  *         for j in range(3):             # <<<<<<<<<<<<<<
@@ -19447,7 +19472,7 @@ static CYTHON_INLINE double __pyx_f_6melsml_7_nested_poly_ee(double const *__pyx
     for (__pyx_t_2 = 0; __pyx_t_2 < 3; __pyx_t_2+=1) {
       __pyx_v_j = __pyx_t_2;
 
-      /* "melsml/_nested.pyx":145
+      /* "melsml/_nested.pyx":147
  *     for i in range(3):
  *         for j in range(3):
  *             s += p[i] * q[j] * E[i + j]             # <<<<<<<<<<<<<<
@@ -19458,7 +19483,7 @@ static CYTHON_INLINE double __pyx_f_6melsml_7_nested_poly_ee(double const *__pyx
     }
   }
 
-  /* "melsml/_nested.pyx":146
+  /* "melsml/_nested.pyx":148
  *         for j in range(3):
  *             s += p[i] * q[j] * E[i + j]
  *     return s             # <<<<<<<<<<<<<<
@@ -19471,7 +19496,7 @@ static CYTHON_INLINE double __pyx_f_6melsml_7_nested_poly_ee(double const *__pyx
   }
   goto __pyx_L0;
 
-  /* "melsml/_nested.pyx":140
+  /* "melsml/_nested.pyx":142
  * 
  * 
  * cdef inline double poly_ee(const double* p, const double* q, const double* E) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -19487,15 +19512,15 @@ static CYTHON_INLINE double __pyx_f_6melsml_7_nested_poly_ee(double const *__pyx
   return __pyx_r;
 }
 
-/* "melsml/_nested.pyx":149
+/* "melsml/_nested.pyx":151
  * 
  * 
  * cdef void inner_school(School* p, double* mode, int n_q, const double* gx,             # <<<<<<<<<<<<<<
- *                        const double* glw, double* lwork, Inner* out) noexcept nogil:
- *     """The school's log-likelihood given b3 and the posterior moments (see Inner).
+ *                        const double* glw, double* lwork, Inner* out, int want) noexcept nogil:
+ *     """The school's log-likelihood given b3 and the posterior moments (see Inner):
 */
 
-static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_nested_School *__pyx_v_p, double *__pyx_v_mode, int __pyx_v_n_q, double const *__pyx_v_gx, double const *__pyx_v_glw, double *__pyx_v_lwork, struct __pyx_t_6melsml_7_nested_Inner *__pyx_v_out) {
+static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_nested_School *__pyx_v_p, double *__pyx_v_mode, int __pyx_v_n_q, double const *__pyx_v_gx, double const *__pyx_v_glw, double *__pyx_v_lwork, struct __pyx_t_6melsml_7_nested_Inner *__pyx_v_out, int __pyx_v_want) {
   int __pyx_v_m;
   int __pyx_v_nq;
   int __pyx_v_i;
@@ -19532,8 +19557,10 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
   int __pyx_t_6;
   int __pyx_t_7;
   long __pyx_t_8;
+  long __pyx_t_9;
+  long __pyx_t_10;
 
-  /* "melsml/_nested.pyx":163
+  /* "melsml/_nested.pyx":167
  *     cdef double ED[3]
  *     cdef double e12, e112, dd
  *     Dp[0] = Du; Dp[1] = Dv; Dp[2] = Da             # <<<<<<<<<<<<<<
@@ -19544,7 +19571,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
   (__pyx_v_Dp[1]) = __pyx_v_Dv;
   (__pyx_v_Dp[2]) = __pyx_v_Da;
 
-  /* "melsml/_nested.pyx":164
+  /* "melsml/_nested.pyx":168
  *     cdef double e12, e112, dd
  *     Dp[0] = Du; Dp[1] = Dv; Dp[2] = Da
  *     if p.sv > 0.0:             # <<<<<<<<<<<<<<
@@ -19556,7 +19583,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
   if (__pyx_t_1) {
 
 
-    /* "melsml/_nested.pyx":165
+    /* "melsml/_nested.pyx":169
  *     Dp[0] = Du; Dp[1] = Dv; Dp[2] = Da
  *     if p.sv > 0.0:
  *         mode[0] = inner_mode(p, mode[0], &curv)             # <<<<<<<<<<<<<<
@@ -19565,7 +19592,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     (__pyx_v_mode[0]) = __pyx_f_6melsml_7_nested_inner_mode(__pyx_v_p, (__pyx_v_mode[0]), (&__pyx_v_curv));
 
-    /* "melsml/_nested.pyx":166
+    /* "melsml/_nested.pyx":170
  *     if p.sv > 0.0:
  *         mode[0] = inner_mode(p, mode[0], &curv)
  *         sd = 1.0 / sqrt(curv)             # <<<<<<<<<<<<<<
@@ -19574,7 +19601,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_sd = (1.0 / sqrt(__pyx_v_curv));
 
-    /* "melsml/_nested.pyx":167
+    /* "melsml/_nested.pyx":171
  *         mode[0] = inner_mode(p, mode[0], &curv)
  *         sd = 1.0 / sqrt(curv)
  *         nq = n_q             # <<<<<<<<<<<<<<
@@ -19583,7 +19610,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_nq = __pyx_v_n_q;
 
-    /* "melsml/_nested.pyx":164
+    /* "melsml/_nested.pyx":168
  *     cdef double e12, e112, dd
  *     Dp[0] = Du; Dp[1] = Dv; Dp[2] = Da
  *     if p.sv > 0.0:             # <<<<<<<<<<<<<<
@@ -19593,7 +19620,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
     goto __pyx_L3;
   }
 
-  /* "melsml/_nested.pyx":169
+  /* "melsml/_nested.pyx":173
  *         nq = n_q
  *     else:
  *         mode[0] = 0.0             # <<<<<<<<<<<<<<
@@ -19603,7 +19630,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
   /*else*/ {
     (__pyx_v_mode[0]) = 0.0;
 
-    /* "melsml/_nested.pyx":170
+    /* "melsml/_nested.pyx":174
  *     else:
  *         mode[0] = 0.0
  *         sd = 0.0             # <<<<<<<<<<<<<<
@@ -19612,7 +19639,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_sd = 0.0;
 
-    /* "melsml/_nested.pyx":171
+    /* "melsml/_nested.pyx":175
  *         mode[0] = 0.0
  *         sd = 0.0
  *         nq = 1             # <<<<<<<<<<<<<<
@@ -19623,7 +19650,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
   }
   __pyx_L3:;
 
-  /* "melsml/_nested.pyx":172
+  /* "melsml/_nested.pyx":176
  *         sd = 0.0
  *         nq = 1
  *     mx = -1e300             # <<<<<<<<<<<<<<
@@ -19632,12 +19659,12 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
   __pyx_v_mx = -1e300;
 
-  /* "melsml/_nested.pyx":173
+  /* "melsml/_nested.pyx":177
  *         nq = 1
  *     mx = -1e300
  *     for m in range(nq):             # <<<<<<<<<<<<<<
  *         if nq == 1:
- *             lwork[m] = inner_g(p, 0.0, NULL) + 0.5 * LOG2PI
+ *             lwork[m] = inner_g(p, 0.0, NULL, NULL) + 0.5 * LOG2PI
 */
 
   __pyx_t_2 = __pyx_v_nq;
@@ -19646,11 +19673,11 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
   for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
     __pyx_v_m = __pyx_t_4;
 
-    /* "melsml/_nested.pyx":174
+    /* "melsml/_nested.pyx":178
  *     mx = -1e300
  *     for m in range(nq):
  *         if nq == 1:             # <<<<<<<<<<<<<<
- *             lwork[m] = inner_g(p, 0.0, NULL) + 0.5 * LOG2PI
+ *             lwork[m] = inner_g(p, 0.0, NULL, NULL) + 0.5 * LOG2PI
  *         else:
 */
     __pyx_t_1 = (__pyx_v_nq == 1);
@@ -19658,49 +19685,49 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
     if (__pyx_t_1) {
 
 
-      /* "melsml/_nested.pyx":175
+      /* "melsml/_nested.pyx":179
  *     for m in range(nq):
  *         if nq == 1:
- *             lwork[m] = inner_g(p, 0.0, NULL) + 0.5 * LOG2PI             # <<<<<<<<<<<<<<
+ *             lwork[m] = inner_g(p, 0.0, NULL, NULL) + 0.5 * LOG2PI             # <<<<<<<<<<<<<<
  *         else:
  *             xi = mode[0] + SQRT2 * sd * gx[m]
 */
-      (__pyx_v_lwork[__pyx_v_m]) = (__pyx_f_6melsml_7_nested_inner_g(__pyx_v_p, 0.0, NULL) + (0.5 * __pyx_v_6melsml_7_nested_LOG2PI));
+      (__pyx_v_lwork[__pyx_v_m]) = (__pyx_f_6melsml_7_nested_inner_g(__pyx_v_p, 0.0, NULL, NULL) + (0.5 * __pyx_v_6melsml_7_nested_LOG2PI));
 
-      /* "melsml/_nested.pyx":174
+      /* "melsml/_nested.pyx":178
  *     mx = -1e300
  *     for m in range(nq):
  *         if nq == 1:             # <<<<<<<<<<<<<<
- *             lwork[m] = inner_g(p, 0.0, NULL) + 0.5 * LOG2PI
+ *             lwork[m] = inner_g(p, 0.0, NULL, NULL) + 0.5 * LOG2PI
  *         else:
 */
       goto __pyx_L6;
     }
 
-    /* "melsml/_nested.pyx":177
- *             lwork[m] = inner_g(p, 0.0, NULL) + 0.5 * LOG2PI
+    /* "melsml/_nested.pyx":181
+ *             lwork[m] = inner_g(p, 0.0, NULL, NULL) + 0.5 * LOG2PI
  *         else:
  *             xi = mode[0] + SQRT2 * sd * gx[m]             # <<<<<<<<<<<<<<
- *             lwork[m] = glw[m] + gx[m] * gx[m] + log(SQRT2 * sd) + inner_g(p, xi, NULL)
+ *             lwork[m] = glw[m] + gx[m] * gx[m] + log(SQRT2 * sd) + inner_g(p, xi, NULL, NULL)
  *         if lwork[m] > mx:
 */
     /*else*/ {
       __pyx_v_xi = ((__pyx_v_mode[0]) + ((__pyx_v_6melsml_7_nested_SQRT2 * __pyx_v_sd) * (__pyx_v_gx[__pyx_v_m])));
 
-      /* "melsml/_nested.pyx":178
+      /* "melsml/_nested.pyx":182
  *         else:
  *             xi = mode[0] + SQRT2 * sd * gx[m]
- *             lwork[m] = glw[m] + gx[m] * gx[m] + log(SQRT2 * sd) + inner_g(p, xi, NULL)             # <<<<<<<<<<<<<<
+ *             lwork[m] = glw[m] + gx[m] * gx[m] + log(SQRT2 * sd) + inner_g(p, xi, NULL, NULL)             # <<<<<<<<<<<<<<
  *         if lwork[m] > mx:
  *             mx = lwork[m]
 */
-      (__pyx_v_lwork[__pyx_v_m]) = ((((__pyx_v_glw[__pyx_v_m]) + ((__pyx_v_gx[__pyx_v_m]) * (__pyx_v_gx[__pyx_v_m]))) + log((__pyx_v_6melsml_7_nested_SQRT2 * __pyx_v_sd))) + __pyx_f_6melsml_7_nested_inner_g(__pyx_v_p, __pyx_v_xi, NULL));
+      (__pyx_v_lwork[__pyx_v_m]) = ((((__pyx_v_glw[__pyx_v_m]) + ((__pyx_v_gx[__pyx_v_m]) * (__pyx_v_gx[__pyx_v_m]))) + log((__pyx_v_6melsml_7_nested_SQRT2 * __pyx_v_sd))) + __pyx_f_6melsml_7_nested_inner_g(__pyx_v_p, __pyx_v_xi, NULL, NULL));
     }
     __pyx_L6:;
 
-    /* "melsml/_nested.pyx":179
+    /* "melsml/_nested.pyx":183
  *             xi = mode[0] + SQRT2 * sd * gx[m]
- *             lwork[m] = glw[m] + gx[m] * gx[m] + log(SQRT2 * sd) + inner_g(p, xi, NULL)
+ *             lwork[m] = glw[m] + gx[m] * gx[m] + log(SQRT2 * sd) + inner_g(p, xi, NULL, NULL)
  *         if lwork[m] > mx:             # <<<<<<<<<<<<<<
  *             mx = lwork[m]
  *     tot = 0.0
@@ -19710,8 +19737,8 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
     if (__pyx_t_1) {
 
 
-      /* "melsml/_nested.pyx":180
- *             lwork[m] = glw[m] + gx[m] * gx[m] + log(SQRT2 * sd) + inner_g(p, xi, NULL)
+      /* "melsml/_nested.pyx":184
+ *             lwork[m] = glw[m] + gx[m] * gx[m] + log(SQRT2 * sd) + inner_g(p, xi, NULL, NULL)
  *         if lwork[m] > mx:
  *             mx = lwork[m]             # <<<<<<<<<<<<<<
  *     tot = 0.0
@@ -19719,9 +19746,9 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
       __pyx_v_mx = (__pyx_v_lwork[__pyx_v_m]);
 
-      /* "melsml/_nested.pyx":179
+      /* "melsml/_nested.pyx":183
  *             xi = mode[0] + SQRT2 * sd * gx[m]
- *             lwork[m] = glw[m] + gx[m] * gx[m] + log(SQRT2 * sd) + inner_g(p, xi, NULL)
+ *             lwork[m] = glw[m] + gx[m] * gx[m] + log(SQRT2 * sd) + inner_g(p, xi, NULL, NULL)
  *         if lwork[m] > mx:             # <<<<<<<<<<<<<<
  *             mx = lwork[m]
  *     tot = 0.0
@@ -19730,7 +19757,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
   }
 
 
-  /* "melsml/_nested.pyx":181
+  /* "melsml/_nested.pyx":185
  *         if lwork[m] > mx:
  *             mx = lwork[m]
  *     tot = 0.0             # <<<<<<<<<<<<<<
@@ -19739,7 +19766,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
   __pyx_v_tot = 0.0;
 
-  /* "melsml/_nested.pyx":182
+  /* "melsml/_nested.pyx":186
  *             mx = lwork[m]
  *     tot = 0.0
  *     for m in range(nq):             # <<<<<<<<<<<<<<
@@ -19753,29 +19780,61 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
   for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
     __pyx_v_m = __pyx_t_4;
 
-    /* "melsml/_nested.pyx":183
+    /* "melsml/_nested.pyx":187
  *     tot = 0.0
  *     for m in range(nq):
  *         tot += exp(lwork[m] - mx)             # <<<<<<<<<<<<<<
  *     out.ll = mx + log(tot)
- *     for i in range(3):
+ *     if want == 0:
 */
     __pyx_v_tot = (__pyx_v_tot + exp(((__pyx_v_lwork[__pyx_v_m]) - __pyx_v_mx)));
   }
 
 
-  /* "melsml/_nested.pyx":184
+  /* "melsml/_nested.pyx":188
  *     for m in range(nq):
  *         tot += exp(lwork[m] - mx)
  *     out.ll = mx + log(tot)             # <<<<<<<<<<<<<<
- *     for i in range(3):
- *         out.D[i] = 0.0
+ *     if want == 0:
+ *         return
 */
   __pyx_v_out->ll = (__pyx_v_mx + log(__pyx_v_tot));
 
-  /* "melsml/_nested.pyx":185
+  /* "melsml/_nested.pyx":189
  *         tot += exp(lwork[m] - mx)
  *     out.ll = mx + log(tot)
+ *     if want == 0:             # <<<<<<<<<<<<<<
+ *         return
+ *     for i in range(3):
+*/
+  __pyx_t_1 = (__pyx_v_want == 0);
+
+  if (__pyx_t_1) {
+
+
+    /* "melsml/_nested.pyx":190
+ *     out.ll = mx + log(tot)
+ *     if want == 0:
+ *         return             # <<<<<<<<<<<<<<
+ *     for i in range(3):
+ *         out.D[i] = 0.0
+*/
+    {
+    }
+    goto __pyx_L0;
+
+    /* "melsml/_nested.pyx":189
+ *         tot += exp(lwork[m] - mx)
+ *     out.ll = mx + log(tot)
+ *     if want == 0:             # <<<<<<<<<<<<<<
+ *         return
+ *     for i in range(3):
+*/
+  }
+
+  /* "melsml/_nested.pyx":191
+ *     if want == 0:
+ *         return
  *     for i in range(3):             # <<<<<<<<<<<<<<
  *         out.D[i] = 0.0
  *     for i in range(9):
@@ -19783,8 +19842,8 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
   for (__pyx_t_2 = 0; __pyx_t_2 < 3; __pyx_t_2+=1) {
     __pyx_v_i = __pyx_t_2;
 
-    /* "melsml/_nested.pyx":186
- *     out.ll = mx + log(tot)
+    /* "melsml/_nested.pyx":192
+ *         return
  *     for i in range(3):
  *         out.D[i] = 0.0             # <<<<<<<<<<<<<<
  *     for i in range(9):
@@ -19793,7 +19852,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
     (__pyx_v_out->D[__pyx_v_i]) = 0.0;
   }
 
-  /* "melsml/_nested.pyx":187
+  /* "melsml/_nested.pyx":193
  *     for i in range(3):
  *         out.D[i] = 0.0
  *     for i in range(9):             # <<<<<<<<<<<<<<
@@ -19803,7 +19862,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
   for (__pyx_t_2 = 0; __pyx_t_2 < 9; __pyx_t_2+=1) {
     __pyx_v_i = __pyx_t_2;
 
-    /* "melsml/_nested.pyx":188
+    /* "melsml/_nested.pyx":194
  *         out.D[i] = 0.0
  *     for i in range(9):
  *         out.DD[i] = 0.0             # <<<<<<<<<<<<<<
@@ -19812,7 +19871,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     (__pyx_v_out->DD[__pyx_v_i]) = 0.0;
 
-    /* "melsml/_nested.pyx":189
+    /* "melsml/_nested.pyx":195
  *     for i in range(9):
  *         out.DD[i] = 0.0
  *         out.H[i] = 0.0             # <<<<<<<<<<<<<<
@@ -19822,7 +19881,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
     (__pyx_v_out->H[__pyx_v_i]) = 0.0;
   }
 
-  /* "melsml/_nested.pyx":190
+  /* "melsml/_nested.pyx":196
  *         out.DD[i] = 0.0
  *         out.H[i] = 0.0
  *     out.gtl = 0.0; out.gso = 0.0; out.k0 = 0.0; out.k1 = 0.0; out.k2 = 0.0             # <<<<<<<<<<<<<<
@@ -19835,7 +19894,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
   __pyx_v_out->k1 = 0.0;
   __pyx_v_out->k2 = 0.0;
 
-  /* "melsml/_nested.pyx":191
+  /* "melsml/_nested.pyx":197
  *         out.H[i] = 0.0
  *     out.gtl = 0.0; out.gso = 0.0; out.k0 = 0.0; out.k1 = 0.0; out.k2 = 0.0
  *     for i in range(6):             # <<<<<<<<<<<<<<
@@ -19845,7 +19904,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
   for (__pyx_t_2 = 0; __pyx_t_2 < 6; __pyx_t_2+=1) {
     __pyx_v_i = __pyx_t_2;
 
-    /* "melsml/_nested.pyx":192
+    /* "melsml/_nested.pyx":198
  *     out.gtl = 0.0; out.gso = 0.0; out.k0 = 0.0; out.k1 = 0.0; out.k2 = 0.0
  *     for i in range(6):
  *         out.e[i] = 0.0             # <<<<<<<<<<<<<<
@@ -19855,7 +19914,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
     (__pyx_v_out->e[__pyx_v_i]) = 0.0;
   }
 
-  /* "melsml/_nested.pyx":193
+  /* "melsml/_nested.pyx":199
  *     for i in range(6):
  *         out.e[i] = 0.0
  *     for m in range(nq):             # <<<<<<<<<<<<<<
@@ -19869,7 +19928,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
   for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
     __pyx_v_m = __pyx_t_4;
 
-    /* "melsml/_nested.pyx":194
+    /* "melsml/_nested.pyx":200
  *         out.e[i] = 0.0
  *     for m in range(nq):
  *         w = exp(lwork[m] - mx) / tot             # <<<<<<<<<<<<<<
@@ -19878,7 +19937,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_w = (exp(((__pyx_v_lwork[__pyx_v_m]) - __pyx_v_mx)) / __pyx_v_tot);
 
-    /* "melsml/_nested.pyx":195
+    /* "melsml/_nested.pyx":201
  *     for m in range(nq):
  *         w = exp(lwork[m] - mx) / tot
  *         xi = mode[0] + SQRT2 * sd * gx[m] if nq > 1 else 0.0             # <<<<<<<<<<<<<<
@@ -19897,7 +19956,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 
     __pyx_v_xi = __pyx_t_5;
 
-    /* "melsml/_nested.pyx":196
+    /* "melsml/_nested.pyx":202
  *         w = exp(lwork[m] - mx) / tot
  *         xi = mode[0] + SQRT2 * sd * gx[m] if nq > 1 else 0.0
  *         K = exp(-p.v3 - p.sv * xi)             # <<<<<<<<<<<<<<
@@ -19906,7 +19965,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_K = exp(((-__pyx_v_p->v3) - (__pyx_v_p->sv * __pyx_v_xi)));
 
-    /* "melsml/_nested.pyx":197
+    /* "melsml/_nested.pyx":203
  *         xi = mode[0] + SQRT2 * sd * gx[m] if nq > 1 else 0.0
  *         K = exp(-p.v3 - p.sv * xi)
  *         tr = p.t0 - p.c * p.cphi * p.lam * xi             # <<<<<<<<<<<<<<
@@ -19915,7 +19974,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_tr = (__pyx_v_p->t0 - (((__pyx_v_p->c * __pyx_v_p->cphi) * __pyx_v_p->lam) * __pyx_v_xi));
 
-    /* "melsml/_nested.pyx":198
+    /* "melsml/_nested.pyx":204
  *         K = exp(-p.v3 - p.sv * xi)
  *         tr = p.t0 - p.c * p.cphi * p.lam * xi
  *         P = 1.0 + K * p.c2 * p.sphi * p.sphi * p.lam             # <<<<<<<<<<<<<<
@@ -19924,7 +19983,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_P = (1.0 + ((((__pyx_v_K * __pyx_v_p->c2) * __pyx_v_p->sphi) * __pyx_v_p->sphi) * __pyx_v_p->lam));
 
-    /* "melsml/_nested.pyx":199
+    /* "melsml/_nested.pyx":205
  *         tr = p.t0 - p.c * p.cphi * p.lam * xi
  *         P = 1.0 + K * p.c2 * p.sphi * p.sphi * p.lam
  *         mue = K * p.c * p.sphi * tr / P             # <<<<<<<<<<<<<<
@@ -19933,7 +19992,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_mue = ((((__pyx_v_K * __pyx_v_p->c) * __pyx_v_p->sphi) * __pyx_v_tr) / __pyx_v_P);
 
-    /* "melsml/_nested.pyx":200
+    /* "melsml/_nested.pyx":206
  *         P = 1.0 + K * p.c2 * p.sphi * p.sphi * p.lam
  *         mue = K * p.c * p.sphi * tr / P
  *         sde = 1.0 / sqrt(P)             # <<<<<<<<<<<<<<
@@ -19942,7 +20001,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_sde = (1.0 / sqrt(__pyx_v_P));
 
-    /* "melsml/_nested.pyx":202
+    /* "melsml/_nested.pyx":208
  *         sde = 1.0 / sqrt(P)
  *         # theta1 = m1 + s1 eps, theta2 = m2 + s2 eps, eps ~ N(0, 1)
  *         m1 = p.cphi * xi + p.sphi * mue             # <<<<<<<<<<<<<<
@@ -19951,7 +20010,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_m1 = ((__pyx_v_p->cphi * __pyx_v_xi) + (__pyx_v_p->sphi * __pyx_v_mue));
 
-    /* "melsml/_nested.pyx":203
+    /* "melsml/_nested.pyx":209
  *         # theta1 = m1 + s1 eps, theta2 = m2 + s2 eps, eps ~ N(0, 1)
  *         m1 = p.cphi * xi + p.sphi * mue
  *         s1 = p.sphi * sde             # <<<<<<<<<<<<<<
@@ -19960,7 +20019,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_s1 = (__pyx_v_p->sphi * __pyx_v_sde);
 
-    /* "melsml/_nested.pyx":204
+    /* "melsml/_nested.pyx":210
  *         m1 = p.cphi * xi + p.sphi * mue
  *         s1 = p.sphi * sde
  *         m2 = p.sphi * xi - p.cphi * mue             # <<<<<<<<<<<<<<
@@ -19969,7 +20028,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_m2 = ((__pyx_v_p->sphi * __pyx_v_xi) - (__pyx_v_p->cphi * __pyx_v_mue));
 
-    /* "melsml/_nested.pyx":205
+    /* "melsml/_nested.pyx":211
  *         s1 = p.sphi * sde
  *         m2 = p.sphi * xi - p.cphi * mue
  *         s2 = -p.cphi * sde             # <<<<<<<<<<<<<<
@@ -19978,7 +20037,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_s2 = ((-__pyx_v_p->cphi) * __pyx_v_sde);
 
-    /* "melsml/_nested.pyx":206
+    /* "melsml/_nested.pyx":212
  *         m2 = p.sphi * xi - p.cphi * mue
  *         s2 = -p.cphi * sde
  *         E[0] = 1.0             # <<<<<<<<<<<<<<
@@ -19987,7 +20046,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     (__pyx_v_E[0]) = 1.0;
 
-    /* "melsml/_nested.pyx":207
+    /* "melsml/_nested.pyx":213
  *         s2 = -p.cphi * sde
  *         E[0] = 1.0
  *         E[1] = m1             # <<<<<<<<<<<<<<
@@ -19996,7 +20055,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     (__pyx_v_E[1]) = __pyx_v_m1;
 
-    /* "melsml/_nested.pyx":208
+    /* "melsml/_nested.pyx":214
  *         E[0] = 1.0
  *         E[1] = m1
  *         E[2] = m1 * m1 + s1 * s1             # <<<<<<<<<<<<<<
@@ -20005,7 +20064,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     (__pyx_v_E[2]) = ((__pyx_v_m1 * __pyx_v_m1) + (__pyx_v_s1 * __pyx_v_s1));
 
-    /* "melsml/_nested.pyx":209
+    /* "melsml/_nested.pyx":215
  *         E[1] = m1
  *         E[2] = m1 * m1 + s1 * s1
  *         E[3] = m1 * m1 * m1 + 3.0 * m1 * s1 * s1             # <<<<<<<<<<<<<<
@@ -20014,7 +20073,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     (__pyx_v_E[3]) = (((__pyx_v_m1 * __pyx_v_m1) * __pyx_v_m1) + (((3.0 * __pyx_v_m1) * __pyx_v_s1) * __pyx_v_s1));
 
-    /* "melsml/_nested.pyx":210
+    /* "melsml/_nested.pyx":216
  *         E[2] = m1 * m1 + s1 * s1
  *         E[3] = m1 * m1 * m1 + 3.0 * m1 * s1 * s1
  *         E[4] = m1 * m1 * m1 * m1 + 6.0 * m1 * m1 * s1 * s1 + 3.0 * s1 * s1 * s1 * s1             # <<<<<<<<<<<<<<
@@ -20023,7 +20082,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     (__pyx_v_E[4]) = (((((__pyx_v_m1 * __pyx_v_m1) * __pyx_v_m1) * __pyx_v_m1) + ((((6.0 * __pyx_v_m1) * __pyx_v_m1) * __pyx_v_s1) * __pyx_v_s1)) + ((((3.0 * __pyx_v_s1) * __pyx_v_s1) * __pyx_v_s1) * __pyx_v_s1));
 
-    /* "melsml/_nested.pyx":211
+    /* "melsml/_nested.pyx":217
  *         E[3] = m1 * m1 * m1 + 3.0 * m1 * s1 * s1
  *         E[4] = m1 * m1 * m1 * m1 + 6.0 * m1 * m1 * s1 * s1 + 3.0 * s1 * s1 * s1 * s1
  *         e12 = m2 * E[1] + s2 * s1             # E theta1 theta2             # <<<<<<<<<<<<<<
@@ -20032,7 +20091,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_e12 = ((__pyx_v_m2 * (__pyx_v_E[1])) + (__pyx_v_s2 * __pyx_v_s1));
 
-    /* "melsml/_nested.pyx":212
+    /* "melsml/_nested.pyx":218
  *         E[4] = m1 * m1 * m1 * m1 + 6.0 * m1 * m1 * s1 * s1 + 3.0 * s1 * s1 * s1 * s1
  *         e12 = m2 * E[1] + s2 * s1             # E theta1 theta2
  *         e112 = m2 * E[2] + 2.0 * s2 * m1 * s1  # E theta1^2 theta2             # <<<<<<<<<<<<<<
@@ -20041,7 +20100,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_e112 = ((__pyx_v_m2 * (__pyx_v_E[2])) + (((2.0 * __pyx_v_s2) * __pyx_v_m1) * __pyx_v_s1));
 
-    /* "melsml/_nested.pyx":214
+    /* "melsml/_nested.pyx":220
  *         e112 = m2 * E[2] + 2.0 * s2 * m1 * s1  # E theta1^2 theta2
  *         # complete-data scores in (u3, v3, a3) as polynomials in theta1
  *         Du[0] = K * (p.b1 - p.u3 * p.s1); Du[1] = -K * p.c * p.sz; Du[2] = 0.0             # <<<<<<<<<<<<<<
@@ -20052,7 +20111,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
     (__pyx_v_Du[1]) = (((-__pyx_v_K) * __pyx_v_p->c) * __pyx_v_p->sz);
     (__pyx_v_Du[2]) = 0.0;
 
-    /* "melsml/_nested.pyx":215
+    /* "melsml/_nested.pyx":221
  *         # complete-data scores in (u3, v3, a3) as polynomials in theta1
  *         Du[0] = K * (p.b1 - p.u3 * p.s1); Du[1] = -K * p.c * p.sz; Du[2] = 0.0
  *         Dv[0] = -0.5 * p.n + 0.5 * K * p.q0; Dv[1] = -K * p.c * p.t0             # <<<<<<<<<<<<<<
@@ -20062,7 +20121,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
     (__pyx_v_Dv[0]) = ((-0.5 * __pyx_v_p->n) + ((0.5 * __pyx_v_K) * __pyx_v_p->q0));
     (__pyx_v_Dv[1]) = (((-__pyx_v_K) * __pyx_v_p->c) * __pyx_v_p->t0);
 
-    /* "melsml/_nested.pyx":216
+    /* "melsml/_nested.pyx":222
  *         Du[0] = K * (p.b1 - p.u3 * p.s1); Du[1] = -K * p.c * p.sz; Du[2] = 0.0
  *         Dv[0] = -0.5 * p.n + 0.5 * K * p.q0; Dv[1] = -K * p.c * p.t0
  *         Dv[2] = 0.5 * K * p.c2 * p.lam             # <<<<<<<<<<<<<<
@@ -20071,7 +20130,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     (__pyx_v_Dv[2]) = (((0.5 * __pyx_v_K) * __pyx_v_p->c2) * __pyx_v_p->lam);
 
-    /* "melsml/_nested.pyx":217
+    /* "melsml/_nested.pyx":223
  *         Dv[0] = -0.5 * p.n + 0.5 * K * p.q0; Dv[1] = -K * p.c * p.t0
  *         Dv[2] = 0.5 * K * p.c2 * p.lam
  *         Da[0] = 0.0; Da[1] = 0.5 * K * p.c * p.t0; Da[2] = -0.5 * K * p.c2 * p.lam             # <<<<<<<<<<<<<<
@@ -20082,7 +20141,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
     (__pyx_v_Da[1]) = (((0.5 * __pyx_v_K) * __pyx_v_p->c) * __pyx_v_p->t0);
     (__pyx_v_Da[2]) = (((-0.5 * __pyx_v_K) * __pyx_v_p->c2) * __pyx_v_p->lam);
 
-    /* "melsml/_nested.pyx":218
+    /* "melsml/_nested.pyx":224
  *         Dv[2] = 0.5 * K * p.c2 * p.lam
  *         Da[0] = 0.0; Da[1] = 0.5 * K * p.c * p.t0; Da[2] = -0.5 * K * p.c2 * p.lam
  *         for i in range(3):             # <<<<<<<<<<<<<<
@@ -20092,52 +20151,250 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
     for (__pyx_t_6 = 0; __pyx_t_6 < 3; __pyx_t_6+=1) {
       __pyx_v_i = __pyx_t_6;
 
-      /* "melsml/_nested.pyx":219
+      /* "melsml/_nested.pyx":225
  *         Da[0] = 0.0; Da[1] = 0.5 * K * p.c * p.t0; Da[2] = -0.5 * K * p.c2 * p.lam
  *         for i in range(3):
  *             ED[i] = poly_e(Dp[i][0], Dp[i][1], Dp[i][2], E)             # <<<<<<<<<<<<<<
  *             out.D[i] += w * ED[i]
- *             for j in range(3):
+ *         if want == 2:
 */
       (__pyx_v_ED[__pyx_v_i]) = __pyx_f_6melsml_7_nested_poly_e(((__pyx_v_Dp[__pyx_v_i])[0]), ((__pyx_v_Dp[__pyx_v_i])[1]), ((__pyx_v_Dp[__pyx_v_i])[2]), __pyx_v_E);
 
-      /* "melsml/_nested.pyx":220
+      /* "melsml/_nested.pyx":226
  *         for i in range(3):
  *             ED[i] = poly_e(Dp[i][0], Dp[i][1], Dp[i][2], E)
  *             out.D[i] += w * ED[i]             # <<<<<<<<<<<<<<
- *             for j in range(3):
- *                 out.DD[3 * i + j] += w * poly_ee(Dp[i], Dp[j], E)
+ *         if want == 2:
+ *             out.gtl += w * (Dv[0] * E[1] + Dv[1] * E[2] + Dv[2] * E[3])
 */
 
       __pyx_t_7 = __pyx_v_i;
       (__pyx_v_out->D[__pyx_t_7]) = ((__pyx_v_out->D[__pyx_t_7]) + (__pyx_v_w * (__pyx_v_ED[__pyx_v_i])));
+    }
 
-      /* "melsml/_nested.pyx":221
+    /* "melsml/_nested.pyx":227
  *             ED[i] = poly_e(Dp[i][0], Dp[i][1], Dp[i][2], E)
  *             out.D[i] += w * ED[i]
- *             for j in range(3):             # <<<<<<<<<<<<<<
- *                 out.DD[3 * i + j] += w * poly_ee(Dp[i], Dp[j], E)
- *         out.H[0] += w * (-K * p.s1)
+ *         if want == 2:             # <<<<<<<<<<<<<<
+ *             out.gtl += w * (Dv[0] * E[1] + Dv[1] * E[2] + Dv[2] * E[3])
+ *             out.gso += w * (Dv[0] * m2 + Dv[1] * e12 + Dv[2] * e112)
 */
-      for (__pyx_t_7 = 0; __pyx_t_7 < 3; __pyx_t_7+=1) {
+    __pyx_t_1 = (__pyx_v_want == 2);
+
+    if (__pyx_t_1) {
+
+
+      /* "melsml/_nested.pyx":228
+ *             out.D[i] += w * ED[i]
+ *         if want == 2:
+ *             out.gtl += w * (Dv[0] * E[1] + Dv[1] * E[2] + Dv[2] * E[3])             # <<<<<<<<<<<<<<
+ *             out.gso += w * (Dv[0] * m2 + Dv[1] * e12 + Dv[2] * e112)
+ *             out.k0 += w * K
+*/
+      __pyx_v_out->gtl = (__pyx_v_out->gtl + (__pyx_v_w * ((((__pyx_v_Dv[0]) * (__pyx_v_E[1])) + ((__pyx_v_Dv[1]) * (__pyx_v_E[2]))) + ((__pyx_v_Dv[2]) * (__pyx_v_E[3])))));
+
+      /* "melsml/_nested.pyx":229
+ *         if want == 2:
+ *             out.gtl += w * (Dv[0] * E[1] + Dv[1] * E[2] + Dv[2] * E[3])
+ *             out.gso += w * (Dv[0] * m2 + Dv[1] * e12 + Dv[2] * e112)             # <<<<<<<<<<<<<<
+ *             out.k0 += w * K
+ *             out.k1 += w * K * p.c * E[1]
+*/
+      __pyx_v_out->gso = (__pyx_v_out->gso + (__pyx_v_w * ((((__pyx_v_Dv[0]) * __pyx_v_m2) + ((__pyx_v_Dv[1]) * __pyx_v_e12)) + ((__pyx_v_Dv[2]) * __pyx_v_e112))));
+
+      /* "melsml/_nested.pyx":230
+ *             out.gtl += w * (Dv[0] * E[1] + Dv[1] * E[2] + Dv[2] * E[3])
+ *             out.gso += w * (Dv[0] * m2 + Dv[1] * e12 + Dv[2] * e112)
+ *             out.k0 += w * K             # <<<<<<<<<<<<<<
+ *             out.k1 += w * K * p.c * E[1]
+ *             out.k2 += w * K * p.c2 * E[2]
+*/
+      __pyx_v_out->k0 = (__pyx_v_out->k0 + (__pyx_v_w * __pyx_v_K));
+
+      /* "melsml/_nested.pyx":231
+ *             out.gso += w * (Dv[0] * m2 + Dv[1] * e12 + Dv[2] * e112)
+ *             out.k0 += w * K
+ *             out.k1 += w * K * p.c * E[1]             # <<<<<<<<<<<<<<
+ *             out.k2 += w * K * p.c2 * E[2]
+ *             out.e[0] += w * p.c * E[1]
+*/
+      __pyx_v_out->k1 = (__pyx_v_out->k1 + (((__pyx_v_w * __pyx_v_K) * __pyx_v_p->c) * (__pyx_v_E[1])));
+
+      /* "melsml/_nested.pyx":232
+ *             out.k0 += w * K
+ *             out.k1 += w * K * p.c * E[1]
+ *             out.k2 += w * K * p.c2 * E[2]             # <<<<<<<<<<<<<<
+ *             out.e[0] += w * p.c * E[1]
+ *             out.e[1] += w * p.c2 * E[2]
+*/
+      __pyx_v_out->k2 = (__pyx_v_out->k2 + (((__pyx_v_w * __pyx_v_K) * __pyx_v_p->c2) * (__pyx_v_E[2])));
+
+      /* "melsml/_nested.pyx":233
+ *             out.k1 += w * K * p.c * E[1]
+ *             out.k2 += w * K * p.c2 * E[2]
+ *             out.e[0] += w * p.c * E[1]             # <<<<<<<<<<<<<<
+ *             out.e[1] += w * p.c2 * E[2]
+ *             out.e[2] += w * p.sv * xi
+*/
+
+      __pyx_t_8 = 0;
+      (__pyx_v_out->e[__pyx_t_8]) = ((__pyx_v_out->e[__pyx_t_8]) + ((__pyx_v_w * __pyx_v_p->c) * (__pyx_v_E[1])));
+
+      /* "melsml/_nested.pyx":234
+ *             out.k2 += w * K * p.c2 * E[2]
+ *             out.e[0] += w * p.c * E[1]
+ *             out.e[1] += w * p.c2 * E[2]             # <<<<<<<<<<<<<<
+ *             out.e[2] += w * p.sv * xi
+ *             out.e[3] += w * p.sv * p.sv * xi * xi
+*/
+
+      __pyx_t_8 = 1;
+      (__pyx_v_out->e[__pyx_t_8]) = ((__pyx_v_out->e[__pyx_t_8]) + ((__pyx_v_w * __pyx_v_p->c2) * (__pyx_v_E[2])));
+
+      /* "melsml/_nested.pyx":235
+ *             out.e[0] += w * p.c * E[1]
+ *             out.e[1] += w * p.c2 * E[2]
+ *             out.e[2] += w * p.sv * xi             # <<<<<<<<<<<<<<
+ *             out.e[3] += w * p.sv * p.sv * xi * xi
+ *             out.e[4] += w * p.c * E[1] * p.sv * xi
+*/
+
+      __pyx_t_8 = 2;
+      (__pyx_v_out->e[__pyx_t_8]) = ((__pyx_v_out->e[__pyx_t_8]) + ((__pyx_v_w * __pyx_v_p->sv) * __pyx_v_xi));
+
+      /* "melsml/_nested.pyx":236
+ *             out.e[1] += w * p.c2 * E[2]
+ *             out.e[2] += w * p.sv * xi
+ *             out.e[3] += w * p.sv * p.sv * xi * xi             # <<<<<<<<<<<<<<
+ *             out.e[4] += w * p.c * E[1] * p.sv * xi
+ *             out.e[5] += w * exp(p.sv * xi)
+*/
+
+      __pyx_t_8 = 3;
+      (__pyx_v_out->e[__pyx_t_8]) = ((__pyx_v_out->e[__pyx_t_8]) + ((((__pyx_v_w * __pyx_v_p->sv) * __pyx_v_p->sv) * __pyx_v_xi) * __pyx_v_xi));
+
+      /* "melsml/_nested.pyx":237
+ *             out.e[2] += w * p.sv * xi
+ *             out.e[3] += w * p.sv * p.sv * xi * xi
+ *             out.e[4] += w * p.c * E[1] * p.sv * xi             # <<<<<<<<<<<<<<
+ *             out.e[5] += w * exp(p.sv * xi)
+ *             continue
+*/
+
+      __pyx_t_8 = 4;
+      (__pyx_v_out->e[__pyx_t_8]) = ((__pyx_v_out->e[__pyx_t_8]) + ((((__pyx_v_w * __pyx_v_p->c) * (__pyx_v_E[1])) * __pyx_v_p->sv) * __pyx_v_xi));
+
+      /* "melsml/_nested.pyx":238
+ *             out.e[3] += w * p.sv * p.sv * xi * xi
+ *             out.e[4] += w * p.c * E[1] * p.sv * xi
+ *             out.e[5] += w * exp(p.sv * xi)             # <<<<<<<<<<<<<<
+ *             continue
+ *         for i in range(3):
+*/
+
+      __pyx_t_8 = 5;
+      (__pyx_v_out->e[__pyx_t_8]) = ((__pyx_v_out->e[__pyx_t_8]) + (__pyx_v_w * exp((__pyx_v_p->sv * __pyx_v_xi))));
+
+      /* "melsml/_nested.pyx":239
+ *             out.e[4] += w * p.c * E[1] * p.sv * xi
+ *             out.e[5] += w * exp(p.sv * xi)
+ *             continue             # <<<<<<<<<<<<<<
+ *         for i in range(3):
+ *             for j in range(i + 1):
+*/
+      goto __pyx_L17_continue;
+
+      /* "melsml/_nested.pyx":227
+ *             ED[i] = poly_e(Dp[i][0], Dp[i][1], Dp[i][2], E)
+ *             out.D[i] += w * ED[i]
+ *         if want == 2:             # <<<<<<<<<<<<<<
+ *             out.gtl += w * (Dv[0] * E[1] + Dv[1] * E[2] + Dv[2] * E[3])
+ *             out.gso += w * (Dv[0] * m2 + Dv[1] * e12 + Dv[2] * e112)
+*/
+    }
+
+    /* "melsml/_nested.pyx":240
+ *             out.e[5] += w * exp(p.sv * xi)
+ *             continue
+ *         for i in range(3):             # <<<<<<<<<<<<<<
+ *             for j in range(i + 1):
+ *                 dd = w * poly_ee(Dp[i], Dp[j], E)
+*/
+    for (__pyx_t_6 = 0; __pyx_t_6 < 3; __pyx_t_6+=1) {
+      __pyx_v_i = __pyx_t_6;
+
+      /* "melsml/_nested.pyx":241
+ *             continue
+ *         for i in range(3):
+ *             for j in range(i + 1):             # <<<<<<<<<<<<<<
+ *                 dd = w * poly_ee(Dp[i], Dp[j], E)
+ *                 out.DD[3 * i + j] += dd
+*/
+
+      __pyx_t_8 = (__pyx_v_i + 1);
+      __pyx_t_9 = __pyx_t_8;
+
+      for (__pyx_t_7 = 0; __pyx_t_7 < __pyx_t_9; __pyx_t_7+=1) {
         __pyx_v_j = __pyx_t_7;
 
-        /* "melsml/_nested.pyx":222
- *             out.D[i] += w * ED[i]
- *             for j in range(3):
- *                 out.DD[3 * i + j] += w * poly_ee(Dp[i], Dp[j], E)             # <<<<<<<<<<<<<<
+        /* "melsml/_nested.pyx":242
+ *         for i in range(3):
+ *             for j in range(i + 1):
+ *                 dd = w * poly_ee(Dp[i], Dp[j], E)             # <<<<<<<<<<<<<<
+ *                 out.DD[3 * i + j] += dd
+ *                 if j < i:
+*/
+        __pyx_v_dd = (__pyx_v_w * __pyx_f_6melsml_7_nested_poly_ee((__pyx_v_Dp[__pyx_v_i]), (__pyx_v_Dp[__pyx_v_j]), __pyx_v_E));
+
+        /* "melsml/_nested.pyx":243
+ *             for j in range(i + 1):
+ *                 dd = w * poly_ee(Dp[i], Dp[j], E)
+ *                 out.DD[3 * i + j] += dd             # <<<<<<<<<<<<<<
+ *                 if j < i:
+ *                     out.DD[3 * j + i] += dd
+*/
+
+        __pyx_t_10 = ((3 * __pyx_v_i) + __pyx_v_j);
+        (__pyx_v_out->DD[__pyx_t_10]) = ((__pyx_v_out->DD[__pyx_t_10]) + __pyx_v_dd);
+
+        /* "melsml/_nested.pyx":244
+ *                 dd = w * poly_ee(Dp[i], Dp[j], E)
+ *                 out.DD[3 * i + j] += dd
+ *                 if j < i:             # <<<<<<<<<<<<<<
+ *                     out.DD[3 * j + i] += dd
+ *         out.H[0] += w * (-K * p.s1)
+*/
+        __pyx_t_1 = (__pyx_v_j < __pyx_v_i);
+
+        if (__pyx_t_1) {
+
+
+          /* "melsml/_nested.pyx":245
+ *                 out.DD[3 * i + j] += dd
+ *                 if j < i:
+ *                     out.DD[3 * j + i] += dd             # <<<<<<<<<<<<<<
  *         out.H[0] += w * (-K * p.s1)
  *         dd = -ED[0]
 */
 
-        __pyx_t_8 = ((3 * __pyx_v_i) + __pyx_v_j);
-        (__pyx_v_out->DD[__pyx_t_8]) = ((__pyx_v_out->DD[__pyx_t_8]) + (__pyx_v_w * __pyx_f_6melsml_7_nested_poly_ee((__pyx_v_Dp[__pyx_v_i]), (__pyx_v_Dp[__pyx_v_j]), __pyx_v_E)));
+          __pyx_t_10 = ((3 * __pyx_v_j) + __pyx_v_i);
+          (__pyx_v_out->DD[__pyx_t_10]) = ((__pyx_v_out->DD[__pyx_t_10]) + __pyx_v_dd);
+
+          /* "melsml/_nested.pyx":244
+ *                 dd = w * poly_ee(Dp[i], Dp[j], E)
+ *                 out.DD[3 * i + j] += dd
+ *                 if j < i:             # <<<<<<<<<<<<<<
+ *                     out.DD[3 * j + i] += dd
+ *         out.H[0] += w * (-K * p.s1)
+*/
+        }
       }
+
     }
 
-    /* "melsml/_nested.pyx":223
- *             for j in range(3):
- *                 out.DD[3 * i + j] += w * poly_ee(Dp[i], Dp[j], E)
+    /* "melsml/_nested.pyx":246
+ *                 if j < i:
+ *                     out.DD[3 * j + i] += dd
  *         out.H[0] += w * (-K * p.s1)             # <<<<<<<<<<<<<<
  *         dd = -ED[0]
  *         out.H[1] += w * dd
@@ -20146,8 +20403,8 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
     __pyx_t_8 = 0;
     (__pyx_v_out->H[__pyx_t_8]) = ((__pyx_v_out->H[__pyx_t_8]) + (__pyx_v_w * ((-__pyx_v_K) * __pyx_v_p->s1)));
 
-    /* "melsml/_nested.pyx":224
- *                 out.DD[3 * i + j] += w * poly_ee(Dp[i], Dp[j], E)
+    /* "melsml/_nested.pyx":247
+ *                     out.DD[3 * j + i] += dd
  *         out.H[0] += w * (-K * p.s1)
  *         dd = -ED[0]             # <<<<<<<<<<<<<<
  *         out.H[1] += w * dd
@@ -20155,7 +20412,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_dd = (-(__pyx_v_ED[0]));
 
-    /* "melsml/_nested.pyx":225
+    /* "melsml/_nested.pyx":248
  *         out.H[0] += w * (-K * p.s1)
  *         dd = -ED[0]
  *         out.H[1] += w * dd             # <<<<<<<<<<<<<<
@@ -20166,7 +20423,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
     __pyx_t_8 = 1;
     (__pyx_v_out->H[__pyx_t_8]) = ((__pyx_v_out->H[__pyx_t_8]) + (__pyx_v_w * __pyx_v_dd));
 
-    /* "melsml/_nested.pyx":226
+    /* "melsml/_nested.pyx":249
  *         dd = -ED[0]
  *         out.H[1] += w * dd
  *         out.H[3] += w * dd             # <<<<<<<<<<<<<<
@@ -20177,7 +20434,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
     __pyx_t_8 = 3;
     (__pyx_v_out->H[__pyx_t_8]) = ((__pyx_v_out->H[__pyx_t_8]) + (__pyx_v_w * __pyx_v_dd));
 
-    /* "melsml/_nested.pyx":227
+    /* "melsml/_nested.pyx":250
  *         out.H[1] += w * dd
  *         out.H[3] += w * dd
  *         dd = -0.5 * K * p.c * p.sz * E[1]             # <<<<<<<<<<<<<<
@@ -20186,7 +20443,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_dd = ((((-0.5 * __pyx_v_K) * __pyx_v_p->c) * __pyx_v_p->sz) * (__pyx_v_E[1]));
 
-    /* "melsml/_nested.pyx":228
+    /* "melsml/_nested.pyx":251
  *         out.H[3] += w * dd
  *         dd = -0.5 * K * p.c * p.sz * E[1]
  *         out.H[2] += w * dd             # <<<<<<<<<<<<<<
@@ -20197,7 +20454,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
     __pyx_t_8 = 2;
     (__pyx_v_out->H[__pyx_t_8]) = ((__pyx_v_out->H[__pyx_t_8]) + (__pyx_v_w * __pyx_v_dd));
 
-    /* "melsml/_nested.pyx":229
+    /* "melsml/_nested.pyx":252
  *         dd = -0.5 * K * p.c * p.sz * E[1]
  *         out.H[2] += w * dd
  *         out.H[6] += w * dd             # <<<<<<<<<<<<<<
@@ -20208,7 +20465,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
     __pyx_t_8 = 6;
     (__pyx_v_out->H[__pyx_t_8]) = ((__pyx_v_out->H[__pyx_t_8]) + (__pyx_v_w * __pyx_v_dd));
 
-    /* "melsml/_nested.pyx":230
+    /* "melsml/_nested.pyx":253
  *         out.H[2] += w * dd
  *         out.H[6] += w * dd
  *         out.H[4] += w * (-(ED[1] + 0.5 * p.n))             # <<<<<<<<<<<<<<
@@ -20219,7 +20476,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
     __pyx_t_8 = 4;
     (__pyx_v_out->H[__pyx_t_8]) = ((__pyx_v_out->H[__pyx_t_8]) + (__pyx_v_w * (-((__pyx_v_ED[1]) + (0.5 * __pyx_v_p->n)))));
 
-    /* "melsml/_nested.pyx":231
+    /* "melsml/_nested.pyx":254
  *         out.H[6] += w * dd
  *         out.H[4] += w * (-(ED[1] + 0.5 * p.n))
  *         dd = -ED[2]             # <<<<<<<<<<<<<<
@@ -20228,7 +20485,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_dd = (-(__pyx_v_ED[2]));
 
-    /* "melsml/_nested.pyx":232
+    /* "melsml/_nested.pyx":255
  *         out.H[4] += w * (-(ED[1] + 0.5 * p.n))
  *         dd = -ED[2]
  *         out.H[5] += w * dd             # <<<<<<<<<<<<<<
@@ -20239,150 +20496,41 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
     __pyx_t_8 = 5;
     (__pyx_v_out->H[__pyx_t_8]) = ((__pyx_v_out->H[__pyx_t_8]) + (__pyx_v_w * __pyx_v_dd));
 
-    /* "melsml/_nested.pyx":233
+    /* "melsml/_nested.pyx":256
  *         dd = -ED[2]
  *         out.H[5] += w * dd
  *         out.H[7] += w * dd             # <<<<<<<<<<<<<<
  *         out.H[8] += w * (-0.25 * K * p.c2 * p.lam * E[2] + 0.5 * ED[2])
- *         out.gtl += w * (Dv[0] * E[1] + Dv[1] * E[2] + Dv[2] * E[3])
+ * 
 */
 
     __pyx_t_8 = 7;
     (__pyx_v_out->H[__pyx_t_8]) = ((__pyx_v_out->H[__pyx_t_8]) + (__pyx_v_w * __pyx_v_dd));
 
-    /* "melsml/_nested.pyx":234
+    /* "melsml/_nested.pyx":257
  *         out.H[5] += w * dd
  *         out.H[7] += w * dd
  *         out.H[8] += w * (-0.25 * K * p.c2 * p.lam * E[2] + 0.5 * ED[2])             # <<<<<<<<<<<<<<
- *         out.gtl += w * (Dv[0] * E[1] + Dv[1] * E[2] + Dv[2] * E[3])
- *         out.gso += w * (Dv[0] * m2 + Dv[1] * e12 + Dv[2] * e112)
+ * 
+ * 
 */
 
     __pyx_t_8 = 8;
     (__pyx_v_out->H[__pyx_t_8]) = ((__pyx_v_out->H[__pyx_t_8]) + (__pyx_v_w * (((((-0.25 * __pyx_v_K) * __pyx_v_p->c2) * __pyx_v_p->lam) * (__pyx_v_E[2])) + (0.5 * (__pyx_v_ED[2])))));
-
-    /* "melsml/_nested.pyx":235
- *         out.H[7] += w * dd
- *         out.H[8] += w * (-0.25 * K * p.c2 * p.lam * E[2] + 0.5 * ED[2])
- *         out.gtl += w * (Dv[0] * E[1] + Dv[1] * E[2] + Dv[2] * E[3])             # <<<<<<<<<<<<<<
- *         out.gso += w * (Dv[0] * m2 + Dv[1] * e12 + Dv[2] * e112)
- *         out.k0 += w * K
-*/
-    __pyx_v_out->gtl = (__pyx_v_out->gtl + (__pyx_v_w * ((((__pyx_v_Dv[0]) * (__pyx_v_E[1])) + ((__pyx_v_Dv[1]) * (__pyx_v_E[2]))) + ((__pyx_v_Dv[2]) * (__pyx_v_E[3])))));
-
-    /* "melsml/_nested.pyx":236
- *         out.H[8] += w * (-0.25 * K * p.c2 * p.lam * E[2] + 0.5 * ED[2])
- *         out.gtl += w * (Dv[0] * E[1] + Dv[1] * E[2] + Dv[2] * E[3])
- *         out.gso += w * (Dv[0] * m2 + Dv[1] * e12 + Dv[2] * e112)             # <<<<<<<<<<<<<<
- *         out.k0 += w * K
- *         out.k1 += w * K * p.c * E[1]
-*/
-    __pyx_v_out->gso = (__pyx_v_out->gso + (__pyx_v_w * ((((__pyx_v_Dv[0]) * __pyx_v_m2) + ((__pyx_v_Dv[1]) * __pyx_v_e12)) + ((__pyx_v_Dv[2]) * __pyx_v_e112))));
-
-    /* "melsml/_nested.pyx":237
- *         out.gtl += w * (Dv[0] * E[1] + Dv[1] * E[2] + Dv[2] * E[3])
- *         out.gso += w * (Dv[0] * m2 + Dv[1] * e12 + Dv[2] * e112)
- *         out.k0 += w * K             # <<<<<<<<<<<<<<
- *         out.k1 += w * K * p.c * E[1]
- *         out.k2 += w * K * p.c2 * E[2]
-*/
-    __pyx_v_out->k0 = (__pyx_v_out->k0 + (__pyx_v_w * __pyx_v_K));
-
-    /* "melsml/_nested.pyx":238
- *         out.gso += w * (Dv[0] * m2 + Dv[1] * e12 + Dv[2] * e112)
- *         out.k0 += w * K
- *         out.k1 += w * K * p.c * E[1]             # <<<<<<<<<<<<<<
- *         out.k2 += w * K * p.c2 * E[2]
- *         out.e[0] += w * p.c * E[1]
-*/
-    __pyx_v_out->k1 = (__pyx_v_out->k1 + (((__pyx_v_w * __pyx_v_K) * __pyx_v_p->c) * (__pyx_v_E[1])));
-
-    /* "melsml/_nested.pyx":239
- *         out.k0 += w * K
- *         out.k1 += w * K * p.c * E[1]
- *         out.k2 += w * K * p.c2 * E[2]             # <<<<<<<<<<<<<<
- *         out.e[0] += w * p.c * E[1]
- *         out.e[1] += w * p.c2 * E[2]
-*/
-    __pyx_v_out->k2 = (__pyx_v_out->k2 + (((__pyx_v_w * __pyx_v_K) * __pyx_v_p->c2) * (__pyx_v_E[2])));
-
-    /* "melsml/_nested.pyx":240
- *         out.k1 += w * K * p.c * E[1]
- *         out.k2 += w * K * p.c2 * E[2]
- *         out.e[0] += w * p.c * E[1]             # <<<<<<<<<<<<<<
- *         out.e[1] += w * p.c2 * E[2]
- *         out.e[2] += w * p.sv * xi
-*/
-
-    __pyx_t_8 = 0;
-    (__pyx_v_out->e[__pyx_t_8]) = ((__pyx_v_out->e[__pyx_t_8]) + ((__pyx_v_w * __pyx_v_p->c) * (__pyx_v_E[1])));
-
-    /* "melsml/_nested.pyx":241
- *         out.k2 += w * K * p.c2 * E[2]
- *         out.e[0] += w * p.c * E[1]
- *         out.e[1] += w * p.c2 * E[2]             # <<<<<<<<<<<<<<
- *         out.e[2] += w * p.sv * xi
- *         out.e[3] += w * p.sv * p.sv * xi * xi
-*/
-
-    __pyx_t_8 = 1;
-    (__pyx_v_out->e[__pyx_t_8]) = ((__pyx_v_out->e[__pyx_t_8]) + ((__pyx_v_w * __pyx_v_p->c2) * (__pyx_v_E[2])));
-
-    /* "melsml/_nested.pyx":242
- *         out.e[0] += w * p.c * E[1]
- *         out.e[1] += w * p.c2 * E[2]
- *         out.e[2] += w * p.sv * xi             # <<<<<<<<<<<<<<
- *         out.e[3] += w * p.sv * p.sv * xi * xi
- *         out.e[4] += w * p.c * E[1] * p.sv * xi
-*/
-
-    __pyx_t_8 = 2;
-    (__pyx_v_out->e[__pyx_t_8]) = ((__pyx_v_out->e[__pyx_t_8]) + ((__pyx_v_w * __pyx_v_p->sv) * __pyx_v_xi));
-
-    /* "melsml/_nested.pyx":243
- *         out.e[1] += w * p.c2 * E[2]
- *         out.e[2] += w * p.sv * xi
- *         out.e[3] += w * p.sv * p.sv * xi * xi             # <<<<<<<<<<<<<<
- *         out.e[4] += w * p.c * E[1] * p.sv * xi
- *         out.e[5] += w * exp(p.sv * xi)
-*/
-
-    __pyx_t_8 = 3;
-    (__pyx_v_out->e[__pyx_t_8]) = ((__pyx_v_out->e[__pyx_t_8]) + ((((__pyx_v_w * __pyx_v_p->sv) * __pyx_v_p->sv) * __pyx_v_xi) * __pyx_v_xi));
-
-    /* "melsml/_nested.pyx":244
- *         out.e[2] += w * p.sv * xi
- *         out.e[3] += w * p.sv * p.sv * xi * xi
- *         out.e[4] += w * p.c * E[1] * p.sv * xi             # <<<<<<<<<<<<<<
- *         out.e[5] += w * exp(p.sv * xi)
- * 
-*/
-
-    __pyx_t_8 = 4;
-    (__pyx_v_out->e[__pyx_t_8]) = ((__pyx_v_out->e[__pyx_t_8]) + ((((__pyx_v_w * __pyx_v_p->c) * (__pyx_v_E[1])) * __pyx_v_p->sv) * __pyx_v_xi));
-
-    /* "melsml/_nested.pyx":245
- *         out.e[3] += w * p.sv * p.sv * xi * xi
- *         out.e[4] += w * p.c * E[1] * p.sv * xi
- *         out.e[5] += w * exp(p.sv * xi)             # <<<<<<<<<<<<<<
- * 
- * 
-*/
-
-    __pyx_t_8 = 5;
-    (__pyx_v_out->e[__pyx_t_8]) = ((__pyx_v_out->e[__pyx_t_8]) + (__pyx_v_w * exp((__pyx_v_p->sv * __pyx_v_xi))));
+    __pyx_L17_continue:;
   }
 
 
-  /* "melsml/_nested.pyx":149
+  /* "melsml/_nested.pyx":151
  * 
  * 
  * cdef void inner_school(School* p, double* mode, int n_q, const double* gx,             # <<<<<<<<<<<<<<
- *                        const double* glw, double* lwork, Inner* out) noexcept nogil:
- *     """The school's log-likelihood given b3 and the posterior moments (see Inner).
+ *                        const double* glw, double* lwork, Inner* out, int want) noexcept nogil:
+ *     """The school's log-likelihood given b3 and the posterior moments (see Inner):
 */
 
   /* function exit code */
+  __pyx_L0:;
 
 
 
@@ -20413,7 +20561,7 @@ static void __pyx_f_6melsml_7_nested_inner_school(struct __pyx_t_6melsml_7_neste
 
 }
 
-/* "melsml/_nested.pyx":274
+/* "melsml/_nested.pyx":286
  * 
  * 
  * cdef double outer_G(Outer* o, Py_ssize_t k, const double* th, School* p, Inner* inn,             # <<<<<<<<<<<<<<
@@ -20449,7 +20597,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
   int __pyx_t_13;
   double __pyx_t_14;
 
-  /* "melsml/_nested.pyx":277
+  /* "melsml/_nested.pyx":289
  *                     double* lwork, double* grad, double* hess) noexcept nogil:
  *     """log of prod_j L_j(b3) phi(theta3) and (if grad) its gradient and Hessian in theta3."""
  *     cdef int d = o.d3, a, b, r, c             # <<<<<<<<<<<<<<
@@ -20460,7 +20608,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
 
   __pyx_v_d = __pyx_t_1;
 
-  /* "melsml/_nested.pyx":281
+  /* "melsml/_nested.pyx":293
  *     cdef double Db[3]
  *     cdef double Hb[9]
  *     cdef double G = 0.0, s             # <<<<<<<<<<<<<<
@@ -20469,7 +20617,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
 */
   __pyx_v_G = 0.0;
 
-  /* "melsml/_nested.pyx":283
+  /* "melsml/_nested.pyx":295
  *     cdef double G = 0.0, s
  *     cdef Py_ssize_t j
  *     for r in range(3):             # <<<<<<<<<<<<<<
@@ -20479,7 +20627,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
   for (__pyx_t_1 = 0; __pyx_t_1 < 3; __pyx_t_1+=1) {
     __pyx_v_r = __pyx_t_1;
 
-    /* "melsml/_nested.pyx":284
+    /* "melsml/_nested.pyx":296
  *     cdef Py_ssize_t j
  *     for r in range(3):
  *         s = 0.0             # <<<<<<<<<<<<<<
@@ -20488,7 +20636,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
 */
     __pyx_v_s = 0.0;
 
-    /* "melsml/_nested.pyx":285
+    /* "melsml/_nested.pyx":297
  *     for r in range(3):
  *         s = 0.0
  *         for a in range(d):             # <<<<<<<<<<<<<<
@@ -20502,7 +20650,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
     for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
       __pyx_v_a = __pyx_t_4;
 
-      /* "melsml/_nested.pyx":286
+      /* "melsml/_nested.pyx":298
  *         s = 0.0
  *         for a in range(d):
  *             s += o.M[r * d + a] * th[a]             # <<<<<<<<<<<<<<
@@ -20513,7 +20661,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
     }
 
 
-    /* "melsml/_nested.pyx":287
+    /* "melsml/_nested.pyx":299
  *         for a in range(d):
  *             s += o.M[r * d + a] * th[a]
  *         b3[r] = s             # <<<<<<<<<<<<<<
@@ -20522,7 +20670,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
 */
     (__pyx_v_b3[__pyx_v_r]) = __pyx_v_s;
 
-    /* "melsml/_nested.pyx":288
+    /* "melsml/_nested.pyx":300
  *             s += o.M[r * d + a] * th[a]
  *         b3[r] = s
  *         Db[r] = 0.0             # <<<<<<<<<<<<<<
@@ -20532,7 +20680,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
     (__pyx_v_Db[__pyx_v_r]) = 0.0;
   }
 
-  /* "melsml/_nested.pyx":289
+  /* "melsml/_nested.pyx":301
  *         b3[r] = s
  *         Db[r] = 0.0
  *     for r in range(9):             # <<<<<<<<<<<<<<
@@ -20542,7 +20690,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
   for (__pyx_t_1 = 0; __pyx_t_1 < 9; __pyx_t_1+=1) {
     __pyx_v_r = __pyx_t_1;
 
-    /* "melsml/_nested.pyx":290
+    /* "melsml/_nested.pyx":302
  *         Db[r] = 0.0
  *     for r in range(9):
  *         Hb[r] = 0.0             # <<<<<<<<<<<<<<
@@ -20552,12 +20700,12 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
     (__pyx_v_Hb[__pyx_v_r]) = 0.0;
   }
 
-  /* "melsml/_nested.pyx":291
+  /* "melsml/_nested.pyx":303
  *     for r in range(9):
  *         Hb[r] = 0.0
  *     for j in range(o.optr[k], o.optr[k + 1]):             # <<<<<<<<<<<<<<
  *         school_given_b3(p, &o.stats[j * N_STATS], b3[0], b3[1], b3[2])
- *         inner_school(p, &o.modes_in[j], o.nq_in, o.gx_in, o.glw_in, lwork, inn)
+ *         inner_school(p, &o.modes_in[j], o.nq_in, o.gx_in, o.glw_in, lwork, inn,
 */
 
   __pyx_t_5 = (__pyx_v_o->optr[(__pyx_v_k + 1)]);
@@ -20566,35 +20714,54 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
   for (__pyx_t_7 = (__pyx_v_o->optr[__pyx_v_k]); __pyx_t_7 < __pyx_t_6; __pyx_t_7+=1) {
     __pyx_v_j = __pyx_t_7;
 
-    /* "melsml/_nested.pyx":292
+    /* "melsml/_nested.pyx":304
  *         Hb[r] = 0.0
  *     for j in range(o.optr[k], o.optr[k + 1]):
  *         school_given_b3(p, &o.stats[j * N_STATS], b3[0], b3[1], b3[2])             # <<<<<<<<<<<<<<
- *         inner_school(p, &o.modes_in[j], o.nq_in, o.gx_in, o.glw_in, lwork, inn)
- *         G += inn.ll
+ *         inner_school(p, &o.modes_in[j], o.nq_in, o.gx_in, o.glw_in, lwork, inn,
+ *                      1 if grad != NULL else 0)
 */
     __pyx_f_6melsml_7_nested_school_given_b3(__pyx_v_p, (&(__pyx_v_o->stats[(__pyx_v_j * __pyx_e_6melsml_7_nested_N_STATS)])), (__pyx_v_b3[0]), (__pyx_v_b3[1]), (__pyx_v_b3[2]));
 
-    /* "melsml/_nested.pyx":293
- *     for j in range(o.optr[k], o.optr[k + 1]):
+    /* "melsml/_nested.pyx":306
  *         school_given_b3(p, &o.stats[j * N_STATS], b3[0], b3[1], b3[2])
- *         inner_school(p, &o.modes_in[j], o.nq_in, o.gx_in, o.glw_in, lwork, inn)             # <<<<<<<<<<<<<<
+ *         inner_school(p, &o.modes_in[j], o.nq_in, o.gx_in, o.glw_in, lwork, inn,
+ *                      1 if grad != NULL else 0)             # <<<<<<<<<<<<<<
  *         G += inn.ll
  *         if grad != NULL:
 */
-    __pyx_f_6melsml_7_nested_inner_school(__pyx_v_p, (&(__pyx_v_o->modes_in[__pyx_v_j])), __pyx_v_o->nq_in, __pyx_v_o->gx_in, __pyx_v_o->glw_in, __pyx_v_lwork, __pyx_v_inn);
+    __pyx_t_8 = (__pyx_v_grad != NULL);
 
-    /* "melsml/_nested.pyx":294
+    if (__pyx_t_8) {
+
+      __pyx_t_1 = 1;
+    } else {
+
+      __pyx_t_1 = 0;
+    }
+
+
+    /* "melsml/_nested.pyx":305
+ *     for j in range(o.optr[k], o.optr[k + 1]):
  *         school_given_b3(p, &o.stats[j * N_STATS], b3[0], b3[1], b3[2])
- *         inner_school(p, &o.modes_in[j], o.nq_in, o.gx_in, o.glw_in, lwork, inn)
+ *         inner_school(p, &o.modes_in[j], o.nq_in, o.gx_in, o.glw_in, lwork, inn,             # <<<<<<<<<<<<<<
+ *                      1 if grad != NULL else 0)
+ *         G += inn.ll
+*/
+    __pyx_f_6melsml_7_nested_inner_school(__pyx_v_p, (&(__pyx_v_o->modes_in[__pyx_v_j])), __pyx_v_o->nq_in, __pyx_v_o->gx_in, __pyx_v_o->glw_in, __pyx_v_lwork, __pyx_v_inn, __pyx_t_1);
+
+
+    /* "melsml/_nested.pyx":307
+ *         inner_school(p, &o.modes_in[j], o.nq_in, o.gx_in, o.glw_in, lwork, inn,
+ *                      1 if grad != NULL else 0)
  *         G += inn.ll             # <<<<<<<<<<<<<<
  *         if grad != NULL:
  *             for r in range(3):
 */
     __pyx_v_G = (__pyx_v_G + __pyx_v_inn->ll);
 
-    /* "melsml/_nested.pyx":295
- *         inner_school(p, &o.modes_in[j], o.nq_in, o.gx_in, o.glw_in, lwork, inn)
+    /* "melsml/_nested.pyx":308
+ *                      1 if grad != NULL else 0)
  *         G += inn.ll
  *         if grad != NULL:             # <<<<<<<<<<<<<<
  *             for r in range(3):
@@ -20605,7 +20772,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
     if (__pyx_t_8) {
 
 
-      /* "melsml/_nested.pyx":296
+      /* "melsml/_nested.pyx":309
  *         G += inn.ll
  *         if grad != NULL:
  *             for r in range(3):             # <<<<<<<<<<<<<<
@@ -20615,7 +20782,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
       for (__pyx_t_1 = 0; __pyx_t_1 < 3; __pyx_t_1+=1) {
         __pyx_v_r = __pyx_t_1;
 
-        /* "melsml/_nested.pyx":297
+        /* "melsml/_nested.pyx":310
  *         if grad != NULL:
  *             for r in range(3):
  *                 Db[r] += inn.D[r]             # <<<<<<<<<<<<<<
@@ -20626,7 +20793,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
         __pyx_t_2 = __pyx_v_r;
         (__pyx_v_Db[__pyx_t_2]) = ((__pyx_v_Db[__pyx_t_2]) + (__pyx_v_inn->D[__pyx_v_r]));
 
-        /* "melsml/_nested.pyx":298
+        /* "melsml/_nested.pyx":311
  *             for r in range(3):
  *                 Db[r] += inn.D[r]
  *                 for c in range(3):             # <<<<<<<<<<<<<<
@@ -20636,7 +20803,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
         for (__pyx_t_2 = 0; __pyx_t_2 < 3; __pyx_t_2+=1) {
           __pyx_v_c = __pyx_t_2;
 
-          /* "melsml/_nested.pyx":299
+          /* "melsml/_nested.pyx":312
  *                 Db[r] += inn.D[r]
  *                 for c in range(3):
  *                     Hb[3 * r + c] += inn.H[3 * r + c] + inn.DD[3 * r + c] - inn.D[r] * inn.D[c]             # <<<<<<<<<<<<<<
@@ -20649,8 +20816,8 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
         }
       }
 
-      /* "melsml/_nested.pyx":295
- *         inner_school(p, &o.modes_in[j], o.nq_in, o.gx_in, o.glw_in, lwork, inn)
+      /* "melsml/_nested.pyx":308
+ *                      1 if grad != NULL else 0)
  *         G += inn.ll
  *         if grad != NULL:             # <<<<<<<<<<<<<<
  *             for r in range(3):
@@ -20660,7 +20827,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
   }
 
 
-  /* "melsml/_nested.pyx":300
+  /* "melsml/_nested.pyx":313
  *                 for c in range(3):
  *                     Hb[3 * r + c] += inn.H[3 * r + c] + inn.DD[3 * r + c] - inn.D[r] * inn.D[c]
  *     for a in range(d):             # <<<<<<<<<<<<<<
@@ -20674,7 +20841,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_a = __pyx_t_3;
 
-    /* "melsml/_nested.pyx":301
+    /* "melsml/_nested.pyx":314
  *                     Hb[3 * r + c] += inn.H[3 * r + c] + inn.DD[3 * r + c] - inn.D[r] * inn.D[c]
  *     for a in range(d):
  *         G -= 0.5 * (th[a] * th[a] + LOG2PI)             # <<<<<<<<<<<<<<
@@ -20685,7 +20852,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
   }
 
 
-  /* "melsml/_nested.pyx":302
+  /* "melsml/_nested.pyx":315
  *     for a in range(d):
  *         G -= 0.5 * (th[a] * th[a] + LOG2PI)
  *     if grad != NULL:             # <<<<<<<<<<<<<<
@@ -20697,7 +20864,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
   if (__pyx_t_8) {
 
 
-    /* "melsml/_nested.pyx":303
+    /* "melsml/_nested.pyx":316
  *         G -= 0.5 * (th[a] * th[a] + LOG2PI)
  *     if grad != NULL:
  *         for a in range(d):             # <<<<<<<<<<<<<<
@@ -20711,7 +20878,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
     for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
       __pyx_v_a = __pyx_t_3;
 
-      /* "melsml/_nested.pyx":304
+      /* "melsml/_nested.pyx":317
  *     if grad != NULL:
  *         for a in range(d):
  *             s = 0.0             # <<<<<<<<<<<<<<
@@ -20720,7 +20887,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
 */
       __pyx_v_s = 0.0;
 
-      /* "melsml/_nested.pyx":305
+      /* "melsml/_nested.pyx":318
  *         for a in range(d):
  *             s = 0.0
  *             for r in range(3):             # <<<<<<<<<<<<<<
@@ -20730,7 +20897,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
       for (__pyx_t_4 = 0; __pyx_t_4 < 3; __pyx_t_4+=1) {
         __pyx_v_r = __pyx_t_4;
 
-        /* "melsml/_nested.pyx":306
+        /* "melsml/_nested.pyx":319
  *             s = 0.0
  *             for r in range(3):
  *                 s += o.M[r * d + a] * Db[r]             # <<<<<<<<<<<<<<
@@ -20740,7 +20907,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
         __pyx_v_s = (__pyx_v_s + ((__pyx_v_o->M[((__pyx_v_r * __pyx_v_d) + __pyx_v_a)]) * (__pyx_v_Db[__pyx_v_r])));
       }
 
-      /* "melsml/_nested.pyx":307
+      /* "melsml/_nested.pyx":320
  *             for r in range(3):
  *                 s += o.M[r * d + a] * Db[r]
  *             grad[a] = s - th[a]             # <<<<<<<<<<<<<<
@@ -20749,7 +20916,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
 */
       (__pyx_v_grad[__pyx_v_a]) = (__pyx_v_s - (__pyx_v_th[__pyx_v_a]));
 
-      /* "melsml/_nested.pyx":308
+      /* "melsml/_nested.pyx":321
  *                 s += o.M[r * d + a] * Db[r]
  *             grad[a] = s - th[a]
  *             for b in range(d):             # <<<<<<<<<<<<<<
@@ -20763,7 +20930,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
       for (__pyx_t_11 = 0; __pyx_t_11 < __pyx_t_10; __pyx_t_11+=1) {
         __pyx_v_b = __pyx_t_11;
 
-        /* "melsml/_nested.pyx":309
+        /* "melsml/_nested.pyx":322
  *             grad[a] = s - th[a]
  *             for b in range(d):
  *                 s = 0.0             # <<<<<<<<<<<<<<
@@ -20772,7 +20939,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
 */
         __pyx_v_s = 0.0;
 
-        /* "melsml/_nested.pyx":310
+        /* "melsml/_nested.pyx":323
  *             for b in range(d):
  *                 s = 0.0
  *                 for r in range(3):             # <<<<<<<<<<<<<<
@@ -20782,7 +20949,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
         for (__pyx_t_12 = 0; __pyx_t_12 < 3; __pyx_t_12+=1) {
           __pyx_v_r = __pyx_t_12;
 
-          /* "melsml/_nested.pyx":311
+          /* "melsml/_nested.pyx":324
  *                 s = 0.0
  *                 for r in range(3):
  *                     for c in range(3):             # <<<<<<<<<<<<<<
@@ -20792,7 +20959,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
           for (__pyx_t_13 = 0; __pyx_t_13 < 3; __pyx_t_13+=1) {
             __pyx_v_c = __pyx_t_13;
 
-            /* "melsml/_nested.pyx":312
+            /* "melsml/_nested.pyx":325
  *                 for r in range(3):
  *                     for c in range(3):
  *                         s += o.M[r * d + a] * Hb[3 * r + c] * o.M[c * d + b]             # <<<<<<<<<<<<<<
@@ -20803,7 +20970,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
           }
         }
 
-        /* "melsml/_nested.pyx":313
+        /* "melsml/_nested.pyx":326
  *                     for c in range(3):
  *                         s += o.M[r * d + a] * Hb[3 * r + c] * o.M[c * d + b]
  *                 hess[a * d + b] = s - (1.0 if a == b else 0.0)             # <<<<<<<<<<<<<<
@@ -20827,7 +20994,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
     }
 
 
-    /* "melsml/_nested.pyx":302
+    /* "melsml/_nested.pyx":315
  *     for a in range(d):
  *         G -= 0.5 * (th[a] * th[a] + LOG2PI)
  *     if grad != NULL:             # <<<<<<<<<<<<<<
@@ -20836,7 +21003,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
 */
   }
 
-  /* "melsml/_nested.pyx":314
+  /* "melsml/_nested.pyx":327
  *                         s += o.M[r * d + a] * Hb[3 * r + c] * o.M[c * d + b]
  *                 hess[a * d + b] = s - (1.0 if a == b else 0.0)
  *     return G             # <<<<<<<<<<<<<<
@@ -20849,7 +21016,7 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
   }
   goto __pyx_L0;
 
-  /* "melsml/_nested.pyx":274
+  /* "melsml/_nested.pyx":286
  * 
  * 
  * cdef double outer_G(Outer* o, Py_ssize_t k, const double* th, School* p, Inner* inn,             # <<<<<<<<<<<<<<
@@ -20873,12 +21040,12 @@ static double __pyx_f_6melsml_7_nested_outer_G(struct __pyx_t_6melsml_7_nested_O
   return __pyx_r;
 }
 
-/* "melsml/_nested.pyx":317
+/* "melsml/_nested.pyx":330
  * 
  * 
  * cdef void outer_mode(Outer* o, Py_ssize_t k, School* p, Inner* inn, double* lwork,             # <<<<<<<<<<<<<<
  *                      double* th, double* grad, double* hess, double* work) noexcept nogil:
- *     """Mode of outer_G (Newton with Louis' Hessian, step halving) and the Cholesky
+ *     """Mode of outer_G (Newton with Louis' Hessian, step halving; it stops when the
 */
 
 static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_Outer *__pyx_v_o, Py_ssize_t __pyx_v_k, struct __pyx_t_6melsml_7_nested_School *__pyx_v_p, struct __pyx_t_6melsml_7_nested_Inner *__pyx_v_inn, double *__pyx_v_lwork, double *__pyx_v_th, double *__pyx_v_grad, double *__pyx_v_hess, double *__pyx_v_work) {
@@ -20892,10 +21059,13 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
   double __pyx_v_Gn;
   double __pyx_v_t;
   double __pyx_v_smax;
+  double __pyx_v_dec;
   double *__pyx_v_cen;
   double *__pyx_v_step;
   double *__pyx_v_thn;
   double *__pyx_v_neg;
+  double *__pyx_v_gradn;
+  double *__pyx_v_hessn;
   int __pyx_t_1;
   int __pyx_t_2;
   int __pyx_t_3;
@@ -20903,30 +21073,31 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
   int __pyx_t_5;
   int __pyx_t_6;
   int __pyx_t_7;
-  double __pyx_t_8;
+  int __pyx_t_8;
+  double __pyx_t_9;
 
-  /* "melsml/_nested.pyx":321
- *     """Mode of outer_G (Newton with Louis' Hessian, step halving) and the Cholesky
- *     factor of the inverse of minus its Hessian there, written to o.cen[k]."""
+  /* "melsml/_nested.pyx":335
+ *     Newton decrement is below 1e-12) and the Cholesky factor of the inverse of
+ *     minus its Hessian there, written to o.cen[k]."""
  *     cdef int d = o.d3, it, a, b, h, ok             # <<<<<<<<<<<<<<
- *     cdef double G, Gn, t, smax
+ *     cdef double G, Gn, t, smax, dec
  *     cdef double* cen = &o.cen[k * o.cw]
 */
   __pyx_t_1 = __pyx_v_o->d3;
 
   __pyx_v_d = __pyx_t_1;
 
-  /* "melsml/_nested.pyx":323
+  /* "melsml/_nested.pyx":337
  *     cdef int d = o.d3, it, a, b, h, ok
- *     cdef double G, Gn, t, smax
+ *     cdef double G, Gn, t, smax, dec
  *     cdef double* cen = &o.cen[k * o.cw]             # <<<<<<<<<<<<<<
  *     cdef double* step = work
  *     cdef double* thn = work + 3
 */
   __pyx_v_cen = (&(__pyx_v_o->cen[(__pyx_v_k * __pyx_v_o->cw)]));
 
-  /* "melsml/_nested.pyx":324
- *     cdef double G, Gn, t, smax
+  /* "melsml/_nested.pyx":338
+ *     cdef double G, Gn, t, smax, dec
  *     cdef double* cen = &o.cen[k * o.cw]
  *     cdef double* step = work             # <<<<<<<<<<<<<<
  *     cdef double* thn = work + 3
@@ -20934,27 +21105,45 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
 */
   __pyx_v_step = __pyx_v_work;
 
-  /* "melsml/_nested.pyx":325
+  /* "melsml/_nested.pyx":339
  *     cdef double* cen = &o.cen[k * o.cw]
  *     cdef double* step = work
  *     cdef double* thn = work + 3             # <<<<<<<<<<<<<<
  *     cdef double* neg = work + 6
- *     for a in range(d):
+ *     cdef double* gradn = work + 15
 */
   __pyx_v_thn = (__pyx_v_work + 3);
 
-  /* "melsml/_nested.pyx":326
+  /* "melsml/_nested.pyx":340
  *     cdef double* step = work
  *     cdef double* thn = work + 3
  *     cdef double* neg = work + 6             # <<<<<<<<<<<<<<
- *     for a in range(d):
- *         th[a] = cen[a]
+ *     cdef double* gradn = work + 15
+ *     cdef double* hessn = work + 18
 */
   __pyx_v_neg = (__pyx_v_work + 6);
 
-  /* "melsml/_nested.pyx":327
+  /* "melsml/_nested.pyx":341
  *     cdef double* thn = work + 3
  *     cdef double* neg = work + 6
+ *     cdef double* gradn = work + 15             # <<<<<<<<<<<<<<
+ *     cdef double* hessn = work + 18
+ *     for a in range(d):
+*/
+  __pyx_v_gradn = (__pyx_v_work + 15);
+
+  /* "melsml/_nested.pyx":342
+ *     cdef double* neg = work + 6
+ *     cdef double* gradn = work + 15
+ *     cdef double* hessn = work + 18             # <<<<<<<<<<<<<<
+ *     for a in range(d):
+ *         th[a] = cen[a]
+*/
+  __pyx_v_hessn = (__pyx_v_work + 18);
+
+  /* "melsml/_nested.pyx":343
+ *     cdef double* gradn = work + 15
+ *     cdef double* hessn = work + 18
  *     for a in range(d):             # <<<<<<<<<<<<<<
  *         th[a] = cen[a]
  *     G = outer_G(o, k, th, p, inn, lwork, grad, hess)
@@ -20966,8 +21155,8 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_a = __pyx_t_3;
 
-    /* "melsml/_nested.pyx":328
- *     cdef double* neg = work + 6
+    /* "melsml/_nested.pyx":344
+ *     cdef double* hessn = work + 18
  *     for a in range(d):
  *         th[a] = cen[a]             # <<<<<<<<<<<<<<
  *     G = outer_G(o, k, th, p, inn, lwork, grad, hess)
@@ -20977,7 +21166,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
   }
 
 
-  /* "melsml/_nested.pyx":329
+  /* "melsml/_nested.pyx":345
  *     for a in range(d):
  *         th[a] = cen[a]
  *     G = outer_G(o, k, th, p, inn, lwork, grad, hess)             # <<<<<<<<<<<<<<
@@ -20986,7 +21175,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
 */
   __pyx_v_G = __pyx_f_6melsml_7_nested_outer_G(__pyx_v_o, __pyx_v_k, __pyx_v_th, __pyx_v_p, __pyx_v_inn, __pyx_v_lwork, __pyx_v_grad, __pyx_v_hess);
 
-  /* "melsml/_nested.pyx":330
+  /* "melsml/_nested.pyx":346
  *         th[a] = cen[a]
  *     G = outer_G(o, k, th, p, inn, lwork, grad, hess)
  *     for it in range(60):             # <<<<<<<<<<<<<<
@@ -20996,7 +21185,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
   for (__pyx_t_1 = 0; __pyx_t_1 < 60; __pyx_t_1+=1) {
     __pyx_v_it = __pyx_t_1;
 
-    /* "melsml/_nested.pyx":331
+    /* "melsml/_nested.pyx":347
  *     G = outer_G(o, k, th, p, inn, lwork, grad, hess)
  *     for it in range(60):
  *         for a in range(d * d):             # <<<<<<<<<<<<<<
@@ -21010,7 +21199,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
     for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
       __pyx_v_a = __pyx_t_4;
 
-      /* "melsml/_nested.pyx":332
+      /* "melsml/_nested.pyx":348
  *     for it in range(60):
  *         for a in range(d * d):
  *             neg[a] = -hess[a]             # <<<<<<<<<<<<<<
@@ -21021,7 +21210,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
     }
 
 
-    /* "melsml/_nested.pyx":333
+    /* "melsml/_nested.pyx":349
  *         for a in range(d * d):
  *             neg[a] = -hess[a]
  *         ok = chol(neg, d)             # <<<<<<<<<<<<<<
@@ -21030,7 +21219,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
 */
     __pyx_v_ok = __pyx_f_6melsml_6_dense_chol(__pyx_v_neg, __pyx_v_d);
 
-    /* "melsml/_nested.pyx":334
+    /* "melsml/_nested.pyx":350
  *             neg[a] = -hess[a]
  *         ok = chol(neg, d)
  *         for a in range(d):             # <<<<<<<<<<<<<<
@@ -21044,7 +21233,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
     for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
       __pyx_v_a = __pyx_t_4;
 
-      /* "melsml/_nested.pyx":335
+      /* "melsml/_nested.pyx":351
  *         ok = chol(neg, d)
  *         for a in range(d):
  *             step[a] = grad[a]             # <<<<<<<<<<<<<<
@@ -21055,51 +21244,60 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
     }
 
 
-    /* "melsml/_nested.pyx":336
+    /* "melsml/_nested.pyx":352
  *         for a in range(d):
  *             step[a] = grad[a]
  *         if ok:             # <<<<<<<<<<<<<<
  *             chol_solve(neg, d, step)
- *         smax = 0.0
+ *         dec = 0.0
 */
     __pyx_t_5 = (__pyx_v_ok != 0);
 
     if (__pyx_t_5) {
 
 
-      /* "melsml/_nested.pyx":337
+      /* "melsml/_nested.pyx":353
  *             step[a] = grad[a]
  *         if ok:
  *             chol_solve(neg, d, step)             # <<<<<<<<<<<<<<
+ *         dec = 0.0
  *         smax = 0.0
- *         for a in range(d):
 */
       __pyx_f_6melsml_6_dense_chol_solve(__pyx_v_neg, __pyx_v_d, __pyx_v_step);
 
-      /* "melsml/_nested.pyx":336
+      /* "melsml/_nested.pyx":352
  *         for a in range(d):
  *             step[a] = grad[a]
  *         if ok:             # <<<<<<<<<<<<<<
  *             chol_solve(neg, d, step)
- *         smax = 0.0
+ *         dec = 0.0
 */
     }
 
-    /* "melsml/_nested.pyx":338
+    /* "melsml/_nested.pyx":354
  *         if ok:
  *             chol_solve(neg, d, step)
+ *         dec = 0.0             # <<<<<<<<<<<<<<
+ *         smax = 0.0
+ *         for a in range(d):
+*/
+    __pyx_v_dec = 0.0;
+
+    /* "melsml/_nested.pyx":355
+ *             chol_solve(neg, d, step)
+ *         dec = 0.0
  *         smax = 0.0             # <<<<<<<<<<<<<<
  *         for a in range(d):
- *             if fabs(step[a]) > smax:
+ *             dec += grad[a] * step[a]
 */
     __pyx_v_smax = 0.0;
 
-    /* "melsml/_nested.pyx":339
- *             chol_solve(neg, d, step)
+    /* "melsml/_nested.pyx":356
+ *         dec = 0.0
  *         smax = 0.0
  *         for a in range(d):             # <<<<<<<<<<<<<<
+ *             dec += grad[a] * step[a]
  *             if fabs(step[a]) > smax:
- *                 smax = fabs(step[a])
 */
 
     __pyx_t_2 = __pyx_v_d;
@@ -21108,41 +21306,94 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
     for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
       __pyx_v_a = __pyx_t_4;
 
-      /* "melsml/_nested.pyx":340
+      /* "melsml/_nested.pyx":357
  *         smax = 0.0
  *         for a in range(d):
+ *             dec += grad[a] * step[a]             # <<<<<<<<<<<<<<
+ *             if fabs(step[a]) > smax:
+ *                 smax = fabs(step[a])
+*/
+      __pyx_v_dec = (__pyx_v_dec + ((__pyx_v_grad[__pyx_v_a]) * (__pyx_v_step[__pyx_v_a])));
+
+      /* "melsml/_nested.pyx":358
+ *         for a in range(d):
+ *             dec += grad[a] * step[a]
  *             if fabs(step[a]) > smax:             # <<<<<<<<<<<<<<
  *                 smax = fabs(step[a])
- *         if smax > 2.0:
+ *         if ok and dec < 1e-12:
 */
       __pyx_t_5 = (fabs((__pyx_v_step[__pyx_v_a])) > __pyx_v_smax);
 
       if (__pyx_t_5) {
 
 
-        /* "melsml/_nested.pyx":341
- *         for a in range(d):
+        /* "melsml/_nested.pyx":359
+ *             dec += grad[a] * step[a]
  *             if fabs(step[a]) > smax:
  *                 smax = fabs(step[a])             # <<<<<<<<<<<<<<
- *         if smax > 2.0:
- *             for a in range(d):
+ *         if ok and dec < 1e-12:
+ *             break
 */
         __pyx_v_smax = fabs((__pyx_v_step[__pyx_v_a]));
 
-        /* "melsml/_nested.pyx":340
- *         smax = 0.0
+        /* "melsml/_nested.pyx":358
  *         for a in range(d):
+ *             dec += grad[a] * step[a]
  *             if fabs(step[a]) > smax:             # <<<<<<<<<<<<<<
  *                 smax = fabs(step[a])
- *         if smax > 2.0:
+ *         if ok and dec < 1e-12:
 */
       }
     }
 
 
-    /* "melsml/_nested.pyx":342
+    /* "melsml/_nested.pyx":360
  *             if fabs(step[a]) > smax:
  *                 smax = fabs(step[a])
+ *         if ok and dec < 1e-12:             # <<<<<<<<<<<<<<
+ *             break
+ *         if smax > 2.0:
+*/
+    __pyx_t_6 = (__pyx_v_ok != 0);
+
+    if (__pyx_t_6) {
+
+    } else {
+
+      __pyx_t_5 = __pyx_t_6;
+
+      goto __pyx_L16_bool_binop_done;
+    }
+    __pyx_t_6 = (__pyx_v_dec < 1e-12);
+
+
+    __pyx_t_5 = __pyx_t_6;
+
+    __pyx_L16_bool_binop_done:;
+    if (__pyx_t_5) {
+
+
+      /* "melsml/_nested.pyx":361
+ *                 smax = fabs(step[a])
+ *         if ok and dec < 1e-12:
+ *             break             # <<<<<<<<<<<<<<
+ *         if smax > 2.0:
+ *             for a in range(d):
+*/
+      goto __pyx_L6_break;
+
+      /* "melsml/_nested.pyx":360
+ *             if fabs(step[a]) > smax:
+ *                 smax = fabs(step[a])
+ *         if ok and dec < 1e-12:             # <<<<<<<<<<<<<<
+ *             break
+ *         if smax > 2.0:
+*/
+    }
+
+    /* "melsml/_nested.pyx":362
+ *         if ok and dec < 1e-12:
+ *             break
  *         if smax > 2.0:             # <<<<<<<<<<<<<<
  *             for a in range(d):
  *                 step[a] *= 2.0 / smax
@@ -21152,8 +21403,8 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
     if (__pyx_t_5) {
 
 
-      /* "melsml/_nested.pyx":343
- *                 smax = fabs(step[a])
+      /* "melsml/_nested.pyx":363
+ *             break
  *         if smax > 2.0:
  *             for a in range(d):             # <<<<<<<<<<<<<<
  *                 step[a] *= 2.0 / smax
@@ -21166,7 +21417,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
       for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
         __pyx_v_a = __pyx_t_4;
 
-        /* "melsml/_nested.pyx":344
+        /* "melsml/_nested.pyx":364
  *         if smax > 2.0:
  *             for a in range(d):
  *                 step[a] *= 2.0 / smax             # <<<<<<<<<<<<<<
@@ -21174,21 +21425,21 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
  *         for h in range(40):
 */
 
-        __pyx_t_6 = __pyx_v_a;
-        (__pyx_v_step[__pyx_t_6]) = ((__pyx_v_step[__pyx_t_6]) * (2.0 / __pyx_v_smax));
+        __pyx_t_7 = __pyx_v_a;
+        (__pyx_v_step[__pyx_t_7]) = ((__pyx_v_step[__pyx_t_7]) * (2.0 / __pyx_v_smax));
       }
 
 
-      /* "melsml/_nested.pyx":342
- *             if fabs(step[a]) > smax:
- *                 smax = fabs(step[a])
+      /* "melsml/_nested.pyx":362
+ *         if ok and dec < 1e-12:
+ *             break
  *         if smax > 2.0:             # <<<<<<<<<<<<<<
  *             for a in range(d):
  *                 step[a] *= 2.0 / smax
 */
     }
 
-    /* "melsml/_nested.pyx":345
+    /* "melsml/_nested.pyx":365
  *             for a in range(d):
  *                 step[a] *= 2.0 / smax
  *         t = 1.0             # <<<<<<<<<<<<<<
@@ -21197,7 +21448,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
 */
     __pyx_v_t = 1.0;
 
-    /* "melsml/_nested.pyx":346
+    /* "melsml/_nested.pyx":366
  *                 step[a] *= 2.0 / smax
  *         t = 1.0
  *         for h in range(40):             # <<<<<<<<<<<<<<
@@ -21207,43 +21458,43 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
     for (__pyx_t_2 = 0; __pyx_t_2 < 40; __pyx_t_2+=1) {
       __pyx_v_h = __pyx_t_2;
 
-      /* "melsml/_nested.pyx":347
+      /* "melsml/_nested.pyx":367
  *         t = 1.0
  *         for h in range(40):
  *             for a in range(d):             # <<<<<<<<<<<<<<
  *                 thn[a] = th[a] + t * step[a]
- *             Gn = outer_G(o, k, thn, p, inn, lwork, NULL, NULL)
+ *             Gn = outer_G(o, k, thn, p, inn, lwork, gradn, hessn)
 */
 
       __pyx_t_3 = __pyx_v_d;
       __pyx_t_4 = __pyx_t_3;
 
-      for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_4; __pyx_t_6+=1) {
-        __pyx_v_a = __pyx_t_6;
+      for (__pyx_t_7 = 0; __pyx_t_7 < __pyx_t_4; __pyx_t_7+=1) {
+        __pyx_v_a = __pyx_t_7;
 
-        /* "melsml/_nested.pyx":348
+        /* "melsml/_nested.pyx":368
  *         for h in range(40):
  *             for a in range(d):
  *                 thn[a] = th[a] + t * step[a]             # <<<<<<<<<<<<<<
- *             Gn = outer_G(o, k, thn, p, inn, lwork, NULL, NULL)
+ *             Gn = outer_G(o, k, thn, p, inn, lwork, gradn, hessn)
  *             if Gn >= G - 1e-12 * fabs(G):
 */
         (__pyx_v_thn[__pyx_v_a]) = ((__pyx_v_th[__pyx_v_a]) + (__pyx_v_t * (__pyx_v_step[__pyx_v_a])));
       }
 
 
-      /* "melsml/_nested.pyx":349
+      /* "melsml/_nested.pyx":369
  *             for a in range(d):
  *                 thn[a] = th[a] + t * step[a]
- *             Gn = outer_G(o, k, thn, p, inn, lwork, NULL, NULL)             # <<<<<<<<<<<<<<
+ *             Gn = outer_G(o, k, thn, p, inn, lwork, gradn, hessn)             # <<<<<<<<<<<<<<
  *             if Gn >= G - 1e-12 * fabs(G):
  *                 break
 */
-      __pyx_v_Gn = __pyx_f_6melsml_7_nested_outer_G(__pyx_v_o, __pyx_v_k, __pyx_v_thn, __pyx_v_p, __pyx_v_inn, __pyx_v_lwork, NULL, NULL);
+      __pyx_v_Gn = __pyx_f_6melsml_7_nested_outer_G(__pyx_v_o, __pyx_v_k, __pyx_v_thn, __pyx_v_p, __pyx_v_inn, __pyx_v_lwork, __pyx_v_gradn, __pyx_v_hessn);
 
-      /* "melsml/_nested.pyx":350
+      /* "melsml/_nested.pyx":370
  *                 thn[a] = th[a] + t * step[a]
- *             Gn = outer_G(o, k, thn, p, inn, lwork, NULL, NULL)
+ *             Gn = outer_G(o, k, thn, p, inn, lwork, gradn, hessn)
  *             if Gn >= G - 1e-12 * fabs(G):             # <<<<<<<<<<<<<<
  *                 break
  *             t *= 0.5
@@ -21253,25 +21504,25 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
       if (__pyx_t_5) {
 
 
-        /* "melsml/_nested.pyx":351
- *             Gn = outer_G(o, k, thn, p, inn, lwork, NULL, NULL)
+        /* "melsml/_nested.pyx":371
+ *             Gn = outer_G(o, k, thn, p, inn, lwork, gradn, hessn)
  *             if Gn >= G - 1e-12 * fabs(G):
  *                 break             # <<<<<<<<<<<<<<
  *             t *= 0.5
  *         for a in range(d):
 */
-        goto __pyx_L19_break;
+        goto __pyx_L22_break;
 
-        /* "melsml/_nested.pyx":350
+        /* "melsml/_nested.pyx":370
  *                 thn[a] = th[a] + t * step[a]
- *             Gn = outer_G(o, k, thn, p, inn, lwork, NULL, NULL)
+ *             Gn = outer_G(o, k, thn, p, inn, lwork, gradn, hessn)
  *             if Gn >= G - 1e-12 * fabs(G):             # <<<<<<<<<<<<<<
  *                 break
  *             t *= 0.5
 */
       }
 
-      /* "melsml/_nested.pyx":352
+      /* "melsml/_nested.pyx":372
  *             if Gn >= G - 1e-12 * fabs(G):
  *                 break
  *             t *= 0.5             # <<<<<<<<<<<<<<
@@ -21280,14 +21531,14 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
 */
       __pyx_v_t = (__pyx_v_t * 0.5);
     }
-    __pyx_L19_break:;
+    __pyx_L22_break:;
 
-    /* "melsml/_nested.pyx":353
+    /* "melsml/_nested.pyx":373
  *                 break
  *             t *= 0.5
  *         for a in range(d):             # <<<<<<<<<<<<<<
  *             th[a] = thn[a]
- *         G = outer_G(o, k, th, p, inn, lwork, grad, hess)
+ *             grad[a] = gradn[a]
 */
 
     __pyx_t_2 = __pyx_v_d;
@@ -21296,51 +21547,85 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
     for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
       __pyx_v_a = __pyx_t_4;
 
-      /* "melsml/_nested.pyx":354
+      /* "melsml/_nested.pyx":374
  *             t *= 0.5
  *         for a in range(d):
  *             th[a] = thn[a]             # <<<<<<<<<<<<<<
- *         G = outer_G(o, k, th, p, inn, lwork, grad, hess)
- *         if t * smax < 1e-9:
+ *             grad[a] = gradn[a]
+ *         for a in range(d * d):
 */
       (__pyx_v_th[__pyx_v_a]) = (__pyx_v_thn[__pyx_v_a]);
+
+      /* "melsml/_nested.pyx":375
+ *         for a in range(d):
+ *             th[a] = thn[a]
+ *             grad[a] = gradn[a]             # <<<<<<<<<<<<<<
+ *         for a in range(d * d):
+ *             hess[a] = hessn[a]
+*/
+      (__pyx_v_grad[__pyx_v_a]) = (__pyx_v_gradn[__pyx_v_a]);
     }
 
 
-    /* "melsml/_nested.pyx":355
- *         for a in range(d):
+    /* "melsml/_nested.pyx":376
  *             th[a] = thn[a]
- *         G = outer_G(o, k, th, p, inn, lwork, grad, hess)             # <<<<<<<<<<<<<<
- *         if t * smax < 1e-9:
+ *             grad[a] = gradn[a]
+ *         for a in range(d * d):             # <<<<<<<<<<<<<<
+ *             hess[a] = hessn[a]
+ *         G = Gn
+*/
+
+    __pyx_t_2 = (__pyx_v_d * __pyx_v_d);
+    __pyx_t_3 = __pyx_t_2;
+
+    for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
+      __pyx_v_a = __pyx_t_4;
+
+      /* "melsml/_nested.pyx":377
+ *             grad[a] = gradn[a]
+ *         for a in range(d * d):
+ *             hess[a] = hessn[a]             # <<<<<<<<<<<<<<
+ *         G = Gn
+ *         if t * smax < 1e-10:
+*/
+      (__pyx_v_hess[__pyx_v_a]) = (__pyx_v_hessn[__pyx_v_a]);
+    }
+
+
+    /* "melsml/_nested.pyx":378
+ *         for a in range(d * d):
+ *             hess[a] = hessn[a]
+ *         G = Gn             # <<<<<<<<<<<<<<
+ *         if t * smax < 1e-10:
  *             break
 */
-    __pyx_v_G = __pyx_f_6melsml_7_nested_outer_G(__pyx_v_o, __pyx_v_k, __pyx_v_th, __pyx_v_p, __pyx_v_inn, __pyx_v_lwork, __pyx_v_grad, __pyx_v_hess);
+    __pyx_v_G = __pyx_v_Gn;
 
-    /* "melsml/_nested.pyx":356
- *             th[a] = thn[a]
- *         G = outer_G(o, k, th, p, inn, lwork, grad, hess)
- *         if t * smax < 1e-9:             # <<<<<<<<<<<<<<
+    /* "melsml/_nested.pyx":379
+ *             hess[a] = hessn[a]
+ *         G = Gn
+ *         if t * smax < 1e-10:             # <<<<<<<<<<<<<<
  *             break
  *     # the node scale: Cholesky factor of (-H)^-1
 */
-    __pyx_t_5 = ((__pyx_v_t * __pyx_v_smax) < 1e-9);
+    __pyx_t_5 = ((__pyx_v_t * __pyx_v_smax) < 1e-10);
 
     if (__pyx_t_5) {
 
 
-      /* "melsml/_nested.pyx":357
- *         G = outer_G(o, k, th, p, inn, lwork, grad, hess)
- *         if t * smax < 1e-9:
+      /* "melsml/_nested.pyx":380
+ *         G = Gn
+ *         if t * smax < 1e-10:
  *             break             # <<<<<<<<<<<<<<
  *     # the node scale: Cholesky factor of (-H)^-1
  *     for a in range(d * d):
 */
       goto __pyx_L6_break;
 
-      /* "melsml/_nested.pyx":356
- *             th[a] = thn[a]
- *         G = outer_G(o, k, th, p, inn, lwork, grad, hess)
- *         if t * smax < 1e-9:             # <<<<<<<<<<<<<<
+      /* "melsml/_nested.pyx":379
+ *             hess[a] = hessn[a]
+ *         G = Gn
+ *         if t * smax < 1e-10:             # <<<<<<<<<<<<<<
  *             break
  *     # the node scale: Cholesky factor of (-H)^-1
 */
@@ -21348,7 +21633,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
   }
   __pyx_L6_break:;
 
-  /* "melsml/_nested.pyx":359
+  /* "melsml/_nested.pyx":382
  *             break
  *     # the node scale: Cholesky factor of (-H)^-1
  *     for a in range(d * d):             # <<<<<<<<<<<<<<
@@ -21362,7 +21647,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_a = __pyx_t_3;
 
-    /* "melsml/_nested.pyx":360
+    /* "melsml/_nested.pyx":383
  *     # the node scale: Cholesky factor of (-H)^-1
  *     for a in range(d * d):
  *         neg[a] = -hess[a]             # <<<<<<<<<<<<<<
@@ -21373,7 +21658,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
   }
 
 
-  /* "melsml/_nested.pyx":361
+  /* "melsml/_nested.pyx":384
  *     for a in range(d * d):
  *         neg[a] = -hess[a]
  *     if not chol(neg, d):             # <<<<<<<<<<<<<<
@@ -21385,7 +21670,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
   if (__pyx_t_5) {
 
 
-    /* "melsml/_nested.pyx":362
+    /* "melsml/_nested.pyx":385
  *         neg[a] = -hess[a]
  *     if not chol(neg, d):
  *         for a in range(d * d):             # <<<<<<<<<<<<<<
@@ -21399,7 +21684,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
     for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
       __pyx_v_a = __pyx_t_3;
 
-      /* "melsml/_nested.pyx":363
+      /* "melsml/_nested.pyx":386
  *     if not chol(neg, d):
  *         for a in range(d * d):
  *             neg[a] = 0.0             # <<<<<<<<<<<<<<
@@ -21410,12 +21695,12 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
     }
 
 
-    /* "melsml/_nested.pyx":364
+    /* "melsml/_nested.pyx":387
  *         for a in range(d * d):
  *             neg[a] = 0.0
  *         for a in range(d):             # <<<<<<<<<<<<<<
  *             neg[a * d + a] = 1.0
- *     # invert the lower factor F (F F' = -H): (-H)^-1 = F^-T F^-1; take its Cholesky
+ *     for b in range(d):
 */
 
     __pyx_t_1 = __pyx_v_d;
@@ -21424,18 +21709,18 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
     for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
       __pyx_v_a = __pyx_t_3;
 
-      /* "melsml/_nested.pyx":365
+      /* "melsml/_nested.pyx":388
  *             neg[a] = 0.0
  *         for a in range(d):
  *             neg[a * d + a] = 1.0             # <<<<<<<<<<<<<<
- *     # invert the lower factor F (F F' = -H): (-H)^-1 = F^-T F^-1; take its Cholesky
- *     for a in range(d * d):
+ *     for b in range(d):
+ *         # column b of (-H)^-1
 */
       (__pyx_v_neg[((__pyx_v_a * __pyx_v_d) + __pyx_v_a)]) = 1.0;
     }
 
 
-    /* "melsml/_nested.pyx":361
+    /* "melsml/_nested.pyx":384
  *     for a in range(d * d):
  *         neg[a] = -hess[a]
  *     if not chol(neg, d):             # <<<<<<<<<<<<<<
@@ -21444,34 +21729,9 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
 */
   }
 
-  /* "melsml/_nested.pyx":367
+  /* "melsml/_nested.pyx":389
+ *         for a in range(d):
  *             neg[a * d + a] = 1.0
- *     # invert the lower factor F (F F' = -H): (-H)^-1 = F^-T F^-1; take its Cholesky
- *     for a in range(d * d):             # <<<<<<<<<<<<<<
- *         hess[a] = 0.0
- *     for b in range(d):
-*/
-
-  __pyx_t_1 = (__pyx_v_d * __pyx_v_d);
-  __pyx_t_2 = __pyx_t_1;
-
-  for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
-    __pyx_v_a = __pyx_t_3;
-
-    /* "melsml/_nested.pyx":368
- *     # invert the lower factor F (F F' = -H): (-H)^-1 = F^-T F^-1; take its Cholesky
- *     for a in range(d * d):
- *         hess[a] = 0.0             # <<<<<<<<<<<<<<
- *     for b in range(d):
- *         # column b of (-H)^-1
-*/
-    (__pyx_v_hess[__pyx_v_a]) = 0.0;
-  }
-
-
-  /* "melsml/_nested.pyx":369
- *     for a in range(d * d):
- *         hess[a] = 0.0
  *     for b in range(d):             # <<<<<<<<<<<<<<
  *         # column b of (-H)^-1
  *         for a in range(d):
@@ -21483,7 +21743,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_b = __pyx_t_3;
 
-    /* "melsml/_nested.pyx":371
+    /* "melsml/_nested.pyx":391
  *     for b in range(d):
  *         # column b of (-H)^-1
  *         for a in range(d):             # <<<<<<<<<<<<<<
@@ -21492,12 +21752,12 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
 */
 
     __pyx_t_4 = __pyx_v_d;
-    __pyx_t_6 = __pyx_t_4;
+    __pyx_t_7 = __pyx_t_4;
 
-    for (__pyx_t_7 = 0; __pyx_t_7 < __pyx_t_6; __pyx_t_7+=1) {
-      __pyx_v_a = __pyx_t_7;
+    for (__pyx_t_8 = 0; __pyx_t_8 < __pyx_t_7; __pyx_t_8+=1) {
+      __pyx_v_a = __pyx_t_8;
 
-      /* "melsml/_nested.pyx":372
+      /* "melsml/_nested.pyx":392
  *         # column b of (-H)^-1
  *         for a in range(d):
  *             step[a] = 1.0 if a == b else 0.0             # <<<<<<<<<<<<<<
@@ -21508,18 +21768,18 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
 
       if (__pyx_t_5) {
 
-        __pyx_t_8 = 1.0;
+        __pyx_t_9 = 1.0;
       } else {
 
-        __pyx_t_8 = 0.0;
+        __pyx_t_9 = 0.0;
       }
 
-      (__pyx_v_step[__pyx_v_a]) = __pyx_t_8;
+      (__pyx_v_step[__pyx_v_a]) = __pyx_t_9;
 
     }
 
 
-    /* "melsml/_nested.pyx":373
+    /* "melsml/_nested.pyx":393
  *         for a in range(d):
  *             step[a] = 1.0 if a == b else 0.0
  *         chol_solve(neg, d, step)             # <<<<<<<<<<<<<<
@@ -21528,7 +21788,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
 */
     __pyx_f_6melsml_6_dense_chol_solve(__pyx_v_neg, __pyx_v_d, __pyx_v_step);
 
-    /* "melsml/_nested.pyx":374
+    /* "melsml/_nested.pyx":394
  *             step[a] = 1.0 if a == b else 0.0
  *         chol_solve(neg, d, step)
  *         for a in range(d):             # <<<<<<<<<<<<<<
@@ -21537,12 +21797,12 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
 */
 
     __pyx_t_4 = __pyx_v_d;
-    __pyx_t_6 = __pyx_t_4;
+    __pyx_t_7 = __pyx_t_4;
 
-    for (__pyx_t_7 = 0; __pyx_t_7 < __pyx_t_6; __pyx_t_7+=1) {
-      __pyx_v_a = __pyx_t_7;
+    for (__pyx_t_8 = 0; __pyx_t_8 < __pyx_t_7; __pyx_t_8+=1) {
+      __pyx_v_a = __pyx_t_8;
 
-      /* "melsml/_nested.pyx":375
+      /* "melsml/_nested.pyx":395
  *         chol_solve(neg, d, step)
  *         for a in range(d):
  *             hess[a * d + b] = step[a]             # <<<<<<<<<<<<<<
@@ -21555,7 +21815,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
   }
 
 
-  /* "melsml/_nested.pyx":376
+  /* "melsml/_nested.pyx":396
  *         for a in range(d):
  *             hess[a * d + b] = step[a]
  *     if not chol(hess, d):             # <<<<<<<<<<<<<<
@@ -21567,7 +21827,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
   if (__pyx_t_5) {
 
 
-    /* "melsml/_nested.pyx":377
+    /* "melsml/_nested.pyx":397
  *             hess[a * d + b] = step[a]
  *     if not chol(hess, d):
  *         for a in range(d * d):             # <<<<<<<<<<<<<<
@@ -21581,7 +21841,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
     for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
       __pyx_v_a = __pyx_t_3;
 
-      /* "melsml/_nested.pyx":378
+      /* "melsml/_nested.pyx":398
  *     if not chol(hess, d):
  *         for a in range(d * d):
  *             hess[a] = 0.0             # <<<<<<<<<<<<<<
@@ -21592,7 +21852,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
     }
 
 
-    /* "melsml/_nested.pyx":379
+    /* "melsml/_nested.pyx":399
  *         for a in range(d * d):
  *             hess[a] = 0.0
  *         for a in range(d):             # <<<<<<<<<<<<<<
@@ -21606,7 +21866,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
     for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
       __pyx_v_a = __pyx_t_3;
 
-      /* "melsml/_nested.pyx":380
+      /* "melsml/_nested.pyx":400
  *             hess[a] = 0.0
  *         for a in range(d):
  *             hess[a * d + a] = 1.0             # <<<<<<<<<<<<<<
@@ -21617,7 +21877,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
     }
 
 
-    /* "melsml/_nested.pyx":376
+    /* "melsml/_nested.pyx":396
  *         for a in range(d):
  *             hess[a * d + b] = step[a]
  *     if not chol(hess, d):             # <<<<<<<<<<<<<<
@@ -21626,7 +21886,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
 */
   }
 
-  /* "melsml/_nested.pyx":381
+  /* "melsml/_nested.pyx":401
  *         for a in range(d):
  *             hess[a * d + a] = 1.0
  *     for a in range(d):             # <<<<<<<<<<<<<<
@@ -21640,7 +21900,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_a = __pyx_t_3;
 
-    /* "melsml/_nested.pyx":382
+    /* "melsml/_nested.pyx":402
  *             hess[a * d + a] = 1.0
  *     for a in range(d):
  *         cen[a] = th[a]             # <<<<<<<<<<<<<<
@@ -21651,7 +21911,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
   }
 
 
-  /* "melsml/_nested.pyx":383
+  /* "melsml/_nested.pyx":403
  *     for a in range(d):
  *         cen[a] = th[a]
  *     for a in range(d * d):             # <<<<<<<<<<<<<<
@@ -21665,7 +21925,7 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_a = __pyx_t_3;
 
-    /* "melsml/_nested.pyx":384
+    /* "melsml/_nested.pyx":404
  *         cen[a] = th[a]
  *     for a in range(d * d):
  *         cen[d + a] = hess[a]             # <<<<<<<<<<<<<<
@@ -21676,12 +21936,12 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
   }
 
 
-  /* "melsml/_nested.pyx":317
+  /* "melsml/_nested.pyx":330
  * 
  * 
  * cdef void outer_mode(Outer* o, Py_ssize_t k, School* p, Inner* inn, double* lwork,             # <<<<<<<<<<<<<<
  *                      double* th, double* grad, double* hess, double* work) noexcept nogil:
- *     """Mode of outer_G (Newton with Louis' Hessian, step halving) and the Cholesky
+ *     """Mode of outer_G (Newton with Louis' Hessian, step halving; it stops when the
 */
 
   /* function exit code */
@@ -21699,9 +21959,12 @@ static void __pyx_f_6melsml_7_nested_outer_mode(struct __pyx_t_6melsml_7_nested_
 
 
 
+
+
+
 }
 
-/* "melsml/_nested.pyx":387
+/* "melsml/_nested.pyx":407
  * 
  * 
  * cdef void one_district(Outer* o, Py_ssize_t k, double* buf, int* idx) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -21763,7 +22026,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   int __pyx_t_19;
   int __pyx_t_20;
 
-  /* "melsml/_nested.pyx":388
+  /* "melsml/_nested.pyx":408
  * 
  * cdef void one_district(Outer* o, Py_ssize_t k, double* buf, int* idx) noexcept nogil:
  *     cdef int d = o.d3, a, b, r, i             # <<<<<<<<<<<<<<
@@ -21774,7 +22037,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 
   __pyx_v_d = __pyx_t_1;
 
-  /* "melsml/_nested.pyx":389
+  /* "melsml/_nested.pyx":409
  * cdef void one_district(Outer* o, Py_ssize_t k, double* buf, int* idx) noexcept nogil:
  *     cdef int d = o.d3, a, b, r, i
  *     cdef Py_ssize_t node, n_nodes = 1, j, j0 = o.optr[k], nj = o.optr[k + 1] - o.optr[k]             # <<<<<<<<<<<<<<
@@ -21785,7 +22048,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   __pyx_v_j0 = (__pyx_v_o->optr[__pyx_v_k]);
   __pyx_v_nj = ((__pyx_v_o->optr[(__pyx_v_k + 1)]) - (__pyx_v_o->optr[__pyx_v_k]));
 
-  /* "melsml/_nested.pyx":392
+  /* "melsml/_nested.pyx":412
  *     cdef School p
  *     cdef Inner inn
  *     cdef double lw, G, mx = -1e300, sc, w, tot = 0.0, logdet = 0.0             # <<<<<<<<<<<<<<
@@ -21796,7 +22059,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   __pyx_v_tot = 0.0;
   __pyx_v_logdet = 0.0;
 
-  /* "melsml/_nested.pyx":396
+  /* "melsml/_nested.pyx":416
  *     cdef double Db[3]
  *     cdef double gtl, gso
  *     cdef double* lwork = buf             # <<<<<<<<<<<<<<
@@ -21805,7 +22068,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
   __pyx_v_lwork = __pyx_v_buf;
 
-  /* "melsml/_nested.pyx":397
+  /* "melsml/_nested.pyx":417
  *     cdef double gtl, gso
  *     cdef double* lwork = buf
  *     cdef double* th = buf + o.nq_in             # <<<<<<<<<<<<<<
@@ -21814,7 +22077,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
   __pyx_v_th = (__pyx_v_buf + __pyx_v_o->nq_in);
 
-  /* "melsml/_nested.pyx":398
+  /* "melsml/_nested.pyx":418
  *     cdef double* lwork = buf
  *     cdef double* th = buf + o.nq_in
  *     cdef double* grad = th + 3             # <<<<<<<<<<<<<<
@@ -21823,44 +22086,44 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
   __pyx_v_grad = (__pyx_v_th + 3);
 
-  /* "melsml/_nested.pyx":399
+  /* "melsml/_nested.pyx":419
  *     cdef double* th = buf + o.nq_in
  *     cdef double* grad = th + 3
  *     cdef double* hess = grad + 3             # <<<<<<<<<<<<<<
  *     cdef double* work = hess + 9
- *     cdef double* snode = work + 15            # per school of the district: N_UM + N_EB
+ *     cdef double* snode = work + 27            # per school of the district: N_UM + N_EB
 */
   __pyx_v_hess = (__pyx_v_grad + 3);
 
-  /* "melsml/_nested.pyx":400
+  /* "melsml/_nested.pyx":420
  *     cdef double* grad = th + 3
  *     cdef double* hess = grad + 3
  *     cdef double* work = hess + 9             # <<<<<<<<<<<<<<
- *     cdef double* snode = work + 15            # per school of the district: N_UM + N_EB
+ *     cdef double* snode = work + 27            # per school of the district: N_UM + N_EB
  *     cdef double* cen = &o.cen[k * o.cw]
 */
   __pyx_v_work = (__pyx_v_hess + 9);
 
-  /* "melsml/_nested.pyx":401
+  /* "melsml/_nested.pyx":421
  *     cdef double* hess = grad + 3
  *     cdef double* work = hess + 9
- *     cdef double* snode = work + 15            # per school of the district: N_UM + N_EB             # <<<<<<<<<<<<<<
+ *     cdef double* snode = work + 27            # per school of the district: N_UM + N_EB             # <<<<<<<<<<<<<<
  *     cdef double* cen = &o.cen[k * o.cw]
  *     cdef double* gM = &o.gM[k * 3 * d]
 */
-  __pyx_v_snode = (__pyx_v_work + 15);
+  __pyx_v_snode = (__pyx_v_work + 27);
 
-  /* "melsml/_nested.pyx":402
+  /* "melsml/_nested.pyx":422
  *     cdef double* work = hess + 9
- *     cdef double* snode = work + 15            # per school of the district: N_UM + N_EB
+ *     cdef double* snode = work + 27            # per school of the district: N_UM + N_EB
  *     cdef double* cen = &o.cen[k * o.cw]             # <<<<<<<<<<<<<<
  *     cdef double* gM = &o.gM[k * 3 * d]
  *     cdef double* ebd = &o.ebd[k * o.cw]
 */
   __pyx_v_cen = (&(__pyx_v_o->cen[(__pyx_v_k * __pyx_v_o->cw)]));
 
-  /* "melsml/_nested.pyx":403
- *     cdef double* snode = work + 15            # per school of the district: N_UM + N_EB
+  /* "melsml/_nested.pyx":423
+ *     cdef double* snode = work + 27            # per school of the district: N_UM + N_EB
  *     cdef double* cen = &o.cen[k * o.cw]
  *     cdef double* gM = &o.gM[k * 3 * d]             # <<<<<<<<<<<<<<
  *     cdef double* ebd = &o.ebd[k * o.cw]
@@ -21868,7 +22131,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
   __pyx_v_gM = (&(__pyx_v_o->gM[((__pyx_v_k * 3) * __pyx_v_d)]));
 
-  /* "melsml/_nested.pyx":404
+  /* "melsml/_nested.pyx":424
  *     cdef double* cen = &o.cen[k * o.cw]
  *     cdef double* gM = &o.gM[k * 3 * d]
  *     cdef double* ebd = &o.ebd[k * o.cw]             # <<<<<<<<<<<<<<
@@ -21877,7 +22140,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
   __pyx_v_ebd = (&(__pyx_v_o->ebd[(__pyx_v_k * __pyx_v_o->cw)]));
 
-  /* "melsml/_nested.pyx":405
+  /* "melsml/_nested.pyx":425
  *     cdef double* gM = &o.gM[k * 3 * d]
  *     cdef double* ebd = &o.ebd[k * o.cw]
  *     p.sv = o.sv             # <<<<<<<<<<<<<<
@@ -21888,7 +22151,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 
   __pyx_v_p.sv = __pyx_t_2;
 
-  /* "melsml/_nested.pyx":406
+  /* "melsml/_nested.pyx":426
  *     cdef double* ebd = &o.ebd[k * o.cw]
  *     p.sv = o.sv
  *     p.cphi = o.cphi             # <<<<<<<<<<<<<<
@@ -21899,7 +22162,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 
   __pyx_v_p.cphi = __pyx_t_2;
 
-  /* "melsml/_nested.pyx":407
+  /* "melsml/_nested.pyx":427
  *     p.sv = o.sv
  *     p.cphi = o.cphi
  *     p.sphi = o.sphi             # <<<<<<<<<<<<<<
@@ -21910,7 +22173,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 
   __pyx_v_p.sphi = __pyx_t_2;
 
-  /* "melsml/_nested.pyx":408
+  /* "melsml/_nested.pyx":428
  *     p.cphi = o.cphi
  *     p.sphi = o.sphi
  *     for a in range(d):             # <<<<<<<<<<<<<<
@@ -21924,7 +22187,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
     __pyx_v_a = __pyx_t_4;
 
-    /* "melsml/_nested.pyx":409
+    /* "melsml/_nested.pyx":429
  *     p.sphi = o.sphi
  *     for a in range(d):
  *         n_nodes *= o.nq_out             # <<<<<<<<<<<<<<
@@ -21935,7 +22198,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   }
 
 
-  /* "melsml/_nested.pyx":410
+  /* "melsml/_nested.pyx":430
  *     for a in range(d):
  *         n_nodes *= o.nq_out
  *     if o.adapt:             # <<<<<<<<<<<<<<
@@ -21944,7 +22207,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
   if (__pyx_v_o->adapt) {
 
-    /* "melsml/_nested.pyx":411
+    /* "melsml/_nested.pyx":431
  *         n_nodes *= o.nq_out
  *     if o.adapt:
  *         outer_mode(o, k, &p, &inn, lwork, th, grad, hess, work)             # <<<<<<<<<<<<<<
@@ -21953,7 +22216,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
     __pyx_f_6melsml_7_nested_outer_mode(__pyx_v_o, __pyx_v_k, (&__pyx_v_p), (&__pyx_v_inn), __pyx_v_lwork, __pyx_v_th, __pyx_v_grad, __pyx_v_hess, __pyx_v_work);
 
-    /* "melsml/_nested.pyx":410
+    /* "melsml/_nested.pyx":430
  *     for a in range(d):
  *         n_nodes *= o.nq_out
  *     if o.adapt:             # <<<<<<<<<<<<<<
@@ -21962,7 +22225,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
   }
 
-  /* "melsml/_nested.pyx":412
+  /* "melsml/_nested.pyx":432
  *     if o.adapt:
  *         outer_mode(o, k, &p, &inn, lwork, th, grad, hess, work)
  *     for a in range(d):             # <<<<<<<<<<<<<<
@@ -21976,7 +22239,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
     __pyx_v_a = __pyx_t_4;
 
-    /* "melsml/_nested.pyx":413
+    /* "melsml/_nested.pyx":433
  *         outer_mode(o, k, &p, &inn, lwork, th, grad, hess, work)
  *     for a in range(d):
  *         logdet += log(SQRT2 * cen[d + a * d + a])             # <<<<<<<<<<<<<<
@@ -21987,7 +22250,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   }
 
 
-  /* "melsml/_nested.pyx":415
+  /* "melsml/_nested.pyx":435
  *         logdet += log(SQRT2 * cen[d + a * d + a])
  *     # accumulators (rescaled as the running maximum of the log weights grows)
  *     for a in range(3 * d):             # <<<<<<<<<<<<<<
@@ -22001,7 +22264,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   for (__pyx_t_1 = 0; __pyx_t_1 < __pyx_t_6; __pyx_t_1+=1) {
     __pyx_v_a = __pyx_t_1;
 
-    /* "melsml/_nested.pyx":416
+    /* "melsml/_nested.pyx":436
  *     # accumulators (rescaled as the running maximum of the log weights grows)
  *     for a in range(3 * d):
  *         gM[a] = 0.0             # <<<<<<<<<<<<<<
@@ -22012,7 +22275,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   }
 
 
-  /* "melsml/_nested.pyx":417
+  /* "melsml/_nested.pyx":437
  *     for a in range(3 * d):
  *         gM[a] = 0.0
  *     o.gsch[2 * k] = 0.0             # <<<<<<<<<<<<<<
@@ -22021,7 +22284,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
   (__pyx_v_o->gsch[(2 * __pyx_v_k)]) = 0.0;
 
-  /* "melsml/_nested.pyx":418
+  /* "melsml/_nested.pyx":438
  *         gM[a] = 0.0
  *     o.gsch[2 * k] = 0.0
  *     o.gsch[2 * k + 1] = 0.0             # <<<<<<<<<<<<<<
@@ -22030,7 +22293,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
   (__pyx_v_o->gsch[((2 * __pyx_v_k) + 1)]) = 0.0;
 
-  /* "melsml/_nested.pyx":419
+  /* "melsml/_nested.pyx":439
  *     o.gsch[2 * k] = 0.0
  *     o.gsch[2 * k + 1] = 0.0
  *     for a in range(o.cw):             # <<<<<<<<<<<<<<
@@ -22044,7 +22307,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
     __pyx_v_a = __pyx_t_4;
 
-    /* "melsml/_nested.pyx":420
+    /* "melsml/_nested.pyx":440
  *     o.gsch[2 * k + 1] = 0.0
  *     for a in range(o.cw):
  *         ebd[a] = 0.0             # <<<<<<<<<<<<<<
@@ -22055,7 +22318,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   }
 
 
-  /* "melsml/_nested.pyx":421
+  /* "melsml/_nested.pyx":441
  *     for a in range(o.cw):
  *         ebd[a] = 0.0
  *     for j in range(nj):             # <<<<<<<<<<<<<<
@@ -22069,7 +22332,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
     __pyx_v_j = __pyx_t_9;
 
-    /* "melsml/_nested.pyx":422
+    /* "melsml/_nested.pyx":442
  *         ebd[a] = 0.0
  *     for j in range(nj):
  *         for i in range(N_UM):             # <<<<<<<<<<<<<<
@@ -22083,7 +22346,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
     for (__pyx_t_1 = 0; __pyx_t_1 < __pyx_t_11; __pyx_t_1+=1) {
       __pyx_v_i = __pyx_t_1;
 
-      /* "melsml/_nested.pyx":423
+      /* "melsml/_nested.pyx":443
  *     for j in range(nj):
  *         for i in range(N_UM):
  *             o.umom[(j0 + j) * N_UM + i] = 0.0             # <<<<<<<<<<<<<<
@@ -22094,7 +22357,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
     }
 
 
-    /* "melsml/_nested.pyx":424
+    /* "melsml/_nested.pyx":444
  *         for i in range(N_UM):
  *             o.umom[(j0 + j) * N_UM + i] = 0.0
  *         for i in range(N_EB):             # <<<<<<<<<<<<<<
@@ -22108,7 +22371,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
     for (__pyx_t_1 = 0; __pyx_t_1 < __pyx_t_11; __pyx_t_1+=1) {
       __pyx_v_i = __pyx_t_1;
 
-      /* "melsml/_nested.pyx":425
+      /* "melsml/_nested.pyx":445
  *             o.umom[(j0 + j) * N_UM + i] = 0.0
  *         for i in range(N_EB):
  *             o.ebs[(j0 + j) * N_EB + i] = 0.0             # <<<<<<<<<<<<<<
@@ -22121,7 +22384,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   }
 
 
-  /* "melsml/_nested.pyx":426
+  /* "melsml/_nested.pyx":446
  *         for i in range(N_EB):
  *             o.ebs[(j0 + j) * N_EB + i] = 0.0
  *     for node in range(n_nodes):             # <<<<<<<<<<<<<<
@@ -22135,7 +22398,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
     __pyx_v_node = __pyx_t_9;
 
-    /* "melsml/_nested.pyx":427
+    /* "melsml/_nested.pyx":447
  *             o.ebs[(j0 + j) * N_EB + i] = 0.0
  *     for node in range(n_nodes):
  *         lw = place_node(node, o.nq_out, d, idx, o.gx_out, o.glw_out, &cen[d], cen, th) + logdet             # <<<<<<<<<<<<<<
@@ -22144,7 +22407,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_lw = (__pyx_f_6melsml_6_dense_place_node(__pyx_v_node, __pyx_v_o->nq_out, __pyx_v_d, __pyx_v_idx, __pyx_v_o->gx_out, __pyx_v_o->glw_out, (&(__pyx_v_cen[__pyx_v_d])), __pyx_v_cen, __pyx_v_th) + __pyx_v_logdet);
 
-    /* "melsml/_nested.pyx":428
+    /* "melsml/_nested.pyx":448
  *     for node in range(n_nodes):
  *         lw = place_node(node, o.nq_out, d, idx, o.gx_out, o.glw_out, &cen[d], cen, th) + logdet
  *         for r in range(3):             # <<<<<<<<<<<<<<
@@ -22154,7 +22417,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
     for (__pyx_t_1 = 0; __pyx_t_1 < 3; __pyx_t_1+=1) {
       __pyx_v_r = __pyx_t_1;
 
-      /* "melsml/_nested.pyx":429
+      /* "melsml/_nested.pyx":449
  *         lw = place_node(node, o.nq_out, d, idx, o.gx_out, o.glw_out, &cen[d], cen, th) + logdet
  *         for r in range(3):
  *             b3[r] = 0.0             # <<<<<<<<<<<<<<
@@ -22163,7 +22426,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
       (__pyx_v_b3[__pyx_v_r]) = 0.0;
 
-      /* "melsml/_nested.pyx":430
+      /* "melsml/_nested.pyx":450
  *         for r in range(3):
  *             b3[r] = 0.0
  *             for a in range(d):             # <<<<<<<<<<<<<<
@@ -22177,7 +22440,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
       for (__pyx_t_12 = 0; __pyx_t_12 < __pyx_t_4; __pyx_t_12+=1) {
         __pyx_v_a = __pyx_t_12;
 
-        /* "melsml/_nested.pyx":431
+        /* "melsml/_nested.pyx":451
  *             b3[r] = 0.0
  *             for a in range(d):
  *                 b3[r] += o.M[r * d + a] * th[a]             # <<<<<<<<<<<<<<
@@ -22190,7 +22453,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
       }
 
 
-      /* "melsml/_nested.pyx":432
+      /* "melsml/_nested.pyx":452
  *             for a in range(d):
  *                 b3[r] += o.M[r * d + a] * th[a]
  *             Db[r] = 0.0             # <<<<<<<<<<<<<<
@@ -22200,7 +22463,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
       (__pyx_v_Db[__pyx_v_r]) = 0.0;
     }
 
-    /* "melsml/_nested.pyx":433
+    /* "melsml/_nested.pyx":453
  *                 b3[r] += o.M[r * d + a] * th[a]
  *             Db[r] = 0.0
  *         G = 0.0             # <<<<<<<<<<<<<<
@@ -22209,7 +22472,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_G = 0.0;
 
-    /* "melsml/_nested.pyx":434
+    /* "melsml/_nested.pyx":454
  *             Db[r] = 0.0
  *         G = 0.0
  *         gtl = 0.0             # <<<<<<<<<<<<<<
@@ -22218,7 +22481,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_gtl = 0.0;
 
-    /* "melsml/_nested.pyx":435
+    /* "melsml/_nested.pyx":455
  *         G = 0.0
  *         gtl = 0.0
  *         gso = 0.0             # <<<<<<<<<<<<<<
@@ -22227,12 +22490,12 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_gso = 0.0;
 
-    /* "melsml/_nested.pyx":436
+    /* "melsml/_nested.pyx":456
  *         gtl = 0.0
  *         gso = 0.0
  *         for j in range(nj):             # <<<<<<<<<<<<<<
  *             school_given_b3(&p, &o.stats[(j0 + j) * N_STATS], b3[0], b3[1], b3[2])
- *             inner_school(&p, &o.modes_in[j0 + j], o.nq_in, o.gx_in, o.glw_in, lwork, &inn)
+ *             inner_school(&p, &o.modes_in[j0 + j], o.nq_in, o.gx_in, o.glw_in, lwork, &inn, 2)
 */
 
     __pyx_t_14 = __pyx_v_nj;
@@ -22241,35 +22504,35 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
     for (__pyx_t_16 = 0; __pyx_t_16 < __pyx_t_15; __pyx_t_16+=1) {
       __pyx_v_j = __pyx_t_16;
 
-      /* "melsml/_nested.pyx":437
+      /* "melsml/_nested.pyx":457
  *         gso = 0.0
  *         for j in range(nj):
  *             school_given_b3(&p, &o.stats[(j0 + j) * N_STATS], b3[0], b3[1], b3[2])             # <<<<<<<<<<<<<<
- *             inner_school(&p, &o.modes_in[j0 + j], o.nq_in, o.gx_in, o.glw_in, lwork, &inn)
+ *             inner_school(&p, &o.modes_in[j0 + j], o.nq_in, o.gx_in, o.glw_in, lwork, &inn, 2)
  *             G += inn.ll
 */
       __pyx_f_6melsml_7_nested_school_given_b3((&__pyx_v_p), (&(__pyx_v_o->stats[((__pyx_v_j0 + __pyx_v_j) * __pyx_e_6melsml_7_nested_N_STATS)])), (__pyx_v_b3[0]), (__pyx_v_b3[1]), (__pyx_v_b3[2]));
 
-      /* "melsml/_nested.pyx":438
+      /* "melsml/_nested.pyx":458
  *         for j in range(nj):
  *             school_given_b3(&p, &o.stats[(j0 + j) * N_STATS], b3[0], b3[1], b3[2])
- *             inner_school(&p, &o.modes_in[j0 + j], o.nq_in, o.gx_in, o.glw_in, lwork, &inn)             # <<<<<<<<<<<<<<
+ *             inner_school(&p, &o.modes_in[j0 + j], o.nq_in, o.gx_in, o.glw_in, lwork, &inn, 2)             # <<<<<<<<<<<<<<
  *             G += inn.ll
  *             for r in range(3):
 */
-      __pyx_f_6melsml_7_nested_inner_school((&__pyx_v_p), (&(__pyx_v_o->modes_in[(__pyx_v_j0 + __pyx_v_j)])), __pyx_v_o->nq_in, __pyx_v_o->gx_in, __pyx_v_o->glw_in, __pyx_v_lwork, (&__pyx_v_inn));
+      __pyx_f_6melsml_7_nested_inner_school((&__pyx_v_p), (&(__pyx_v_o->modes_in[(__pyx_v_j0 + __pyx_v_j)])), __pyx_v_o->nq_in, __pyx_v_o->gx_in, __pyx_v_o->glw_in, __pyx_v_lwork, (&__pyx_v_inn), 2);
 
-      /* "melsml/_nested.pyx":439
+      /* "melsml/_nested.pyx":459
  *             school_given_b3(&p, &o.stats[(j0 + j) * N_STATS], b3[0], b3[1], b3[2])
- *             inner_school(&p, &o.modes_in[j0 + j], o.nq_in, o.gx_in, o.glw_in, lwork, &inn)
+ *             inner_school(&p, &o.modes_in[j0 + j], o.nq_in, o.gx_in, o.glw_in, lwork, &inn, 2)
  *             G += inn.ll             # <<<<<<<<<<<<<<
  *             for r in range(3):
  *                 Db[r] += inn.D[r]
 */
       __pyx_v_G = (__pyx_v_G + __pyx_v_inn.ll);
 
-      /* "melsml/_nested.pyx":440
- *             inner_school(&p, &o.modes_in[j0 + j], o.nq_in, o.gx_in, o.glw_in, lwork, &inn)
+      /* "melsml/_nested.pyx":460
+ *             inner_school(&p, &o.modes_in[j0 + j], o.nq_in, o.gx_in, o.glw_in, lwork, &inn, 2)
  *             G += inn.ll
  *             for r in range(3):             # <<<<<<<<<<<<<<
  *                 Db[r] += inn.D[r]
@@ -22278,7 +22541,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
       for (__pyx_t_1 = 0; __pyx_t_1 < 3; __pyx_t_1+=1) {
         __pyx_v_r = __pyx_t_1;
 
-        /* "melsml/_nested.pyx":441
+        /* "melsml/_nested.pyx":461
  *             G += inn.ll
  *             for r in range(3):
  *                 Db[r] += inn.D[r]             # <<<<<<<<<<<<<<
@@ -22290,7 +22553,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
         (__pyx_v_Db[__pyx_t_3]) = ((__pyx_v_Db[__pyx_t_3]) + (__pyx_v_inn.D[__pyx_v_r]));
       }
 
-      /* "melsml/_nested.pyx":442
+      /* "melsml/_nested.pyx":462
  *             for r in range(3):
  *                 Db[r] += inn.D[r]
  *             gtl += inn.gtl             # <<<<<<<<<<<<<<
@@ -22299,7 +22562,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
       __pyx_v_gtl = (__pyx_v_gtl + __pyx_v_inn.gtl);
 
-      /* "melsml/_nested.pyx":443
+      /* "melsml/_nested.pyx":463
  *                 Db[r] += inn.D[r]
  *             gtl += inn.gtl
  *             gso += inn.gso             # <<<<<<<<<<<<<<
@@ -22308,7 +22571,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
       __pyx_v_gso = (__pyx_v_gso + __pyx_v_inn.gso);
 
-      /* "melsml/_nested.pyx":444
+      /* "melsml/_nested.pyx":464
  *             gtl += inn.gtl
  *             gso += inn.gso
  *             i = j * (N_UM + N_EB)             # <<<<<<<<<<<<<<
@@ -22317,7 +22580,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
       __pyx_v_i = (__pyx_v_j * (__pyx_e_6melsml_7_nested_N_UM + __pyx_e_6melsml_7_nested_N_EB));
 
-      /* "melsml/_nested.pyx":445
+      /* "melsml/_nested.pyx":465
  *             gso += inn.gso
  *             i = j * (N_UM + N_EB)
  *             snode[i + 0] = inn.k0             # <<<<<<<<<<<<<<
@@ -22329,7 +22592,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
       (__pyx_v_snode[(__pyx_v_i + 0)]) = __pyx_t_2;
 
 
-      /* "melsml/_nested.pyx":446
+      /* "melsml/_nested.pyx":466
  *             i = j * (N_UM + N_EB)
  *             snode[i + 0] = inn.k0
  *             snode[i + 1] = b3[0] * inn.k0             # <<<<<<<<<<<<<<
@@ -22338,7 +22601,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
       (__pyx_v_snode[(__pyx_v_i + 1)]) = ((__pyx_v_b3[0]) * __pyx_v_inn.k0);
 
-      /* "melsml/_nested.pyx":447
+      /* "melsml/_nested.pyx":467
  *             snode[i + 0] = inn.k0
  *             snode[i + 1] = b3[0] * inn.k0
  *             snode[i + 2] = b3[0] * b3[0] * inn.k0             # <<<<<<<<<<<<<<
@@ -22347,7 +22610,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
       (__pyx_v_snode[(__pyx_v_i + 2)]) = (((__pyx_v_b3[0]) * (__pyx_v_b3[0])) * __pyx_v_inn.k0);
 
-      /* "melsml/_nested.pyx":448
+      /* "melsml/_nested.pyx":468
  *             snode[i + 1] = b3[0] * inn.k0
  *             snode[i + 2] = b3[0] * b3[0] * inn.k0
  *             snode[i + 3] = inn.k1             # <<<<<<<<<<<<<<
@@ -22359,7 +22622,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
       (__pyx_v_snode[(__pyx_v_i + 3)]) = __pyx_t_2;
 
 
-      /* "melsml/_nested.pyx":449
+      /* "melsml/_nested.pyx":469
  *             snode[i + 2] = b3[0] * b3[0] * inn.k0
  *             snode[i + 3] = inn.k1
  *             snode[i + 4] = inn.k2             # <<<<<<<<<<<<<<
@@ -22371,7 +22634,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
       (__pyx_v_snode[(__pyx_v_i + 4)]) = __pyx_t_2;
 
 
-      /* "melsml/_nested.pyx":450
+      /* "melsml/_nested.pyx":470
  *             snode[i + 3] = inn.k1
  *             snode[i + 4] = inn.k2
  *             snode[i + 5] = b3[0] * inn.k1             # <<<<<<<<<<<<<<
@@ -22380,7 +22643,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
       (__pyx_v_snode[(__pyx_v_i + 5)]) = ((__pyx_v_b3[0]) * __pyx_v_inn.k1);
 
-      /* "melsml/_nested.pyx":451
+      /* "melsml/_nested.pyx":471
  *             snode[i + 4] = inn.k2
  *             snode[i + 5] = b3[0] * inn.k1
  *             snode[i + 6] = inn.e[0]             # <<<<<<<<<<<<<<
@@ -22389,7 +22652,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
       (__pyx_v_snode[(__pyx_v_i + 6)]) = (__pyx_v_inn.e[0]);
 
-      /* "melsml/_nested.pyx":452
+      /* "melsml/_nested.pyx":472
  *             snode[i + 5] = b3[0] * inn.k1
  *             snode[i + 6] = inn.e[0]
  *             snode[i + 7] = inn.e[1]             # <<<<<<<<<<<<<<
@@ -22398,7 +22661,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
       (__pyx_v_snode[(__pyx_v_i + 7)]) = (__pyx_v_inn.e[1]);
 
-      /* "melsml/_nested.pyx":453
+      /* "melsml/_nested.pyx":473
  *             snode[i + 6] = inn.e[0]
  *             snode[i + 7] = inn.e[1]
  *             snode[i + 8] = inn.e[2]             # <<<<<<<<<<<<<<
@@ -22407,7 +22670,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
       (__pyx_v_snode[(__pyx_v_i + 8)]) = (__pyx_v_inn.e[2]);
 
-      /* "melsml/_nested.pyx":454
+      /* "melsml/_nested.pyx":474
  *             snode[i + 7] = inn.e[1]
  *             snode[i + 8] = inn.e[2]
  *             snode[i + 9] = inn.e[3]             # <<<<<<<<<<<<<<
@@ -22416,7 +22679,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
       (__pyx_v_snode[(__pyx_v_i + 9)]) = (__pyx_v_inn.e[3]);
 
-      /* "melsml/_nested.pyx":455
+      /* "melsml/_nested.pyx":475
  *             snode[i + 8] = inn.e[2]
  *             snode[i + 9] = inn.e[3]
  *             snode[i + 10] = inn.e[4]             # <<<<<<<<<<<<<<
@@ -22425,7 +22688,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
       (__pyx_v_snode[(__pyx_v_i + 10)]) = (__pyx_v_inn.e[4]);
 
-      /* "melsml/_nested.pyx":456
+      /* "melsml/_nested.pyx":476
  *             snode[i + 9] = inn.e[3]
  *             snode[i + 10] = inn.e[4]
  *             snode[i + 11] = b3[0] * inn.e[0]             # <<<<<<<<<<<<<<
@@ -22434,7 +22697,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
       (__pyx_v_snode[(__pyx_v_i + 11)]) = ((__pyx_v_b3[0]) * (__pyx_v_inn.e[0]));
 
-      /* "melsml/_nested.pyx":457
+      /* "melsml/_nested.pyx":477
  *             snode[i + 10] = inn.e[4]
  *             snode[i + 11] = b3[0] * inn.e[0]
  *             snode[i + 12] = b3[1] * inn.e[2]             # <<<<<<<<<<<<<<
@@ -22443,7 +22706,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
       (__pyx_v_snode[(__pyx_v_i + 12)]) = ((__pyx_v_b3[1]) * (__pyx_v_inn.e[2]));
 
-      /* "melsml/_nested.pyx":458
+      /* "melsml/_nested.pyx":478
  *             snode[i + 11] = b3[0] * inn.e[0]
  *             snode[i + 12] = b3[1] * inn.e[2]
  *             snode[i + 13] = b3[0] * inn.e[2]             # <<<<<<<<<<<<<<
@@ -22452,7 +22715,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
       (__pyx_v_snode[(__pyx_v_i + 13)]) = ((__pyx_v_b3[0]) * (__pyx_v_inn.e[2]));
 
-      /* "melsml/_nested.pyx":459
+      /* "melsml/_nested.pyx":479
  *             snode[i + 12] = b3[1] * inn.e[2]
  *             snode[i + 13] = b3[0] * inn.e[2]
  *             snode[i + 14] = b3[1] * inn.e[0]             # <<<<<<<<<<<<<<
@@ -22461,7 +22724,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
       (__pyx_v_snode[(__pyx_v_i + 14)]) = ((__pyx_v_b3[1]) * (__pyx_v_inn.e[0]));
 
-      /* "melsml/_nested.pyx":460
+      /* "melsml/_nested.pyx":480
  *             snode[i + 13] = b3[0] * inn.e[2]
  *             snode[i + 14] = b3[1] * inn.e[0]
  *             snode[i + 15] = exp(b3[1]) * inn.e[5]             # <<<<<<<<<<<<<<
@@ -22472,7 +22735,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
     }
 
 
-    /* "melsml/_nested.pyx":461
+    /* "melsml/_nested.pyx":481
  *             snode[i + 14] = b3[1] * inn.e[0]
  *             snode[i + 15] = exp(b3[1]) * inn.e[5]
  *         for a in range(d):             # <<<<<<<<<<<<<<
@@ -22486,7 +22749,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
     for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
       __pyx_v_a = __pyx_t_4;
 
-      /* "melsml/_nested.pyx":462
+      /* "melsml/_nested.pyx":482
  *             snode[i + 15] = exp(b3[1]) * inn.e[5]
  *         for a in range(d):
  *             G -= 0.5 * (th[a] * th[a] + LOG2PI)             # <<<<<<<<<<<<<<
@@ -22497,7 +22760,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
     }
 
 
-    /* "melsml/_nested.pyx":463
+    /* "melsml/_nested.pyx":483
  *         for a in range(d):
  *             G -= 0.5 * (th[a] * th[a] + LOG2PI)
  *         lw += G             # <<<<<<<<<<<<<<
@@ -22506,7 +22769,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_lw = (__pyx_v_lw + __pyx_v_G);
 
-    /* "melsml/_nested.pyx":464
+    /* "melsml/_nested.pyx":484
  *             G -= 0.5 * (th[a] * th[a] + LOG2PI)
  *         lw += G
  *         if lw > mx:             # <<<<<<<<<<<<<<
@@ -22518,7 +22781,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
     if (__pyx_t_17) {
 
 
-      /* "melsml/_nested.pyx":466
+      /* "melsml/_nested.pyx":486
  *         if lw > mx:
  *             # rescale what has been accumulated to the new maximum
  *             sc = exp(mx - lw) if mx > -1e299 else 0.0             # <<<<<<<<<<<<<<
@@ -22537,7 +22800,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 
       __pyx_v_sc = __pyx_t_2;
 
-      /* "melsml/_nested.pyx":467
+      /* "melsml/_nested.pyx":487
  *             # rescale what has been accumulated to the new maximum
  *             sc = exp(mx - lw) if mx > -1e299 else 0.0
  *             tot *= sc             # <<<<<<<<<<<<<<
@@ -22546,7 +22809,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
       __pyx_v_tot = (__pyx_v_tot * __pyx_v_sc);
 
-      /* "melsml/_nested.pyx":468
+      /* "melsml/_nested.pyx":488
  *             sc = exp(mx - lw) if mx > -1e299 else 0.0
  *             tot *= sc
  *             for a in range(3 * d):             # <<<<<<<<<<<<<<
@@ -22560,7 +22823,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
       for (__pyx_t_1 = 0; __pyx_t_1 < __pyx_t_6; __pyx_t_1+=1) {
         __pyx_v_a = __pyx_t_1;
 
-        /* "melsml/_nested.pyx":469
+        /* "melsml/_nested.pyx":489
  *             tot *= sc
  *             for a in range(3 * d):
  *                 gM[a] *= sc             # <<<<<<<<<<<<<<
@@ -22573,7 +22836,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
       }
 
 
-      /* "melsml/_nested.pyx":470
+      /* "melsml/_nested.pyx":490
  *             for a in range(3 * d):
  *                 gM[a] *= sc
  *             o.gsch[2 * k] *= sc             # <<<<<<<<<<<<<<
@@ -22584,7 +22847,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
       __pyx_t_14 = (2 * __pyx_v_k);
       (__pyx_v_o->gsch[__pyx_t_14]) = ((__pyx_v_o->gsch[__pyx_t_14]) * __pyx_v_sc);
 
-      /* "melsml/_nested.pyx":471
+      /* "melsml/_nested.pyx":491
  *                 gM[a] *= sc
  *             o.gsch[2 * k] *= sc
  *             o.gsch[2 * k + 1] *= sc             # <<<<<<<<<<<<<<
@@ -22595,7 +22858,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
       __pyx_t_14 = ((2 * __pyx_v_k) + 1);
       (__pyx_v_o->gsch[__pyx_t_14]) = ((__pyx_v_o->gsch[__pyx_t_14]) * __pyx_v_sc);
 
-      /* "melsml/_nested.pyx":472
+      /* "melsml/_nested.pyx":492
  *             o.gsch[2 * k] *= sc
  *             o.gsch[2 * k + 1] *= sc
  *             for a in range(o.cw):             # <<<<<<<<<<<<<<
@@ -22609,7 +22872,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
       for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
         __pyx_v_a = __pyx_t_4;
 
-        /* "melsml/_nested.pyx":473
+        /* "melsml/_nested.pyx":493
  *             o.gsch[2 * k + 1] *= sc
  *             for a in range(o.cw):
  *                 ebd[a] *= sc             # <<<<<<<<<<<<<<
@@ -22622,7 +22885,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
       }
 
 
-      /* "melsml/_nested.pyx":474
+      /* "melsml/_nested.pyx":494
  *             for a in range(o.cw):
  *                 ebd[a] *= sc
  *             for j in range(nj):             # <<<<<<<<<<<<<<
@@ -22636,7 +22899,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
       for (__pyx_t_16 = 0; __pyx_t_16 < __pyx_t_15; __pyx_t_16+=1) {
         __pyx_v_j = __pyx_t_16;
 
-        /* "melsml/_nested.pyx":475
+        /* "melsml/_nested.pyx":495
  *                 ebd[a] *= sc
  *             for j in range(nj):
  *                 for i in range(N_UM):             # <<<<<<<<<<<<<<
@@ -22650,7 +22913,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
         for (__pyx_t_1 = 0; __pyx_t_1 < __pyx_t_11; __pyx_t_1+=1) {
           __pyx_v_i = __pyx_t_1;
 
-          /* "melsml/_nested.pyx":476
+          /* "melsml/_nested.pyx":496
  *             for j in range(nj):
  *                 for i in range(N_UM):
  *                     o.umom[(j0 + j) * N_UM + i] *= sc             # <<<<<<<<<<<<<<
@@ -22663,7 +22926,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
         }
 
 
-        /* "melsml/_nested.pyx":477
+        /* "melsml/_nested.pyx":497
  *                 for i in range(N_UM):
  *                     o.umom[(j0 + j) * N_UM + i] *= sc
  *                 for i in range(N_EB):             # <<<<<<<<<<<<<<
@@ -22677,7 +22940,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
         for (__pyx_t_1 = 0; __pyx_t_1 < __pyx_t_11; __pyx_t_1+=1) {
           __pyx_v_i = __pyx_t_1;
 
-          /* "melsml/_nested.pyx":478
+          /* "melsml/_nested.pyx":498
  *                     o.umom[(j0 + j) * N_UM + i] *= sc
  *                 for i in range(N_EB):
  *                     o.ebs[(j0 + j) * N_EB + i] *= sc             # <<<<<<<<<<<<<<
@@ -22692,7 +22955,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
       }
 
 
-      /* "melsml/_nested.pyx":479
+      /* "melsml/_nested.pyx":499
  *                 for i in range(N_EB):
  *                     o.ebs[(j0 + j) * N_EB + i] *= sc
  *             mx = lw             # <<<<<<<<<<<<<<
@@ -22701,7 +22964,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
       __pyx_v_mx = __pyx_v_lw;
 
-      /* "melsml/_nested.pyx":464
+      /* "melsml/_nested.pyx":484
  *             G -= 0.5 * (th[a] * th[a] + LOG2PI)
  *         lw += G
  *         if lw > mx:             # <<<<<<<<<<<<<<
@@ -22710,7 +22973,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
     }
 
-    /* "melsml/_nested.pyx":480
+    /* "melsml/_nested.pyx":500
  *                     o.ebs[(j0 + j) * N_EB + i] *= sc
  *             mx = lw
  *         w = exp(lw - mx)             # <<<<<<<<<<<<<<
@@ -22719,7 +22982,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_w = exp((__pyx_v_lw - __pyx_v_mx));
 
-    /* "melsml/_nested.pyx":481
+    /* "melsml/_nested.pyx":501
  *             mx = lw
  *         w = exp(lw - mx)
  *         tot += w             # <<<<<<<<<<<<<<
@@ -22728,7 +22991,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
     __pyx_v_tot = (__pyx_v_tot + __pyx_v_w);
 
-    /* "melsml/_nested.pyx":482
+    /* "melsml/_nested.pyx":502
  *         w = exp(lw - mx)
  *         tot += w
  *         for r in range(3):             # <<<<<<<<<<<<<<
@@ -22738,7 +23001,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
     for (__pyx_t_1 = 0; __pyx_t_1 < 3; __pyx_t_1+=1) {
       __pyx_v_r = __pyx_t_1;
 
-      /* "melsml/_nested.pyx":483
+      /* "melsml/_nested.pyx":503
  *         tot += w
  *         for r in range(3):
  *             for a in range(d):             # <<<<<<<<<<<<<<
@@ -22752,7 +23015,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
       for (__pyx_t_12 = 0; __pyx_t_12 < __pyx_t_4; __pyx_t_12+=1) {
         __pyx_v_a = __pyx_t_12;
 
-        /* "melsml/_nested.pyx":484
+        /* "melsml/_nested.pyx":504
  *         for r in range(3):
  *             for a in range(d):
  *                 gM[r * d + a] += w * Db[r] * th[a]             # <<<<<<<<<<<<<<
@@ -22766,7 +23029,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 
     }
 
-    /* "melsml/_nested.pyx":485
+    /* "melsml/_nested.pyx":505
  *             for a in range(d):
  *                 gM[r * d + a] += w * Db[r] * th[a]
  *         o.gsch[2 * k] += w * gtl             # <<<<<<<<<<<<<<
@@ -22777,7 +23040,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
     __pyx_t_14 = (2 * __pyx_v_k);
     (__pyx_v_o->gsch[__pyx_t_14]) = ((__pyx_v_o->gsch[__pyx_t_14]) + (__pyx_v_w * __pyx_v_gtl));
 
-    /* "melsml/_nested.pyx":486
+    /* "melsml/_nested.pyx":506
  *                 gM[r * d + a] += w * Db[r] * th[a]
  *         o.gsch[2 * k] += w * gtl
  *         o.gsch[2 * k + 1] += w * gso             # <<<<<<<<<<<<<<
@@ -22788,7 +23051,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
     __pyx_t_14 = ((2 * __pyx_v_k) + 1);
     (__pyx_v_o->gsch[__pyx_t_14]) = ((__pyx_v_o->gsch[__pyx_t_14]) + (__pyx_v_w * __pyx_v_gso));
 
-    /* "melsml/_nested.pyx":487
+    /* "melsml/_nested.pyx":507
  *         o.gsch[2 * k] += w * gtl
  *         o.gsch[2 * k + 1] += w * gso
  *         for a in range(d):             # <<<<<<<<<<<<<<
@@ -22802,7 +23065,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
     for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
       __pyx_v_a = __pyx_t_4;
 
-      /* "melsml/_nested.pyx":488
+      /* "melsml/_nested.pyx":508
  *         o.gsch[2 * k + 1] += w * gso
  *         for a in range(d):
  *             ebd[a] += w * th[a]             # <<<<<<<<<<<<<<
@@ -22813,7 +23076,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
       __pyx_t_12 = __pyx_v_a;
       (__pyx_v_ebd[__pyx_t_12]) = ((__pyx_v_ebd[__pyx_t_12]) + (__pyx_v_w * (__pyx_v_th[__pyx_v_a])));
 
-      /* "melsml/_nested.pyx":489
+      /* "melsml/_nested.pyx":509
  *         for a in range(d):
  *             ebd[a] += w * th[a]
  *             for b in range(d):             # <<<<<<<<<<<<<<
@@ -22827,7 +23090,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
       for (__pyx_t_19 = 0; __pyx_t_19 < __pyx_t_13; __pyx_t_19+=1) {
         __pyx_v_b = __pyx_t_19;
 
-        /* "melsml/_nested.pyx":490
+        /* "melsml/_nested.pyx":510
  *             ebd[a] += w * th[a]
  *             for b in range(d):
  *                 ebd[d + a * d + b] += w * th[a] * th[b]             # <<<<<<<<<<<<<<
@@ -22842,7 +23105,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
     }
 
 
-    /* "melsml/_nested.pyx":491
+    /* "melsml/_nested.pyx":511
  *             for b in range(d):
  *                 ebd[d + a * d + b] += w * th[a] * th[b]
  *         for j in range(nj):             # <<<<<<<<<<<<<<
@@ -22856,7 +23119,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
     for (__pyx_t_16 = 0; __pyx_t_16 < __pyx_t_15; __pyx_t_16+=1) {
       __pyx_v_j = __pyx_t_16;
 
-      /* "melsml/_nested.pyx":492
+      /* "melsml/_nested.pyx":512
  *                 ebd[d + a * d + b] += w * th[a] * th[b]
  *         for j in range(nj):
  *             for i in range(N_UM):             # <<<<<<<<<<<<<<
@@ -22870,7 +23133,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
       for (__pyx_t_1 = 0; __pyx_t_1 < __pyx_t_11; __pyx_t_1+=1) {
         __pyx_v_i = __pyx_t_1;
 
-        /* "melsml/_nested.pyx":493
+        /* "melsml/_nested.pyx":513
  *         for j in range(nj):
  *             for i in range(N_UM):
  *                 o.umom[(j0 + j) * N_UM + i] += w * snode[j * (N_UM + N_EB) + i]             # <<<<<<<<<<<<<<
@@ -22883,7 +23146,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
       }
 
 
-      /* "melsml/_nested.pyx":494
+      /* "melsml/_nested.pyx":514
  *             for i in range(N_UM):
  *                 o.umom[(j0 + j) * N_UM + i] += w * snode[j * (N_UM + N_EB) + i]
  *             for i in range(N_EB):             # <<<<<<<<<<<<<<
@@ -22897,7 +23160,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
       for (__pyx_t_1 = 0; __pyx_t_1 < __pyx_t_11; __pyx_t_1+=1) {
         __pyx_v_i = __pyx_t_1;
 
-        /* "melsml/_nested.pyx":495
+        /* "melsml/_nested.pyx":515
  *                 o.umom[(j0 + j) * N_UM + i] += w * snode[j * (N_UM + N_EB) + i]
  *             for i in range(N_EB):
  *                 o.ebs[(j0 + j) * N_EB + i] += w * snode[j * (N_UM + N_EB) + N_UM + i]             # <<<<<<<<<<<<<<
@@ -22914,7 +23177,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   }
 
 
-  /* "melsml/_nested.pyx":496
+  /* "melsml/_nested.pyx":516
  *             for i in range(N_EB):
  *                 o.ebs[(j0 + j) * N_EB + i] += w * snode[j * (N_UM + N_EB) + N_UM + i]
  *     o.ll[k] = mx + log(tot)             # <<<<<<<<<<<<<<
@@ -22923,7 +23186,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 */
   (__pyx_v_o->ll[__pyx_v_k]) = (__pyx_v_mx + log(__pyx_v_tot));
 
-  /* "melsml/_nested.pyx":497
+  /* "melsml/_nested.pyx":517
  *                 o.ebs[(j0 + j) * N_EB + i] += w * snode[j * (N_UM + N_EB) + N_UM + i]
  *     o.ll[k] = mx + log(tot)
  *     for a in range(3 * d):             # <<<<<<<<<<<<<<
@@ -22937,7 +23200,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   for (__pyx_t_1 = 0; __pyx_t_1 < __pyx_t_6; __pyx_t_1+=1) {
     __pyx_v_a = __pyx_t_1;
 
-    /* "melsml/_nested.pyx":498
+    /* "melsml/_nested.pyx":518
  *     o.ll[k] = mx + log(tot)
  *     for a in range(3 * d):
  *         gM[a] /= tot             # <<<<<<<<<<<<<<
@@ -22950,7 +23213,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   }
 
 
-  /* "melsml/_nested.pyx":499
+  /* "melsml/_nested.pyx":519
  *     for a in range(3 * d):
  *         gM[a] /= tot
  *     o.gsch[2 * k] /= tot             # <<<<<<<<<<<<<<
@@ -22961,7 +23224,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   __pyx_t_7 = (2 * __pyx_v_k);
   (__pyx_v_o->gsch[__pyx_t_7]) = ((__pyx_v_o->gsch[__pyx_t_7]) / __pyx_v_tot);
 
-  /* "melsml/_nested.pyx":500
+  /* "melsml/_nested.pyx":520
  *         gM[a] /= tot
  *     o.gsch[2 * k] /= tot
  *     o.gsch[2 * k + 1] /= tot             # <<<<<<<<<<<<<<
@@ -22972,7 +23235,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   __pyx_t_7 = ((2 * __pyx_v_k) + 1);
   (__pyx_v_o->gsch[__pyx_t_7]) = ((__pyx_v_o->gsch[__pyx_t_7]) / __pyx_v_tot);
 
-  /* "melsml/_nested.pyx":501
+  /* "melsml/_nested.pyx":521
  *     o.gsch[2 * k] /= tot
  *     o.gsch[2 * k + 1] /= tot
  *     for a in range(o.cw):             # <<<<<<<<<<<<<<
@@ -22986,7 +23249,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
     __pyx_v_a = __pyx_t_4;
 
-    /* "melsml/_nested.pyx":502
+    /* "melsml/_nested.pyx":522
  *     o.gsch[2 * k + 1] /= tot
  *     for a in range(o.cw):
  *         ebd[a] /= tot             # <<<<<<<<<<<<<<
@@ -22999,7 +23262,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   }
 
 
-  /* "melsml/_nested.pyx":503
+  /* "melsml/_nested.pyx":523
  *     for a in range(o.cw):
  *         ebd[a] /= tot
  *     for j in range(nj):             # <<<<<<<<<<<<<<
@@ -23013,7 +23276,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
     __pyx_v_j = __pyx_t_9;
 
-    /* "melsml/_nested.pyx":504
+    /* "melsml/_nested.pyx":524
  *         ebd[a] /= tot
  *     for j in range(nj):
  *         for i in range(N_UM):             # <<<<<<<<<<<<<<
@@ -23027,7 +23290,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
     for (__pyx_t_1 = 0; __pyx_t_1 < __pyx_t_11; __pyx_t_1+=1) {
       __pyx_v_i = __pyx_t_1;
 
-      /* "melsml/_nested.pyx":505
+      /* "melsml/_nested.pyx":525
  *     for j in range(nj):
  *         for i in range(N_UM):
  *             o.umom[(j0 + j) * N_UM + i] /= tot             # <<<<<<<<<<<<<<
@@ -23040,7 +23303,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
     }
 
 
-    /* "melsml/_nested.pyx":506
+    /* "melsml/_nested.pyx":526
  *         for i in range(N_UM):
  *             o.umom[(j0 + j) * N_UM + i] /= tot
  *         for i in range(N_EB):             # <<<<<<<<<<<<<<
@@ -23054,7 +23317,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
     for (__pyx_t_1 = 0; __pyx_t_1 < __pyx_t_11; __pyx_t_1+=1) {
       __pyx_v_i = __pyx_t_1;
 
-      /* "melsml/_nested.pyx":507
+      /* "melsml/_nested.pyx":527
  *             o.umom[(j0 + j) * N_UM + i] /= tot
  *         for i in range(N_EB):
  *             o.ebs[(j0 + j) * N_EB + i] /= tot             # <<<<<<<<<<<<<<
@@ -23069,7 +23332,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
   }
 
 
-  /* "melsml/_nested.pyx":387
+  /* "melsml/_nested.pyx":407
  * 
  * 
  * cdef void one_district(Outer* o, Py_ssize_t k, double* buf, int* idx) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -23112,7 +23375,7 @@ static void __pyx_f_6melsml_7_nested_one_district(struct __pyx_t_6melsml_7_neste
 
 }
 
-/* "melsml/_nested.pyx":510
+/* "melsml/_nested.pyx":530
  * 
  * 
  * def nested_loglik(             # <<<<<<<<<<<<<<
@@ -23178,167 +23441,167 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_stats,&__pyx_mstate_global->__pyx_n_u_outer_ptr,&__pyx_mstate_global->__pyx_n_u_M,&__pyx_mstate_global->__pyx_n_u_tau_l,&__pyx_mstate_global->__pyx_n_u_sigma_omega,&__pyx_mstate_global->__pyx_n_u_gx_in,&__pyx_mstate_global->__pyx_n_u_glw_in,&__pyx_mstate_global->__pyx_n_u_gx_out,&__pyx_mstate_global->__pyx_n_u_glw_out,&__pyx_mstate_global->__pyx_n_u_centers,&__pyx_mstate_global->__pyx_n_u_modes_in,&__pyx_mstate_global->__pyx_n_u_adapt,&__pyx_mstate_global->__pyx_n_u_ll,&__pyx_mstate_global->__pyx_n_u_g_M,&__pyx_mstate_global->__pyx_n_u_g_school,&__pyx_mstate_global->__pyx_n_u_umom,&__pyx_mstate_global->__pyx_n_u_eb_school,&__pyx_mstate_global->__pyx_n_u_eb_district,&__pyx_mstate_global->__pyx_n_u_n_threads,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 510, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 530, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case 19:
         values[18] = __Pyx_ArgRef_FASTCALL(__pyx_args, 18);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[18])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[18])) __PYX_ERR(0, 530, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 18:
         values[17] = __Pyx_ArgRef_FASTCALL(__pyx_args, 17);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[17])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[17])) __PYX_ERR(0, 530, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 17:
         values[16] = __Pyx_ArgRef_FASTCALL(__pyx_args, 16);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[16])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[16])) __PYX_ERR(0, 530, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 16:
         values[15] = __Pyx_ArgRef_FASTCALL(__pyx_args, 15);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[15])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[15])) __PYX_ERR(0, 530, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 15:
         values[14] = __Pyx_ArgRef_FASTCALL(__pyx_args, 14);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[14])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[14])) __PYX_ERR(0, 530, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 14:
         values[13] = __Pyx_ArgRef_FASTCALL(__pyx_args, 13);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[13])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[13])) __PYX_ERR(0, 530, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 13:
         values[12] = __Pyx_ArgRef_FASTCALL(__pyx_args, 12);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[12])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[12])) __PYX_ERR(0, 530, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 12:
         values[11] = __Pyx_ArgRef_FASTCALL(__pyx_args, 11);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 530, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 11:
         values[10] = __Pyx_ArgRef_FASTCALL(__pyx_args, 10);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 530, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 10:
         values[9] = __Pyx_ArgRef_FASTCALL(__pyx_args, 9);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 530, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  9:
         values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 530, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  8:
         values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 530, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  7:
         values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 530, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 530, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 530, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 530, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 530, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 530, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 530, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "nested_loglik", 0) < (0)) __PYX_ERR(0, 510, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "nested_loglik", 0) < (0)) __PYX_ERR(0, 530, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 18; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("nested_loglik", 0, 18, 19, i); __PYX_ERR(0, 510, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("nested_loglik", 0, 18, 19, i); __PYX_ERR(0, 530, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case 19:
         values[18] = __Pyx_ArgRef_FASTCALL(__pyx_args, 18);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[18])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[18])) __PYX_ERR(0, 530, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 18:
         values[17] = __Pyx_ArgRef_FASTCALL(__pyx_args, 17);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[17])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[17])) __PYX_ERR(0, 530, __pyx_L3_error)
         values[16] = __Pyx_ArgRef_FASTCALL(__pyx_args, 16);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[16])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[16])) __PYX_ERR(0, 530, __pyx_L3_error)
         values[15] = __Pyx_ArgRef_FASTCALL(__pyx_args, 15);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[15])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[15])) __PYX_ERR(0, 530, __pyx_L3_error)
         values[14] = __Pyx_ArgRef_FASTCALL(__pyx_args, 14);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[14])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[14])) __PYX_ERR(0, 530, __pyx_L3_error)
         values[13] = __Pyx_ArgRef_FASTCALL(__pyx_args, 13);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[13])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[13])) __PYX_ERR(0, 530, __pyx_L3_error)
         values[12] = __Pyx_ArgRef_FASTCALL(__pyx_args, 12);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[12])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[12])) __PYX_ERR(0, 530, __pyx_L3_error)
         values[11] = __Pyx_ArgRef_FASTCALL(__pyx_args, 11);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 530, __pyx_L3_error)
         values[10] = __Pyx_ArgRef_FASTCALL(__pyx_args, 10);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 530, __pyx_L3_error)
         values[9] = __Pyx_ArgRef_FASTCALL(__pyx_args, 9);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 530, __pyx_L3_error)
         values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 530, __pyx_L3_error)
         values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 530, __pyx_L3_error)
         values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 530, __pyx_L3_error)
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 530, __pyx_L3_error)
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 530, __pyx_L3_error)
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 530, __pyx_L3_error)
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 530, __pyx_L3_error)
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 530, __pyx_L3_error)
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 510, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 530, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
     }
-    __pyx_v_stats = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double__const__(values[0], 0); if (unlikely(!__pyx_v_stats.memview)) __PYX_ERR(0, 511, __pyx_L3_error)
-    __pyx_v_outer_ptr = __Pyx_PyObject_to_MemoryviewSlice_dc_Py_ssize_t__const__(values[1], 0); if (unlikely(!__pyx_v_outer_ptr.memview)) __PYX_ERR(0, 512, __pyx_L3_error)
-    __pyx_v_M = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double__const__(values[2], 0); if (unlikely(!__pyx_v_M.memview)) __PYX_ERR(0, 513, __pyx_L3_error)
-    __pyx_v_tau_l = __Pyx_PyFloat_AsDouble(values[3]); if (unlikely((__pyx_v_tau_l == (double)-1) && PyErr_Occurred())) __PYX_ERR(0, 514, __pyx_L3_error)
-    __pyx_v_sigma_omega = __Pyx_PyFloat_AsDouble(values[4]); if (unlikely((__pyx_v_sigma_omega == (double)-1) && PyErr_Occurred())) __PYX_ERR(0, 515, __pyx_L3_error)
-    __pyx_v_gx_in = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(values[5], 0); if (unlikely(!__pyx_v_gx_in.memview)) __PYX_ERR(0, 516, __pyx_L3_error)
-    __pyx_v_glw_in = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(values[6], 0); if (unlikely(!__pyx_v_glw_in.memview)) __PYX_ERR(0, 517, __pyx_L3_error)
-    __pyx_v_gx_out = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(values[7], 0); if (unlikely(!__pyx_v_gx_out.memview)) __PYX_ERR(0, 518, __pyx_L3_error)
-    __pyx_v_glw_out = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(values[8], 0); if (unlikely(!__pyx_v_glw_out.memview)) __PYX_ERR(0, 519, __pyx_L3_error)
-    __pyx_v_centers = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(values[9], PyBUF_WRITABLE); if (unlikely(!__pyx_v_centers.memview)) __PYX_ERR(0, 520, __pyx_L3_error)
-    __pyx_v_modes_in = __Pyx_PyObject_to_MemoryviewSlice_dc_double(values[10], PyBUF_WRITABLE); if (unlikely(!__pyx_v_modes_in.memview)) __PYX_ERR(0, 521, __pyx_L3_error)
-    __pyx_v_adapt = __Pyx_PyObject_IsTrue(values[11]); if (unlikely((__pyx_v_adapt == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 522, __pyx_L3_error)
-    __pyx_v_ll = __Pyx_PyObject_to_MemoryviewSlice_dc_double(values[12], PyBUF_WRITABLE); if (unlikely(!__pyx_v_ll.memview)) __PYX_ERR(0, 523, __pyx_L3_error)
-    __pyx_v_g_M = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(values[13], PyBUF_WRITABLE); if (unlikely(!__pyx_v_g_M.memview)) __PYX_ERR(0, 524, __pyx_L3_error)
-    __pyx_v_g_school = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(values[14], PyBUF_WRITABLE); if (unlikely(!__pyx_v_g_school.memview)) __PYX_ERR(0, 525, __pyx_L3_error)
-    __pyx_v_umom = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(values[15], PyBUF_WRITABLE); if (unlikely(!__pyx_v_umom.memview)) __PYX_ERR(0, 526, __pyx_L3_error)
-    __pyx_v_eb_school = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(values[16], PyBUF_WRITABLE); if (unlikely(!__pyx_v_eb_school.memview)) __PYX_ERR(0, 527, __pyx_L3_error)
-    __pyx_v_eb_district = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(values[17], PyBUF_WRITABLE); if (unlikely(!__pyx_v_eb_district.memview)) __PYX_ERR(0, 528, __pyx_L3_error)
+    __pyx_v_stats = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double__const__(values[0], 0); if (unlikely(!__pyx_v_stats.memview)) __PYX_ERR(0, 531, __pyx_L3_error)
+    __pyx_v_outer_ptr = __Pyx_PyObject_to_MemoryviewSlice_dc_Py_ssize_t__const__(values[1], 0); if (unlikely(!__pyx_v_outer_ptr.memview)) __PYX_ERR(0, 532, __pyx_L3_error)
+    __pyx_v_M = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double__const__(values[2], 0); if (unlikely(!__pyx_v_M.memview)) __PYX_ERR(0, 533, __pyx_L3_error)
+    __pyx_v_tau_l = __Pyx_PyFloat_AsDouble(values[3]); if (unlikely((__pyx_v_tau_l == (double)-1) && PyErr_Occurred())) __PYX_ERR(0, 534, __pyx_L3_error)
+    __pyx_v_sigma_omega = __Pyx_PyFloat_AsDouble(values[4]); if (unlikely((__pyx_v_sigma_omega == (double)-1) && PyErr_Occurred())) __PYX_ERR(0, 535, __pyx_L3_error)
+    __pyx_v_gx_in = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(values[5], 0); if (unlikely(!__pyx_v_gx_in.memview)) __PYX_ERR(0, 536, __pyx_L3_error)
+    __pyx_v_glw_in = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(values[6], 0); if (unlikely(!__pyx_v_glw_in.memview)) __PYX_ERR(0, 537, __pyx_L3_error)
+    __pyx_v_gx_out = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(values[7], 0); if (unlikely(!__pyx_v_gx_out.memview)) __PYX_ERR(0, 538, __pyx_L3_error)
+    __pyx_v_glw_out = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(values[8], 0); if (unlikely(!__pyx_v_glw_out.memview)) __PYX_ERR(0, 539, __pyx_L3_error)
+    __pyx_v_centers = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(values[9], PyBUF_WRITABLE); if (unlikely(!__pyx_v_centers.memview)) __PYX_ERR(0, 540, __pyx_L3_error)
+    __pyx_v_modes_in = __Pyx_PyObject_to_MemoryviewSlice_dc_double(values[10], PyBUF_WRITABLE); if (unlikely(!__pyx_v_modes_in.memview)) __PYX_ERR(0, 541, __pyx_L3_error)
+    __pyx_v_adapt = __Pyx_PyObject_IsTrue(values[11]); if (unlikely((__pyx_v_adapt == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 542, __pyx_L3_error)
+    __pyx_v_ll = __Pyx_PyObject_to_MemoryviewSlice_dc_double(values[12], PyBUF_WRITABLE); if (unlikely(!__pyx_v_ll.memview)) __PYX_ERR(0, 543, __pyx_L3_error)
+    __pyx_v_g_M = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(values[13], PyBUF_WRITABLE); if (unlikely(!__pyx_v_g_M.memview)) __PYX_ERR(0, 544, __pyx_L3_error)
+    __pyx_v_g_school = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(values[14], PyBUF_WRITABLE); if (unlikely(!__pyx_v_g_school.memview)) __PYX_ERR(0, 545, __pyx_L3_error)
+    __pyx_v_umom = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(values[15], PyBUF_WRITABLE); if (unlikely(!__pyx_v_umom.memview)) __PYX_ERR(0, 546, __pyx_L3_error)
+    __pyx_v_eb_school = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(values[16], PyBUF_WRITABLE); if (unlikely(!__pyx_v_eb_school.memview)) __PYX_ERR(0, 547, __pyx_L3_error)
+    __pyx_v_eb_district = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(values[17], PyBUF_WRITABLE); if (unlikely(!__pyx_v_eb_district.memview)) __PYX_ERR(0, 548, __pyx_L3_error)
     if (values[18]) {
-      __pyx_v_n_threads = __Pyx_PyLong_As_int(values[18]); if (unlikely((__pyx_v_n_threads == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 529, __pyx_L3_error)
+      __pyx_v_n_threads = __Pyx_PyLong_As_int(values[18]); if (unlikely((__pyx_v_n_threads == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 549, __pyx_L3_error)
     } else {
       __pyx_v_n_threads = ((int)((int)1));
     }
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("nested_loglik", 0, 18, 19, __pyx_nargs); __PYX_ERR(0, 510, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("nested_loglik", 0, 18, 19, __pyx_nargs); __PYX_ERR(0, 530, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -23422,7 +23685,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("nested_loglik", 0);
 
-  /* "melsml/_nested.pyx":556
+  /* "melsml/_nested.pyx":576
  *     eb_district : (K, d3 + d3^2) E theta3, E theta3 theta3'
  *     """
  *     cdef Py_ssize_t n_d = outer_ptr.shape[0] - 1, k, max_j = 0, nb             # <<<<<<<<<<<<<<
@@ -23432,7 +23695,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   __pyx_v_n_d = ((__pyx_v_outer_ptr.shape[0]) - 1);
   __pyx_v_max_j = 0;
 
-  /* "melsml/_nested.pyx":557
+  /* "melsml/_nested.pyx":577
  *     """
  *     cdef Py_ssize_t n_d = outer_ptr.shape[0] - 1, k, max_j = 0, nb
  *     cdef int d3 = M.shape[1]             # <<<<<<<<<<<<<<
@@ -23441,7 +23704,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
 */
   __pyx_v_d3 = (__pyx_v_M.shape[1]);
 
-  /* "melsml/_nested.pyx":559
+  /* "melsml/_nested.pyx":579
  *     cdef int d3 = M.shape[1]
  *     cdef Outer o
  *     cdef double sv = sqrt(tau_l * tau_l + sigma_omega * sigma_omega)             # <<<<<<<<<<<<<<
@@ -23450,7 +23713,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
 */
   __pyx_v_sv = sqrt(((__pyx_v_tau_l * __pyx_v_tau_l) + (__pyx_v_sigma_omega * __pyx_v_sigma_omega)));
 
-  /* "melsml/_nested.pyx":562
+  /* "melsml/_nested.pyx":582
  *     cdef double* buf
  *     cdef int* idx
  *     cdef int nt = n_threads if n_threads > 0 else 1             # <<<<<<<<<<<<<<
@@ -23469,7 +23732,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
 
   __pyx_v_nt = __pyx_t_1;
 
-  /* "melsml/_nested.pyx":563
+  /* "melsml/_nested.pyx":583
  *     cdef int* idx
  *     cdef int nt = n_threads if n_threads > 0 else 1
  *     if M.shape[0] != 3 or d3 < 1 or d3 > 3:             # <<<<<<<<<<<<<<
@@ -23505,7 +23768,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "melsml/_nested.pyx":564
+    /* "melsml/_nested.pyx":584
  *     cdef int nt = n_threads if n_threads > 0 else 1
  *     if M.shape[0] != 3 or d3 < 1 or d3 > 3:
  *         raise ValueError("M must be 3 x d3 with 1 <= d3 <= 3")             # <<<<<<<<<<<<<<
@@ -23518,14 +23781,14 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
       PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_mstate_global->__pyx_kp_u_M_must_be_3_x_d3_with_1_d3_3};
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 564, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 584, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 564, __pyx_L1_error)
+    __PYX_ERR(0, 584, __pyx_L1_error)
 
-    /* "melsml/_nested.pyx":563
+    /* "melsml/_nested.pyx":583
  *     cdef int* idx
  *     cdef int nt = n_threads if n_threads > 0 else 1
  *     if M.shape[0] != 3 or d3 < 1 or d3 > 3:             # <<<<<<<<<<<<<<
@@ -23534,7 +23797,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
 */
   }
 
-  /* "melsml/_nested.pyx":565
+  /* "melsml/_nested.pyx":585
  *     if M.shape[0] != 3 or d3 < 1 or d3 > 3:
  *         raise ValueError("M must be 3 x d3 with 1 <= d3 <= 3")
  *     if stats.shape[1] != N_STATS or stats.shape[0] != outer_ptr[n_d]:             # <<<<<<<<<<<<<<
@@ -23561,7 +23824,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "melsml/_nested.pyx":566
+    /* "melsml/_nested.pyx":586
  *         raise ValueError("M must be 3 x d3 with 1 <= d3 <= 3")
  *     if stats.shape[1] != N_STATS or stats.shape[0] != outer_ptr[n_d]:
  *         raise ValueError("stats must be (J, 8) with J = outer_ptr[-1]")             # <<<<<<<<<<<<<<
@@ -23574,14 +23837,14 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
       PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_mstate_global->__pyx_kp_u_stats_must_be_J_8_with_J_outer_p};
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 566, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 586, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 566, __pyx_L1_error)
+    __PYX_ERR(0, 586, __pyx_L1_error)
 
-    /* "melsml/_nested.pyx":565
+    /* "melsml/_nested.pyx":585
  *     if M.shape[0] != 3 or d3 < 1 or d3 > 3:
  *         raise ValueError("M must be 3 x d3 with 1 <= d3 <= 3")
  *     if stats.shape[1] != N_STATS or stats.shape[0] != outer_ptr[n_d]:             # <<<<<<<<<<<<<<
@@ -23590,7 +23853,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
 */
   }
 
-  /* "melsml/_nested.pyx":567
+  /* "melsml/_nested.pyx":587
  *     if stats.shape[1] != N_STATS or stats.shape[0] != outer_ptr[n_d]:
  *         raise ValueError("stats must be (J, 8) with J = outer_ptr[-1]")
  *     if centers.shape[0] != n_d or centers.shape[1] != d3 + d3 * d3:             # <<<<<<<<<<<<<<
@@ -23616,7 +23879,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "melsml/_nested.pyx":568
+    /* "melsml/_nested.pyx":588
  *         raise ValueError("stats must be (J, 8) with J = outer_ptr[-1]")
  *     if centers.shape[0] != n_d or centers.shape[1] != d3 + d3 * d3:
  *         raise ValueError("centers has the wrong shape")             # <<<<<<<<<<<<<<
@@ -23629,14 +23892,14 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
       PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_mstate_global->__pyx_kp_u_centers_has_the_wrong_shape};
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 568, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 588, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 568, __pyx_L1_error)
+    __PYX_ERR(0, 588, __pyx_L1_error)
 
-    /* "melsml/_nested.pyx":567
+    /* "melsml/_nested.pyx":587
  *     if stats.shape[1] != N_STATS or stats.shape[0] != outer_ptr[n_d]:
  *         raise ValueError("stats must be (J, 8) with J = outer_ptr[-1]")
  *     if centers.shape[0] != n_d or centers.shape[1] != d3 + d3 * d3:             # <<<<<<<<<<<<<<
@@ -23645,7 +23908,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
 */
   }
 
-  /* "melsml/_nested.pyx":569
+  /* "melsml/_nested.pyx":589
  *     if centers.shape[0] != n_d or centers.shape[1] != d3 + d3 * d3:
  *         raise ValueError("centers has the wrong shape")
  *     for k in range(n_d):             # <<<<<<<<<<<<<<
@@ -23659,7 +23922,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   for (__pyx_t_10 = 0; __pyx_t_10 < __pyx_t_9; __pyx_t_10+=1) {
     __pyx_v_k = __pyx_t_10;
 
-    /* "melsml/_nested.pyx":570
+    /* "melsml/_nested.pyx":590
  *         raise ValueError("centers has the wrong shape")
  *     for k in range(n_d):
  *         if outer_ptr[k + 1] - outer_ptr[k] > max_j:             # <<<<<<<<<<<<<<
@@ -23673,7 +23936,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
     if (__pyx_t_2) {
 
 
-      /* "melsml/_nested.pyx":571
+      /* "melsml/_nested.pyx":591
  *     for k in range(n_d):
  *         if outer_ptr[k + 1] - outer_ptr[k] > max_j:
  *             max_j = outer_ptr[k + 1] - outer_ptr[k]             # <<<<<<<<<<<<<<
@@ -23684,7 +23947,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
       __pyx_t_7 = __pyx_v_k;
       __pyx_v_max_j = ((*((Py_ssize_t const  *) ( /* dim=0 */ ((char *) (((Py_ssize_t const  *) __pyx_v_outer_ptr.data) + __pyx_t_11)) ))) - (*((Py_ssize_t const  *) ( /* dim=0 */ ((char *) (((Py_ssize_t const  *) __pyx_v_outer_ptr.data) + __pyx_t_7)) ))));
 
-      /* "melsml/_nested.pyx":570
+      /* "melsml/_nested.pyx":590
  *         raise ValueError("centers has the wrong shape")
  *     for k in range(n_d):
  *         if outer_ptr[k + 1] - outer_ptr[k] > max_j:             # <<<<<<<<<<<<<<
@@ -23695,7 +23958,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   }
 
 
-  /* "melsml/_nested.pyx":572
+  /* "melsml/_nested.pyx":592
  *         if outer_ptr[k + 1] - outer_ptr[k] > max_j:
  *             max_j = outer_ptr[k + 1] - outer_ptr[k]
  *     o.stats = &stats[0, 0]             # <<<<<<<<<<<<<<
@@ -23706,7 +23969,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   __pyx_t_11 = 0;
   __pyx_v_o.stats = (&(*((double const  *) ( /* dim=1 */ ((char *) (((double const  *) ( /* dim=0 */ (__pyx_v_stats.data + __pyx_t_7 * __pyx_v_stats.strides[0]) )) + __pyx_t_11)) ))));
 
-  /* "melsml/_nested.pyx":573
+  /* "melsml/_nested.pyx":593
  *             max_j = outer_ptr[k + 1] - outer_ptr[k]
  *     o.stats = &stats[0, 0]
  *     o.optr = &outer_ptr[0]             # <<<<<<<<<<<<<<
@@ -23716,7 +23979,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   __pyx_t_11 = 0;
   __pyx_v_o.optr = (&(*((Py_ssize_t const  *) ( /* dim=0 */ ((char *) (((Py_ssize_t const  *) __pyx_v_outer_ptr.data) + __pyx_t_11)) ))));
 
-  /* "melsml/_nested.pyx":574
+  /* "melsml/_nested.pyx":594
  *     o.stats = &stats[0, 0]
  *     o.optr = &outer_ptr[0]
  *     o.M = &M[0, 0]             # <<<<<<<<<<<<<<
@@ -23727,7 +23990,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   __pyx_t_7 = 0;
   __pyx_v_o.M = (&(*((double const  *) ( /* dim=1 */ ((char *) (((double const  *) ( /* dim=0 */ (__pyx_v_M.data + __pyx_t_11 * __pyx_v_M.strides[0]) )) + __pyx_t_7)) ))));
 
-  /* "melsml/_nested.pyx":575
+  /* "melsml/_nested.pyx":595
  *     o.optr = &outer_ptr[0]
  *     o.M = &M[0, 0]
  *     o.d3 = d3             # <<<<<<<<<<<<<<
@@ -23736,7 +23999,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
 */
   __pyx_v_o.d3 = __pyx_v_d3;
 
-  /* "melsml/_nested.pyx":576
+  /* "melsml/_nested.pyx":596
  *     o.M = &M[0, 0]
  *     o.d3 = d3
  *     o.sv = sv             # <<<<<<<<<<<<<<
@@ -23745,7 +24008,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
 */
   __pyx_v_o.sv = __pyx_v_sv;
 
-  /* "melsml/_nested.pyx":577
+  /* "melsml/_nested.pyx":597
  *     o.d3 = d3
  *     o.sv = sv
  *     if sv > 0.0:             # <<<<<<<<<<<<<<
@@ -23757,7 +24020,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   if (__pyx_t_2) {
 
 
-    /* "melsml/_nested.pyx":578
+    /* "melsml/_nested.pyx":598
  *     o.sv = sv
  *     if sv > 0.0:
  *         o.cphi = tau_l / sv             # <<<<<<<<<<<<<<
@@ -23766,7 +24029,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
 */
     __pyx_v_o.cphi = (__pyx_v_tau_l / __pyx_v_sv);
 
-    /* "melsml/_nested.pyx":579
+    /* "melsml/_nested.pyx":599
  *     if sv > 0.0:
  *         o.cphi = tau_l / sv
  *         o.sphi = sigma_omega / sv             # <<<<<<<<<<<<<<
@@ -23775,7 +24038,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
 */
     __pyx_v_o.sphi = (__pyx_v_sigma_omega / __pyx_v_sv);
 
-    /* "melsml/_nested.pyx":577
+    /* "melsml/_nested.pyx":597
  *     o.d3 = d3
  *     o.sv = sv
  *     if sv > 0.0:             # <<<<<<<<<<<<<<
@@ -23785,7 +24048,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
     goto __pyx_L16;
   }
 
-  /* "melsml/_nested.pyx":581
+  /* "melsml/_nested.pyx":601
  *         o.sphi = sigma_omega / sv
  *     else:
  *         o.cphi = 0.0             # <<<<<<<<<<<<<<
@@ -23795,7 +24058,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   /*else*/ {
     __pyx_v_o.cphi = 0.0;
 
-    /* "melsml/_nested.pyx":582
+    /* "melsml/_nested.pyx":602
  *     else:
  *         o.cphi = 0.0
  *         o.sphi = 1.0             # <<<<<<<<<<<<<<
@@ -23806,7 +24069,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   }
   __pyx_L16:;
 
-  /* "melsml/_nested.pyx":583
+  /* "melsml/_nested.pyx":603
  *         o.cphi = 0.0
  *         o.sphi = 1.0
  *     o.nq_in = gx_in.shape[0]             # <<<<<<<<<<<<<<
@@ -23815,7 +24078,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
 */
   __pyx_v_o.nq_in = (__pyx_v_gx_in.shape[0]);
 
-  /* "melsml/_nested.pyx":584
+  /* "melsml/_nested.pyx":604
  *         o.sphi = 1.0
  *     o.nq_in = gx_in.shape[0]
  *     o.gx_in = &gx_in[0]             # <<<<<<<<<<<<<<
@@ -23825,7 +24088,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   __pyx_t_7 = 0;
   __pyx_v_o.gx_in = (&(*((double const  *) ( /* dim=0 */ ((char *) (((double const  *) __pyx_v_gx_in.data) + __pyx_t_7)) ))));
 
-  /* "melsml/_nested.pyx":585
+  /* "melsml/_nested.pyx":605
  *     o.nq_in = gx_in.shape[0]
  *     o.gx_in = &gx_in[0]
  *     o.glw_in = &glw_in[0]             # <<<<<<<<<<<<<<
@@ -23835,7 +24098,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   __pyx_t_7 = 0;
   __pyx_v_o.glw_in = (&(*((double const  *) ( /* dim=0 */ ((char *) (((double const  *) __pyx_v_glw_in.data) + __pyx_t_7)) ))));
 
-  /* "melsml/_nested.pyx":586
+  /* "melsml/_nested.pyx":606
  *     o.gx_in = &gx_in[0]
  *     o.glw_in = &glw_in[0]
  *     o.nq_out = gx_out.shape[0]             # <<<<<<<<<<<<<<
@@ -23844,7 +24107,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
 */
   __pyx_v_o.nq_out = (__pyx_v_gx_out.shape[0]);
 
-  /* "melsml/_nested.pyx":587
+  /* "melsml/_nested.pyx":607
  *     o.glw_in = &glw_in[0]
  *     o.nq_out = gx_out.shape[0]
  *     o.gx_out = &gx_out[0]             # <<<<<<<<<<<<<<
@@ -23854,7 +24117,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   __pyx_t_7 = 0;
   __pyx_v_o.gx_out = (&(*((double const  *) ( /* dim=0 */ ((char *) (((double const  *) __pyx_v_gx_out.data) + __pyx_t_7)) ))));
 
-  /* "melsml/_nested.pyx":588
+  /* "melsml/_nested.pyx":608
  *     o.nq_out = gx_out.shape[0]
  *     o.gx_out = &gx_out[0]
  *     o.glw_out = &glw_out[0]             # <<<<<<<<<<<<<<
@@ -23864,7 +24127,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   __pyx_t_7 = 0;
   __pyx_v_o.glw_out = (&(*((double const  *) ( /* dim=0 */ ((char *) (((double const  *) __pyx_v_glw_out.data) + __pyx_t_7)) ))));
 
-  /* "melsml/_nested.pyx":589
+  /* "melsml/_nested.pyx":609
  *     o.gx_out = &gx_out[0]
  *     o.glw_out = &glw_out[0]
  *     o.cen = &centers[0, 0]             # <<<<<<<<<<<<<<
@@ -23875,7 +24138,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   __pyx_t_11 = 0;
   __pyx_v_o.cen = (&(*((double *) ( /* dim=1 */ ((char *) (((double *) ( /* dim=0 */ (__pyx_v_centers.data + __pyx_t_7 * __pyx_v_centers.strides[0]) )) + __pyx_t_11)) ))));
 
-  /* "melsml/_nested.pyx":590
+  /* "melsml/_nested.pyx":610
  *     o.glw_out = &glw_out[0]
  *     o.cen = &centers[0, 0]
  *     o.cw = d3 + d3 * d3             # <<<<<<<<<<<<<<
@@ -23884,7 +24147,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
 */
   __pyx_v_o.cw = (__pyx_v_d3 + (__pyx_v_d3 * __pyx_v_d3));
 
-  /* "melsml/_nested.pyx":591
+  /* "melsml/_nested.pyx":611
  *     o.cen = &centers[0, 0]
  *     o.cw = d3 + d3 * d3
  *     o.modes_in = &modes_in[0]             # <<<<<<<<<<<<<<
@@ -23894,7 +24157,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   __pyx_t_11 = 0;
   __pyx_v_o.modes_in = (&(*((double *) ( /* dim=0 */ ((char *) (((double *) __pyx_v_modes_in.data) + __pyx_t_11)) ))));
 
-  /* "melsml/_nested.pyx":592
+  /* "melsml/_nested.pyx":612
  *     o.cw = d3 + d3 * d3
  *     o.modes_in = &modes_in[0]
  *     o.adapt = adapt             # <<<<<<<<<<<<<<
@@ -23903,7 +24166,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
 */
   __pyx_v_o.adapt = __pyx_v_adapt;
 
-  /* "melsml/_nested.pyx":593
+  /* "melsml/_nested.pyx":613
  *     o.modes_in = &modes_in[0]
  *     o.adapt = adapt
  *     o.ll = &ll[0]             # <<<<<<<<<<<<<<
@@ -23913,7 +24176,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   __pyx_t_11 = 0;
   __pyx_v_o.ll = (&(*((double *) ( /* dim=0 */ ((char *) (((double *) __pyx_v_ll.data) + __pyx_t_11)) ))));
 
-  /* "melsml/_nested.pyx":594
+  /* "melsml/_nested.pyx":614
  *     o.adapt = adapt
  *     o.ll = &ll[0]
  *     o.gM = &g_M[0, 0]             # <<<<<<<<<<<<<<
@@ -23924,7 +24187,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   __pyx_t_7 = 0;
   __pyx_v_o.gM = (&(*((double *) ( /* dim=1 */ ((char *) (((double *) ( /* dim=0 */ (__pyx_v_g_M.data + __pyx_t_11 * __pyx_v_g_M.strides[0]) )) + __pyx_t_7)) ))));
 
-  /* "melsml/_nested.pyx":595
+  /* "melsml/_nested.pyx":615
  *     o.ll = &ll[0]
  *     o.gM = &g_M[0, 0]
  *     o.gsch = &g_school[0, 0]             # <<<<<<<<<<<<<<
@@ -23935,7 +24198,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   __pyx_t_11 = 0;
   __pyx_v_o.gsch = (&(*((double *) ( /* dim=1 */ ((char *) (((double *) ( /* dim=0 */ (__pyx_v_g_school.data + __pyx_t_7 * __pyx_v_g_school.strides[0]) )) + __pyx_t_11)) ))));
 
-  /* "melsml/_nested.pyx":596
+  /* "melsml/_nested.pyx":616
  *     o.gM = &g_M[0, 0]
  *     o.gsch = &g_school[0, 0]
  *     o.umom = &umom[0, 0]             # <<<<<<<<<<<<<<
@@ -23946,40 +24209,40 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   __pyx_t_7 = 0;
   __pyx_v_o.umom = (&(*((double *) ( /* dim=1 */ ((char *) (((double *) ( /* dim=0 */ (__pyx_v_umom.data + __pyx_t_11 * __pyx_v_umom.strides[0]) )) + __pyx_t_7)) ))));
 
-  /* "melsml/_nested.pyx":597
+  /* "melsml/_nested.pyx":617
  *     o.gsch = &g_school[0, 0]
  *     o.umom = &umom[0, 0]
  *     o.ebs = &eb_school[0, 0]             # <<<<<<<<<<<<<<
  *     o.ebd = &eb_district[0, 0]
- *     nb = o.nq_in + 3 + 3 + 9 + 15 + max_j * (N_UM + N_EB) + 8
+ *     nb = o.nq_in + 3 + 3 + 9 + 27 + max_j * (N_UM + N_EB) + 8
 */
   __pyx_t_7 = 0;
   __pyx_t_11 = 0;
   __pyx_v_o.ebs = (&(*((double *) ( /* dim=1 */ ((char *) (((double *) ( /* dim=0 */ (__pyx_v_eb_school.data + __pyx_t_7 * __pyx_v_eb_school.strides[0]) )) + __pyx_t_11)) ))));
 
-  /* "melsml/_nested.pyx":598
+  /* "melsml/_nested.pyx":618
  *     o.umom = &umom[0, 0]
  *     o.ebs = &eb_school[0, 0]
  *     o.ebd = &eb_district[0, 0]             # <<<<<<<<<<<<<<
- *     nb = o.nq_in + 3 + 3 + 9 + 15 + max_j * (N_UM + N_EB) + 8
+ *     nb = o.nq_in + 3 + 3 + 9 + 27 + max_j * (N_UM + N_EB) + 8
  *     with nogil, parallel(num_threads=nt):
 */
   __pyx_t_11 = 0;
   __pyx_t_7 = 0;
   __pyx_v_o.ebd = (&(*((double *) ( /* dim=1 */ ((char *) (((double *) ( /* dim=0 */ (__pyx_v_eb_district.data + __pyx_t_11 * __pyx_v_eb_district.strides[0]) )) + __pyx_t_7)) ))));
 
-  /* "melsml/_nested.pyx":599
+  /* "melsml/_nested.pyx":619
  *     o.ebs = &eb_school[0, 0]
  *     o.ebd = &eb_district[0, 0]
- *     nb = o.nq_in + 3 + 3 + 9 + 15 + max_j * (N_UM + N_EB) + 8             # <<<<<<<<<<<<<<
+ *     nb = o.nq_in + 3 + 3 + 9 + 27 + max_j * (N_UM + N_EB) + 8             # <<<<<<<<<<<<<<
  *     with nogil, parallel(num_threads=nt):
  *         buf = <double*> malloc(nb * sizeof(double))
 */
-  __pyx_v_nb = ((((((__pyx_v_o.nq_in + 3) + 3) + 9) + 15) + (__pyx_v_max_j * (__pyx_e_6melsml_7_nested_N_UM + __pyx_e_6melsml_7_nested_N_EB))) + 8);
+  __pyx_v_nb = ((((((__pyx_v_o.nq_in + 3) + 3) + 9) + 27) + (__pyx_v_max_j * (__pyx_e_6melsml_7_nested_N_UM + __pyx_e_6melsml_7_nested_N_EB))) + 8);
 
-  /* "melsml/_nested.pyx":600
+  /* "melsml/_nested.pyx":620
  *     o.ebd = &eb_district[0, 0]
- *     nb = o.nq_in + 3 + 3 + 9 + 15 + max_j * (N_UM + N_EB) + 8
+ *     nb = o.nq_in + 3 + 3 + 9 + 27 + max_j * (N_UM + N_EB) + 8
  *     with nogil, parallel(num_threads=nt):             # <<<<<<<<<<<<<<
  *         buf = <double*> malloc(nb * sizeof(double))
  *         idx = <int*> malloc(4 * sizeof(int))
@@ -24001,8 +24264,8 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
             #endif /* _OPENMP */
             {
 
-                /* "melsml/_nested.pyx":601
- *     nb = o.nq_in + 3 + 3 + 9 + 15 + max_j * (N_UM + N_EB) + 8
+                /* "melsml/_nested.pyx":621
+ *     nb = o.nq_in + 3 + 3 + 9 + 27 + max_j * (N_UM + N_EB) + 8
  *     with nogil, parallel(num_threads=nt):
  *         buf = <double*> malloc(nb * sizeof(double))             # <<<<<<<<<<<<<<
  *         idx = <int*> malloc(4 * sizeof(int))
@@ -24010,7 +24273,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
 */
                 __pyx_v_buf = ((double *)malloc((__pyx_v_nb * (sizeof(double)))));
 
-                /* "melsml/_nested.pyx":602
+                /* "melsml/_nested.pyx":622
  *     with nogil, parallel(num_threads=nt):
  *         buf = <double*> malloc(nb * sizeof(double))
  *         idx = <int*> malloc(4 * sizeof(int))             # <<<<<<<<<<<<<<
@@ -24019,7 +24282,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
 */
                 __pyx_v_idx = ((int *)malloc((4 * (sizeof(int)))));
 
-                /* "melsml/_nested.pyx":603
+                /* "melsml/_nested.pyx":623
  *         buf = <double*> malloc(nb * sizeof(double))
  *         idx = <int*> malloc(4 * sizeof(int))
  *         for k in prange(n_d, schedule="dynamic"):             # <<<<<<<<<<<<<<
@@ -24039,7 +24302,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
                             {
                                 __pyx_v_k = (Py_ssize_t)(0 + 1 * __pyx_t_9);
 
-                                /* "melsml/_nested.pyx":604
+                                /* "melsml/_nested.pyx":624
  *         idx = <int*> malloc(4 * sizeof(int))
  *         for k in prange(n_d, schedule="dynamic"):
  *             one_district(&o, k, buf, idx)             # <<<<<<<<<<<<<<
@@ -24053,18 +24316,21 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
                 }
 
 
-                /* "melsml/_nested.pyx":605
+                /* "melsml/_nested.pyx":625
  *         for k in prange(n_d, schedule="dynamic"):
  *             one_district(&o, k, buf, idx)
  *         free(idx)             # <<<<<<<<<<<<<<
  *         free(buf)
+ * 
 */
                 free(__pyx_v_idx);
 
-                /* "melsml/_nested.pyx":606
+                /* "melsml/_nested.pyx":626
  *             one_district(&o, k, buf, idx)
  *         free(idx)
  *         free(buf)             # <<<<<<<<<<<<<<
+ * 
+ * 
 */
                 free(__pyx_v_buf);
             }
@@ -24077,9 +24343,9 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
         #endif
       }
 
-      /* "melsml/_nested.pyx":600
+      /* "melsml/_nested.pyx":620
  *     o.ebd = &eb_district[0, 0]
- *     nb = o.nq_in + 3 + 3 + 9 + 15 + max_j * (N_UM + N_EB) + 8
+ *     nb = o.nq_in + 3 + 3 + 9 + 27 + max_j * (N_UM + N_EB) + 8
  *     with nogil, parallel(num_threads=nt):             # <<<<<<<<<<<<<<
  *         buf = <double*> malloc(nb * sizeof(double))
  *         idx = <int*> malloc(4 * sizeof(int))
@@ -24094,7 +24360,7 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
       }
   }
 
-  /* "melsml/_nested.pyx":510
+  /* "melsml/_nested.pyx":530
  * 
  * 
  * def nested_loglik(             # <<<<<<<<<<<<<<
@@ -24111,6 +24377,909 @@ static PyObject *__pyx_pf_6melsml_7_nested_nested_loglik(CYTHON_UNUSED PyObject 
   __Pyx_AddTraceback("melsml._nested.nested_loglik", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __pyx_r = NULL;
   __pyx_L0:;
+
+
+
+
+
+
+
+
+
+
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "melsml/_nested.pyx":629
+ * 
+ * 
+ * def school_sums(const double[::1] r0, const double[::1] logd, const double[::1] z,             # <<<<<<<<<<<<<<
+ *                 const Py_ssize_t[::1] group_ptr, double[:, ::1] stats):
+ *     """Each school's eight sums (one pass over the students): n, sum log d,
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_6melsml_7_nested_3school_sums(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_6melsml_7_nested_2school_sums, "Each school\047s eight sums (one pass over the students): n, sum log d,\n    sum z^2/d, sum z/d, sum 1/d, sum z r0/d, sum r0/d, sum r0^2/d, with d = exp(logd).");
+static PyMethodDef __pyx_mdef_6melsml_7_nested_3school_sums = {"school_sums", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6melsml_7_nested_3school_sums, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6melsml_7_nested_2school_sums};
+static PyObject *__pyx_pw_6melsml_7_nested_3school_sums(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  __Pyx_memviewslice __pyx_v_r0 = { 0, 0, { 0 }, { 0 }, { 0 } };
+  __Pyx_memviewslice __pyx_v_logd = { 0, 0, { 0 }, { 0 }, { 0 } };
+  __Pyx_memviewslice __pyx_v_z = { 0, 0, { 0 }, { 0 }, { 0 } };
+  __Pyx_memviewslice __pyx_v_group_ptr = { 0, 0, { 0 }, { 0 }, { 0 } };
+  __Pyx_memviewslice __pyx_v_stats = { 0, 0, { 0 }, { 0 }, { 0 } };
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[5] = {0,0,0,0,0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("school_sums (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_r0,&__pyx_mstate_global->__pyx_n_u_logd,&__pyx_mstate_global->__pyx_n_u_z,&__pyx_mstate_global->__pyx_n_u_group_ptr,&__pyx_mstate_global->__pyx_n_u_stats,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 629, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  5:
+        values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 629, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  4:
+        values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 629, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  3:
+        values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 629, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  2:
+        values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 629, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 629, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "school_sums", 0) < (0)) __PYX_ERR(0, 629, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 5; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("school_sums", 1, 5, 5, i); __PYX_ERR(0, 629, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 5)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 629, __pyx_L3_error)
+      values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 629, __pyx_L3_error)
+      values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 629, __pyx_L3_error)
+      values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 629, __pyx_L3_error)
+      values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 629, __pyx_L3_error)
+    }
+    __pyx_v_r0 = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(values[0], 0); if (unlikely(!__pyx_v_r0.memview)) __PYX_ERR(0, 629, __pyx_L3_error)
+    __pyx_v_logd = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(values[1], 0); if (unlikely(!__pyx_v_logd.memview)) __PYX_ERR(0, 629, __pyx_L3_error)
+    __pyx_v_z = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(values[2], 0); if (unlikely(!__pyx_v_z.memview)) __PYX_ERR(0, 629, __pyx_L3_error)
+    __pyx_v_group_ptr = __Pyx_PyObject_to_MemoryviewSlice_dc_Py_ssize_t__const__(values[3], 0); if (unlikely(!__pyx_v_group_ptr.memview)) __PYX_ERR(0, 630, __pyx_L3_error)
+    __pyx_v_stats = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(values[4], PyBUF_WRITABLE); if (unlikely(!__pyx_v_stats.memview)) __PYX_ERR(0, 630, __pyx_L3_error)
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("school_sums", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 629, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_r0, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_logd, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_z, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_group_ptr, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_stats, 1);
+  __Pyx_AddTraceback("melsml._nested.school_sums", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  __pyx_r = __pyx_pf_6melsml_7_nested_2school_sums(__pyx_self, __pyx_v_r0, __pyx_v_logd, __pyx_v_z, __pyx_v_group_ptr, __pyx_v_stats);
+
+  /* function exit code */
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_r0, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_logd, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_z, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_group_ptr, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_stats, 1);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_6melsml_7_nested_2school_sums(CYTHON_UNUSED PyObject *__pyx_self, __Pyx_memviewslice __pyx_v_r0, __Pyx_memviewslice __pyx_v_logd, __Pyx_memviewslice __pyx_v_z, __Pyx_memviewslice __pyx_v_group_ptr, __Pyx_memviewslice __pyx_v_stats) {
+  Py_ssize_t __pyx_v_j;
+  Py_ssize_t __pyx_v_i;
+  Py_ssize_t __pyx_v_n_groups;
+  double __pyx_v_s[8];
+  double __pyx_v_inv;
+  double __pyx_v_zi;
+  double __pyx_v_ri;
+  int __pyx_v_a;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  int __pyx_t_1;
+  int __pyx_t_2;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  size_t __pyx_t_5;
+  Py_ssize_t __pyx_t_6;
+  Py_ssize_t __pyx_t_7;
+  Py_ssize_t __pyx_t_8;
+  int __pyx_t_9;
+  Py_ssize_t __pyx_t_10;
+  Py_ssize_t __pyx_t_11;
+  Py_ssize_t __pyx_t_12;
+  Py_ssize_t __pyx_t_13;
+  Py_ssize_t __pyx_t_14;
+  long __pyx_t_15;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("school_sums", 0);
+
+  /* "melsml/_nested.pyx":633
+ *     """Each school's eight sums (one pass over the students): n, sum log d,
+ *     sum z^2/d, sum z/d, sum 1/d, sum z r0/d, sum r0/d, sum r0^2/d, with d = exp(logd)."""
+ *     cdef Py_ssize_t j, i, n_groups = group_ptr.shape[0] - 1             # <<<<<<<<<<<<<<
+ *     cdef double s[8]
+ *     cdef double inv, zi, ri
+*/
+  __pyx_v_n_groups = ((__pyx_v_group_ptr.shape[0]) - 1);
+
+  /* "melsml/_nested.pyx":637
+ *     cdef double inv, zi, ri
+ *     cdef int a
+ *     if stats.shape[0] != n_groups or stats.shape[1] != N_STATS:             # <<<<<<<<<<<<<<
+ *         raise ValueError("stats must be (n_groups, 8)")
+ *     with nogil:
+*/
+  __pyx_t_2 = ((__pyx_v_stats.shape[0]) != __pyx_v_n_groups);
+
+  if (!__pyx_t_2) {
+
+  } else {
+
+    __pyx_t_1 = __pyx_t_2;
+
+    goto __pyx_L4_bool_binop_done;
+  }
+  __pyx_t_2 = ((__pyx_v_stats.shape[1]) != __pyx_e_6melsml_7_nested_N_STATS);
+
+
+  __pyx_t_1 = __pyx_t_2;
+
+  __pyx_L4_bool_binop_done:;
+  if (unlikely(__pyx_t_1)) {
+
+
+    /* "melsml/_nested.pyx":638
+ *     cdef int a
+ *     if stats.shape[0] != n_groups or stats.shape[1] != N_STATS:
+ *         raise ValueError("stats must be (n_groups, 8)")             # <<<<<<<<<<<<<<
+ *     with nogil:
+ *         for j in range(n_groups):
+*/
+    __pyx_t_4 = NULL;
+    __pyx_t_5 = 1;
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_stats_must_be_n_groups_8};
+      __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 638, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_3);
+    }
+    __Pyx_Raise(__pyx_t_3, 0, 0, 0);
+    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+    __PYX_ERR(0, 638, __pyx_L1_error)
+
+    /* "melsml/_nested.pyx":637
+ *     cdef double inv, zi, ri
+ *     cdef int a
+ *     if stats.shape[0] != n_groups or stats.shape[1] != N_STATS:             # <<<<<<<<<<<<<<
+ *         raise ValueError("stats must be (n_groups, 8)")
+ *     with nogil:
+*/
+  }
+
+  /* "melsml/_nested.pyx":639
+ *     if stats.shape[0] != n_groups or stats.shape[1] != N_STATS:
+ *         raise ValueError("stats must be (n_groups, 8)")
+ *     with nogil:             # <<<<<<<<<<<<<<
+ *         for j in range(n_groups):
+ *             for a in range(8):
+*/
+  {
+      PyThreadState * _save;
+      _save = PyEval_SaveThread();
+      __Pyx_FastGIL_Remember();
+      /*try:*/ {
+
+        /* "melsml/_nested.pyx":640
+ *         raise ValueError("stats must be (n_groups, 8)")
+ *     with nogil:
+ *         for j in range(n_groups):             # <<<<<<<<<<<<<<
+ *             for a in range(8):
+ *                 s[a] = 0.0
+*/
+
+        __pyx_t_6 = __pyx_v_n_groups;
+        __pyx_t_7 = __pyx_t_6;
+
+        for (__pyx_t_8 = 0; __pyx_t_8 < __pyx_t_7; __pyx_t_8+=1) {
+          __pyx_v_j = __pyx_t_8;
+
+          /* "melsml/_nested.pyx":641
+ *     with nogil:
+ *         for j in range(n_groups):
+ *             for a in range(8):             # <<<<<<<<<<<<<<
+ *                 s[a] = 0.0
+ *             for i in range(group_ptr[j], group_ptr[j + 1]):
+*/
+          for (__pyx_t_9 = 0; __pyx_t_9 < 8; __pyx_t_9+=1) {
+            __pyx_v_a = __pyx_t_9;
+
+            /* "melsml/_nested.pyx":642
+ *         for j in range(n_groups):
+ *             for a in range(8):
+ *                 s[a] = 0.0             # <<<<<<<<<<<<<<
+ *             for i in range(group_ptr[j], group_ptr[j + 1]):
+ *                 inv = exp(-logd[i])
+*/
+            (__pyx_v_s[__pyx_v_a]) = 0.0;
+          }
+
+          /* "melsml/_nested.pyx":643
+ *             for a in range(8):
+ *                 s[a] = 0.0
+ *             for i in range(group_ptr[j], group_ptr[j + 1]):             # <<<<<<<<<<<<<<
+ *                 inv = exp(-logd[i])
+ *                 zi = z[i]
+*/
+          __pyx_t_10 = (__pyx_v_j + 1);
+
+          __pyx_t_11 = (*((Py_ssize_t const  *) ( /* dim=0 */ ((char *) (((Py_ssize_t const  *) __pyx_v_group_ptr.data) + __pyx_t_10)) )));
+          __pyx_t_10 = __pyx_v_j;
+          __pyx_t_12 = __pyx_t_11;
+
+          for (__pyx_t_13 = (*((Py_ssize_t const  *) ( /* dim=0 */ ((char *) (((Py_ssize_t const  *) __pyx_v_group_ptr.data) + __pyx_t_10)) ))); __pyx_t_13 < __pyx_t_12; __pyx_t_13+=1) {
+            __pyx_v_i = __pyx_t_13;
+
+            /* "melsml/_nested.pyx":644
+ *                 s[a] = 0.0
+ *             for i in range(group_ptr[j], group_ptr[j + 1]):
+ *                 inv = exp(-logd[i])             # <<<<<<<<<<<<<<
+ *                 zi = z[i]
+ *                 ri = r0[i]
+*/
+            __pyx_t_14 = __pyx_v_i;
+            __pyx_v_inv = exp((-(*((double const  *) ( /* dim=0 */ ((char *) (((double const  *) __pyx_v_logd.data) + __pyx_t_14)) )))));
+
+            /* "melsml/_nested.pyx":645
+ *             for i in range(group_ptr[j], group_ptr[j + 1]):
+ *                 inv = exp(-logd[i])
+ *                 zi = z[i]             # <<<<<<<<<<<<<<
+ *                 ri = r0[i]
+ *                 s[1] += logd[i]
+*/
+            __pyx_t_14 = __pyx_v_i;
+            __pyx_v_zi = (*((double const  *) ( /* dim=0 */ ((char *) (((double const  *) __pyx_v_z.data) + __pyx_t_14)) )));
+
+            /* "melsml/_nested.pyx":646
+ *                 inv = exp(-logd[i])
+ *                 zi = z[i]
+ *                 ri = r0[i]             # <<<<<<<<<<<<<<
+ *                 s[1] += logd[i]
+ *                 s[2] += zi * zi * inv
+*/
+            __pyx_t_14 = __pyx_v_i;
+            __pyx_v_ri = (*((double const  *) ( /* dim=0 */ ((char *) (((double const  *) __pyx_v_r0.data) + __pyx_t_14)) )));
+
+            /* "melsml/_nested.pyx":647
+ *                 zi = z[i]
+ *                 ri = r0[i]
+ *                 s[1] += logd[i]             # <<<<<<<<<<<<<<
+ *                 s[2] += zi * zi * inv
+ *                 s[3] += zi * inv
+*/
+
+            __pyx_t_15 = 1;
+            __pyx_t_14 = __pyx_v_i;
+            (__pyx_v_s[__pyx_t_15]) = ((__pyx_v_s[__pyx_t_15]) + (*((double const  *) ( /* dim=0 */ ((char *) (((double const  *) __pyx_v_logd.data) + __pyx_t_14)) ))));
+
+            /* "melsml/_nested.pyx":648
+ *                 ri = r0[i]
+ *                 s[1] += logd[i]
+ *                 s[2] += zi * zi * inv             # <<<<<<<<<<<<<<
+ *                 s[3] += zi * inv
+ *                 s[4] += inv
+*/
+
+            __pyx_t_15 = 2;
+            (__pyx_v_s[__pyx_t_15]) = ((__pyx_v_s[__pyx_t_15]) + ((__pyx_v_zi * __pyx_v_zi) * __pyx_v_inv));
+
+            /* "melsml/_nested.pyx":649
+ *                 s[1] += logd[i]
+ *                 s[2] += zi * zi * inv
+ *                 s[3] += zi * inv             # <<<<<<<<<<<<<<
+ *                 s[4] += inv
+ *                 s[5] += zi * ri * inv
+*/
+
+            __pyx_t_15 = 3;
+            (__pyx_v_s[__pyx_t_15]) = ((__pyx_v_s[__pyx_t_15]) + (__pyx_v_zi * __pyx_v_inv));
+
+            /* "melsml/_nested.pyx":650
+ *                 s[2] += zi * zi * inv
+ *                 s[3] += zi * inv
+ *                 s[4] += inv             # <<<<<<<<<<<<<<
+ *                 s[5] += zi * ri * inv
+ *                 s[6] += ri * inv
+*/
+
+            __pyx_t_15 = 4;
+            (__pyx_v_s[__pyx_t_15]) = ((__pyx_v_s[__pyx_t_15]) + __pyx_v_inv);
+
+            /* "melsml/_nested.pyx":651
+ *                 s[3] += zi * inv
+ *                 s[4] += inv
+ *                 s[5] += zi * ri * inv             # <<<<<<<<<<<<<<
+ *                 s[6] += ri * inv
+ *                 s[7] += ri * ri * inv
+*/
+
+            __pyx_t_15 = 5;
+            (__pyx_v_s[__pyx_t_15]) = ((__pyx_v_s[__pyx_t_15]) + ((__pyx_v_zi * __pyx_v_ri) * __pyx_v_inv));
+
+            /* "melsml/_nested.pyx":652
+ *                 s[4] += inv
+ *                 s[5] += zi * ri * inv
+ *                 s[6] += ri * inv             # <<<<<<<<<<<<<<
+ *                 s[7] += ri * ri * inv
+ *             s[0] = group_ptr[j + 1] - group_ptr[j]
+*/
+
+            __pyx_t_15 = 6;
+            (__pyx_v_s[__pyx_t_15]) = ((__pyx_v_s[__pyx_t_15]) + (__pyx_v_ri * __pyx_v_inv));
+
+            /* "melsml/_nested.pyx":653
+ *                 s[5] += zi * ri * inv
+ *                 s[6] += ri * inv
+ *                 s[7] += ri * ri * inv             # <<<<<<<<<<<<<<
+ *             s[0] = group_ptr[j + 1] - group_ptr[j]
+ *             for a in range(8):
+*/
+
+            __pyx_t_15 = 7;
+            (__pyx_v_s[__pyx_t_15]) = ((__pyx_v_s[__pyx_t_15]) + ((__pyx_v_ri * __pyx_v_ri) * __pyx_v_inv));
+          }
+
+
+          /* "melsml/_nested.pyx":654
+ *                 s[6] += ri * inv
+ *                 s[7] += ri * ri * inv
+ *             s[0] = group_ptr[j + 1] - group_ptr[j]             # <<<<<<<<<<<<<<
+ *             for a in range(8):
+ *                 stats[j, a] = s[a]
+*/
+          __pyx_t_10 = (__pyx_v_j + 1);
+          __pyx_t_14 = __pyx_v_j;
+          (__pyx_v_s[0]) = ((*((Py_ssize_t const  *) ( /* dim=0 */ ((char *) (((Py_ssize_t const  *) __pyx_v_group_ptr.data) + __pyx_t_10)) ))) - (*((Py_ssize_t const  *) ( /* dim=0 */ ((char *) (((Py_ssize_t const  *) __pyx_v_group_ptr.data) + __pyx_t_14)) ))));
+
+          /* "melsml/_nested.pyx":655
+ *                 s[7] += ri * ri * inv
+ *             s[0] = group_ptr[j + 1] - group_ptr[j]
+ *             for a in range(8):             # <<<<<<<<<<<<<<
+ *                 stats[j, a] = s[a]
+ * 
+*/
+          for (__pyx_t_9 = 0; __pyx_t_9 < 8; __pyx_t_9+=1) {
+            __pyx_v_a = __pyx_t_9;
+
+            /* "melsml/_nested.pyx":656
+ *             s[0] = group_ptr[j + 1] - group_ptr[j]
+ *             for a in range(8):
+ *                 stats[j, a] = s[a]             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+            __pyx_t_14 = __pyx_v_j;
+            __pyx_t_10 = __pyx_v_a;
+            *((double *) ( /* dim=1 */ ((char *) (((double *) ( /* dim=0 */ (__pyx_v_stats.data + __pyx_t_14 * __pyx_v_stats.strides[0]) )) + __pyx_t_10)) )) = (__pyx_v_s[__pyx_v_a]);
+          }
+        }
+
+      }
+
+      /* "melsml/_nested.pyx":639
+ *     if stats.shape[0] != n_groups or stats.shape[1] != N_STATS:
+ *         raise ValueError("stats must be (n_groups, 8)")
+ *     with nogil:             # <<<<<<<<<<<<<<
+ *         for j in range(n_groups):
+ *             for a in range(8):
+*/
+      /*finally:*/ {
+        /*normal exit:*/{
+          __Pyx_FastGIL_Forget();
+          PyEval_RestoreThread(_save);
+          goto __pyx_L8;
+        }
+        __pyx_L8:;
+      }
+  }
+
+  /* "melsml/_nested.pyx":629
+ * 
+ * 
+ * def school_sums(const double[::1] r0, const double[::1] logd, const double[::1] z,             # <<<<<<<<<<<<<<
+ *                 const Py_ssize_t[::1] group_ptr, double[:, ::1] stats):
+ *     """Each school's eight sums (one pass over the students): n, sum log d,
+*/
+
+  /* function exit code */
+  __pyx_r = Py_None; __Pyx_INCREF(Py_None);
+  goto __pyx_L0;
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_AddTraceback("melsml._nested.school_sums", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+
+
+
+
+
+
+
+
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "melsml/_nested.pyx":659
+ * 
+ * 
+ * def unit_gradients(const double[::1] r0, const double[::1] logd, const double[::1] z,             # <<<<<<<<<<<<<<
+ *                    const Py_ssize_t[::1] group_ptr, const double[:, ::1] umom,
+ *                    double[::1] g_mu, double[::1] g_ws, double[::1] g_bs):
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_6melsml_7_nested_5unit_gradients(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_6melsml_7_nested_4unit_gradients, "Each student\047s score in the mean, WS and BS linear predictors from the\n    school\047s posterior moments ``umom`` (see nested_loglik): one pass.");
+static PyMethodDef __pyx_mdef_6melsml_7_nested_5unit_gradients = {"unit_gradients", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6melsml_7_nested_5unit_gradients, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6melsml_7_nested_4unit_gradients};
+static PyObject *__pyx_pw_6melsml_7_nested_5unit_gradients(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  __Pyx_memviewslice __pyx_v_r0 = { 0, 0, { 0 }, { 0 }, { 0 } };
+  __Pyx_memviewslice __pyx_v_logd = { 0, 0, { 0 }, { 0 }, { 0 } };
+  __Pyx_memviewslice __pyx_v_z = { 0, 0, { 0 }, { 0 }, { 0 } };
+  __Pyx_memviewslice __pyx_v_group_ptr = { 0, 0, { 0 }, { 0 }, { 0 } };
+  __Pyx_memviewslice __pyx_v_umom = { 0, 0, { 0 }, { 0 }, { 0 } };
+  __Pyx_memviewslice __pyx_v_g_mu = { 0, 0, { 0 }, { 0 }, { 0 } };
+  __Pyx_memviewslice __pyx_v_g_ws = { 0, 0, { 0 }, { 0 }, { 0 } };
+  __Pyx_memviewslice __pyx_v_g_bs = { 0, 0, { 0 }, { 0 }, { 0 } };
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[8] = {0,0,0,0,0,0,0,0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("unit_gradients (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_r0,&__pyx_mstate_global->__pyx_n_u_logd,&__pyx_mstate_global->__pyx_n_u_z,&__pyx_mstate_global->__pyx_n_u_group_ptr,&__pyx_mstate_global->__pyx_n_u_umom,&__pyx_mstate_global->__pyx_n_u_g_mu,&__pyx_mstate_global->__pyx_n_u_g_ws,&__pyx_mstate_global->__pyx_n_u_g_bs,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 659, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  8:
+        values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 659, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  7:
+        values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 659, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  6:
+        values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 659, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  5:
+        values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 659, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  4:
+        values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 659, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  3:
+        values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 659, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  2:
+        values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 659, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 659, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "unit_gradients", 0) < (0)) __PYX_ERR(0, 659, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 8; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("unit_gradients", 1, 8, 8, i); __PYX_ERR(0, 659, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 8)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 659, __pyx_L3_error)
+      values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 659, __pyx_L3_error)
+      values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 659, __pyx_L3_error)
+      values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 659, __pyx_L3_error)
+      values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 659, __pyx_L3_error)
+      values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 659, __pyx_L3_error)
+      values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 659, __pyx_L3_error)
+      values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 659, __pyx_L3_error)
+    }
+    __pyx_v_r0 = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(values[0], 0); if (unlikely(!__pyx_v_r0.memview)) __PYX_ERR(0, 659, __pyx_L3_error)
+    __pyx_v_logd = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(values[1], 0); if (unlikely(!__pyx_v_logd.memview)) __PYX_ERR(0, 659, __pyx_L3_error)
+    __pyx_v_z = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(values[2], 0); if (unlikely(!__pyx_v_z.memview)) __PYX_ERR(0, 659, __pyx_L3_error)
+    __pyx_v_group_ptr = __Pyx_PyObject_to_MemoryviewSlice_dc_Py_ssize_t__const__(values[3], 0); if (unlikely(!__pyx_v_group_ptr.memview)) __PYX_ERR(0, 660, __pyx_L3_error)
+    __pyx_v_umom = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double__const__(values[4], 0); if (unlikely(!__pyx_v_umom.memview)) __PYX_ERR(0, 660, __pyx_L3_error)
+    __pyx_v_g_mu = __Pyx_PyObject_to_MemoryviewSlice_dc_double(values[5], PyBUF_WRITABLE); if (unlikely(!__pyx_v_g_mu.memview)) __PYX_ERR(0, 661, __pyx_L3_error)
+    __pyx_v_g_ws = __Pyx_PyObject_to_MemoryviewSlice_dc_double(values[6], PyBUF_WRITABLE); if (unlikely(!__pyx_v_g_ws.memview)) __PYX_ERR(0, 661, __pyx_L3_error)
+    __pyx_v_g_bs = __Pyx_PyObject_to_MemoryviewSlice_dc_double(values[7], PyBUF_WRITABLE); if (unlikely(!__pyx_v_g_bs.memview)) __PYX_ERR(0, 661, __pyx_L3_error)
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("unit_gradients", 1, 8, 8, __pyx_nargs); __PYX_ERR(0, 659, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_r0, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_logd, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_z, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_group_ptr, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_umom, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_g_mu, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_g_ws, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_g_bs, 1);
+  __Pyx_AddTraceback("melsml._nested.unit_gradients", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  __pyx_r = __pyx_pf_6melsml_7_nested_4unit_gradients(__pyx_self, __pyx_v_r0, __pyx_v_logd, __pyx_v_z, __pyx_v_group_ptr, __pyx_v_umom, __pyx_v_g_mu, __pyx_v_g_ws, __pyx_v_g_bs);
+
+  /* function exit code */
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_r0, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_logd, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_z, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_group_ptr, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_umom, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_g_mu, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_g_ws, 1);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_g_bs, 1);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_6melsml_7_nested_4unit_gradients(CYTHON_UNUSED PyObject *__pyx_self, __Pyx_memviewslice __pyx_v_r0, __Pyx_memviewslice __pyx_v_logd, __Pyx_memviewslice __pyx_v_z, __Pyx_memviewslice __pyx_v_group_ptr, __Pyx_memviewslice __pyx_v_umom, __Pyx_memviewslice __pyx_v_g_mu, __Pyx_memviewslice __pyx_v_g_ws, __Pyx_memviewslice __pyx_v_g_bs) {
+  Py_ssize_t __pyx_v_j;
+  Py_ssize_t __pyx_v_i;
+  Py_ssize_t __pyx_v_n_groups;
+  double __pyx_v_m0;
+  double __pyx_v_m1;
+  double __pyx_v_m2;
+  double __pyx_v_m3;
+  double __pyx_v_m4;
+  double __pyx_v_m5;
+  double __pyx_v_inv;
+  double __pyx_v_zi;
+  double __pyx_v_ri;
+  double __pyx_v_e1;
+  double __pyx_v_e2;
+  double __pyx_v_et;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  Py_ssize_t __pyx_t_1;
+  Py_ssize_t __pyx_t_2;
+  Py_ssize_t __pyx_t_3;
+  Py_ssize_t __pyx_t_4;
+  Py_ssize_t __pyx_t_5;
+  Py_ssize_t __pyx_t_6;
+  Py_ssize_t __pyx_t_7;
+  Py_ssize_t __pyx_t_8;
+  __Pyx_RefNannySetupContext("unit_gradients", 0);
+
+  /* "melsml/_nested.pyx":664
+ *     """Each student's score in the mean, WS and BS linear predictors from the
+ *     school's posterior moments ``umom`` (see nested_loglik): one pass."""
+ *     cdef Py_ssize_t j, i, n_groups = group_ptr.shape[0] - 1             # <<<<<<<<<<<<<<
+ *     cdef double m0, m1, m2, m3, m4, m5, inv, zi, ri, e1, e2, et
+ *     with nogil:
+*/
+  __pyx_v_n_groups = ((__pyx_v_group_ptr.shape[0]) - 1);
+
+  /* "melsml/_nested.pyx":666
+ *     cdef Py_ssize_t j, i, n_groups = group_ptr.shape[0] - 1
+ *     cdef double m0, m1, m2, m3, m4, m5, inv, zi, ri, e1, e2, et
+ *     with nogil:             # <<<<<<<<<<<<<<
+ *         for j in range(n_groups):
+ *             m0 = umom[j, 0]; m1 = umom[j, 1]; m2 = umom[j, 2]
+*/
+  {
+      PyThreadState * _save;
+      _save = PyEval_SaveThread();
+      __Pyx_FastGIL_Remember();
+      /*try:*/ {
+
+        /* "melsml/_nested.pyx":667
+ *     cdef double m0, m1, m2, m3, m4, m5, inv, zi, ri, e1, e2, et
+ *     with nogil:
+ *         for j in range(n_groups):             # <<<<<<<<<<<<<<
+ *             m0 = umom[j, 0]; m1 = umom[j, 1]; m2 = umom[j, 2]
+ *             m3 = umom[j, 3]; m4 = umom[j, 4]; m5 = umom[j, 5]
+*/
+
+        __pyx_t_1 = __pyx_v_n_groups;
+        __pyx_t_2 = __pyx_t_1;
+
+        for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
+          __pyx_v_j = __pyx_t_3;
+
+          /* "melsml/_nested.pyx":668
+ *     with nogil:
+ *         for j in range(n_groups):
+ *             m0 = umom[j, 0]; m1 = umom[j, 1]; m2 = umom[j, 2]             # <<<<<<<<<<<<<<
+ *             m3 = umom[j, 3]; m4 = umom[j, 4]; m5 = umom[j, 5]
+ *             for i in range(group_ptr[j], group_ptr[j + 1]):
+*/
+          __pyx_t_4 = __pyx_v_j;
+          __pyx_t_5 = 0;
+          __pyx_v_m0 = (*((double const  *) ( /* dim=1 */ ((char *) (((double const  *) ( /* dim=0 */ (__pyx_v_umom.data + __pyx_t_4 * __pyx_v_umom.strides[0]) )) + __pyx_t_5)) )));
+          __pyx_t_5 = __pyx_v_j;
+          __pyx_t_4 = 1;
+          __pyx_v_m1 = (*((double const  *) ( /* dim=1 */ ((char *) (((double const  *) ( /* dim=0 */ (__pyx_v_umom.data + __pyx_t_5 * __pyx_v_umom.strides[0]) )) + __pyx_t_4)) )));
+          __pyx_t_4 = __pyx_v_j;
+          __pyx_t_5 = 2;
+          __pyx_v_m2 = (*((double const  *) ( /* dim=1 */ ((char *) (((double const  *) ( /* dim=0 */ (__pyx_v_umom.data + __pyx_t_4 * __pyx_v_umom.strides[0]) )) + __pyx_t_5)) )));
+
+          /* "melsml/_nested.pyx":669
+ *         for j in range(n_groups):
+ *             m0 = umom[j, 0]; m1 = umom[j, 1]; m2 = umom[j, 2]
+ *             m3 = umom[j, 3]; m4 = umom[j, 4]; m5 = umom[j, 5]             # <<<<<<<<<<<<<<
+ *             for i in range(group_ptr[j], group_ptr[j + 1]):
+ *                 inv = exp(-logd[i])
+*/
+          __pyx_t_5 = __pyx_v_j;
+          __pyx_t_4 = 3;
+          __pyx_v_m3 = (*((double const  *) ( /* dim=1 */ ((char *) (((double const  *) ( /* dim=0 */ (__pyx_v_umom.data + __pyx_t_5 * __pyx_v_umom.strides[0]) )) + __pyx_t_4)) )));
+          __pyx_t_4 = __pyx_v_j;
+          __pyx_t_5 = 4;
+          __pyx_v_m4 = (*((double const  *) ( /* dim=1 */ ((char *) (((double const  *) ( /* dim=0 */ (__pyx_v_umom.data + __pyx_t_4 * __pyx_v_umom.strides[0]) )) + __pyx_t_5)) )));
+          __pyx_t_5 = __pyx_v_j;
+          __pyx_t_4 = 5;
+          __pyx_v_m5 = (*((double const  *) ( /* dim=1 */ ((char *) (((double const  *) ( /* dim=0 */ (__pyx_v_umom.data + __pyx_t_5 * __pyx_v_umom.strides[0]) )) + __pyx_t_4)) )));
+
+          /* "melsml/_nested.pyx":670
+ *             m0 = umom[j, 0]; m1 = umom[j, 1]; m2 = umom[j, 2]
+ *             m3 = umom[j, 3]; m4 = umom[j, 4]; m5 = umom[j, 5]
+ *             for i in range(group_ptr[j], group_ptr[j + 1]):             # <<<<<<<<<<<<<<
+ *                 inv = exp(-logd[i])
+ *                 zi = z[i]
+*/
+          __pyx_t_4 = (__pyx_v_j + 1);
+
+          __pyx_t_6 = (*((Py_ssize_t const  *) ( /* dim=0 */ ((char *) (((Py_ssize_t const  *) __pyx_v_group_ptr.data) + __pyx_t_4)) )));
+          __pyx_t_4 = __pyx_v_j;
+          __pyx_t_7 = __pyx_t_6;
+
+          for (__pyx_t_8 = (*((Py_ssize_t const  *) ( /* dim=0 */ ((char *) (((Py_ssize_t const  *) __pyx_v_group_ptr.data) + __pyx_t_4)) ))); __pyx_t_8 < __pyx_t_7; __pyx_t_8+=1) {
+            __pyx_v_i = __pyx_t_8;
+
+            /* "melsml/_nested.pyx":671
+ *             m3 = umom[j, 3]; m4 = umom[j, 4]; m5 = umom[j, 5]
+ *             for i in range(group_ptr[j], group_ptr[j + 1]):
+ *                 inv = exp(-logd[i])             # <<<<<<<<<<<<<<
+ *                 zi = z[i]
+ *                 ri = r0[i]
+*/
+            __pyx_t_5 = __pyx_v_i;
+            __pyx_v_inv = exp((-(*((double const  *) ( /* dim=0 */ ((char *) (((double const  *) __pyx_v_logd.data) + __pyx_t_5)) )))));
+
+            /* "melsml/_nested.pyx":672
+ *             for i in range(group_ptr[j], group_ptr[j + 1]):
+ *                 inv = exp(-logd[i])
+ *                 zi = z[i]             # <<<<<<<<<<<<<<
+ *                 ri = r0[i]
+ *                 e1 = ri * m0 - m1 - zi * m3
+*/
+            __pyx_t_5 = __pyx_v_i;
+            __pyx_v_zi = (*((double const  *) ( /* dim=0 */ ((char *) (((double const  *) __pyx_v_z.data) + __pyx_t_5)) )));
+
+            /* "melsml/_nested.pyx":673
+ *                 inv = exp(-logd[i])
+ *                 zi = z[i]
+ *                 ri = r0[i]             # <<<<<<<<<<<<<<
+ *                 e1 = ri * m0 - m1 - zi * m3
+ *                 e2 = (ri * ri * m0 + m2 + zi * zi * m4 - 2.0 * ri * m1 - 2.0 * ri * zi * m3
+*/
+            __pyx_t_5 = __pyx_v_i;
+            __pyx_v_ri = (*((double const  *) ( /* dim=0 */ ((char *) (((double const  *) __pyx_v_r0.data) + __pyx_t_5)) )));
+
+            /* "melsml/_nested.pyx":674
+ *                 zi = z[i]
+ *                 ri = r0[i]
+ *                 e1 = ri * m0 - m1 - zi * m3             # <<<<<<<<<<<<<<
+ *                 e2 = (ri * ri * m0 + m2 + zi * zi * m4 - 2.0 * ri * m1 - 2.0 * ri * zi * m3
+ *                       + 2.0 * zi * m5)
+*/
+            __pyx_v_e1 = (((__pyx_v_ri * __pyx_v_m0) - __pyx_v_m1) - (__pyx_v_zi * __pyx_v_m3));
+
+            /* "melsml/_nested.pyx":676
+ *                 e1 = ri * m0 - m1 - zi * m3
+ *                 e2 = (ri * ri * m0 + m2 + zi * zi * m4 - 2.0 * ri * m1 - 2.0 * ri * zi * m3
+ *                       + 2.0 * zi * m5)             # <<<<<<<<<<<<<<
+ *                 et = ri * m3 - m5 - zi * m4
+ *                 g_mu[i] = e1 * inv
+*/
+            __pyx_v_e2 = (((((((__pyx_v_ri * __pyx_v_ri) * __pyx_v_m0) + __pyx_v_m2) + ((__pyx_v_zi * __pyx_v_zi) * __pyx_v_m4)) - ((2.0 * __pyx_v_ri) * __pyx_v_m1)) - (((2.0 * __pyx_v_ri) * __pyx_v_zi) * __pyx_v_m3)) + ((2.0 * __pyx_v_zi) * __pyx_v_m5));
+
+            /* "melsml/_nested.pyx":677
+ *                 e2 = (ri * ri * m0 + m2 + zi * zi * m4 - 2.0 * ri * m1 - 2.0 * ri * zi * m3
+ *                       + 2.0 * zi * m5)
+ *                 et = ri * m3 - m5 - zi * m4             # <<<<<<<<<<<<<<
+ *                 g_mu[i] = e1 * inv
+ *                 g_ws[i] = -0.5 * (1.0 - e2 * inv)
+*/
+            __pyx_v_et = (((__pyx_v_ri * __pyx_v_m3) - __pyx_v_m5) - (__pyx_v_zi * __pyx_v_m4));
+
+            /* "melsml/_nested.pyx":678
+ *                       + 2.0 * zi * m5)
+ *                 et = ri * m3 - m5 - zi * m4
+ *                 g_mu[i] = e1 * inv             # <<<<<<<<<<<<<<
+ *                 g_ws[i] = -0.5 * (1.0 - e2 * inv)
+ *                 g_bs[i] = 0.5 * zi * et * inv
+*/
+            __pyx_t_5 = __pyx_v_i;
+            *((double *) ( /* dim=0 */ ((char *) (((double *) __pyx_v_g_mu.data) + __pyx_t_5)) )) = (__pyx_v_e1 * __pyx_v_inv);
+
+            /* "melsml/_nested.pyx":679
+ *                 et = ri * m3 - m5 - zi * m4
+ *                 g_mu[i] = e1 * inv
+ *                 g_ws[i] = -0.5 * (1.0 - e2 * inv)             # <<<<<<<<<<<<<<
+ *                 g_bs[i] = 0.5 * zi * et * inv
+*/
+            __pyx_t_5 = __pyx_v_i;
+            *((double *) ( /* dim=0 */ ((char *) (((double *) __pyx_v_g_ws.data) + __pyx_t_5)) )) = (-0.5 * (1.0 - (__pyx_v_e2 * __pyx_v_inv)));
+
+            /* "melsml/_nested.pyx":680
+ *                 g_mu[i] = e1 * inv
+ *                 g_ws[i] = -0.5 * (1.0 - e2 * inv)
+ *                 g_bs[i] = 0.5 * zi * et * inv             # <<<<<<<<<<<<<<
+*/
+            __pyx_t_5 = __pyx_v_i;
+            *((double *) ( /* dim=0 */ ((char *) (((double *) __pyx_v_g_bs.data) + __pyx_t_5)) )) = (((0.5 * __pyx_v_zi) * __pyx_v_et) * __pyx_v_inv);
+          }
+
+        }
+
+      }
+
+      /* "melsml/_nested.pyx":666
+ *     cdef Py_ssize_t j, i, n_groups = group_ptr.shape[0] - 1
+ *     cdef double m0, m1, m2, m3, m4, m5, inv, zi, ri, e1, e2, et
+ *     with nogil:             # <<<<<<<<<<<<<<
+ *         for j in range(n_groups):
+ *             m0 = umom[j, 0]; m1 = umom[j, 1]; m2 = umom[j, 2]
+*/
+      /*finally:*/ {
+        /*normal exit:*/{
+          __Pyx_FastGIL_Forget();
+          PyEval_RestoreThread(_save);
+          goto __pyx_L5;
+        }
+        __pyx_L5:;
+      }
+  }
+
+  /* "melsml/_nested.pyx":659
+ * 
+ * 
+ * def unit_gradients(const double[::1] r0, const double[::1] logd, const double[::1] z,             # <<<<<<<<<<<<<<
+ *                    const Py_ssize_t[::1] group_ptr, const double[:, ::1] umom,
+ *                    double[::1] g_mu, double[::1] g_ws, double[::1] g_bs):
+*/
+
+  /* function exit code */
+  __pyx_r = Py_None; __Pyx_INCREF(Py_None);
+
+
+
+
+
 
 
 
@@ -26291,17 +27460,17 @@ __Pyx_RefNannySetupContext("PyInit__nested", 0);
 */
   __pyx_v_6melsml_7_nested_SQRT2 = 1.4142135623730951;
 
-  /* "melsml/_nested.pyx":529
+  /* "melsml/_nested.pyx":549
  *     double[:, ::1] eb_school,
  *     double[:, ::1] eb_district,
  *     int n_threads=1,             # <<<<<<<<<<<<<<
  * ):
  *     """Log-likelihood of every district, the score pieces and the EB moments.
 */
-  __pyx_t_4 = __Pyx_PyLong_From_int(((int)1)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 529, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int(((int)1)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 549, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
 
-  /* "melsml/_nested.pyx":510
+  /* "melsml/_nested.pyx":530
  * 
  * 
  * def nested_loglik(             # <<<<<<<<<<<<<<
@@ -26310,18 +27479,48 @@ __Pyx_RefNannySetupContext("PyInit__nested", 0);
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_t_4};
-    __pyx_t_5 = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 510, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 530, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
   }
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6melsml_7_nested_1nested_loglik, 0, __pyx_mstate_global->__pyx_n_u_nested_loglik, NULL, __pyx_mstate_global->__pyx_n_u_melsml__nested, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 510, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6melsml_7_nested_1nested_loglik, 0, __pyx_mstate_global->__pyx_n_u_nested_loglik, NULL, __pyx_mstate_global->__pyx_n_u_melsml__nested, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 530, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_4, __pyx_t_5);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_nested_loglik, __pyx_t_4) < (0)) __PYX_ERR(0, 510, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_nested_loglik, __pyx_t_4) < (0)) __PYX_ERR(0, 530, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "melsml/_nested.pyx":629
+ * 
+ * 
+ * def school_sums(const double[::1] r0, const double[::1] logd, const double[::1] z,             # <<<<<<<<<<<<<<
+ *                 const Py_ssize_t[::1] group_ptr, double[:, ::1] stats):
+ *     """Each school's eight sums (one pass over the students): n, sum log d,
+*/
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6melsml_7_nested_3school_sums, 0, __pyx_mstate_global->__pyx_n_u_school_sums, NULL, __pyx_mstate_global->__pyx_n_u_melsml__nested, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 629, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
+  #endif
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_school_sums, __pyx_t_4) < (0)) __PYX_ERR(0, 629, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "melsml/_nested.pyx":659
+ * 
+ * 
+ * def unit_gradients(const double[::1] r0, const double[::1] logd, const double[::1] z,             # <<<<<<<<<<<<<<
+ *                    const Py_ssize_t[::1] group_ptr, const double[:, ::1] umom,
+ *                    double[::1] g_mu, double[::1] g_ws, double[::1] g_bs):
+*/
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6melsml_7_nested_5unit_gradients, 0, __pyx_mstate_global->__pyx_n_u_unit_gradients, NULL, __pyx_mstate_global->__pyx_n_u_melsml__nested, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 659, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
+  #endif
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_unit_gradients, __pyx_t_4) < (0)) __PYX_ERR(0, 659, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "melsml/_nested.pyx":1
@@ -26498,41 +27697,41 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 8; } str_length_index[] = {{6},{8},{1},{2},{15},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{34},{179},{8},{27},{15},{7},{6},{2},{9},{18},{50},{43},{30},{37},{5},{8},{1},{8},{15},{20},{12},{9},{17},{8},{8},{12},{10},{8},{10},{8},{7},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{3},{5},{15},{18},{4},{3},{1},{7},{18},{5},{2},{15},{11},{9},{6},{9},{5},{5},{6},{7},{3},{8},{6},{7},{5},{6},{2},{3},{5},{5},{8},{1},{2},{5},{14},{7},{4},{8},{3},{9},{4},{2},{4},{13},{2},{1},{3},{9},{4},{3},{8},{10},{5},{11},{4},{5},{5},{4},{4},{6},{2},{5},{4},{6},{6},{6},{1}};
-    const struct { const unsigned int length: 10; } bytes_length_index[] = {{1},{688}};
+    const struct { const unsigned int length: 8; } str_length_index[] = {{6},{8},{1},{2},{15},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{34},{179},{8},{27},{15},{7},{6},{2},{9},{18},{50},{43},{27},{30},{37},{5},{8},{1},{8},{15},{20},{12},{9},{17},{8},{8},{12},{10},{8},{10},{8},{7},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{1},{3},{5},{15},{18},{4},{3},{1},{7},{18},{5},{2},{15},{2},{2},{11},{9},{6},{9},{5},{2},{5},{6},{7},{3},{4},{4},{8},{4},{6},{7},{9},{5},{6},{1},{2},{3},{5},{3},{5},{8},{1},{1},{2},{4},{2},{2},{2},{2},{2},{2},{5},{14},{7},{4},{8},{3},{8},{9},{4},{2},{4},{13},{2},{1},{3},{9},{4},{3},{2},{8},{2},{1},{11},{10},{5},{11},{4},{5},{5},{4},{4},{6},{2},{5},{4},{14},{6},{6},{6},{1},{1},{2}};
+    const struct { const unsigned int length: 10; } bytes_length_index[] = {{1},{301},{324},{688}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (1295 bytes) */
-static const char cstring[] = "x\332}TOo\3336\024\257\233:M\261l\200\223\255\r\260\035\230\004\250[ \361\346\272\350\272\241\355\220f\t\220\002\351\232dM\327u\003AQ\264\314\206\"e\221J\344\036\206\034u\324QG\035u\364\321\307}\014\037\373\021\372\021\366(\331N\272\0253`\361=\276\377\277\367\370\0201\350\273\030)\347-\243\346I\353G\364h\237\371*\034\034sv\206T\027=\242J\032\356E*\322\210H\027\271<\264\212\377\276\346r*\320&\344.s/)#\025\376\257\374\343\273\231\346\223\237\266\211\224\312 \2425\367$2\n\205\214\270\233J\212\001\362\313$O!\311=yJ\004w\221\257\\\266\201X\034\200-\270j\322\246\215\333\354\252\320\204D67\220\007\256\246\312\272G\002\006\241\020\211\271F\373\310\217\264A\016C\035\024#\267\203\316\270\351\2416z\364\3302\360\355<W\206!\323\003\254\266\007\246\247$\002+\227\t\356\260\220\030\006\371\330\n nh\225$z\261\363b\363\376\303\373e=!\263\310j\244#\207\n(\205i\013\253\023qa \276\031\004L\267\320^\027\rT\204$\203\314\241\316\000\364.\033\230\036\223H3c\t\324,Q!\206+\211\301\234K\2579\001\222\2372k\275K\204f-\342\272\030\364\030e\022\362\322\250GJ?\350,T\322\253\000\240J\010k\246\244n\021\207\272\\\023G0&\355\327\243\\W\224\3533\241}\361-\226L\003\262\255`\020K\005\325wI$\014\3028dnD\031\306\310\215\312\360R\311M@\343\224\023\001R\312%7\030kHX\317`\276\363l\003=\274[\301\374\014=F*\202\024q`\3027\233\355?\2432\252\365D\204P\024\360E$\014\311\000\271\304\220\326\047\244U3-\326\325\034\351\326\326\321\366\336\336\216\020<\320\\\357\037\261~\304$ev\244[\027\323\215\361\213A\014\377\237\241q\3709\213\315!\353b<\001\027\352\201\334-\374\027\204\307\0147\314\267\027\256\265\201_7\222\324\236 \322S+\356\0070s\226\362\t\227\345\251\334H\2242I\374\352\264\3411\006(1\3551z\242#\277\342&^,iG\243\242\"\031pz\002\036v\344T\357\324X\030\254\217~D\304\324\355\264\0253\212\226\323z\351\202\305\226\201Q\232\245\242/\245>\243/\354\0144\335\026\2451U!\364\211K\006\243B\\\022\230i\003\260\023u\273\360\020\364@R\256Z3=\355\020\315@F\047#H\005\\b\200\004\036$e\016\241\047TE\322\270\035\267,\025BT[\2109\200""\357\344A9X\323\236R\002\372\007\357\233A\375\345\213ca\250\302\256 \236\206\367\355\0233y\345\036\336\367&\006\2368\203P\366\013\311x\261\245cKr\227\2731\354\030\026\333^\352\352\363\216\235\010\341\223\030\277\255f\2755\231u\3302v\305\330\325b\377\032\274H\354B\001=\273\211\264\205P:\260\257\374J\035\013\345\t~\"\215\202Bf3\035@\241\201\nB\346AQ\000\0033\223\267S\316-\2546\237`\3453\217\330<\000\376\260\354\201\006\335@\033\005\3770\202\375\001\r\217\260\210|\345\3034\200\307(\200\347\300`\233EL\307\277\234\327>\334\276R\237\377\360\340J\375\353\354n\376\240h\024\353\305a\361\327\350`|m)]M\037d\215l\365\375\265\257\322_\201\270\235_\315o\027W\213\215\2413\252}\230\277R_N7\263w\305R\361\375pu|\355\372y?\231OH\242\323\365\3640\325\331zv\230\205\371r\276\235\207Ec\274\360E\3626\253e\r\253\027%\273\340\272\223\322l\005\344;\305\315\242?\234\033v\206|\324\377\273\366\221\346Y\322M\267\322\243l.\273\237\351\2749\323\244\243\245Qg\344|\244\275\220\324\223\227\340\267=^\370,\371\001\314\016\3230[\316\236f<\357\027s\305\275\342`\274\370e\272\227\035d\016\324\261\236\037\346\203am\010\206\365\363\327\220vT\006\252Y\366\267\344 \341i\277b^&\253I;\331J\216\322\222=N\332\263\343\372\271N\326\222\255\361\302\215d%\275\t\321\032\025\371\rT\336\177_\222\223\233I\024V\341y9\344\201e~O\372\351|J\322~\305\234\246\307Y;\333\372\217\344MZKoU\305\326\317_AN\257.r>N:\211\223\316\245\367*\217\177\244\215\364N\266\232\265\047\261&9\047O!l\177\312l\203\363\271\264=-\271\007qt\225\235e\335\262Gd\032\353\365\205\324\262o \217e\233\343\215\244\2214\323%\010l\361^\312\356A\361:_\313wa\220^\016\327\206\273\243\265\321\326\370\306J\366y~Puk>#\245\306\226e\275\262\326\247\320\223\332x\361V\t\372\342\212\255\021\346\347(\257[\233E\0107=\376\001\n\203BR";
-    PyObject *data = __Pyx_DecompressString(cstring, 1295, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (1648 bytes) */
+static const char cstring[] = "x\332\235T\313s\323F\030\307\t\016\201\246\035\234\007\204i\017\233\000\t\314\020\027\307)\205\016\3201i\230\t3Pb\023h\240\235\235\225\264\226\227H\273\266v\225\330\034:9\352\250\243\216:\352\250\243\217\0349r\364\221?\201?\241\337J\266\023\350s\352\031k\367\333\357\375\373\036\210(t\263\213\204\361\232\232\352~\371\007t\3671u\205\327{\316\350!\022Mt\327\024\\1\333\027\276D\204[\310b\236\026\374\374\231\361\021C*\217Y\324:!\214\204\367\217\374O\337\306\222\367\177\334$\234\013\205\210\224\314\346H\t\344Qb\255\t\356\364\220\233\005y\000An\363\003\3420\013\271\302\2427\020\355\266A\027L\255\232\253\332\357jSx\312#|\365\006\262\301\324HX\266H\233\202+D\272L\242\307\310\365\245B\006EU\324EV\025\0352\325B\025t\367\236&\340[}\"\024E\252\005Xm\366TKp\004Z\026u\230A=\242(\304\2433\000\277\236\026\342\350\351\326\323\265\215\333\033Y>\036\325\310J$}\303t \025*5\254\206\317\034\005\376U\257Me\031m7QO\370\210S\210\034\362l\203\334I\005\325\242\034I\252\364\005\255f\250\020\305\004\307\240\316\270\275:\004\222\035P\255\375\2208\222\226\211ea\220\243&\345\020\227D-\222\331A\207\236\340v\016\200)\034G\253\t.\313\3040-&\211\341P\312\365\3276\231\314o\226K\035\351:\337bN% [n\367\272\\@\366M\342;\na\354Q\3137)\306\310\3623\367\\\3605@\343\200\021\007\270&\343La,!`9\206\371\332\243\033\350\366\365\034\346G\350\036\022>\204\210\333\312{\265V\371\3553Q\216mO\370m\2515\374, \355\2048\2160\001zD<\217\364\220E\024)\377\0057\257\263.C\336b\262\\klnoo9\016kK&\0377h\307\247\334\244\272\333\313\307\215\217\361\323^\027\376?AM\361\023\332Uu\332\304x\210;\244\ni\351\312\034_l\252\230\242\256~\260\264\016\374\232>7\365\t,9\322bn\033\332Q\337\\\302xv\n\313w2\036\047n~j\367\030\003\312\330lQs_\372nN\r\255\350\253\356\232\374\346\36363\367\301\302\026\037\311\035(\r\203\266\321\361\21132;\252\322\370ff\215|\342\201v5\001]6\016E\236\010}|?\326S\320\017:)\211M\001%\202v\246\004\332\210X\244\255F\025\300\206\337l\302\220\310\0367\231(\217\005\245A$\005\2369lO\323\201G\014\230\300\260\232\324 \346\276)""|\256\254\252\225\345\n>\362\rE+t\235\032\000\362p\340\014,\315\226\020\016\024\021\346\237\002\010\331DR\317\023\036UM\207\330\0226\200K\324p\017\330\370\261\215\ric\327\267\207\2526>\224\266s\010\316\365\027\302\313\372Mw\243\335\325\217]\375\306\230\305\254.\354&\n\237\003]k\231\177\336\320\327\373\016$k[\356M\267\342\256\273Uw\303\375\316%]\374:\237\233\362pn`c\351u\245\327\224\376K0\315\2615\352nH\274\245\267\233\324\330s\003v\240\233\253a0\355\260}\256\004\0000\236\2236\000\324\026m\357\246Gm\200\002\322e2\317\006C\277\300\316P\303\371\314\006\000\326\247K\260p\251Mt\300PG/+\246\004\315\266T\002\376\236\017;\n:\307\307\216\357\n\327\327Ck{\304bP\036\tM\006\376\3746L\031\205\375\351S\331}\363\206\375|T\3708}\252\270\022\357%\315\264\2266\372\023\375%\3750}\344\007\017\303\245\260\032\232\321\245\370r\274\233\254\244\205t.\335L;\203\351\257\202\327Q!*\r\316\236\033L\317\004[\341BH\302\316`\346|X\014w\243\245\25028_\nK\341\325\223ow\342Z\374,\271\224.\245\353i\035l\234\277\000\206K\300\330\210:qap~!\334\311\214\300\245\036v\242Bnb%:\035\325\242\235\0211\031\255G\215x\"^:\3710\346\026\376\233\3301w\346\313`\047\240\341\035pQ\217\274x.~\020\263\244\223\026>\311D\007fF\013\021\321q\002X\347>\003\353\303g \224\302\371Lc>\332\215\257\304$\226\311\225\204\246\033i\247?\331\257\374+\373\377\303\265\0206\242\211\3502d\"\343\345x3\366\222R\2565\033U##\236\214\327\343F2\221\\N\352\211L\227\241\216^\177\276_\357\313\267\313o7\337z\357\346\337\325\337\311\367\365g\357\237\275x\377b\357\375\336\313\301\205E\000\377Ad\306\263q\345o\314\317\2075\210V?vF\304U\340_\211\215d2YOvF\217WN\004\260\004\030\256\234*N}\274u\252\370ut=\276\225\224\262\240~\357\357\014N\317B\307\335\322y~8\275\020>\203\313\n\024j\005\264n\244F\277\360q\352Tq.\\\213\336$\263\311\367\351\322\340\364\231\243N0\025\220@\206\227\001\006\231E\242\353\230\2077nS\220;n\346E\340o%\027\240\316\223i5e\375\316\333\302\047\222\207A\023bn@\233l@*\253cI\263?\333\257\366\215O\244\247\203b\260\013v+\203\351/\202;\240V\017""\275h\016@cqg\210\300\314|\270\035\355@\376\0230D\365\270\007C\004\212\305\243=\010\333\317\034\0254\371\013t\"\313\n\t\304n\260\024T\202Z\320\0103\362yP\031\037g\216d\260\034\324\006\323g\203\305\360\002x+\345\327ot\r>d\327\341\313\320\013\315\361<\351rG\023/\203N8\225\265PF\034\204\317\243JT\373\023\347UX\010/\346\311\026\217^@L/\216c~\036T\003#\234\014\327s\213\277\302t]\313f&\3675\2149x\000n;#b\023\214O\206\225Q\312-\360#\363\3504ie5\"#_{\307\\M\276\2028\346t\214g\203R\260\032\316\202c\215\367,\314s\336\225\017\241\221v\241\267\037\366\227\373\265\301\331\305\350\313x\047\257\326\024\214\257\226\250i\322\316r}\0005\201I\277\230\201>\263\250s\204\376i\304E\2553\003\356F\307\037\255AiQ";
+    PyObject *data = __Pyx_DecompressString(cstring, 1648, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (1700 bytes) */
-static const char cstring[] = "\377 at 0x o\377bject>.:\377 <Memory\377View of \377<contigu\377ous and gdir%\001\007\rin\021\005\177strided\"\010o or \004\031><(\t\376A\006>?Canno\377t assign\377 to read\177-only m\240\002\375v\242\000Invali\377d mode, \347exp\305\000|\000\047c\047\376t\001\047fortra\237n\047, gH\000%\005s\357hape\222\000 ax\377is M mus\377t be 3 x\377 d3 with\237 1 <=\t\001\003\0003\177Note th\251 \177Cython 3\000\377delibera\363te\215\000\362\001cter\376!\001n PEP-4\33384\254\"re\326!s \337subcl\310\000es~\323!builti\322\000\377ypes. If\177 you ne\266 \362\345\000p\360\000%\tthen\357 set\200\000e \047\376\221\"ation_t\277yping\047\217Di\375v\242\000o Fals\277e.add_\273 e\367cen\225\000s ha\375s:\002wrong \236\374\002coll\363@F\000s\377.abcdisa\337bleen\002\001gc\373is\004\003dmels\377ml/_nest\377ed.pyxno\377 default\377 __reduc\277e__ duz\002n\367on-\201`vial\376\033\000cinit__\337stats\336&(J\357, 8)\341#J =\367 ou\270 _ptr\237[-1]u{\002\353Aa\357lloc\335  ar\377ray data\341.\013\020\307C\231\204\001\366cs.A\377SCIIElli\377psisMSeq_uence\317\204\001.\324\204\007\337__Pyx\001\000Di\377ct_NextR\317ef__\326$\315\000__\366\253B__\001\005geti\227tem\r\001d0\001\027\000f\207unc\035\001\030\000\336\0011\002i\363mp\361`3\001main\336\003\002odulM\002na\315m\002\003ewT\001\310 _c?hecksuT\000\n\001\340?\004\025\001\331@\323 \037\001unp\267ick?\000En \005vyt\247A\230\001qualO\005\304\203E\214Fc\251\204\002\277\001\237Dex\004\314\001\310`_\203\005\324`\262\006\003\006.\007\371t\362@\200 is_co\335r\245@ine\250`ad\367apt\227E_buf\377ferasync\367io.\037\006sbas\265e\031\000c\374dcl:\000_\376\220 traceba\377ckcountd\3433d\346\002`\000\200\210\003eb_\373di\312\205\004b_sch\367ool\275@odee\374\375\000\355\205\002errorf\377lagsform{at\337\206\004g_Mg*\004\307glwh\000\002\001\332`gx\366\010\001x_\274\001didx_index\310As\000\002\377izekllma\327x_j\346\204\003.\345\204\004me\321m\337\207\001\327\207\001\333\207\001s\272\000n__dn_th\206\210\001s\312A\277nbndim\225\205\003_\377logliknt\257oobj\313""\204\006p\346\000p\337opreg\322\000er\347set\265\205\004\200\210\002sig\377ma_omega}s\205\000start\250\205\002\177stepsto\001\000\337ructs\356@u_\237lumom\213`\270 u\377pdateval\377uesxO\200\001\360\377&\000\005\006\3606\000\005\377\033\230)\2406\250\021\250\377#\250R\250~\270Q\330\377\004\022\220!\2206\230\021\177\230!\340\004\025\220T\006\000\377&\240\002\240&\250\002\250\377,\260b\270\001\360\006\000\377\005\023\220-\230z\250\022\377\2507\260!\330\004\007\200\377q\210\006\210a\210s\220\377#\220R\220s\230#\230\377R\230r\240\023\240C\240\377r\250\021\330\010\016\210j\357\230\001\230\021$\001u\210F\276X\0003\220c\230\030\035\000E\377\250\026\250q\260\003\2603\277\260i\270q\300\001\035\nw\377\210f\220A\220S\230\003\277\2304\230s\240\047!\006c\277\270\022\2703\270b!\n\010\357\210\005\210U\260\0001\330\010\367\013\21094\000R\220r\230\377\023\230B\230i\240q\250\377\003\2502\250Q\330\014\024\277\220I\230Q\230b\305\000#\177\240R\240y\260\001\260\216\000\327\005\200Y\264\000ud\002\001\330\377\004\005\200X\210Q\210i\367\220q\230\010\002U\210!\210\2771\210A\210S\220\027\002V\363\2101\037\001\002\002\007\200s\210\377\"\210A\330\010\t\210\030\253\220\026k\000\021\005\003\034\367\000q\021\340\021\002\013\004_\004e\312#`\001k\005\376\345 \005\200Z\210q\220\006\357\220a\220qz\001Z\210v?\220V\2301\230A\007\003\017\010\337[\220\001\220\027\277#\005\200\365W\221\000W\252\007V\2103\210\277b\220\003\2202\220M\002\\\377\220\021\220(\230!\2301\254e\004\255\004\210B\236@q\005\005C\256t\000\003\2201\353\005h\177\000s+\230!\372\005d\237Ba\215!h\001\251Y\024\007w\001[\312@\023\240\001\t?\210\021\210\047\220\022v\000\354!\367\022\2302\364@s\240\"\240\375F\306`U\260\"\260F\270\377\"\270A\330\t\030\230\r\273\240Q\200c\006\230a\312@\"]\240\266 \016\210g\347\002B\221@o\001\330\014\027\360\"\014\030\245a.\275`S\240\0050\001\014\373 8\000\000\002\002";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 1700, 2166);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (2162 bytes) */
+static const char cstring[] = "\377 at 0x o\377bject>.:\377 <Memory\377View of \377<contigu\377ous and gdir%\001\007\rin\021\005\177strided\"\010o or \004\031><(\t\376A\006>?Canno\377t assign\377 to read\177-only m\240\002\375v\242\000Invali\377d mode, \347exp\305\000|\000\047c\047\376t\001\047fortra\237n\047, gH\000%\005s\357hape\222\000 ax\377is M mus\377t be 3 x\377 d3 with\237 1 <=\t\001\003\0003\177Note th\251 \177Cython 3\000\377delibera\363te\215\000\362\001cter\376!\001n PEP-4\33384\254\"re\326!s \337subcl\310\000es~\323!builti\322\000\377ypes. If\177 you ne\266 \362\345\000p\360\000%\tthen\357 set\200\000e \047\376\221\"ation_t\277yping\047\217Di\375v\242\000o Fals\277e.add_\273 e\367cen\225\000s ha\375s:\002wrong \236\374\002coll\363@F\000s\377.abcdisa\337bleen\002\001gc\373is\004\003dmels\377ml/_nest\377ed.pyxno\377 default\377 __reduc\277e__ duz\002n\367on-\201`vial\376\033\000cinit__\337stats\336&(J\357, 8)\341#J =\367 ou\270 _ptr\357[-1]\034\014n_g_roups.\001u\226\002\276\206aalloc\370  \377array da\207ta.\013\020\342C\264\204\001\221\204\003s\377.ASCIIEl\377lipsisMS\177equence\352\204\001}.\357\204\007__Pyx\001\000\377Dict_Nex?tRef__\361$\350\000\333__\306B__\001\005ge_titem\r\001d0\001\036\027\000func\035\001\030\000\371\001\2761\002impor\213 _\337_main;\001mowdulM\002nam\002\003\363ewT\001\343 _che\017cksuT\000\n\001?\004\025\001\370\364@\356 \037\001unpicmk?\000En \005vt\302A\036\230\001qualO\005\236E\247F1c\304\204\002\277\001\272Dex\314\001\343`A_\203\005\357`\262\006\003\006.\007t\215`\276\200 is_co\240@t\357inea\304`ada\373pt\230E_buff\377erasynci\373o. \006sbaseZ\031\000c\230\204\004cl;\000_\221 \377tracebac\377kcountd3\361d\347\002a\000\234\210\003e1e2\337eb_di\352\205\004b_\277school\302@o\347dee\202 \215\206\002err\377oretflag\177sformat\201\207\004\377g_Mg_bsg\357_mug4\004g_w\317sglwz\000\002\001ou\331t\353b\212\204\001gx\021\001x_\377outiidid_xinde\002\000v\350A\375s\000\002izejkl\377llogdm0m\3771m2m3m4m\2775max_j\262\205\003.\216\261\205\004mem\253\210\001\243\210""\001\247\210\001s\356\352\000n_d\326\204\005n_t\365h\332\210\001s\203anbnd\353im\351\205\003_X\000lik\277ntoobj\237\205\006p\376\236 popr0reYg\210 \354\000is\203#_\255`\317sset\231\206\004\344\210\002si\377gma_omeg\373as\256\000start\376\214\206\002stepsto\276\001\000ructs\267`u\177_lumomu\261\206\001\377gradient\371s\342`\216@updat\377evaluesx\377zziO\200\001\360\010\377\000\005&\240Y\250f\260\177A\260S\270\002\270!\r\001\377\010\200u\210F\220!\220\3773\220c\230\031\240#\240\377U\250&\260\001\260\023\260\377C\260q\330\010\016\210j\377\230\001\230\021\330\t\n\330\377\010\014\210E\220\025\220a\377\220q\330\014\020\220\005\220\377U\230!\2301\330\020\021\357\220\021\220%\010\t9\240A\377\240T\250\031\260!\2602[\260RA\000\020\026V\000\021*\000\3774\230q\240\001\330\020\025\363\220Q@\002\006\000R\220q\230\375\001=\003&\230\004\230A\230\375Q\005\005\003\2302\230S\240\047\002\240!\005\t\025\006\001\001#;\007\377\014\r\210Q\210e\2209\376`\000R\230r\240\023\240B?\240i\250q\260\001\275\n\225\001\237c\230\025\230a\244\001\252 \n\272\236,\340\366\014\021\220\024\310\000c\377\230\024\230U\240$\240a\377\240s\250$\250e\2604\377\260q\270\003\2701\330\014\370\000\034\273%\375\200/\025\220S\230\002\377\230#\230R\230s\240\"\177\240C\240r\250\021\330\340\"\377\022\2303\230b\240\003\240\3772\240S\250\002\250#\250\337R\250s\260\"\305@r\270\377\024\270R\270s\300\"\300\377C\300r\310\024\310R\310\377s\320RT\320TW\320\377WY\320YZ\330\026\030~\372 B\230c\240\022\240\316@\316J\022\024\220A\356@p\001q\330\365\020\007\003%|\000$\240b\250_\003\2502\250Q\r\005$v\010\375!\356`&\000\005\006\3606\377\000\005\033\230)\2406\250\375\021\220\002~\270Q\330\004\022\366\357`6\230\224`\340\004\025\220\325T\006\000&\353@&\264\000,\260\377b\270\001\360\006\000\005\023\377\220-\230z\250\022\2507\377\260!\330\004\007\200q\210\377\006\210a\210s\220#\220\007R\220s\371\002\304A\370\003\236\204\006%\000\272\303\204\007\030\345@E\250\026\345@\003\377\2603\260i\270q\300\001\335\330\036\tw\210f\323\000S\230\327\003\2304""\307 \047!\006c\270\337\022\2703\270b!\n\010\210\377\005\210U\220!\2201\330\357\010\013\2109\212 R\220r\377\230\023\230B\230i\240q~\373\004\014\024\220I\230Q\376 \377\002\240#\240R\240y\260\377\001\260\021\330\004\005\200Y\352\264\000ud\002\001\013\001X\210Q\363\210i\363\204\002\031\000U\210!\210\2771\210A\210S\220\027\002V\363\2101.\001\002\002\007\200s\210\377\"\210A\330\010\t\210\030\253\220\026k\000\021\005\003\034\365@q1\340\021\002\013\004_\004e\220\313\"g\t\376\345 \005\200Z\210q\220\006\374\262\206\002\212\000Z\210v\220V\230\3471\230A\226\001\r\n[\220\001S\220\027\347\206\002\261\000W\221\000W\252\007\377V\2103\210b\220\003\220\3732\220M\002\\\220\021\220(X\371\206\002\331\003\255\004\210B\236@q\005\005\335Ct\000\003\2201\353\005h\220\325a\264@!\372\005d\354\207\002a\330re\004Y\024\007w\001[\230\001\332 \376\241\000\t\210\021\210\047\220\022\334v\000\354!\022\2302\356\204\004F\250\377#\250U\260\"\260F\270\377\"\270A\330\t\030\230\r;\240Q\247\210\003\006\230a\222\205\002\266 \367\016\210g\347\002B\230b\240o\001\330\014\027\350\207\002\014\030\314\210\001\277\230#\230S\240\0050\001\014\000\373 8\000\002\002";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 2162, 2908);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (2166 bytes) */
-static const char bytes[] = " at 0x object>.: <MemoryView of <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis M must be 3 x d3 with 1 <= d3 <= 3Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecenters has the wrong shapecollections.abcdisableenablegcisenabledmelsml/_nested.pyxno default __reduce__ due to non-trivial __cinit__stats must be (J, 8) with J = outer_ptr[-1]unable to allocate array data.unable to allocate shape and strides.ASCIIEllipsisMSequenceView.MemoryView__Pyx_PyDict_NextRef__annotate____class____class_getitem____dict____func____getstate____import____main____module____name____new____pyx_checksum__pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineabcadaptallocate_bufferasyncio.coroutinesbasebufccenterscline_in_tracebackcountd3dtype_is_objecteb_districteb_schoolencodeenumerateerrorflagsformatfortrang_Mg_schoolglw_inglw_outgx_ingx_outididxindexitemsitemsizekllmax_jmelsml._nestedmemviewmodemodes_inn_dn_threadsnamenbndimnested_loglikntoobjouter_ptrpackpopregistersetdefaultshapesigma_omegasizestartstatsstepstopstructsvtau_lumomunpackupdatevaluesxO\200\001\360&\000\005\006\3606\000\005\033\230)\2406\250\021\250#\250R\250~\270Q\330\004\022\220!\2206\230\021\230!\340\004\025\220T\230\021\230&\240\002\240&\250\002\250,\260b\270\001\360\006\000\005\023\220-\230z\250\022\2507\260!\330\004\007\200q\210\006\210a\210s\220#\220R\220s\230#\230R\230r\240\023\240C\240r\250\021\330\010\016\210j\230\001\230\021\330\004\007\200u\210F\220!\2203\220c\230\030\240\023\240E\250\026\250q\260\003\2603\260i\270q\300\001\330\010\016\210j\230\001\230\021\330\004\007""\200w\210f\220A\220S\230\003\2304\230s\240\047\250\026\250q\260\003\2603\260c\270\022\2703\270b\300\001\330\010\016\210j\230\001\230\021\330\004\010\210\005\210U\220!\2201\330\010\013\2109\220A\220R\220r\230\023\230B\230i\240q\250\003\2502\250Q\330\014\024\220I\230Q\230b\240\002\240#\240R\240y\260\001\260\021\330\004\005\200Y\210a\210u\220A\220S\230\001\330\004\005\200X\210Q\210i\220q\230\001\330\004\005\200U\210!\2101\210A\210S\220\001\330\004\005\200V\2101\330\004\005\200V\2101\330\004\007\200s\210\"\210A\330\010\t\210\030\220\026\220r\230\021\330\010\t\210\030\220\034\230R\230q\340\010\t\210\030\220\021\330\010\t\210\030\220\021\330\004\005\200Y\210e\2206\230\021\230!\330\004\005\200Y\210a\210u\220A\220Q\330\004\005\200Z\210q\220\006\220a\220q\330\004\005\200Z\210v\220V\2301\230A\330\004\005\200Z\210q\220\006\220a\220q\330\004\005\200[\220\001\220\027\230\001\230\021\330\004\005\200W\210A\210W\220A\220S\230\001\330\004\005\200V\2103\210b\220\003\2202\220Q\330\004\005\200\\\220\021\220(\230!\2301\330\004\005\200Y\210a\330\004\005\200V\2101\210B\210a\210q\330\004\005\200V\2101\210C\210q\220\003\2201\330\004\005\200X\210Q\210h\220a\220s\230!\330\004\005\200X\210Q\210d\220!\2203\220a\330\004\005\200W\210A\210Y\220a\220s\230!\330\004\005\200W\210A\210[\230\001\230\023\230A\330\004\t\210\021\210\047\220\022\2202\220R\220r\230\022\2302\230R\230s\240\"\240F\250#\250U\260\"\260F\270\"\270A\330\t\030\230\r\240Q\330\010\016\210j\230\006\230a\230s\240\"\240A\330\010\016\210g\220V\2301\230B\230b\240\001\330\014\027\220q\230\001\330\014\030\230\001\230\021\230#\230S\240\005\240Q\330\010\014\210A\210Q\330\010\014\210A\210Q";
+    #else /* compression: none (2908 bytes) */
+static const char bytes[] = " at 0x object>.: <MemoryView of <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis M must be 3 x d3 with 1 <= d3 <= 3Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecenters has the wrong shapecollections.abcdisableenablegcisenabledmelsml/_nested.pyxno default __reduce__ due to non-trivial __cinit__stats must be (J, 8) with J = outer_ptr[-1]stats must be (n_groups, 8)unable to allocate array data.unable to allocate shape and strides.ASCIIEllipsisMSequenceView.MemoryView__Pyx_PyDict_NextRef__annotate____class____class_getitem____dict____func____getstate____import____main____module____name____new____pyx_checksum__pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineaabcadaptallocate_bufferasyncio.coroutinesbasebufccenterscline_in_tracebackcountd3dtype_is_objecte1e2eb_districteb_schoolencodeenumerateerroretflagsformatfortrang_Mg_bsg_mug_schoolg_wsglw_inglw_outgroup_ptrgx_ingx_outiididxindexinvitemsitemsizejklllogdm0m1m2m3m4m5max_jmelsml._nestedmemviewmodemodes_inn_dn_groupsn_threadsnamenbndimnested_loglikntoobjouter_ptrpackpopr0registerrisschool_sumssetdefaultshapesigma_omegasizestartstatsstepstopstructsvtau_lumomunit_gradientsunpackupdatevaluesxzziO\200\001\360\010\000\005&\240Y\250f\260A\260S\270\002\270!\360\010\000\005\010\200u\210F\220!\2203\220c\230\031\240#\240U\250&\260\001\260\023\260C\260q\330\010\016\210j\230\001\230\021\330\t\n\330\010\014\210E\220\025\220a\220q\330\014\020\220\005\220U\230!\2301\330\020\021\220\021\220%\220q\330\014\020\220\005\220U\230!\2309\240A\240T\250\031\260!\2602\260R\260q\330\020\026\220c""\230\021\230!\2304\230q\240\001\330\020\025\220Q\220a\220q\330\020\025\220R\220q\230\001\330\020\021\220\021\220&\230\004\230A\230Q\330\020\021\220\021\220&\230\003\2302\230S\240\002\240!\330\020\021\220\021\220&\230\003\2302\230Q\330\020\021\220\021\220&\230\001\330\020\021\220\021\220&\230\003\2302\230S\240\002\240!\330\020\021\220\021\220&\230\003\2302\230Q\330\020\021\220\021\220&\230\003\2302\230S\240\002\240!\330\014\r\210Q\210e\2209\230A\230R\230r\240\023\240B\240i\250q\260\001\330\014\020\220\005\220U\230!\2301\330\020\025\220Q\220c\230\025\230a\230q\240\001\200\001\360\n\000\005&\240Y\250f\260A\260S\270\002\270!\340\t\n\330\010\014\210E\220\025\220a\220q\330\014\021\220\024\220Q\220c\230\024\230U\240$\240a\240s\250$\250e\2604\260q\270\003\2701\330\014\021\220\024\220Q\220c\230\024\230U\240$\240a\240s\250$\250e\2604\260q\270\003\2701\330\014\020\220\005\220U\230!\2309\240A\240T\250\031\260!\2602\260R\260q\330\020\026\220c\230\021\230!\2304\230q\240\001\330\020\025\220Q\220a\220q\330\020\025\220R\220q\230\001\330\020\025\220S\230\002\230#\230R\230s\240\"\240C\240r\250\021\330\020\026\220c\230\022\2303\230b\240\003\2402\240S\250\002\250#\250R\250s\260\"\260C\260r\270\024\270R\270s\300\"\300C\300r\310\024\310R\310s\320RT\320TW\320WY\320YZ\330\026\030\230\004\230B\230c\240\022\2401\330\020\025\220S\230\002\230#\230R\230s\240\"\240C\240r\250\021\330\020\024\220A\220U\230#\230R\230q\330\020\024\220A\220U\230%\230s\240$\240b\250\003\2502\250Q\330\020\024\220A\220U\230$\230b\240\003\2402\240S\250\002\250!\200\001\360&\000\005\006\3606\000\005\033\230)\2406\250\021\250#\250R\250~\270Q\330\004\022\220!\2206\230\021\230!\340\004\025\220T\230\021\230&\240\002\240&\250\002\250,\260b\270\001\360\006\000\005\023\220-\230z\250\022\2507\260!\330\004\007\200q\210\006\210a\210s\220#\220R\220s\230#\230R\230r\240\023\240C\240r\250\021\330\010\016\210j\230\001\230\021\330\004\007\200u\210F\220!\2203\220c\230\030\240\023\240E\250\026\250q\260\003\2603\260i\270q\300\001\330\010""\016\210j\230\001\230\021\330\004\007\200w\210f\220A\220S\230\003\2304\230s\240\047\250\026\250q\260\003\2603\260c\270\022\2703\270b\300\001\330\010\016\210j\230\001\230\021\330\004\010\210\005\210U\220!\2201\330\010\013\2109\220A\220R\220r\230\023\230B\230i\240q\250\003\2502\250Q\330\014\024\220I\230Q\230b\240\002\240#\240R\240y\260\001\260\021\330\004\005\200Y\210a\210u\220A\220S\230\001\330\004\005\200X\210Q\210i\220q\230\001\330\004\005\200U\210!\2101\210A\210S\220\001\330\004\005\200V\2101\330\004\005\200V\2101\330\004\007\200s\210\"\210A\330\010\t\210\030\220\026\220r\230\021\330\010\t\210\030\220\034\230R\230q\340\010\t\210\030\220\021\330\010\t\210\030\220\021\330\004\005\200Y\210e\2206\230\021\230!\330\004\005\200Y\210a\210u\220A\220Q\330\004\005\200Z\210q\220\006\220a\220q\330\004\005\200Z\210v\220V\2301\230A\330\004\005\200Z\210q\220\006\220a\220q\330\004\005\200[\220\001\220\027\230\001\230\021\330\004\005\200W\210A\210W\220A\220S\230\001\330\004\005\200V\2103\210b\220\003\2202\220Q\330\004\005\200\\\220\021\220(\230!\2301\330\004\005\200Y\210a\330\004\005\200V\2101\210B\210a\210q\330\004\005\200V\2101\210C\210q\220\003\2201\330\004\005\200X\210Q\210h\220a\220s\230!\330\004\005\200X\210Q\210d\220!\2203\220a\330\004\005\200W\210A\210Y\220a\220s\230!\330\004\005\200W\210A\210[\230\001\230\023\230A\330\004\t\210\021\210\047\220\022\2202\220R\220r\230\022\2302\230R\230s\240\"\240F\250#\250U\260\"\260F\270\"\270A\330\t\030\230\r\240Q\330\010\016\210j\230\006\230a\230s\240\"\240A\330\010\016\210g\220V\2301\230B\230b\240\001\330\014\027\220q\230\001\330\014\030\230\001\230\021\230#\230S\240\005\240Q\330\010\014\210A\210Q\330\010\014\210A\210Q";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 127; i++) {
+    for (int i = 0; i < 154; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
-      if (likely(string) && i >= 29) PyUnicode_InternInPlace(&string);
+      if (likely(string) && i >= 30) PyUnicode_InternInPlace(&string);
       if (unlikely(!string)) {
         Py_XDECREF(data);
         __PYX_ERR(0, 1, __pyx_L1_error)
@@ -26540,8 +27739,8 @@ static const char bytes[] = " at 0x object>.: <MemoryView of <contiguous and dir
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 127; i < 129; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-127].length;
+    for (int i = 154; i < 158; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-154].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -26551,15 +27750,15 @@ static const char bytes[] = " at 0x object>.: <MemoryView of <contiguous and dir
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 129; i++) {
+    for (Py_ssize_t i = 0; i < 158; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 127;
-      for (Py_ssize_t i=0; i<2; ++i) {
+      PyObject **table = stringtab + 154;
+      for (Py_ssize_t i=0; i<4; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
         #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -26626,7 +27825,7 @@ typedef struct {
     unsigned int num_kwonly_args : 1;
     unsigned int nlocals : 5;
     unsigned int flags : 10;
-    unsigned int first_line : 9;
+    unsigned int first_line : 10;
 } __Pyx_PyCode_New_function_description;
 #ifdef __cplusplus
 } /* anonymous namespace */
@@ -26646,9 +27845,19 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
   PyObject* tuple_dedup_map = PyDict_New();
   if (unlikely(!tuple_dedup_map)) return -1;
   {
-    const __Pyx_PyCode_New_function_description descr = {19, 0, 0, 29, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 510};
+    const __Pyx_PyCode_New_function_description descr = {19, 0, 0, 29, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 530};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_stats, __pyx_mstate->__pyx_n_u_outer_ptr, __pyx_mstate->__pyx_n_u_M, __pyx_mstate->__pyx_n_u_tau_l, __pyx_mstate->__pyx_n_u_sigma_omega, __pyx_mstate->__pyx_n_u_gx_in, __pyx_mstate->__pyx_n_u_glw_in, __pyx_mstate->__pyx_n_u_gx_out, __pyx_mstate->__pyx_n_u_glw_out, __pyx_mstate->__pyx_n_u_centers, __pyx_mstate->__pyx_n_u_modes_in, __pyx_mstate->__pyx_n_u_adapt, __pyx_mstate->__pyx_n_u_ll, __pyx_mstate->__pyx_n_u_g_M, __pyx_mstate->__pyx_n_u_g_school, __pyx_mstate->__pyx_n_u_umom, __pyx_mstate->__pyx_n_u_eb_school, __pyx_mstate->__pyx_n_u_eb_district, __pyx_mstate->__pyx_n_u_n_threads, __pyx_mstate->__pyx_n_u_n_d, __pyx_mstate->__pyx_n_u_k, __pyx_mstate->__pyx_n_u_max_j, __pyx_mstate->__pyx_n_u_nb, __pyx_mstate->__pyx_n_u_d3, __pyx_mstate->__pyx_n_u_o, __pyx_mstate->__pyx_n_u_sv, __pyx_mstate->__pyx_n_u_buf, __pyx_mstate->__pyx_n_u_idx, __pyx_mstate->__pyx_n_u_nt};
     __pyx_mstate_global->__pyx_codeobj_tab[0] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_melsml__nested_pyx, __pyx_mstate->__pyx_n_u_nested_loglik, __pyx_mstate->__pyx_kp_b_iso88591_6_6_R_Q_6_T_b_z_7_q_as_Rs_Rr_Cr, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[0])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 13, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 629};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_r0, __pyx_mstate->__pyx_n_u_logd, __pyx_mstate->__pyx_n_u_z, __pyx_mstate->__pyx_n_u_group_ptr, __pyx_mstate->__pyx_n_u_stats, __pyx_mstate->__pyx_n_u_j, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_n_groups, __pyx_mstate->__pyx_n_u_s, __pyx_mstate->__pyx_n_u_inv, __pyx_mstate->__pyx_n_u_zi, __pyx_mstate->__pyx_n_u_ri, __pyx_mstate->__pyx_n_u_a};
+    __pyx_mstate_global->__pyx_codeobj_tab[1] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_melsml__nested_pyx, __pyx_mstate->__pyx_n_u_school_sums, __pyx_mstate->__pyx_kp_b_iso88591_YfAS_uF_3c_U_Cq_j_E_aq_U_1_q_U, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[1])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {8, 0, 0, 23, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 659};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_r0, __pyx_mstate->__pyx_n_u_logd, __pyx_mstate->__pyx_n_u_z, __pyx_mstate->__pyx_n_u_group_ptr, __pyx_mstate->__pyx_n_u_umom, __pyx_mstate->__pyx_n_u_g_mu, __pyx_mstate->__pyx_n_u_g_ws, __pyx_mstate->__pyx_n_u_g_bs, __pyx_mstate->__pyx_n_u_j, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_n_groups, __pyx_mstate->__pyx_n_u_m0, __pyx_mstate->__pyx_n_u_m1, __pyx_mstate->__pyx_n_u_m2, __pyx_mstate->__pyx_n_u_m3, __pyx_mstate->__pyx_n_u_m4, __pyx_mstate->__pyx_n_u_m5, __pyx_mstate->__pyx_n_u_inv, __pyx_mstate->__pyx_n_u_zi, __pyx_mstate->__pyx_n_u_ri, __pyx_mstate->__pyx_n_u_e1, __pyx_mstate->__pyx_n_u_e2, __pyx_mstate->__pyx_n_u_et};
+    __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_melsml__nested_pyx, __pyx_mstate->__pyx_n_u_unit_gradients, __pyx_mstate->__pyx_kp_b_iso88591_YfAS_E_aq_Qc_U_as_e4q_1_Qc_U_as, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
   }
   Py_DECREF(tuple_dedup_map);
   return 0;

@@ -69,8 +69,9 @@ cdef inline void school_given_b3(School* p, const double* st, double u3, double 
     p.q0 = p.a - 2.0 * u3 * p.b1 + u3 * u3 * p.s1
 
 
-cdef inline double inner_g(const School* p, double xi, double* dg) noexcept nogil:
-    """log of f(y_j | b3, xi) phi(xi), with the location integrated; dg: its derivative."""
+cdef inline double inner_g(const School* p, double xi, double* dg, double* d2g) noexcept nogil:
+    """log of f(y_j | b3, xi) phi(xi), with the location integrated; its first and
+    second derivatives in xi go to dg and d2g (when not NULL)."""
     cdef double arg = -p.v3 - p.sv * xi
     if arg > 700.0:
         arg = 700.0
@@ -83,52 +84,53 @@ cdef inline double inner_g(const School* p, double xi, double* dg) noexcept nogi
     cdef double g = (-0.5 * (p.n * LOG2PI + p.sld + p.n * (p.v3 + p.sv * xi))
                      - 0.5 * K * rr + 0.5 * aa * K * K * tr * tr / P - 0.5 * log(P)
                      - 0.5 * xi * xi - 0.5 * LOG2PI)
-    cdef double dK, dtr, drr, dF
+    cdef double k1, k2, t1, r1, r2, nn, n1, n2, p1, p2
     if dg != NULL:
-        dK = -p.sv * K
-        dtr = -cc * p.lam
-        drr = -2.0 * cc * tr
-        dF = 0.5 * aa * ((2.0 * K * dK * tr * tr + 2.0 * K * K * tr * dtr) * P
-                         - K * K * tr * tr * aa * p.lam * dK) / (P * P)
-        dg[0] = (-0.5 * p.n * p.sv - 0.5 * (dK * rr + K * drr) + dF
-                 - 0.5 * aa * p.lam * dK / P - xi)
+        # derivatives of K, tr, rr, N = K^2 tr^2 and P in xi
+        k1 = -p.sv * K
+        k2 = p.sv * p.sv * K
+        t1 = -cc * p.lam
+        r1 = -2.0 * cc * tr
+        r2 = 2.0 * cc * cc * p.lam
+        nn = K * K * tr * tr
+        n1 = 2.0 * K * k1 * tr * tr + 2.0 * K * K * tr * t1
+        p1 = aa * p.lam * k1
+        dg[0] = (-0.5 * p.n * p.sv - 0.5 * (k1 * rr + K * r1)
+                 + 0.5 * aa * (n1 * P - nn * p1) / (P * P) - 0.5 * p1 / P - xi)
+        if d2g != NULL:
+            n2 = (2.0 * (k1 * k1 + K * k2) * tr * tr + 8.0 * K * k1 * tr * t1
+                  + 2.0 * K * K * t1 * t1)
+            p2 = aa * p.lam * k2
+            d2g[0] = (-0.5 * (k2 * rr + 2.0 * k1 * r1 + K * r2)
+                      + 0.5 * aa * ((n2 * P - nn * p2) / (P * P)
+                                    - 2.0 * p1 * (n1 * P - nn * p1) / (P * P * P))
+                      - 0.5 * (p2 / P - p1 * p1 / (P * P)) - 1.0)
     return g
-
-
-cdef inline double inner_d2(const School* p, double xi) noexcept nogil:
-    cdef double h = 1e-5 * (1.0 + fabs(xi)), gp, gm
-    inner_g(p, xi + h, &gp)
-    inner_g(p, xi - h, &gm)
-    return (gp - gm) / (2.0 * h)
 
 
 cdef double inner_mode(const School* p, double xi0, double* curv) noexcept nogil:
     """Mode of inner_g by safeguarded Newton; curv: minus its second derivative there."""
-    cdef double xi = xi0, g, d1, d2, step, t, gn, dn
+    cdef double xi = xi0, g, d1, d2, step, t, gn, dn, d2n
     cdef int it, k
-    g = inner_g(p, xi, &d1)
+    g = inner_g(p, xi, &d1, &d2)
     for it in range(100):
-        d2 = inner_d2(p, xi)
-        if d2 < -1e-12:
-            step = -d1 / d2
-        else:
-            step = d1
+        step = -d1 / d2 if d2 < -1e-12 else d1
         if step > 2.0:
             step = 2.0
         elif step < -2.0:
             step = -2.0
         t = 1.0
         for k in range(40):
-            gn = inner_g(p, xi + t * step, &dn)
+            gn = inner_g(p, xi + t * step, &dn, &d2n)
             if gn >= g - 1e-13 * fabs(g):
                 break
             t *= 0.5
         xi += t * step
         g = gn
         d1 = dn
-        if fabs(t * step) < 1e-10:
+        d2 = d2n
+        if fabs(t * step) < 1e-9:
             break
-    d2 = inner_d2(p, xi)
     curv[0] = -d2 if d2 < -1e-12 else 1.0
     return xi
 
@@ -147,8 +149,10 @@ cdef inline double poly_ee(const double* p, const double* q, const double* E) no
 
 
 cdef void inner_school(School* p, double* mode, int n_q, const double* gx,
-                       const double* glw, double* lwork, Inner* out) noexcept nogil:
-    """The school's log-likelihood given b3 and the posterior moments (see Inner).
+                       const double* glw, double* lwork, Inner* out, int want) noexcept nogil:
+    """The school's log-likelihood given b3 and the posterior moments (see Inner):
+    ``want`` 0: none; 1: D, DD and H (for the outer mode search); 2: D and the
+    rest (for the score and the EB moments).
 
     ``mode`` is the warm start of the mode search and receives the mode."""
     cdef int m, nq, i, j
@@ -172,16 +176,18 @@ cdef void inner_school(School* p, double* mode, int n_q, const double* gx,
     mx = -1e300
     for m in range(nq):
         if nq == 1:
-            lwork[m] = inner_g(p, 0.0, NULL) + 0.5 * LOG2PI
+            lwork[m] = inner_g(p, 0.0, NULL, NULL) + 0.5 * LOG2PI
         else:
             xi = mode[0] + SQRT2 * sd * gx[m]
-            lwork[m] = glw[m] + gx[m] * gx[m] + log(SQRT2 * sd) + inner_g(p, xi, NULL)
+            lwork[m] = glw[m] + gx[m] * gx[m] + log(SQRT2 * sd) + inner_g(p, xi, NULL, NULL)
         if lwork[m] > mx:
             mx = lwork[m]
     tot = 0.0
     for m in range(nq):
         tot += exp(lwork[m] - mx)
     out.ll = mx + log(tot)
+    if want == 0:
+        return
     for i in range(3):
         out.D[i] = 0.0
     for i in range(9):
@@ -218,8 +224,25 @@ cdef void inner_school(School* p, double* mode, int n_q, const double* gx,
         for i in range(3):
             ED[i] = poly_e(Dp[i][0], Dp[i][1], Dp[i][2], E)
             out.D[i] += w * ED[i]
-            for j in range(3):
-                out.DD[3 * i + j] += w * poly_ee(Dp[i], Dp[j], E)
+        if want == 2:
+            out.gtl += w * (Dv[0] * E[1] + Dv[1] * E[2] + Dv[2] * E[3])
+            out.gso += w * (Dv[0] * m2 + Dv[1] * e12 + Dv[2] * e112)
+            out.k0 += w * K
+            out.k1 += w * K * p.c * E[1]
+            out.k2 += w * K * p.c2 * E[2]
+            out.e[0] += w * p.c * E[1]
+            out.e[1] += w * p.c2 * E[2]
+            out.e[2] += w * p.sv * xi
+            out.e[3] += w * p.sv * p.sv * xi * xi
+            out.e[4] += w * p.c * E[1] * p.sv * xi
+            out.e[5] += w * exp(p.sv * xi)
+            continue
+        for i in range(3):
+            for j in range(i + 1):
+                dd = w * poly_ee(Dp[i], Dp[j], E)
+                out.DD[3 * i + j] += dd
+                if j < i:
+                    out.DD[3 * j + i] += dd
         out.H[0] += w * (-K * p.s1)
         dd = -ED[0]
         out.H[1] += w * dd
@@ -232,17 +255,6 @@ cdef void inner_school(School* p, double* mode, int n_q, const double* gx,
         out.H[5] += w * dd
         out.H[7] += w * dd
         out.H[8] += w * (-0.25 * K * p.c2 * p.lam * E[2] + 0.5 * ED[2])
-        out.gtl += w * (Dv[0] * E[1] + Dv[1] * E[2] + Dv[2] * E[3])
-        out.gso += w * (Dv[0] * m2 + Dv[1] * e12 + Dv[2] * e112)
-        out.k0 += w * K
-        out.k1 += w * K * p.c * E[1]
-        out.k2 += w * K * p.c2 * E[2]
-        out.e[0] += w * p.c * E[1]
-        out.e[1] += w * p.c2 * E[2]
-        out.e[2] += w * p.sv * xi
-        out.e[3] += w * p.sv * p.sv * xi * xi
-        out.e[4] += w * p.c * E[1] * p.sv * xi
-        out.e[5] += w * exp(p.sv * xi)
 
 
 cdef struct Outer:
@@ -290,7 +302,8 @@ cdef double outer_G(Outer* o, Py_ssize_t k, const double* th, School* p, Inner* 
         Hb[r] = 0.0
     for j in range(o.optr[k], o.optr[k + 1]):
         school_given_b3(p, &o.stats[j * N_STATS], b3[0], b3[1], b3[2])
-        inner_school(p, &o.modes_in[j], o.nq_in, o.gx_in, o.glw_in, lwork, inn)
+        inner_school(p, &o.modes_in[j], o.nq_in, o.gx_in, o.glw_in, lwork, inn,
+                     1 if grad != NULL else 0)
         G += inn.ll
         if grad != NULL:
             for r in range(3):
@@ -316,14 +329,17 @@ cdef double outer_G(Outer* o, Py_ssize_t k, const double* th, School* p, Inner* 
 
 cdef void outer_mode(Outer* o, Py_ssize_t k, School* p, Inner* inn, double* lwork,
                      double* th, double* grad, double* hess, double* work) noexcept nogil:
-    """Mode of outer_G (Newton with Louis' Hessian, step halving) and the Cholesky
-    factor of the inverse of minus its Hessian there, written to o.cen[k]."""
+    """Mode of outer_G (Newton with Louis' Hessian, step halving; it stops when the
+    Newton decrement is below 1e-12) and the Cholesky factor of the inverse of
+    minus its Hessian there, written to o.cen[k]."""
     cdef int d = o.d3, it, a, b, h, ok
-    cdef double G, Gn, t, smax
+    cdef double G, Gn, t, smax, dec
     cdef double* cen = &o.cen[k * o.cw]
     cdef double* step = work
     cdef double* thn = work + 3
     cdef double* neg = work + 6
+    cdef double* gradn = work + 15
+    cdef double* hessn = work + 18
     for a in range(d):
         th[a] = cen[a]
     G = outer_G(o, k, th, p, inn, lwork, grad, hess)
@@ -335,10 +351,14 @@ cdef void outer_mode(Outer* o, Py_ssize_t k, School* p, Inner* inn, double* lwor
             step[a] = grad[a]
         if ok:
             chol_solve(neg, d, step)
+        dec = 0.0
         smax = 0.0
         for a in range(d):
+            dec += grad[a] * step[a]
             if fabs(step[a]) > smax:
                 smax = fabs(step[a])
+        if ok and dec < 1e-12:
+            break
         if smax > 2.0:
             for a in range(d):
                 step[a] *= 2.0 / smax
@@ -346,14 +366,17 @@ cdef void outer_mode(Outer* o, Py_ssize_t k, School* p, Inner* inn, double* lwor
         for h in range(40):
             for a in range(d):
                 thn[a] = th[a] + t * step[a]
-            Gn = outer_G(o, k, thn, p, inn, lwork, NULL, NULL)
+            Gn = outer_G(o, k, thn, p, inn, lwork, gradn, hessn)
             if Gn >= G - 1e-12 * fabs(G):
                 break
             t *= 0.5
         for a in range(d):
             th[a] = thn[a]
-        G = outer_G(o, k, th, p, inn, lwork, grad, hess)
-        if t * smax < 1e-9:
+            grad[a] = gradn[a]
+        for a in range(d * d):
+            hess[a] = hessn[a]
+        G = Gn
+        if t * smax < 1e-10:
             break
     # the node scale: Cholesky factor of (-H)^-1
     for a in range(d * d):
@@ -363,9 +386,6 @@ cdef void outer_mode(Outer* o, Py_ssize_t k, School* p, Inner* inn, double* lwor
             neg[a] = 0.0
         for a in range(d):
             neg[a * d + a] = 1.0
-    # invert the lower factor F (F F' = -H): (-H)^-1 = F^-T F^-1; take its Cholesky
-    for a in range(d * d):
-        hess[a] = 0.0
     for b in range(d):
         # column b of (-H)^-1
         for a in range(d):
@@ -398,7 +418,7 @@ cdef void one_district(Outer* o, Py_ssize_t k, double* buf, int* idx) noexcept n
     cdef double* grad = th + 3
     cdef double* hess = grad + 3
     cdef double* work = hess + 9
-    cdef double* snode = work + 15            # per school of the district: N_UM + N_EB
+    cdef double* snode = work + 27            # per school of the district: N_UM + N_EB
     cdef double* cen = &o.cen[k * o.cw]
     cdef double* gM = &o.gM[k * 3 * d]
     cdef double* ebd = &o.ebd[k * o.cw]
@@ -435,7 +455,7 @@ cdef void one_district(Outer* o, Py_ssize_t k, double* buf, int* idx) noexcept n
         gso = 0.0
         for j in range(nj):
             school_given_b3(&p, &o.stats[(j0 + j) * N_STATS], b3[0], b3[1], b3[2])
-            inner_school(&p, &o.modes_in[j0 + j], o.nq_in, o.gx_in, o.glw_in, lwork, &inn)
+            inner_school(&p, &o.modes_in[j0 + j], o.nq_in, o.gx_in, o.glw_in, lwork, &inn, 2)
             G += inn.ll
             for r in range(3):
                 Db[r] += inn.D[r]
@@ -596,7 +616,7 @@ def nested_loglik(
     o.umom = &umom[0, 0]
     o.ebs = &eb_school[0, 0]
     o.ebd = &eb_district[0, 0]
-    nb = o.nq_in + 3 + 3 + 9 + 15 + max_j * (N_UM + N_EB) + 8
+    nb = o.nq_in + 3 + 3 + 9 + 27 + max_j * (N_UM + N_EB) + 8
     with nogil, parallel(num_threads=nt):
         buf = <double*> malloc(nb * sizeof(double))
         idx = <int*> malloc(4 * sizeof(int))
@@ -604,3 +624,57 @@ def nested_loglik(
             one_district(&o, k, buf, idx)
         free(idx)
         free(buf)
+
+
+def school_sums(const double[::1] r0, const double[::1] logd, const double[::1] z,
+                const Py_ssize_t[::1] group_ptr, double[:, ::1] stats):
+    """Each school's eight sums (one pass over the students): n, sum log d,
+    sum z^2/d, sum z/d, sum 1/d, sum z r0/d, sum r0/d, sum r0^2/d, with d = exp(logd)."""
+    cdef Py_ssize_t j, i, n_groups = group_ptr.shape[0] - 1
+    cdef double s[8]
+    cdef double inv, zi, ri
+    cdef int a
+    if stats.shape[0] != n_groups or stats.shape[1] != N_STATS:
+        raise ValueError("stats must be (n_groups, 8)")
+    with nogil:
+        for j in range(n_groups):
+            for a in range(8):
+                s[a] = 0.0
+            for i in range(group_ptr[j], group_ptr[j + 1]):
+                inv = exp(-logd[i])
+                zi = z[i]
+                ri = r0[i]
+                s[1] += logd[i]
+                s[2] += zi * zi * inv
+                s[3] += zi * inv
+                s[4] += inv
+                s[5] += zi * ri * inv
+                s[6] += ri * inv
+                s[7] += ri * ri * inv
+            s[0] = group_ptr[j + 1] - group_ptr[j]
+            for a in range(8):
+                stats[j, a] = s[a]
+
+
+def unit_gradients(const double[::1] r0, const double[::1] logd, const double[::1] z,
+                   const Py_ssize_t[::1] group_ptr, const double[:, ::1] umom,
+                   double[::1] g_mu, double[::1] g_ws, double[::1] g_bs):
+    """Each student's score in the mean, WS and BS linear predictors from the
+    school's posterior moments ``umom`` (see nested_loglik): one pass."""
+    cdef Py_ssize_t j, i, n_groups = group_ptr.shape[0] - 1
+    cdef double m0, m1, m2, m3, m4, m5, inv, zi, ri, e1, e2, et
+    with nogil:
+        for j in range(n_groups):
+            m0 = umom[j, 0]; m1 = umom[j, 1]; m2 = umom[j, 2]
+            m3 = umom[j, 3]; m4 = umom[j, 4]; m5 = umom[j, 5]
+            for i in range(group_ptr[j], group_ptr[j + 1]):
+                inv = exp(-logd[i])
+                zi = z[i]
+                ri = r0[i]
+                e1 = ri * m0 - m1 - zi * m3
+                e2 = (ri * ri * m0 + m2 + zi * zi * m4 - 2.0 * ri * m1 - 2.0 * ri * zi * m3
+                      + 2.0 * zi * m5)
+                et = ri * m3 - m5 - zi * m4
+                g_mu[i] = e1 * inv
+                g_ws[i] = -0.5 * (1.0 - e2 * inv)
+                g_bs[i] = 0.5 * zi * et * inv

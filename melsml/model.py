@@ -165,8 +165,9 @@ class MELS:
             Quadrature points per dimension (default: 11 for one scale effect,
             fewer per dimension for more; see :class:`melsml.config.ModelOptions`).
             In a three-level model, an int or a pair (outer per dimension,
-            inner); default 7 per dimension outside (11 for one effect, 5 for
-            three) and 11 inside.
+            inner); default outside 7 for the location effect alone, 5 per
+            dimension with a scale effect, 7 per dimension with ``random_bs``;
+            11 inside.
         random_bs : bool
             Three-level models: a random effect of the outer level in the
             inner level's log-variance function (log var(u_jk) = s'alpha + a_k),

@@ -207,7 +207,7 @@ class NestedObjective:
     def __post_init__(self) -> None:
         d = self.design
         self.outer_ptr = np.ascontiguousarray(self.outer_ptr, dtype=np.intp)
-        self._starts = d.group_ptr[:-1]
+        self._ptr = np.ascontiguousarray(d.group_ptr, dtype=np.intp)
         # the rows of each outer group, for per-outer-group scores
         self._outer_rows = d.group_ptr[self.outer_ptr]
         d3 = self.layout.d3
@@ -222,22 +222,6 @@ class NestedObjective:
     def reset_counter(self) -> None:
         self.n_evals = 0
 
-    def _school_stats(self, r0, d, z) -> np.ndarray:
-        inv = 1.0 / d
-        cols = np.column_stack(
-            [
-                np.ones_like(r0),
-                np.log(d),
-                z * z * inv,
-                z * inv,
-                inv,
-                z * r0 * inv,
-                r0 * inv,
-                r0 * r0 * inv,
-            ]
-        )
-        return np.ascontiguousarray(np.add.reduceat(cols, self._starts, axis=0))
-
     def evaluate(self, theta, *, score: bool = True, groups: bool = False) -> NestedEvaluation:
         """Log-likelihood (and score, and per-outer-group scores) at ``theta``."""
         self.n_evals += 1
@@ -246,9 +230,9 @@ class NestedObjective:
         p = lay.unpack(theta)
         r0 = des.y - des.x_mean @ p["beta"]
         logd = des.x_ws @ p["tau"]
-        d = np.exp(logd)
         z = np.exp(0.5 * (des.x_bs @ p["alpha"]))
-        stats = self._school_stats(r0, d, z)
+        stats = np.empty((des.n_groups, 8))
+        _nested.school_sums(r0, logd, z, self._ptr, stats)
         if not np.all(np.isfinite(stats)):
             return self._nonfinite(theta)
         mmap = np.ascontiguousarray(lay.kernel_map(p["L3"]))
@@ -274,11 +258,15 @@ class NestedObjective:
         self.centers = centers
         total = per_outer = None
         if score or groups:
-            per_outer = self._score_outer(r0, d, z, umom, g_m, g_school)
-            total = per_outer.sum(axis=0)
-        return NestedEvaluation(
-            theta, llf, total, ll, per_outer if groups else None, centers, eb_in, eb_out
-        )
+            n = des.n_obs
+            g_mu, g_ws, g_bs = np.empty(n), np.empty(n), np.empty(n)
+            _nested.unit_gradients(r0, logd, z, self._ptr, umom, g_mu, g_ws, g_bs)
+            if groups:
+                per_outer = self._score_outer(g_mu, g_ws, g_bs, g_m, g_school)
+                total = per_outer.sum(axis=0)
+            else:
+                total = self._score(g_mu, g_ws, g_bs, g_m.sum(axis=0), g_school.sum(axis=0))
+        return NestedEvaluation(theta, llf, total, ll, per_outer, centers, eb_in, eb_out)
 
     def _nonfinite(self, theta) -> NestedEvaluation:
         k = self.layout.k_params
@@ -287,32 +275,40 @@ class NestedObjective:
             theta, -np.inf, np.zeros(k), empty, None, self.centers, empty, empty
         )
 
-    def _score_outer(self, r0, d, z, umom, g_m, g_school) -> np.ndarray:
-        """(n_outer, k_params) score of each outer group (Fisher's identity)."""
+    def _random_score(self, out: np.ndarray, g_m: np.ndarray, g_school: np.ndarray) -> None:
+        """Fill the levels' blocks of ``out`` (..., k_params) from the kernel's
+        scores in M (..., 3 d3) and in (tau_l, sigma_omega) (..., 2)."""
+        lay = self.layout
+        sl = lay.slices
+        inner = sl[lay.levels[1]]
+        for c, name in enumerate(lay.inner):
+            out[..., inner.start + c] = g_school[..., 0 if name == "tau_l" else 1]
+        outer = sl[lay.levels[0]]
+        for c, (i, j) in enumerate(lay.outer_entries):
+            row = OUTER_EFFECTS.index(lay.outer_effects[i])
+            out[..., outer.start + c] = g_m[..., row * lay.d3 + j]
+
+    def _score(self, g_mu, g_ws, g_bs, g_m, g_school) -> np.ndarray:
+        """The score from the units' gradients (Fisher's identity)."""
         lay, des = self.layout, self.design
-        u = np.repeat(umom, des.group_sizes, axis=0)
-        e1 = r0 * u[:, 0] - u[:, 1] - z * u[:, 3]
-        e2 = (r0 * r0 * u[:, 0] + u[:, 2] + z * z * u[:, 4]
-              - 2 * r0 * u[:, 1] - 2 * r0 * z * u[:, 3] + 2 * z * u[:, 5])  # fmt: skip
-        e_t = r0 * u[:, 3] - u[:, 5] - z * u[:, 4]
-        g_mu = e1 / d
-        g_ws = -0.5 * (1.0 - e2 / d)
-        g_bs = 0.5 * z * e_t / d
+        out = np.zeros(lay.k_params)
+        sl = lay.slices
+        out[sl["beta"]] = g_mu @ des.x_mean
+        out[sl["tau"]] = g_ws @ des.x_ws
+        out[sl["alpha"]] = g_bs @ des.x_bs
+        self._random_score(out, g_m, g_school)
+        return out
+
+    def _score_outer(self, g_mu, g_ws, g_bs, g_m, g_school) -> np.ndarray:
+        """(n_outer, k_params) score of each outer group."""
+        lay, des = self.layout, self.design
         rows = self._outer_rows[:-1]
         out = np.zeros((self.n_outer, lay.k_params))
         sl = lay.slices
         out[:, sl["beta"]] = np.add.reduceat(des.x_mean * g_mu[:, None], rows, axis=0)
         out[:, sl["tau"]] = np.add.reduceat(des.x_ws * g_ws[:, None], rows, axis=0)
-        if lay.alpha:
-            out[:, sl["alpha"]] = np.add.reduceat(des.x_bs * g_bs[:, None], rows, axis=0)
-        inner = sl[lay.levels[1]]
-        for c, name in enumerate(lay.inner):
-            out[:, inner.start + c] = g_school[:, 0 if name == "tau_l" else 1]
-        outer = sl[lay.levels[0]]
-        d3 = lay.d3
-        for c, (i, j) in enumerate(lay.outer_entries):
-            row = OUTER_EFFECTS.index(lay.outer_effects[i])
-            out[:, outer.start + c] = g_m[:, row * d3 + j]
+        out[:, sl["alpha"]] = np.add.reduceat(des.x_bs * g_bs[:, None], rows, axis=0)
+        self._random_score(out, g_m, g_school)
         return out
 
     # the interface the optimiser uses --------------------------------------------

@@ -158,7 +158,11 @@ def test_fit_without_district_differences_matches_two_level_fit():
         res2.params[("random", "sigma_omega")], abs=1e-4
     )
     table = compare(res2, res3)
-    assert table["p_value"].iloc[-1] == pytest.approx(1.0, abs=1e-3)
+    row = table.iloc[-1]
+    assert row["lr_stat"] == pytest.approx(0.0, abs=1e-5)
+    assert row["df"] == 1 and "mixture of chi2(0) and chi2(1)" in row["test"]
+    assert row["added"] == "district[L(location,location)]"
+    assert row["p_value"] >= 0.49
 
 
 def test_results_surface(fit_small):
