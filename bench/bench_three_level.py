@@ -65,8 +65,12 @@ def main() -> None:
         {(b, t): v for b, block in THREE_LEVEL_TRUE.items() for t, v in block.items()}
     ).reindex(res.params.index)
     table = pd.DataFrame(
-        {"true": truth, "estimate": res.params, "se": res.bse,
-         "z": (res.params - truth) / res.bse}  # fmt: skip
+        {
+            "true": truth,
+            "estimate": res.params,
+            "se": res.bse,
+            "z": (res.params - truth) / res.bse,
+        }  # fmt: skip
     )
     print(table.to_string(float_format=lambda v: f"{v:.4f}"))
     print(f"max |z| = {np.abs(table['z']).max():.2f}")

@@ -131,6 +131,7 @@ def tutorial() -> None:
         f"{100 * share['max']:.1f}%) of a school's variance in model 6.\n",
     )
     scale_slopes()
+    three_level()
     school8 = fits["8"].params[
         [("tau", t) for t in fits["8"].params["tau"].index if t.startswith("school_type")]
     ]
@@ -158,6 +159,49 @@ def scale_slopes() -> None:
     plots.variance_function(slope, "prior", n_schools=6).savefig(
         OUT / "variance_function.png", dpi=100
     )
+
+
+def three_level() -> None:
+    """The tutorial's sections on districts and on cohort stability."""
+    from melsml.simulate import simulate_three_level
+
+    data = simulate_three_level(60, 12, 60, seed=7)
+    data["school_id"] = data["district"] + "/" + data["school"].astype(str)
+    m3 = MELS.from_formula("y ~ prior", data, "school_id", ws_formula="~ prior").fit()
+    district = MELS.from_formula(
+        "y ~ prior", data, ["district", "school"], ws_formula="~ prior"
+    ).fit()
+    write(
+        "district_data.md",
+        f"{len(data):,} students in {data['school_id'].nunique()} schools in "
+        f"{data['district'].nunique()} districts\n",
+    )
+    write("district_summary.md", "```text\n" + district.summary().as_text() + "\n```\n")
+    table = compare(m3, district, names=["model 3", "+ districts"])
+    write(
+        "district_lr.md",
+        md_table(table[["k", "llf", "aic", "bic", "lr_stat", "df", "p_value", "test"]], "{:.4g}"),
+    )
+    cov = district.cov_re
+    write(
+        "district_cov.md",
+        "".join(f"**{lev}**\n\n" + md_table(frame, "{:.4f}") + "\n" for lev, frame in cov.items()),
+    )
+    write("district_stability.md", md_table(district.stability(), "{:.3f}"))
+    cols = ["district", "school", "n_obs", "mean", "mean_sd", "mean_own", "variance",
+            "variance_lower", "variance_upper"]  # fmt: skip
+    write("district_schools.md", md_table(district.school_effects()[cols].head(5), "{:.3f}"))
+    write("district_districts.md", md_table(district.group_effects("district").head(5), "{:.3f}"))
+
+    cohorts = simulate_three_level(120, 5, 30, levels=("school", "cohort"), seed=8)
+    stab = MELS.from_formula("y ~ prior", cohorts, ["school", "cohort"], ws_formula="~ prior").fit()
+    write(
+        "cohort_data.md",
+        f"{len(cohorts):,} students in {cohorts.groupby(['school', 'cohort']).ngroups} "
+        f"cohorts of {cohorts['school'].nunique()} schools\n",
+    )
+    write("cohort_stability.md", md_table(stab.stability(), "{:.3f}"))
+    write("cohort_random.md", md_table(stab.random_params(), "{:.4f}"))
 
 
 def validation() -> None:
@@ -214,6 +258,43 @@ def validation() -> None:
             }
         )
     write("mixedlm.md", md_table(pd.DataFrame(rows).set_index("model"), "{:.6g}"))
+
+    pastes = pd.read_csv(ROOT / "tests" / "data" / "pastes" / "pastes.csv")
+    lme4 = pd.read_csv(
+        ROOT / "tests" / "data" / "pastes" / "lme4_reference.csv", header=None, index_col=0
+    )[1]
+    three = MELS.from_formula("strength ~ 1", pastes, ["batch", "cask"], random_scale=False).fit()
+    nested = pastes.assign(bc=pastes["batch"] + "/" + pastes["cask"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sm = smf.mixedlm(
+            "strength ~ 1", nested, groups="batch", re_formula="1", vc_formula={"cask": "0 + C(bc)"}
+        ).fit(reml=False)
+    rp = three.random_params()["estimate"]
+    write(
+        "pastes.md",
+        md_table(
+            pd.DataFrame(
+                {
+                    "lme4 (R)": [
+                        float(lme4["llf"]),
+                        float(lme4["var_batch"]),
+                        float(lme4["var_batch:cask"]),
+                        float(lme4["var_Residual"]),
+                    ],
+                    "MixedLM": [sm.llf, sm.cov_re.iloc[0, 0], sm.vcomp[0], sm.scale],
+                    "melsml": [
+                        three.llf,
+                        rp["batch: var(location)"],
+                        rp["cask: var(location)"],
+                        rp["var_e"],
+                    ],
+                },  # fmt: skip
+                index=pd.Index(["llf", "var(batch)", "var(cask)", "var(residual)"], name=""),
+            ),
+            "{:.8g}",
+        ),
+    )
 
     riesby = pd.read_csv(ref / "riesby" / "riesby.csv")
     kw = dict(re_formula="~ 1 + week", ws_formula="~ week + endog")
