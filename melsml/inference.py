@@ -54,6 +54,18 @@ def delta_method(fun, theta: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, n
     return val, jac @ cov @ jac.T
 
 
+def delta_table(fun, theta, cov, names, alpha: float, index_name: str) -> pd.DataFrame:
+    """Values of ``fun(theta)`` with delta-method SEs and Wald intervals, one row
+    per name."""
+    val, vcov = delta_method(fun, theta, cov)
+    se = np.sqrt(np.clip(np.diag(vcov), 0, None))
+    q = stats.norm.ppf(1 - alpha / 2)
+    return pd.DataFrame(
+        {"estimate": val, "std_error": se, "lower": val - q * se, "upper": val + q * se},
+        index=pd.Index(names, name=index_name),
+    )
+
+
 class LikelihoodResults:
     """Base of the results classes.
 
@@ -69,6 +81,25 @@ class LikelihoodResults:
     llf: float
     nobs: int
     k_params: int
+
+    def _set_estimates(self, model, theta_raw, info, evaluation, cov_type, standardised) -> None:
+        """The attributes every results class sets from a fit: reported (canonical)
+        parameters and their covariance from the standardised fit's Hessian."""
+        layout = model.layout
+        self.model = model
+        self.fit_info = info
+        self._evaluation = evaluation
+        self._std = standardised
+        self._theta_raw = np.asarray(theta_raw, dtype=float)
+        self._theta = layout.canonical(theta_raw)
+        self._flip = layout.sign_flip(theta_raw)
+        jac = standardised.jacobian
+        cov = jac @ _inverse_information(standardised.hessian) @ jac.T
+        self._cov_observed = cov * np.outer(self._flip, self._flip)
+        self.cov_type = cov_type
+        self.llf = float(evaluation.llf)
+        self.k_params = layout.k_params
+        self.converged = bool(info.converged)
 
     # --- the statsmodels surface ------------------------------------------------
     @property

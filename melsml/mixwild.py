@@ -726,7 +726,7 @@ def compare(res, output) -> pd.DataFrame:
 def _compare_mls(res, mw: pd.DataFrame) -> list[dict]:
     """Rows for the covariance blocks of a multiple-location (MLS = 1) report:
     melsml's covariance of (u, omega) with delta-method SEs beside MixWILD's."""
-    from .results import delta_method
+    from .inference import delta_method
 
     st = res.model.structure
     if res.model.options.random_scale and st.scale != ("Intercept",):

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 
 from .config import Association, Integration, ModelOptions
-from .exceptions import BoundaryWarning, ConvergenceWarning, MELSInputError
+from .exceptions import BoundaryWarning, MELSInputError
 from .formula import DesignMatrices, build_design
 from .identify import check_identifiable
 from .levels import IdScope
 from .likelihood import MELSObjective
-from .optimize import maximize
-from .params import ParamLayout
+from .optimize import maximize, warn_fit
+from .params import ParamLayout, as_param_vector
 from .plan import IntegrationPlan, plan_for_design
 from .results import CovType, MELSResults, StandardisedFit
 from .scaling import Scaling
@@ -300,22 +300,7 @@ class MELS:
         return self.objective().loglike(self._as_vector(params, "params"))
 
     def _as_vector(self, params, name: str) -> np.ndarray:
-        if isinstance(params, pd.Series):
-            try:
-                params = params.reindex(self.layout.index)
-            except Exception as exc:  # pragma: no cover - defensive
-                raise MELSInputError(f"{name} does not match the model's parameters") from exc
-            if params.isna().any():
-                missing = [f"{b}:{t}" for (b, t) in params.index[params.isna()]]
-                raise MELSInputError(f"{name} lacks values for {', '.join(missing)}")
-        arr = np.asarray(params, dtype=float)
-        if arr.shape != (self.layout.k_params,):
-            raise MELSInputError(
-                f"{name} must have {self.layout.k_params} values, got shape {arr.shape}"
-            )
-        if not np.isfinite(arr).all():
-            raise MELSInputError(f"{name} has non-finite values")
-        return arr
+        return as_param_vector(params, self.layout.index, name)
 
     def _off_the_boundary(self, theta0: np.ndarray, boundary, design) -> np.ndarray:
         """A start with an SD (a diagonal of L) exactly 0 sits on a stationary point
@@ -393,20 +378,7 @@ class MELS:
         # the standardised effects (and so the node placement) are the same in
         # both units: start the last placement search from the fit's
         final = self.objective().evaluate(theta, centers=std_obj.centers)
-        if not info.hessian_pd:
-            warnings.warn(
-                "the observed information is not positive definite at the estimate: "
-                "standard errors are unreliable (a variance may be on its boundary)",
-                BoundaryWarning,
-                stacklevel=2,
-            )
-        elif not info.converged:
-            warnings.warn(
-                f"the fit did not converge (Newton decrement {info.newton_decrement:.2e}, "
-                f"max |score| {info.max_abs_score:.2e}); {info.message}",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
+        warn_fit(info)
         for pos in boundary:
             if abs(theta_std[pos]) < 1e-3:
                 name = self.layout.index[pos][1]

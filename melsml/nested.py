@@ -23,10 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from . import _nested
 from .formula import DesignMatrices
+from .params import BlockLayout
 from .quadrature import gauss_hermite
 
 #: the outer level's effects, in the kernel's order
@@ -34,7 +34,7 @@ OUTER_EFFECTS = ("location", "scale", "bs")
 
 
 @dataclass(frozen=True)
-class NestedLayout:
+class NestedLayout(BlockLayout):
     """Names and positions of the three-level model's parameters.
 
     Attributes
@@ -66,38 +66,14 @@ class NestedLayout:
         e = self.outer_effects
         return tuple(f"L({e[i]},{e[j]})" for i, j in self.outer_entries)
 
-    @property
-    def blocks(self) -> tuple[str, ...]:
-        return ("beta", "alpha", "tau", *self.levels[::-1])
-
-    def _names(self, block: str) -> tuple[str, ...]:
-        if block == self.levels[1]:
-            return self.inner
-        if block == self.levels[0]:
-            return self.outer
-        return getattr(self, block)
-
-    @property
-    def sizes(self) -> dict[str, int]:
-        return {b: len(self._names(b)) for b in self.blocks}
-
-    @property
-    def k_params(self) -> int:
-        return sum(self.sizes.values())
-
-    @property
-    def slices(self) -> dict[str, slice]:
-        out, start = {}, 0
-        for b, k in self.sizes.items():
-            out[b] = slice(start, start + k)
-            start += k
-        return out
-
-    @property
-    def index(self) -> pd.MultiIndex:
-        return pd.MultiIndex.from_tuples(
-            [(b, t) for b in self.blocks for t in self._names(b)], names=["block", "term"]
-        )
+    def block_names(self) -> list[tuple[str, tuple[str, ...]]]:
+        return [
+            ("beta", self.beta),
+            ("alpha", self.alpha),
+            ("tau", self.tau),
+            (self.levels[1], self.inner),
+            (self.levels[0], self.outer),
+        ]
 
     @property
     def boundary_positions(self) -> tuple[int, ...]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import optimize
 
+from .exceptions import BoundaryWarning, ConvergenceWarning
 from .likelihood import MELSObjective
 
 logger = logging.getLogger(__name__)
@@ -174,3 +176,22 @@ def maximize(
     )
     logger.info("fit: llf=%.6f, %d iterations, %d evaluations", ev.llf, n_iter, objective.n_evals)
     return theta, hess, info
+
+
+def warn_fit(info: FitInfo, stacklevel: int = 3) -> None:
+    """Warn when the information is not positive definite or the fit did not
+    converge (``stacklevel`` 3: the warning points at the caller of ``fit``)."""
+    if not info.hessian_pd:
+        warnings.warn(
+            "the observed information is not positive definite at the estimate: "
+            "standard errors are unreliable (a variance may be on its boundary)",
+            BoundaryWarning,
+            stacklevel=stacklevel,
+        )
+    elif not info.converged:
+        warnings.warn(
+            f"the fit did not converge (Newton decrement {info.newton_decrement:.2e}, "
+            f"max |score| {info.max_abs_score:.2e}); {info.message}",
+            ConvergenceWarning,
+            stacklevel=stacklevel,
+        )

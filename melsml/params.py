@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .exceptions import MELSInputError
 from .structure import RandomStructure
 
 BLOCKS = ("beta", "alpha", "tau", "random")
@@ -38,8 +39,57 @@ BLOCKS = ("beta", "alpha", "tau", "random")
 MIXWILD_RANDOM = ("tau_l", "tau_q", "sigma_omega")
 
 
+def as_param_vector(params, index: pd.MultiIndex, name: str = "params") -> np.ndarray:
+    """A parameter vector in ``index`` order from a Series (matched by name) or an
+    array, with an error that names what is missing or wrong."""
+    if isinstance(params, pd.Series):
+        try:
+            params = params.reindex(index)
+        except Exception as exc:  # pragma: no cover - defensive
+            raise MELSInputError(f"{name} does not match the model's parameters") from exc
+        if params.isna().any():
+            missing = [f"{b}:{t}" for (b, t) in params.index[params.isna()]]
+            raise MELSInputError(f"{name} lacks values for {', '.join(missing)}")
+    arr = np.asarray(params, dtype=float)
+    if arr.shape != (len(index),):
+        raise MELSInputError(f"{name} must have {len(index)} values, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise MELSInputError(f"{name} has non-finite values")
+    return arr
+
+
+class BlockLayout:
+    """Sizes, slices and the (block, term) index of a flat vector of named blocks,
+    from ``block_names()``: (block, names of its entries) in order."""
+
+    def block_names(self) -> list[tuple[str, tuple[str, ...]]]:  # pragma: no cover
+        raise NotImplementedError
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {b: len(names) for b, names in self.block_names()}
+
+    @property
+    def k_params(self) -> int:
+        return sum(self.sizes.values())
+
+    @property
+    def slices(self) -> dict[str, slice]:
+        out, start = {}, 0
+        for b, k in self.sizes.items():
+            out[b] = slice(start, start + k)
+            start += k
+        return out
+
+    @property
+    def index(self) -> pd.MultiIndex:
+        """(block, term) index of the flat vector."""
+        tuples = [(b, t) for b, names in self.block_names() for t in names]
+        return pd.MultiIndex.from_tuples(tuples, names=["block", "term"])
+
+
 @dataclass(frozen=True)
-class ParamLayout:
+class ParamLayout(BlockLayout):
     """Names and positions of the parameter blocks in the flat vector.
 
     Attributes
@@ -98,27 +148,8 @@ class ParamLayout:
         """The random block carries MixWILD's names (tau_l, tau_q, sigma_omega)."""
         return self.structure.mixwild_view
 
-    @property
-    def sizes(self) -> dict[str, int]:
-        return {b: len(getattr(self, b)) for b in BLOCKS}
-
-    @property
-    def k_params(self) -> int:
-        return sum(self.sizes.values())
-
-    @property
-    def slices(self) -> dict[str, slice]:
-        out, start = {}, 0
-        for b, k in self.sizes.items():
-            out[b] = slice(start, start + k)
-            start += k
-        return out
-
-    @property
-    def index(self) -> pd.MultiIndex:
-        """(block, term) index of the flat vector."""
-        tuples = [(b, t) for b in BLOCKS for t in getattr(self, b)]
-        return pd.MultiIndex.from_tuples(tuples, names=["block", "term"])
+    def block_names(self) -> list[tuple[str, tuple[str, ...]]]:
+        return [(b, getattr(self, b)) for b in BLOCKS]
 
     @property
     def chol_entries(self) -> tuple[tuple[int, int], ...]:

@@ -6,15 +6,13 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .exceptions import MELSInputError
 from .inference import (
     CovType,
     LikelihoodResults,
     StandardisedFit,
-    _inverse_information,
-    delta_method,
+    delta_table,
 )
 from .likelihood import Evaluation, FitState
 from .optimize import FitInfo
@@ -56,20 +54,8 @@ class MELSResults(LikelihoodResults):
         *,
         standardised: StandardisedFit,
     ):
-        self.model = model
-        self.fit_info = info
-        self._evaluation = evaluation
-        self._std = standardised
+        self._set_estimates(model, theta_raw, info, evaluation, cov_type, standardised)
         layout = model.layout
-        self._theta = layout.canonical(theta_raw)
-        flip = layout.sign_flip(theta_raw)
-        jac = standardised.jacobian
-        cov_raw = jac @ _inverse_information(standardised.hessian) @ jac.T
-        self._cov_observed = cov_raw * np.outer(flip, flip)
-        self._flip = flip
-        self._theta_raw = np.asarray(theta_raw, dtype=float)
-        self.cov_type: CovType = cov_type
-        self.llf = float(evaluation.llf)
         w = model.design.row_weights
         if w is not None and model.options.weight_type == "frequency":
             # frequency weights count rows: a unit of weight w is w units
@@ -77,8 +63,6 @@ class MELSResults(LikelihoodResults):
         else:
             self.nobs = model.design.n_obs
         self.n_groups = model.design.n_groups
-        self.k_params = layout.k_params
-        self.converged = bool(info.converged)
         self.fit_state = FitState(
             design=model.design,
             layout=layout,
@@ -198,13 +182,8 @@ class MELSResults(LikelihoodResults):
                     out += [var_om, np.sqrt(var_u) * p["tau_l"], p["tau_l"] / np.sqrt(var_om)]
                 return np.array(out)
 
-        val, cov = delta_method(fun, self._theta, self.cov_params().to_numpy())
-        se = np.sqrt(np.clip(np.diag(cov), 0, None))
-        q = stats.norm.ppf(1 - alpha / 2)
-        return pd.DataFrame(
-            {"estimate": val, "std_error": se, "lower": val - q * se, "upper": val + q * se},
-            index=pd.Index(names, name="parameter"),
-        )
+        cov = self.cov_params().to_numpy()
+        return delta_table(fun, self._theta, cov, names, alpha, "parameter")
 
     def _natural_cov(self, theta, sbar) -> np.ndarray:
         """Covariance of (u, v) at ``theta``; with a BS function the location effect

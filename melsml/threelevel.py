@@ -25,13 +25,13 @@ import pandas as pd
 
 from . import _quad
 from .config import Association
-from .exceptions import BoundaryWarning, ConvergenceWarning, MELSInputError
+from .exceptions import BoundaryWarning, MELSInputError
 from .formula import DesignMatrices, build_design
 from .inference import CovType, StandardisedFit
 from .levels import CODE_COLUMN, IdScope, Nesting, nest_ids
 from .nested import NestedLayout, NestedObjective
-from .optimize import maximize
-from .params import ParamLayout
+from .optimize import maximize, warn_fit
+from .params import ParamLayout, as_param_vector
 from .scaling import Scaling
 from .start import start_values
 from .structure import RandomStructure
@@ -310,7 +310,7 @@ class ThreeLevelMELS:
         if start_params is None:
             theta0 = self._start(std_design)
         else:
-            theta0 = np.linalg.solve(jac, self._as_vector(start_params) - offset)
+            theta0 = np.linalg.solve(jac, self._as_vector(start_params, "start_params") - offset)
             default = self._start(std_design)
             for pos in boundary:
                 if theta0[pos] == 0.0:
@@ -322,20 +322,7 @@ class ThreeLevelMELS:
         final_obj = self.objective(n_threads=n_threads)
         final_obj.centers = std_obj.centers.copy()
         final = final_obj.evaluate(theta, score=True)
-        if not info.hessian_pd:
-            warnings.warn(
-                "the observed information is not positive definite at the estimate: "
-                "standard errors are unreliable (a variance may be on its boundary)",
-                BoundaryWarning,
-                stacklevel=2,
-            )
-        elif not info.converged:
-            warnings.warn(
-                f"the fit did not converge (Newton decrement {info.newton_decrement:.2e}); "
-                f"{info.message}",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
+        warn_fit(info)
         for pos in boundary:
             if abs(theta_std[pos]) < 1e-3:
                 block, name = self.layout.index[pos]
@@ -359,15 +346,5 @@ class ThreeLevelMELS:
         """Log-likelihood at ``params`` (Series in :attr:`param_names` order or array)."""
         return self.objective().loglike(self._as_vector(params))
 
-    def _as_vector(self, params) -> np.ndarray:
-        if isinstance(params, pd.Series):
-            params = params.reindex(self.layout.index)
-            if params.isna().any():
-                missing = [f"{b}:{t}" for (b, t) in params.index[params.isna()]]
-                raise MELSInputError(f"params lacks values for {', '.join(missing)}")
-        arr = np.asarray(params, dtype=float)
-        if arr.shape != (self.layout.k_params,):
-            raise MELSInputError(
-                f"params must have {self.layout.k_params} values, got shape {arr.shape}"
-            )
-        return arr
+    def _as_vector(self, params, name: str = "params") -> np.ndarray:
+        return as_param_vector(params, self.layout.index, name)

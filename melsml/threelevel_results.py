@@ -12,13 +12,7 @@ import pandas as pd
 from scipy import stats
 
 from .exceptions import MELSInputError
-from .inference import (
-    CovType,
-    LikelihoodResults,
-    StandardisedFit,
-    _inverse_information,
-    delta_method,
-)
+from .inference import CovType, LikelihoodResults, StandardisedFit, delta_table
 from .measures import measure_columns
 from .nested import NestedEvaluation
 from .optimize import FitInfo
@@ -52,23 +46,9 @@ class ThreeLevelResults(LikelihoodResults):
         *,
         standardised: StandardisedFit,
     ):
-        self.model = model
-        self.fit_info = info
-        self._evaluation = evaluation
-        self._std = standardised
-        layout = model.layout
-        self._theta_raw = np.asarray(theta_raw, dtype=float)
-        self._theta = layout.canonical(theta_raw)
-        self._flip = layout.sign_flip(theta_raw)
-        jac = standardised.jacobian
-        cov = jac @ _inverse_information(standardised.hessian) @ jac.T
-        self._cov_observed = cov * np.outer(self._flip, self._flip)
-        self.cov_type = cov_type
-        self.llf = float(evaluation.llf)
+        self._set_estimates(model, theta_raw, info, evaluation, cov_type, standardised)
         self.nobs = model.design.n_obs
         self.n_groups = {model.levels[0]: model.n_outer, model.levels[1]: model.design.n_groups}
-        self.k_params = layout.k_params
-        self.converged = bool(info.converged)
 
     @property
     def _index(self) -> pd.MultiIndex:
@@ -145,13 +125,8 @@ class ThreeLevelResults(LikelihoodResults):
             out.append(np.exp(wbar @ lay.unpack(theta)["tau"]))
             return np.array(out)
 
-        val, cov = delta_method(fun, self._theta, self.cov_params().to_numpy())
-        se = np.sqrt(np.clip(np.diag(cov), 0, None))
-        q = stats.norm.ppf(1 - alpha / 2)
-        return pd.DataFrame(
-            {"estimate": val, "std_error": se, "lower": val - q * se, "upper": val + q * se},
-            index=pd.Index(names, name="parameter"),
-        )
+        cov = self.cov_params().to_numpy()
+        return delta_table(fun, self._theta, cov, names, alpha, "parameter")
 
     def stability(self, alpha: float = 0.05) -> pd.DataFrame:
         """How much of the inner units' effects their outer unit shares.
@@ -188,13 +163,8 @@ class ThreeLevelResults(LikelihoodResults):
                     out.append(so[0, k] / np.sqrt((vu3 + vu2) * (vv3 + vv2)))
             return np.array(out)
 
-        val, cov = delta_method(fun, self._theta, self.cov_params().to_numpy())
-        se = np.sqrt(np.clip(np.diag(cov), 0, None))
-        q = stats.norm.ppf(1 - alpha / 2)
-        return pd.DataFrame(
-            {"estimate": val, "std_error": se, "lower": val - q * se, "upper": val + q * se},
-            index=pd.Index(rows, name=f"correlation within {outer}"),
-        )
+        cov = self.cov_params().to_numpy()
+        return delta_table(fun, self._theta, cov, rows, alpha, f"correlation within {outer}")
 
     # --- EB predictions ---------------------------------------------------------
     @cached_property
