@@ -167,12 +167,14 @@ class ThreeLevelMELS:
     ) -> ThreeLevelMELS:
         """Specify a three-level model (see :meth:`melsml.MELS.from_formula`)."""
         nesting = nest_ids(data, list(groups), ids)
-        if CODE_COLUMN in data.columns:
+        # the pair's column, named so that the missing-data warning reads well
+        column = "/".join(nesting.levels)
+        if column in data.columns:
+            column = CODE_COLUMN
+        if column in data.columns:
             raise MELSInputError(f"the data may not have a column named {CODE_COLUMN!r}")
-        frame = data.assign(**{CODE_COLUMN: nesting.codes})
-        design = build_design(
-            formula, frame, CODE_COLUMN, bs_formula=bs_formula, ws_formula=ws_formula
-        )
+        frame = data.assign(**{column: nesting.codes})
+        design = build_design(formula, frame, column, bs_formula=bs_formula, ws_formula=ws_formula)
         return cls(
             design,
             nesting,

@@ -239,3 +239,14 @@ def test_recovery_on_an_england_like_structure():
     )
     z = (res.params - truth.reindex(res.params.index)) / res.bse
     assert (z.abs() < 3).all(), z
+
+
+def test_rows_with_missing_ids_are_dropped_and_counted():
+    from melsml.exceptions import MissingDataWarning
+
+    df = simulate_three_level(10, 4, 10, seed=1)
+    df.loc[:4, "school"] = np.nan
+    df.loc[10:12, "prior"] = np.nan
+    with pytest.warns(MissingDataWarning, match=r"dropped 8 .*district/school: 5, prior: 3"):
+        m = MELS.from_formula("y ~ prior", df, ["district", "school"])
+    assert m.design.n_obs == len(df) - 8
