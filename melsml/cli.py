@@ -97,10 +97,7 @@ def write_outputs(
         "rows_used": res.nobs,
         "rows_dropped": d.n_dropped,
         "formulas": dict(d.formulas),
-        "groups": d.groups,
-        "random_scale": res.model.options.random_scale,
-        "association": res.model.options.association,
-        "integration": res.model.plan.describe(),
+        **_model_record(res.model),
         "nobs": res.nobs,
         "n_groups": res.n_groups,
         "n_dropped": d.n_dropped,
@@ -117,6 +114,24 @@ def write_outputs(
     }
     paths[3].write_text(json.dumps(record, indent=2))
     return paths
+
+
+def _model_record(model) -> dict:
+    """The model's grouping, random scale and integration, for fit.json."""
+    levels = getattr(model, "levels", None)
+    if levels is not None:
+        return {
+            "groups": list(levels),
+            "random_scale": list(model.random_scale),
+            "association": model.association,
+            "integration": model.describe_integration(),
+        }
+    return {
+        "groups": model.design.groups,
+        "random_scale": model.options.random_scale,
+        "association": model.options.association,
+        "integration": model.plan.describe(),
+    }
 
 
 def format_comparison(table: pd.DataFrame) -> pd.DataFrame:
@@ -137,15 +152,21 @@ def format_comparison(table: pd.DataFrame) -> pd.DataFrame:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     data = read_table(args.data, sep=args.sep)
+    groups = [g.strip() for g in args.groups.split(",")]
+    random_scale: bool | list[str] = not args.no_random_scale
+    if args.random_scale_at:
+        if len(groups) < 2:
+            raise CLIError("--random-scale-at is for three-level models (--groups outer,inner)")
+        random_scale = [g.strip() for g in args.random_scale_at.split(",")]
     model = MELS.from_formula(
         args.formula,
         data,
-        args.groups,
+        groups[0] if len(groups) == 1 else groups,
         bs_formula=args.bs,
         ws_formula=args.ws,
         re_formula=args.re,
         ws_re_formula=args.ws_re,
-        random_scale=not args.no_random_scale,
+        random_scale=random_scale,
         association=args.association,
         integration=args.integration,
         n_points=args.points,
@@ -321,7 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--sep", help="column separator of a text file (default: by suffix)")
     fit.add_argument("--formula", required=True, help='mean function, e.g. "y ~ x"')
-    fit.add_argument("--groups", required=True, help="column identifying the groups")
+    fit.add_argument(
+        "--groups",
+        required=True,
+        help="column identifying the groups; two columns, outermost first and separated "
+        "by a comma (district,school), for a three-level model",
+    )
+    fit.add_argument(
+        "--random-scale-at",
+        help="three-level models: the levels with a random scale, comma-separated (default: both)",
+    )
     fit.add_argument("--ws", default="~ 1", help='WS log-variance function (default "~ 1")')
     fit.add_argument("--bs", default="~ 1", help='BS log-variance function (default "~ 1")')
     fit.add_argument(

@@ -254,3 +254,24 @@ def test_report_end_to_end_on_demo_data_and_pupil_records(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", "--out", str(tmp_path / "x")]) == 1
     assert "give a DATA file" in capsys.readouterr().err
+
+
+def test_fit_three_levels(tmp_path, capsys):
+    from melsml.simulate import simulate_three_level
+
+    data = tmp_path / "students.csv"
+    simulate_three_level(12, 5, 20, seed=3).to_csv(data, index=False)
+    out = tmp_path / "out"
+    args = ["fit", str(data), "--formula", "y ~ prior", "--groups", "district,school",
+            "--ws", "~ prior", "--random-scale-at", "school", "--robust",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "Three-level MELS" in text and "district: Cholesky factor" in text
+    record = json.loads((out / "fit.json").read_text())
+    assert record["groups"] == ["district", "school"]
+    assert record["random_scale"] == ["school"]
+    est = pd.read_csv(out / "estimates.csv")
+    assert ((est["block"] == "district") & (est["term"] == "L(location,location)")).any()
+    schools = pd.read_csv(out / "school_effects.csv")
+    assert {"district", "school", "mean", "variance"} <= set(schools.columns)
