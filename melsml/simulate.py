@@ -427,5 +427,10 @@ def simulate_three_level(
     outer_id = np.repeat(np.repeat(np.arange(n_outer), per_outer), sizes)
     inner_id = np.repeat(np.concatenate([np.arange(k) for k in per_outer]), sizes)
     return pd.DataFrame(
-        {outer: [f"D{k:03d}" for k in outer_id], inner: inner_id + 1, "prior": prior, "y": y}
+        {
+            outer: [f"{outer[:1].upper()}{k:03d}" for k in outer_id],
+            inner: inner_id + 1,
+            "prior": prior,
+            "y": y,
+        }
     )

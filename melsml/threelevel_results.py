@@ -187,8 +187,12 @@ class ThreeLevelResults(LikelihoodResults):
         Parameters
         ----------
         level : str
-            A level name (default: the inner level).  For the outer level: its
-            location (and scale, bs) effects.  For the inner level: the total
+            A level name (default: the inner level).  For the outer level:
+            ``mean`` (its location effect u_k, with interval, rank and
+            separation), ``variance`` (with an outer scale effect: the
+            residual variance exp(w'tau + v_k) of a typical inner unit at the
+            mean WS covariates) and the posterior means and SDs of its
+            effects (``location``, ``scale``, ``bs``).  For the inner level: the total
             effects of each inner unit, its outer unit's part included:
             ``mean`` (u_k + u_jk, the value added), ``variance`` (the posterior
             mean of the residual variance exp(w'tau + v_k + v_jk) at the mean
@@ -213,12 +217,29 @@ class ThreeLevelResults(LikelihoodResults):
                 f"n_{inner}": np.diff(self.model.outer_ptr),
                 "n_obs": sizes,
             }
+            sds = np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0))
+            m_u, s_u = mean[:, 0], sds[:, 0]
+            out.update(measure_columns("mean", m_u, s_u, m_u - q * s_u, m_u + q * s_u, 0.0))
+            if "scale" in lay.outer_effects:
+                # the residual variance of a typical inner unit (v_jk = 0) at the mean
+                # WS covariates; lognormal moments from the normal posterior of v_k
+                k = lay.outer_effects.index("scale")
+                base = float(self._reference()[1] @ lay.unpack(self._theta)["tau"])
+                m_v, s_v = mean[:, k], sds[:, k]
+                e_var = np.exp(base + m_v + 0.5 * s_v**2)
+                out.update(
+                    measure_columns(
+                        "variance",
+                        e_var,
+                        e_var * np.sqrt(np.expm1(s_v**2)),
+                        np.exp(base + m_v - q * s_v),
+                        np.exp(base + m_v + q * s_v),
+                        float(np.exp(base)),
+                    )
+                )
             for i, eff in enumerate(lay.outer_effects):
-                sd = np.sqrt(np.maximum(cov[:, i, i], 0.0))
                 out[eff] = mean[:, i]
-                out[f"{eff}_sd"] = sd
-                out[f"{eff}_lower"] = mean[:, i] - q * sd
-                out[f"{eff}_upper"] = mean[:, i] + q * sd
+                out[f"{eff}_sd"] = sds[:, i]
             return pd.DataFrame(out)
         return self._inner_effects(mean, cov, q)
 

@@ -250,3 +250,20 @@ def test_rows_with_missing_ids_are_dropped_and_counted():
     with pytest.warns(MissingDataWarning, match=r"dropped 8 .*district/school: 5, prior: 3"):
         m = MELS.from_formula("y ~ prior", df, ["district", "school"])
     assert m.design.n_obs == len(df) - 8
+
+
+def test_eb_means_without_random_scales_equal_mixedlm_blups():
+    """Without random scales the posterior is Gaussian: the EB means of the
+    district effects and the schools' own effects are MixedLM's BLUPs."""
+    df = simulate_three_level(25, 5, 12, seed=4)
+    res = MELS.from_formula("y ~ prior", df, ["district", "school"], random_scale=False).fit()
+    ref = _mixedlm_nested(df, "y ~ prior", "district", "school")
+    assert res.llf == pytest.approx(ref.llf, rel=1e-8)
+    districts = res.group_effects("district").set_index("district")
+    schools = res.school_effects()
+    blup = ref.random_effects
+    for k, row in districts.iterrows():
+        assert row["mean"] == pytest.approx(blup[k].iloc[0], abs=5e-5)
+    for _, row in schools.iterrows():
+        own = blup[row["district"]][f"inner[C(_inner)[{row['district']}/{row['school']}]]"]
+        assert row["mean_own"] == pytest.approx(own, abs=5e-5)
