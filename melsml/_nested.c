@@ -18,7 +18,7 @@
             "-fopenmp"
         ],
         "include_dirs": [
-            "/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/numpy/_core/include"
+            "/tmp/pip-build-env-0s20y0q0/overlay/lib/python3.11/site-packages/numpy/_core/include"
         ],
         "name": "melsml._nested",
         "sources": [

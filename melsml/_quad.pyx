@@ -20,7 +20,7 @@ mathematics is in the user guide's model page.
 """
 
 from cython.parallel cimport parallel, prange
-from libc.math cimport exp, log, sqrt, fabs, M_PI
+from libc.math cimport exp, log, log1p, sqrt, fabs, erfc, M_PI
 from libc.stdlib cimport malloc, free
 
 from melsml._dense cimport chol, chol_solve, place_node
@@ -28,6 +28,19 @@ from melsml._dense cimport chol, chol_solve, place_node
 import numpy as np
 
 cdef double LOG2PI = log(2.0 * M_PI)
+cdef double SQRT2 = sqrt(2.0)
+
+
+cdef inline double log_ndtr(double t) noexcept nogil:
+    """log Phi(t), accurate in both tails."""
+    cdef double t2
+    if t > 0.0:
+        return log1p(-0.5 * erfc(t / SQRT2))
+    if t > -37.0:
+        return log(0.5 * erfc(-t / SQRT2))
+    t2 = 1.0 / (t * t)
+    return (-0.5 * t * t - 0.5 * LOG2PI - log(-t)
+            + log(1.0 - t2 + 3.0 * t2 * t2 - 15.0 * t2 * t2 * t2))
 
 cdef extern from *:
     """
@@ -159,6 +172,11 @@ cdef struct Eng:
     double* gmu
     double* gws
     double* gz
+    # censoring: cs_i = +1 (at or below the lower limit), -1 (at or above the upper
+    # limit), 0 (observed); NULL when nothing is censored.  r0 of a censored unit
+    # is its limit less x'beta.  Censored units are not in the Gaussian sums.
+    const double* cs
+    double ncens
 
 
 cdef void eng_init(Eng* e, int q, int s, const double* Kvv, const double* Kuv,
@@ -177,6 +195,8 @@ cdef void eng_init(Eng* e, int q, int s, const double* Kvv, const double* Kuv,
     e.Lf = NULL
     e.tau_q = 0.0
     e.acc_grad = 0
+    e.cs = NULL
+    e.ncens = 0.0
     e.aw = unit_work
     e.rw = unit_work + n_obs
     e.invd = unit_work + 2 * n_obs
@@ -204,11 +224,15 @@ cdef void eng_group(Eng* e, Py_ssize_t start, Py_ssize_t stop, int const_h,
         e.b0[a] = 0.0
     for a in range(s):
         e.h[a] = H[start * s + a]
+    e.ncens = 0.0
     for i in range(start, stop):
         wi = e.w[i] if e.w != NULL else 1.0
+        e.invd[i] = wi * exp(-eta[i])
+        if e.cs != NULL and e.cs[i] != 0.0:
+            e.ncens += 1.0
+            continue
         e.n += wi
         e.sumeta += wi * eta[i]
-        e.invd[i] = wi * exp(-eta[i])
         if const_h:
             ai = e.invd[i]
             e.A += ai * r0[i] * r0[i]
@@ -238,6 +262,8 @@ cdef double eng_units(Eng* e, const double* shift, const double* r0, const doubl
             for b in range(q):
                 e.lam[a * q + b] = 0.0
     for i in range(e.start, e.stop):
+        if e.cs != NULL and e.cs[i] != 0.0:
+            continue
         hv = 0.0
         for a in range(s):
             hv += H[i * s + a] * e.v[a]
@@ -525,6 +551,72 @@ cdef inline void eng_node_11(Eng* e, double xi, bint full) noexcept nogil:
     e.om[3] = sv * sv + 0.5 * e.h[0] * e.h[0] * pl * pl + N * N * pinv - 0.5 * rho * e.h[0] * e.h[0]
 
 
+cdef double eng_cens_logp(Eng* e, const double* r0, const double* eta, const double* Z,
+                          const double* H) noexcept nogil:
+    """The censored units' log Phi terms at the node (u = e.mu, v = e.v); keeps
+    sqrt(a_i) in e.invd, w_i cs_i lambda_i (d log Phi / d eps) in e.aw and the
+    standardised residual eps_i in e.rw for eng_cens_grad and the unit gradients."""
+    cdef int q = e.q, s = e.s
+    cdef int a
+    cdef Py_ssize_t i
+    cdef double hv, sa, r, eps, t, lphi, wi, out = 0.0
+    for i in range(e.start, e.stop):
+        if e.cs[i] == 0.0:
+            continue
+        hv = 0.0
+        for a in range(s):
+            hv += (e.h[a] if e.const_h else H[i * s + a]) * e.v[a]
+        sa = exp(-0.5 * (eta[i] + hv))
+        r = r0[i]
+        for a in range(q):
+            r -= Z[i * q + a] * e.mu[a]
+        eps = r * sa
+        t = e.cs[i] * eps
+        lphi = log_ndtr(t)
+        wi = e.w[i] if e.w != NULL else 1.0
+        out += wi * lphi
+        e.invd[i] = sa
+        e.aw[i] = wi * e.cs[i] * exp(-0.5 * t * t - 0.5 * LOG2PI - lphi)
+        e.rw[i] = eps
+    return out
+
+
+cdef void eng_cens_grad(Eng* e, const double* Z, const double* H) noexcept nogil:
+    """Add the censored units' terms to the gradient e.sx and Hessian e.Hx in x."""
+    cdef int q = e.q, s = e.s, d = e.d
+    cdef int a, b
+    cdef Py_ssize_t i
+    cdef double sa, ge, eps, lam, t, l2, hb
+    cdef double ge_[8]
+    for i in range(e.start, e.stop):
+        if e.cs[i] == 0.0:
+            continue
+        sa = e.invd[i]
+        ge = e.aw[i]
+        eps = e.rw[i]
+        lam = ge * e.cs[i] / (e.w[i] if e.w != NULL else 1.0)
+        t = e.cs[i] * eps
+        l2 = -(e.w[i] if e.w != NULL else 1.0) * lam * (t + lam)
+        # gradient of eps in x = (u, v): -z sqrt(a), -h eps / 2
+        for a in range(q):
+            ge_[a] = -Z[i * q + a] * sa
+        for a in range(s):
+            ge_[q + a] = -0.5 * (e.h[a] if e.const_h else H[i * s + a]) * eps
+        for a in range(d):
+            e.sx[a] += ge * ge_[a]
+            for b in range(d):
+                e.Hx[a * d + b] += l2 * ge_[a] * ge_[b]
+        # Hessian of eps: d2/du dv = z h' sqrt(a) / 2, d2/dv dv = h h' eps / 4
+        for b in range(s):
+            hb = e.h[b] if e.const_h else H[i * s + b]
+            for a in range(q):
+                e.Hx[a * d + q + b] += ge * 0.5 * Z[i * q + a] * hb * sa
+                e.Hx[(q + b) * d + a] += ge * 0.5 * Z[i * q + a] * hb * sa
+            for a in range(s):
+                e.Hx[(q + a) * d + q + b] += ge * 0.25 * (
+                    e.h[a] if e.const_h else H[i * s + a]) * hb * eps
+
+
 cdef void eng_full_node(Eng* e, const double* th, const double* r0, const double* eta,
                         const double* Z, const double* H, bint full) noexcept nogil:
     """log p(y | x) at x = L theta (+ tau_q theta0^2 on the first scale effect) and,
@@ -560,6 +652,8 @@ cdef void eng_full_node(Eng* e, const double* th, const double* r0, const double
             e.tq[a] = acc                                   # lam0 u
             cu += -2.0 * e.mu[a] * e.b0[a] + e.mu[a] * acc
         e.logp = -0.5 * (e.n * LOG2PI + e.sumeta + e.n * hv + kap * cu)
+        if e.ncens > 0.0:
+            e.logp += eng_cens_logp(e, r0, eta, Z, H)
         if not full:
             return
         for a in range(q):
@@ -578,6 +672,8 @@ cdef void eng_full_node(Eng* e, const double* th, const double* r0, const double
     else:
         sumhv = eng_units(e, e.mu, r0, Z, H, False)
         e.logp = -0.5 * (e.n * LOG2PI + e.sumeta + sumhv + e.c)
+        if e.ncens > 0.0:
+            e.logp += eng_cens_logp(e, r0, eta, Z, H)
         if not full:
             return
         if e.acc_grad:
@@ -587,6 +683,8 @@ cdef void eng_full_node(Eng* e, const double* th, const double* r0, const double
             for b in range(d):
                 e.Hx[a * d + b] = 0.0
         for i in range(e.start, e.stop):
+            if e.cs != NULL and e.cs[i] != 0.0:
+                continue
             ai = e.aw[i]
             ei = e.rw[i]
             for a in range(q):
@@ -608,6 +706,8 @@ cdef void eng_full_node(Eng* e, const double* th, const double* r0, const double
         for a in range(d):
             for b in range(a + 1, d):
                 e.Hx[a * d + b] = e.Hx[b * d + a]
+    if e.ncens > 0.0:
+        eng_cens_grad(e, Z, H)
     if e.acc_grad and e.const_h:
         e.wt = exp(e.logp + e.lw_off)
     for a in range(d):
@@ -868,7 +968,7 @@ cdef void eng_one_group(Eng* e, Work* w, Shared* sh, Py_ssize_t j) noexcept nogi
         for b in range(q):
             w.k2[a * q + b] = 0.0
     e.acc_grad = sh.compute_grad and not e.const_h
-    if e.acc_grad:
+    if e.acc_grad or (sh.compute_grad and e.ncens > 0.0):
         for i in range(e.start, e.stop):
             sh.gmu[i] = 0.0
             sh.gws[i] = 0.0
@@ -893,6 +993,14 @@ cdef void eng_one_group(Eng* e, Work* w, Shared* sh, Py_ssize_t j) noexcept nogi
             eng_node(e, w.xi, sh.r0, sh.eta, sh.Z, sh.H, True)
         wt = exp(e.logp + acc)
         tot += wt
+        if sh.compute_grad and e.ncens > 0.0:
+            # the censored units' gradients in the mean, eta and z, from eng_cens_logp
+            for i in range(e.start, e.stop):
+                if e.cs[i] != 0.0:
+                    sh.gmu[i] -= wt * e.aw[i] * e.invd[i]
+                    sh.gws[i] -= wt * 0.5 * e.aw[i] * e.rw[i]
+                    for a in range(q):
+                        sh.gz[i * q + a] -= wt * e.aw[i] * e.invd[i] * e.mu[a]
         for a in range(d * d):
             w.omacc[a] += wt * e.om[a]
         for a in range(q):
@@ -939,8 +1047,17 @@ cdef void eng_one_group(Eng* e, Work* w, Shared* sh, Py_ssize_t j) noexcept nogi
                 for k in range(d):
                     acc += w.omacc[a * d + k] * e.Lf[k * d + b]
                 sh.dL[(j * d + a) * d + b] = acc
+    if sh.compute_grad and e.ncens > 0.0:
+        for i in range(e.start, e.stop):
+            if e.cs[i] != 0.0:
+                sh.gmu[i] /= tot
+                sh.gws[i] /= tot
+                for a in range(q):
+                    sh.gz[i * q + a] /= tot
     if sh.compute_grad and e.const_h:
         for i in range(e.start, e.stop):
+            if e.cs != NULL and e.cs[i] != 0.0:
+                continue
             ai = e.invd[i]
             eh = kap * sh.r0[i]
             qd = kap * sh.r0[i] * sh.r0[i]
@@ -956,6 +1073,8 @@ cdef void eng_one_group(Eng* e, Work* w, Shared* sh, Py_ssize_t j) noexcept nogi
             sh.gws[i] = 0.5 * (ai * qd - (e.w[i] if e.w != NULL else 1.0))
     elif sh.compute_grad:
         for i in range(e.start, e.stop):
+            if e.cs != NULL and e.cs[i] != 0.0:
+                continue
             sh.gmu[i] /= tot
             sh.gws[i] = 0.5 * (sh.gws[i] / tot - (e.w[i] if e.w != NULL else 1.0))
             for a in range(q):
@@ -990,6 +1109,7 @@ def engine_loglik(
     bint compute_grad=True,
     int n_threads=0,
     const double[::1] w=None,
+    const double[::1] cens=None,
 ):
     """The kernel: per-group log-likelihood, posterior moments and gradients.
 
@@ -1046,6 +1166,10 @@ def engine_loglik(
         Threads over groups (0: OpenMP's default; 1 without OpenMP).
     w : (n_obs,) float64, optional
         Unit weights: unit i's log-density counts w_i times (default all 1).
+    cens : (n_obs,) float64, optional
+        Censoring: +1 where y is at or below a lower limit, -1 at or above an
+        upper limit, 0 observed; r0 of a censored unit is its limit less
+        x'beta.  Needs the full integrand.
     """
     cdef int q = Z.shape[1], s = H.shape[1]
     cdef int d = q + s
@@ -1081,6 +1205,12 @@ def engine_loglik(
     e.gmu = &g_mu[0]
     e.gws = &g_ws[0]
     e.gz = &g_z[0, 0]
+    if cens is not None:
+        if cens.shape[0] != r0.shape[0]:
+            raise ValueError("engine_loglik: cens must have one entry per unit")
+        if not full:
+            raise ValueError("engine_loglik: censored units need the full integrand")
+        e.cs = &cens[0]
     sh.gptr = &group_ptr[0]
     sh.hc = &h_const[0]
     sh.r0 = &r0[0]

@@ -41,7 +41,11 @@ class DesignMatrices:
     group_ptr : (n_groups + 1,) int offsets of each group in the sorted rows
     group_labels : (n_groups,) the group identifiers, in sorted order
     row_index : (n_obs,) the data frame index of each sorted row
+    row_position : (n_obs,) the data frame position of each sorted row
     n_dropped : rows dropped for missing values
+    censoring : (n_obs,) +1 / -1 where y is censored at a lower / upper limit
+        (y is then the limit), 0 elsewhere; None for an uncensored outcome
+        (see :mod:`melsml.censoring`)
     """
 
     y: np.ndarray
@@ -67,6 +71,13 @@ class DesignMatrices:
     unit_weights: np.ndarray | None = None
     unit_weights_column: str | None = None
     model_specs: Mapping[str, object] = field(default_factory=dict, repr=False)
+    censoring: np.ndarray | None = None
+    row_position: np.ndarray | None = None
+
+    @property
+    def censored(self) -> bool:
+        """Whether any row is censored."""
+        return self.censoring is not None and bool(np.any(self.censoring))
 
     @property
     def row_weights(self) -> np.ndarray | None:
@@ -293,6 +304,7 @@ def build_design(
 
     frame = data.loc[:, used]
     keep = frame.notna().all(axis=1).to_numpy()
+    position = np.flatnonzero(keep)
     n_dropped = int((~keep).sum())
     if n_dropped:
         per_col = {c: int(frame[c].isna().sum()) for c in used if frame[c].isna().any()}
@@ -316,6 +328,7 @@ def build_design(
     codes, labels = pd.factorize(frame[groups], sort=True)
     order = np.argsort(codes, kind="stable")
     frame = frame.iloc[order]
+    position = position[order]
     codes = codes[order]
     counts = np.bincount(codes, minlength=len(labels))
     group_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.intp)
@@ -372,6 +385,7 @@ def build_design(
         group_ptr=group_ptr,
         group_labels=np.asarray(labels),
         row_index=frame.index,
+        row_position=position,
         outcome=outcome,
         groups=groups,
         formulas=specs,

@@ -180,6 +180,7 @@ class MELSObjective:
         self._w = unit_weights(design, options)
         self._gw_unit = None if gw is None else np.repeat(self._gw, design.group_sizes)
         self._bs_constant = design.bs_names == ("Intercept",)
+        self._cens = design.censoring if design.censored else None
         self.n_evals = 0
 
     def reset_counter(self) -> None:
@@ -269,6 +270,7 @@ class MELSObjective:
             adapt=adapt,
             compute_grad=score,
             n_threads=self.n_threads,
+            cens=self._cens,
         )
         self.n_evals += 1
         grad_random = lay.chol_gradient(dL, d_tau_q=dtq)

@@ -10,6 +10,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
+from .censoring import apply_censoring
 from .config import Association, Integration, ModelOptions
 from .exceptions import BoundaryWarning, MELSInputError
 from .formula import DesignMatrices, build_design
@@ -118,6 +119,7 @@ class MELS:
         n_points: int | None = None,
         random_bs: bool = False,
         ids: IdScope = "auto",
+        censoring=None,
     ) -> MELS | ThreeLevelMELS:
         """Specify a MELS model with formulas.
 
@@ -168,6 +170,13 @@ class MELS:
             inner); default outside 7 for the location effect alone, 5 per
             dimension with a scale effect, 7 per dimension with ``random_bs``;
             11 inside.
+        censoring : (lower, upper), optional
+            A censored (Tobit) outcome with floor and ceiling effects: each
+            limit is a number, a column of per-row limits (missing: no limit)
+            or None.  Rows at or below the lower limit (at or above the upper)
+            count as "at or below" ("at or above") it; the model is that of
+            the latent outcome, integrated by adaptive quadrature over all
+            random effects (see :mod:`melsml.censoring`).
         random_bs : bool
             Three-level models: a random effect of the outer level in the
             inner level's log-variance function (log var(u_jk) = s'alpha + a_k),
@@ -206,6 +215,7 @@ class MELS:
             group_weights=group_weights,
             weights=weights,
         )
+        design = apply_censoring(design, data, censoring)
         return cls(
             design,
             random_scale=random_scale,
@@ -225,6 +235,7 @@ class MELS:
             "group_weights": None,
             "weights": None,
             "integration": "auto",
+            "censoring": None,
         }
         for name, default in defaults.items():
             if given[name] != default:

@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from .config import ModelOptions, default_points
+from .exceptions import MELSInputError
 from .structure import RandomStructure
 
 Method = Literal["closed form", "exact-location", "aghq"]
@@ -75,7 +76,11 @@ def constant_within_groups(x: np.ndarray, group_ptr: np.ndarray) -> np.ndarray:
 
 
 def plan(
-    structure: RandomStructure, options: ModelOptions, *, unit_level_scale: bool = False
+    structure: RandomStructure,
+    options: ModelOptions,
+    *,
+    unit_level_scale: bool = False,
+    censored: bool = False,
 ) -> IntegrationPlan:
     """Choose the integration for a structure and options.
 
@@ -88,8 +93,18 @@ def plan(
         else full AGHQ.
     unit_level_scale : bool
         Whether the scale design varies within a group (reported only).
+    censored : bool
+        Some outcomes are censored: the location effects are not Gaussian given
+        the scale effects, so every random effect takes quadrature.
     """
-    if structure.s == 0:
+    if censored:
+        if options.integration == "exact-location":
+            raise MELSInputError(
+                "integration='exact-location' does not hold for a censored outcome; "
+                "use integration='auto' (full adaptive quadrature)"
+            )
+        method, dim = "aghq", structure.dim
+    elif structure.s == 0:
         method, dim = "closed form", 0
     elif options.integration == "aghq" or not structure.exact_location:
         method, dim = "aghq", structure.dim
@@ -113,4 +128,9 @@ def plan_for_design(
     h = np.ascontiguousarray(design.x_scale[:, : structure.s])
     h_const = constant_within_groups(h, design.group_ptr)
     unit_level = bool(structure.s and not h_const.all())
-    return plan(structure, options, unit_level_scale=unit_level), h, h_const
+    censored = bool(getattr(design, "censored", False))
+    return (
+        plan(structure, options, unit_level_scale=unit_level, censored=censored),
+        h,
+        h_const,
+    )

@@ -63,6 +63,12 @@ def posterior_grid(state: FitState) -> PosteriorGrid:
     """Tabulate each group's posterior at the estimates (any plan but the quadratic)."""
     if state.layout.structure.association == "quadratic":
         raise ValueError("the quadratic association has no exact-location posterior grid")
+    if state.design.censored:
+        raise NotImplementedError(
+            "empirical Bayes predictions (school effects, conditional predictions) of a "
+            "censored outcome are not available yet; the estimates, standard errors and "
+            "tests are"
+        )
     obj = _exact_objective(state)
     inputs = obj.kernel_inputs(state.theta)
     d = state.design

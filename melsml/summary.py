@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .censoring import censoring_counts
+
 if TYPE_CHECKING:  # pragma: no cover
     from .results import MELSResults
     from .threelevel_results import ThreeLevelResults
@@ -54,6 +56,7 @@ class Summary:
                 "Observations",
                 f"{d.n_obs}" + (f" ({d.n_dropped} dropped: missing values)" if d.n_dropped else ""),
             ),
+            *_censoring_rows(d),
             ("Groups", f"{d.n_groups}"),
             ("Group size min/mean/max", f"{sizes.min()} / {sizes.mean():.1f} / {sizes.max()}"),
             ("Integration", res.model.plan.describe()),
@@ -239,6 +242,21 @@ class Summary:
 
     def _repr_html_(self) -> str:
         return self.as_html()
+
+
+def _censoring_rows(design) -> list[tuple[str, str]]:
+    """The summary's line on censoring (none for an uncensored outcome)."""
+    if design.censoring is None:
+        return []
+    lo, hi = censoring_counts(design)
+    n = design.n_obs
+    return [
+        (
+            "Censored",
+            f"{lo} at or below the lower limit ({100 * lo / n:.1f}%), "
+            f"{hi} at or above the upper limit ({100 * hi / n:.1f}%)",
+        )
+    ]
 
 
 def _lr_pvalue(stat: float, df: int, boundary: bool) -> float:
