@@ -15,9 +15,9 @@ from .exceptions import MELSInputError
 from .measures import RANK_ORDER, grid_quantiles, measure_columns, mixture_quantiles
 from .posterior import (
     PosteriorGrid,
+    grid_2d,
     moments,
     posterior_grid,
-    quadratic_grid,
     variance_quantity,
 )
 
@@ -117,7 +117,7 @@ def _posterior_mixwild(state: FitState, alpha: float, ws_shift: float) -> dict:
     p = state.params()
     probs = (alpha / 2, 1 - alpha / 2)
     tl, tq, sw = p["tau_l"], p["tau_q"], abs(p["sigma_omega"])
-    if tq != 0:
+    if tq != 0 or state.design.censored:
         out = _posterior_2d(state, probs, ws_shift)
         grid = None
     else:
@@ -156,9 +156,10 @@ def _posterior_mixwild(state: FitState, alpha: float, ws_shift: float) -> dict:
 
 
 def _posterior_2d(state: FitState, probs, ws_shift: float) -> dict[str, np.ndarray]:
-    """Posterior summaries of theta1 and omega for the quadratic association, on
-    :func:`melsml.posterior.quadratic_grid`."""
-    g = quadratic_grid(state)
+    """Posterior summaries of theta1 and omega for the quadratic association and
+    censored outcomes, on
+    :func:`melsml.posterior.grid_2d`."""
+    g = grid_2d(state)
     w, u, om = g["w"], g["u"], g["om"]
     m1 = np.sum(w * u, axis=1)
     v1 = np.sum(w * u * u, axis=1) - m1**2
@@ -279,10 +280,12 @@ def school_effects(
     slopes = [a for a, t in enumerate(st.location) if t != "Intercept"]
     if reference_var is not None and not slopes:
         raise MELSInputError("reference_var applies to random-slope models (re_formula)")
-    if state.layout.mixwild_view and st.association == "quadratic":
+    if state.layout.mixwild_view and (st.association == "quadratic" or state.design.censored):
         if at_items:
-            raise MELSInputError("at is not available with the quadratic association")
-        return _school_effects_quadratic(state, alpha, shift)
+            raise MELSInputError(
+                "at is not available with the quadratic association or a censored outcome"
+            )
+        return _school_effects_2d(state, alpha, shift)
     grid = posterior_grid(state)
     sigma_ref = _reference_var(res, slopes, reference_var)
     cols: dict[str, np.ndarray] = {"n": grid.n.astype(int)}
@@ -352,7 +355,7 @@ def _school_means(state: FitState, grid: PosteriorGrid, probs) -> dict:
     return measure_columns("mean", mean, mean_sd, lo, hi, 0.0)
 
 
-def _school_effects_quadratic(state: FitState, alpha: float, shift: float) -> pd.DataFrame:
+def _school_effects_2d(state: FitState, alpha: float, shift: float) -> pd.DataFrame:
     post = _posterior_mixwild(state, alpha, shift)
     s = post["s_mean"]
     ref_var = float(np.exp(shift))
