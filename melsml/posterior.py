@@ -30,8 +30,9 @@ _GRIDS = {1: (241, 9.0), 2: (41, 6.0)}
 _GRID_DEFAULT = (15, 5.0)
 # +-12 placement SDs: in small groups with a large random scale the posterior's
 # tail in the scale direction reaches well beyond +-7 (measured: posterior means
-# off by 1.4e-3 with +-7, 1.7e-5 with +-12, against a dense brute-force grid)
-_GRID_2D = np.linspace(-12.0, 12.0, 97)
+# off by 1.4e-3 with +-7, 1.5e-5 with +-12, against a dense brute-force grid; the
+# step, 0.4, is fine enough: 97 steps instead of 61 change nothing)
+_GRID_2D = np.linspace(-12.0, 12.0, 61)
 
 
 @dataclass(frozen=True)
@@ -180,12 +181,12 @@ def variance_quantity(
 
 def grid_2d(state: FitState) -> dict[str, np.ndarray]:
     """Posterior of (theta1, theta2) on the adaptive quadrature's placement (mode +
-    L z, z on +-12 in 97 steps per axis), for the plans where the location effect
+    L z, z on +-12 in 61 steps per axis), for the plans where the location effect
     is not normal given omega: the quadratic association and censored outcomes
     (random intercept with a BS function, one random scale effect).
 
-    Returns ``w`` (n_groups, 97^2) weights, ``u`` theta1 and ``om`` omega at
-    the grid points, and the marginal of theta1: ``u1``, ``w1`` (n_groups, 97).
+    Returns ``w`` (n_groups, 61^2) weights, ``u`` theta1 and ``om`` omega at
+    the grid points, and the marginal of theta1: ``u1``, ``w1`` (n_groups, 61).
     """
     p = state.params()
     tl, tq, sw = p["tau_l"], p["tau_q"], p["sigma_omega"]
@@ -211,10 +212,12 @@ def grid_2d(state: FitState) -> dict[str, np.ndarray]:
     c = a_sum - 2 * u * b0 + u * u * lam
     logd = -0.5 * (n * om + np.exp(-om) * c) - 0.5 * (u * u + v * v)
     # censored units: log Phi of their standardised distance to the limit
-    for i in np.flatnonzero(cens):
-        j = int(np.searchsorted(starts, i, side="right")) - 1
+    idx = np.flatnonzero(cens)
+    group = np.searchsorted(starts, idx, side="right") - 1
+    for j in np.unique(group):
+        i = idx[group == j][:, None]
         eps = (r0[i] - s_u[i] * u[j]) * np.exp(-0.5 * (eta[i] + om[j]))
-        logd[j] += log_ndtr(cens[i] * eps)
+        logd[j] += log_ndtr(cens[i] * eps).sum(axis=0)
     w = grid_weights(logd)
     n1 = len(_GRID_2D)
     # theta1 depends on z1 only: its marginal is the grid summed over z2
