@@ -150,6 +150,26 @@ def format_comparison(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _censor_limits(text: str | None):
+    """--censor "LOWER,UPPER" -> (lower, upper): numbers, column names or None."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise CLIError(f'--censor needs "LOWER,UPPER" (either may be empty), got {text!r}')
+
+    def one(part: str):
+        part = part.strip()
+        if not part:
+            return None
+        try:
+            return float(part)
+        except ValueError:
+            return part
+
+    return one(parts[0]), one(parts[1])
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     data = read_table(args.data, sep=args.sep)
     groups = [g.strip() for g in args.groups.split(",")]
@@ -170,6 +190,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         association=args.association,
         integration=args.integration,
         n_points=args.points,
+        censoring=_censor_limits(args.censor),
     )
     res = model.fit(cov_type="robust" if args.robust else "observed")
     print(res.summary())
@@ -351,6 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--random-scale-at",
         help="three-level models: the levels with a random scale, comma-separated (default: both)",
+    )
+    fit.add_argument(
+        "--censor",
+        help="censored (Tobit) outcome: LOWER,UPPER limits, each a number, a column of "
+        'per-row limits or empty for none (e.g. "0,100" or ",100")',
     )
     fit.add_argument("--ws", default="~ 1", help='WS log-variance function (default "~ 1")')
     fit.add_argument("--bs", default="~ 1", help='BS log-variance function (default "~ 1")')

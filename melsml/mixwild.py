@@ -433,7 +433,16 @@ def write(
     -------
     (def_path, dat_path)
     """
-    d, opt = model.design, model.options
+    d, opt = getattr(model, "design", None), getattr(model, "options", None)
+    if opt is None:
+        raise MELSInputError(
+            "MixWILD's stage 1 has two levels: a three-level model cannot be written"
+        )
+    if d.censored:
+        raise MELSInputError(
+            "MixWILD has no censored (Tobit) outcome: a model with censoring cannot be "
+            "written as a MixWILD definition file"
+        )
     if opt.random_scale and d.scale_names != ("Intercept",):
         raise MELSInputError(
             f"ws_re_formula={d.formulas.get('ws_re_formula')!r}: MixWILD's stage 1 has one "

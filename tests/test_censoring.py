@@ -174,3 +174,16 @@ def test_bad_input(small):
         ).fit()
     with pytest.raises(NotImplementedError, match="censored"):
         res.school_effects()
+
+
+def test_mixwild_refuses_censored_and_three_level_models(small, tmp_path):
+    from melsml import mixwild
+    from melsml.simulate import simulate_three_level
+
+    m = MELS.from_formula("y ~ x", small, "g", censoring=("lo", "hi"))
+    with pytest.raises(MELSInputError, match="censored"):
+        mixwild.write(m, folder=tmp_path)
+    three = MELS.from_formula("y ~ prior", simulate_three_level(5, 3, 5, seed=1),
+                              ["district", "school"])  # fmt: skip
+    with pytest.raises(MELSInputError, match="three-level"):
+        mixwild.write(three, folder=tmp_path)

@@ -275,3 +275,18 @@ def test_fit_three_levels(tmp_path, capsys):
     assert ((est["block"] == "district") & (est["term"] == "L(location,location)")).any()
     schools = pd.read_csv(out / "school_effects.csv")
     assert {"district", "school", "mean", "variance"} <= set(schools.columns)
+
+
+def test_fit_censored(tmp_path, capsys):
+    from melsml import simulate_london
+
+    data = simulate_london(3, seed=2, n_schools=40, n_students=3000)
+    ceiling = float(data["y"].quantile(0.9))
+    path = tmp_path / "students.csv"
+    data.to_csv(path, index=False)
+    assert main(["fit", str(path), "--formula", "y ~ prior", "--groups", "school",
+                 "--ws", "~ prior", "--censor", f",{ceiling}"]) == 0  # fmt: skip
+    assert "at or above the upper limit (10.0%)" in capsys.readouterr().out
+    assert main(["fit", str(path), "--formula", "y ~ prior", "--groups", "school",
+                 "--censor", "1"]) != 0  # fmt: skip
+    assert "--censor needs" in capsys.readouterr().err
