@@ -132,6 +132,7 @@ def tutorial() -> None:
     )
     scale_slopes()
     three_level()
+    censored()
     school8 = fits["8"].params[
         [("tau", t) for t in fits["8"].params["tau"].index if t.startswith("school_type")]
     ]
@@ -202,6 +203,46 @@ def three_level() -> None:
     )
     write("cohort_stability.md", md_table(stab.stability(), "{:.3f}"))
     write("cohort_random.md", md_table(stab.random_params(), "{:.4f}"))
+
+
+def censored() -> None:
+    """The tutorial's section on floor and ceiling effects."""
+    data = simulate_london(3, seed=1)
+    ceiling = float(data["y"].quantile(0.9))
+    capped = data.assign(y=np.minimum(data["y"], ceiling))
+    tobit = MELS.from_formula(
+        "y ~ prior", data, "school", ws_formula="~ prior", censoring=(None, ceiling)
+    ).fit()
+    gauss = MELS.from_formula("y ~ prior", capped, "school", ws_formula="~ prior").fit()
+    from melsml.simulate import LONDON_TRUE
+
+    truth = pd.Series(
+        {(b, k): v for b, block in LONDON_TRUE.items() for k, v in block.items()}
+    ).reindex(tobit.params.index)
+    table = pd.DataFrame(
+        {
+            "true": truth,
+            "Gaussian (capped scores)": gauss.params,
+            "z": (gauss.params - truth) / gauss.bse,
+            "Tobit": tobit.params,
+            "z ": (tobit.params - truth) / tobit.bse,
+        }
+    )
+    table.index = pd.Index([f"{b}: {t}" for b, t in table.index], name="parameter")
+    write("tobit_ceiling.md", f"ceiling {ceiling:.3f}: 10% of {len(data):,} scores\n")
+    write("tobit_params.md", md_table(table, "{:.3f}"))
+    full = MELS.from_formula("y ~ prior", data, "school", ws_formula="~ prior").fit()
+    v_full = full.school_effects()["variance"]
+    corr = {
+        "Tobit": np.corrcoef(tobit.school_effects()["variance"], v_full)[0, 1],
+        "Gaussian (capped scores)": np.corrcoef(gauss.school_effects()["variance"], v_full)[0, 1],
+    }
+    write(
+        "tobit_eb.md",
+        "Correlation of the school variances with those from the uncensored scores: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in corr.items())
+        + ".\n",
+    )
 
 
 def validation() -> None:
