@@ -20,7 +20,7 @@ mathematics is in the user guide's model page.
 """
 
 from cython.parallel cimport parallel, prange
-from libc.math cimport exp, log, log1p, sqrt, fabs, erfc, M_PI
+from libc.math cimport exp, log, log1p, sqrt, fabs, erfc, M_PI, INFINITY
 from libc.stdlib cimport malloc, free
 
 from melsml._dense cimport chol, chol_solve, place_node
@@ -172,11 +172,19 @@ cdef struct Eng:
     double* gmu
     double* gws
     double* gz
-    # censoring: cs_i = +1 (at or below the lower limit), -1 (at or above the upper
-    # limit), 0 (observed); NULL when nothing is censored.  r0 of a censored unit
-    # is its limit less x'beta.  Censored units are not in the Gaussian sums.
+    # interval units (censored or ordinal outcomes): cs_i != 0 marks one; its
+    # outcome is known to lie in (lo_i, hi_i] on the latent scale, with ivlo, ivhi
+    # the limits less x'beta (-inf / +inf: open).  P = F(eps_hi) - F(eps_lo), F the
+    # normal (link 0) or logistic (link 1) distribution function.  Interval units
+    # are not in the Gaussian sums.  NULL when there are none.
     const double* cs
+    const double* ivlo
+    const double* ivhi
+    int link
     double ncens
+    double* aw2           # per interval unit: d log P / d eps_lo (aw: eps_hi)
+    double* rw2           # eps_lo (rw: eps_hi)
+    double* ghi           # output: gradient in the upper limit (ivhi) per unit
 
 
 cdef void eng_init(Eng* e, int q, int s, const double* Kvv, const double* Kuv,
@@ -196,6 +204,12 @@ cdef void eng_init(Eng* e, int q, int s, const double* Kvv, const double* Kuv,
     e.tau_q = 0.0
     e.acc_grad = 0
     e.cs = NULL
+    e.ivlo = NULL
+    e.ivhi = NULL
+    e.link = 0
+    e.aw2 = NULL
+    e.rw2 = NULL
+    e.ghi = NULL
     e.ncens = 0.0
     e.aw = unit_work
     e.rw = unit_work + n_obs
@@ -551,15 +565,37 @@ cdef inline void eng_node_11(Eng* e, double xi, bint full) noexcept nogil:
     e.om[3] = sv * sv + 0.5 * e.h[0] * e.h[0] * pl * pl + N * N * pinv - 0.5 * rho * e.h[0] * e.h[0]
 
 
+cdef inline double link_cdf(int link, double t) noexcept nogil:
+    if link == 0:
+        return 0.5 * erfc(-t / SQRT2)
+    if t >= 0.0:
+        return 1.0 / (1.0 + exp(-t))
+    return exp(t) / (1.0 + exp(t))
+
+
+cdef inline double link_logpdf(int link, double t) noexcept nogil:
+    if link == 0:
+        return -0.5 * t * t - 0.5 * LOG2PI
+    return -fabs(t) - 2.0 * log1p(exp(-fabs(t)))
+
+
+cdef inline double link_logcdf(int link, double t) noexcept nogil:
+    if link == 0:
+        return log_ndtr(t)
+    return -log1p(exp(-t)) if t >= 0.0 else t - log1p(exp(t))
+
+
 cdef double eng_cens_logp(Eng* e, const double* r0, const double* eta, const double* Z,
                           const double* H) noexcept nogil:
-    """The censored units' log Phi terms at the node (u = e.mu, v = e.v); keeps
-    sqrt(a_i) in e.invd, w_i cs_i lambda_i (d log Phi / d eps) in e.aw and the
-    standardised residual eps_i in e.rw for eng_cens_grad and the unit gradients."""
-    cdef int q = e.q, s = e.s
+    """The interval units' log P terms at the node (u = e.mu, v = e.v); keeps
+    sqrt(a_i) in e.invd, d log P / d eps_hi and eps_hi in e.aw, e.rw and the same
+    for eps_lo in e.aw2, e.rw2 (0 for an open side), for eng_cens_grad and the
+    unit gradients."""
+    cdef int q = e.q, s = e.s, link = e.link
     cdef int a
     cdef Py_ssize_t i
-    cdef double hv, sa, r, eps, t, lphi, wi, out = 0.0
+    cdef double hv, sa, zu, lo, hi, lp, fl, fh, pr, out = 0.0
+    cdef bint open_lo, open_hi
     for i in range(e.start, e.stop):
         if e.cs[i] == 0.0:
             continue
@@ -567,54 +603,78 @@ cdef double eng_cens_logp(Eng* e, const double* r0, const double* eta, const dou
         for a in range(s):
             hv += (e.h[a] if e.const_h else H[i * s + a]) * e.v[a]
         sa = exp(-0.5 * (eta[i] + hv))
-        r = r0[i]
+        zu = 0.0
         for a in range(q):
-            r -= Z[i * q + a] * e.mu[a]
-        eps = r * sa
-        t = e.cs[i] * eps
-        lphi = log_ndtr(t)
-        wi = e.w[i] if e.w != NULL else 1.0
-        out += wi * lphi
+            zu += Z[i * q + a] * e.mu[a]
+        open_lo = e.ivlo[i] == -INFINITY
+        open_hi = e.ivhi[i] == INFINITY
+        lo = 0.0 if open_lo else (e.ivlo[i] - zu) * sa
+        hi = 0.0 if open_hi else (e.ivhi[i] - zu) * sa
+        if open_lo:
+            lp = link_logcdf(link, hi)
+        elif open_hi:
+            lp = link_logcdf(link, -lo)
+        else:
+            # F(hi) - F(lo), from the upper tail when both are above the centre
+            if lo > 0.0:
+                pr = link_cdf(link, -lo) - link_cdf(link, -hi)
+            else:
+                pr = link_cdf(link, hi) - link_cdf(link, lo)
+            lp = log(pr) if pr > 1e-300 else log(1e-300)
+        fh = 0.0 if open_hi else exp(link_logpdf(link, hi) - lp)
+        fl = 0.0 if open_lo else -exp(link_logpdf(link, lo) - lp)
+        out += (e.w[i] if e.w != NULL else 1.0) * lp
         e.invd[i] = sa
-        e.aw[i] = wi * e.cs[i] * exp(-0.5 * t * t - 0.5 * LOG2PI - lphi)
-        e.rw[i] = eps
+        e.aw[i] = fh
+        e.rw[i] = hi
+        e.aw2[i] = fl
+        e.rw2[i] = lo
     return out
 
 
 cdef void eng_cens_grad(Eng* e, const double* Z, const double* H) noexcept nogil:
-    """Add the censored units' terms to the gradient e.sx and Hessian e.Hx in x."""
+    """Add the interval units' terms to the gradient e.sx and Hessian e.Hx in x."""
     cdef int q = e.q, s = e.s, d = e.d
     cdef int a, b
     cdef Py_ssize_t i
-    cdef double sa, ge, eps, lam, t, l2, hb
-    cdef double ge_[8]
+    cdef double sa, wi, lh, ll_, eh, el, chh, cll, hh, lll, hl, s0, s1, s2, t0, t1, ha, hb
     for i in range(e.start, e.stop):
         if e.cs[i] == 0.0:
             continue
+        wi = e.w[i] if e.w != NULL else 1.0
         sa = e.invd[i]
-        ge = e.aw[i]
-        eps = e.rw[i]
-        lam = ge * e.cs[i] / (e.w[i] if e.w != NULL else 1.0)
-        t = e.cs[i] * eps
-        l2 = -(e.w[i] if e.w != NULL else 1.0) * lam * (t + lam)
-        # gradient of eps in x = (u, v): -z sqrt(a), -h eps / 2
+        lh = e.aw[i]
+        eh = e.rw[i]
+        ll_ = e.aw2[i]
+        el = e.rw2[i]
+        # second derivatives of log P in (eps_hi, eps_lo)
+        if e.link == 0:
+            chh = -eh
+            cll = -el
+        else:
+            chh = 1.0 - 2.0 * link_cdf(1, eh)
+            cll = 1.0 - 2.0 * link_cdf(1, el)
+        hh = lh * chh - lh * lh
+        lll = ll_ * cll - ll_ * ll_
+        hl = -lh * ll_
+        s0 = hh + lll + 2.0 * hl
+        s1 = hh * eh + hl * el + hl * eh + lll * el
+        s2 = hh * eh * eh + 2.0 * hl * eh * el + lll * el * el
+        t0 = lh + ll_
+        t1 = lh * eh + ll_ * el
         for a in range(q):
-            ge_[a] = -Z[i * q + a] * sa
-        for a in range(s):
-            ge_[q + a] = -0.5 * (e.h[a] if e.const_h else H[i * s + a]) * eps
-        for a in range(d):
-            e.sx[a] += ge * ge_[a]
-            for b in range(d):
-                e.Hx[a * d + b] += l2 * ge_[a] * ge_[b]
-        # Hessian of eps: d2/du dv = z h' sqrt(a) / 2, d2/dv dv = h h' eps / 4
+            e.sx[a] -= wi * t0 * Z[i * q + a] * sa
+            for b in range(q):
+                e.Hx[a * d + b] += wi * s0 * sa * sa * Z[i * q + a] * Z[i * q + b]
         for b in range(s):
             hb = e.h[b] if e.const_h else H[i * s + b]
+            e.sx[q + b] -= wi * 0.5 * hb * t1
             for a in range(q):
-                e.Hx[a * d + q + b] += ge * 0.5 * Z[i * q + a] * hb * sa
-                e.Hx[(q + b) * d + a] += ge * 0.5 * Z[i * q + a] * hb * sa
+                e.Hx[a * d + q + b] += wi * 0.5 * Z[i * q + a] * hb * sa * (s1 + t0)
+                e.Hx[(q + b) * d + a] += wi * 0.5 * Z[i * q + a] * hb * sa * (s1 + t0)
             for a in range(s):
-                e.Hx[(q + a) * d + q + b] += ge * 0.25 * (
-                    e.h[a] if e.const_h else H[i * s + a]) * hb * eps
+                ha = e.h[a] if e.const_h else H[i * s + a]
+                e.Hx[(q + a) * d + q + b] += wi * 0.25 * ha * hb * (s2 + t1)
 
 
 cdef void eng_full_node(Eng* e, const double* th, const double* r0, const double* eta,
@@ -972,6 +1032,8 @@ cdef void eng_one_group(Eng* e, Work* w, Shared* sh, Py_ssize_t j) noexcept nogi
         for i in range(e.start, e.stop):
             sh.gmu[i] = 0.0
             sh.gws[i] = 0.0
+            if e.ghi != NULL:
+                e.ghi[i] = 0.0
             for a in range(q):
                 sh.gz[i * q + a] = 0.0
     tot = 0.0
@@ -994,13 +1056,16 @@ cdef void eng_one_group(Eng* e, Work* w, Shared* sh, Py_ssize_t j) noexcept nogi
         wt = exp(e.logp + acc)
         tot += wt
         if sh.compute_grad and e.ncens > 0.0:
-            # the censored units' gradients in the mean, eta and z, from eng_cens_logp
+            # the interval units' gradients in the mean, eta, z and the upper
+            # limit, from eng_cens_logp
             for i in range(e.start, e.stop):
                 if e.cs[i] != 0.0:
-                    sh.gmu[i] -= wt * e.aw[i] * e.invd[i]
-                    sh.gws[i] -= wt * 0.5 * e.aw[i] * e.rw[i]
+                    ai = wt * (e.w[i] if e.w != NULL else 1.0)
+                    sh.gmu[i] -= ai * (e.aw[i] + e.aw2[i]) * e.invd[i]
+                    sh.gws[i] -= ai * 0.5 * (e.aw[i] * e.rw[i] + e.aw2[i] * e.rw2[i])
+                    e.ghi[i] += ai * e.aw[i] * e.invd[i]
                     for a in range(q):
-                        sh.gz[i * q + a] -= wt * e.aw[i] * e.invd[i] * e.mu[a]
+                        sh.gz[i * q + a] -= ai * (e.aw[i] + e.aw2[i]) * e.invd[i] * e.mu[a]
         for a in range(d * d):
             w.omacc[a] += wt * e.om[a]
         for a in range(q):
@@ -1052,6 +1117,7 @@ cdef void eng_one_group(Eng* e, Work* w, Shared* sh, Py_ssize_t j) noexcept nogi
             if e.cs[i] != 0.0:
                 sh.gmu[i] /= tot
                 sh.gws[i] /= tot
+                e.ghi[i] /= tot
                 for a in range(q):
                     sh.gz[i * q + a] /= tot
     if sh.compute_grad and e.const_h:
@@ -1110,6 +1176,10 @@ def engine_loglik(
     int n_threads=0,
     const double[::1] w=None,
     const double[::1] cens=None,
+    const double[::1] iv_lo=None,
+    const double[::1] iv_hi=None,
+    int link=0,
+    double[::1] g_hi=None,
 ):
     """The kernel: per-group log-likelihood, posterior moments and gradients.
 
@@ -1166,10 +1236,16 @@ def engine_loglik(
         Threads over groups (0: OpenMP's default; 1 without OpenMP).
     w : (n_obs,) float64, optional
         Unit weights: unit i's log-density counts w_i times (default all 1).
-    cens : (n_obs,) float64, optional
-        Censoring: +1 where y is at or below a lower limit, -1 at or above an
-        upper limit, 0 observed; r0 of a censored unit is its limit less
-        x'beta.  Needs the full integrand.
+    cens, iv_lo, iv_hi : (n_obs,) float64, optional
+        Interval units (censored or ordinal outcomes): ``cens`` != 0 marks
+        them; their latent outcome lies in (lo, hi], and ``iv_lo``, ``iv_hi``
+        are the limits less x'beta (-inf / +inf for an open side).  Needs the
+        full integrand.
+    link : int
+        The interval units' distribution: 0 normal (probit), 1 logistic (logit).
+    g_hi : (n_obs,) output, optional
+        Gradient in ``iv_hi`` of each interval unit (0 elsewhere); the gradient
+        in ``iv_lo`` is -g_mu - g_hi.
     """
     cdef int q = Z.shape[1], s = H.shape[1]
     cdef int d = q + s
@@ -1196,7 +1272,7 @@ def engine_loglik(
     cdef Py_ssize_t n_buf = eng_work_size(q, s, n_nodes)
     if w is not None and w.shape[0] != r0.shape[0]:
         raise ValueError("engine_loglik: w must have one weight per unit")
-    uw = np.empty(3 * r0.shape[0] + 1, dtype=np.float64)
+    uw = np.empty(5 * r0.shape[0] + 1, dtype=np.float64)
     eng_init(&e, q, s, &Kvv[0, 0] if s > 0 else NULL, &Kuv[0, 0] if s > 0 else NULL,
              &C[0, 0], &w[0] if w is not None else NULL, &uw[0], r0.shape[0])
     e.Lf = &L[0, 0]
@@ -1206,11 +1282,19 @@ def engine_loglik(
     e.gws = &g_ws[0]
     e.gz = &g_z[0, 0]
     if cens is not None:
-        if cens.shape[0] != r0.shape[0]:
-            raise ValueError("engine_loglik: cens must have one entry per unit")
+        if (cens.shape[0] != r0.shape[0] or iv_lo is None or iv_hi is None or g_hi is None
+                or iv_lo.shape[0] != r0.shape[0] or iv_hi.shape[0] != r0.shape[0]
+                or g_hi.shape[0] != r0.shape[0]):
+            raise ValueError("engine_loglik: cens, iv_lo, iv_hi and g_hi need one entry per unit")
         if not full:
-            raise ValueError("engine_loglik: censored units need the full integrand")
+            raise ValueError("engine_loglik: interval units need the full integrand")
         e.cs = &cens[0]
+        e.ivlo = &iv_lo[0]
+        e.ivhi = &iv_hi[0]
+        e.link = link
+        e.aw2 = &uw[3 * r0.shape[0]]
+        e.rw2 = &uw[4 * r0.shape[0]]
+        e.ghi = &g_hi[0]
     sh.gptr = &group_ptr[0]
     sh.hc = &h_const[0]
     sh.r0 = &r0[0]

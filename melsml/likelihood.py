@@ -214,6 +214,20 @@ class MELSObjective:
             w=self._w,
         )
 
+    def _intervals(self, r0: np.ndarray, p: dict) -> dict:
+        """The kernel's interval units: censored rows (their r0 is the limit less
+        x'beta: (-inf, r0] at a lower limit, (r0, inf) at an upper one)."""
+        if self._cens is None:
+            return {}
+        low, high = self._cens > 0, self._cens < 0
+        return dict(
+            cens=self._cens,
+            iv_lo=np.where(high, r0, -np.inf),
+            iv_hi=np.where(low, r0, np.inf),
+            link=0,
+            g_hi=np.zeros(r0.size),
+        )
+
     def _z(self, p) -> np.ndarray:
         """Location design: sigma_u,ij from the BS function, or the ``re_formula`` design."""
         if not self.layout.structure.bs:
@@ -270,7 +284,7 @@ class MELSObjective:
             adapt=adapt,
             compute_grad=score,
             n_threads=self.n_threads,
-            cens=self._cens,
+            **self._intervals(inputs["r0"], p),
         )
         self.n_evals += 1
         grad_random = lay.chol_gradient(dL, d_tau_q=dtq)
