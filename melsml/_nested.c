@@ -18,7 +18,7 @@
             "-fopenmp"
         ],
         "include_dirs": [
-            "/tmp/pip-build-env-0s20y0q0/overlay/lib/python3.11/site-packages/numpy/_core/include"
+            "/tmp/pip-build-env-z7h4wmww/overlay/lib/python3.11/site-packages/numpy/_core/include"
         ],
         "name": "melsml._nested",
         "sources": [

@@ -11,6 +11,8 @@ Association = Literal["none", "linear", "quadratic"]
 Integration = Literal["auto", "exact-location", "aghq"]
 WeightType = Literal["frequency", "sampling"]
 WeightScaling = Literal["size", "effective", "none"]
+Family = Literal["gaussian", "ordinal"]
+Link = Literal["probit", "logit"]
 
 
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -43,6 +45,11 @@ class ModelOptions:
         counts as w identical groups) or sampling weights (inverse selection
         probabilities: the weighted pseudo-likelihood, with sandwich standard
         errors).  Applies to group and unit weights alike.
+    family : {"gaussian", "ordinal"}
+        The outcome: Gaussian (possibly censored) or ordinal (see
+        :mod:`melsml.ordinal`).
+    link : {"probit", "logit"}
+        Ordinal outcomes: the latent residual's distribution.
     weight_scaling : {"size", "effective", "none"}
         Sampling unit weights only: how they are scaled within each group
         (Rabe-Hesketh & Skrondal 2006): to sum to the group's size (method 1,
@@ -64,6 +71,8 @@ class ModelOptions:
     n_points: int | None = None
     weight_type: WeightType = "frequency"
     weight_scaling: WeightScaling = "size"
+    family: Family = "gaussian"
+    link: Link = "probit"
 
     def __post_init__(self) -> None:
         if not isinstance(self.random_scale, bool):
@@ -72,6 +81,8 @@ class ModelOptions:
         _check_choice("integration", self.integration, get_args(Integration))
         _check_choice("weight_type", self.weight_type, get_args(WeightType))
         _check_choice("weight_scaling", self.weight_scaling, get_args(WeightScaling))
+        _check_choice("family", self.family, get_args(Family))
+        _check_choice("link", self.link, get_args(Link))
         if self.n_points is not None and (
             isinstance(self.n_points, bool)
             or not isinstance(self.n_points, int)

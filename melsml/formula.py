@@ -42,6 +42,8 @@ class DesignMatrices:
     group_labels : (n_groups,) the group identifiers, in sorted order
     row_index : (n_obs,) the data frame index of each sorted row
     row_position : (n_obs,) the data frame position of each sorted row
+    categories : the categories of an ordinal outcome (then y holds their codes
+        0..C-1; see :mod:`melsml.ordinal`), else None
     n_dropped : rows dropped for missing values
     censoring : (n_obs,) +1 / -1 where y is censored at a lower / upper limit
         (y is then the limit), 0 elsewhere; None for an uncensored outcome
@@ -73,6 +75,13 @@ class DesignMatrices:
     model_specs: Mapping[str, object] = field(default_factory=dict, repr=False)
     censoring: np.ndarray | None = None
     row_position: np.ndarray | None = None
+    categories: np.ndarray | None = None
+
+    @property
+    def interval_outcome(self) -> bool:
+        """Some rows are known only to lie in an interval: a censored or ordinal
+        outcome (the location effects are then not Gaussian given the scale)."""
+        return self.censored or self.categories is not None
 
     @property
     def censored(self) -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 from . import _quad  # OMP_WAIT_POLICY: see melsml/__init__.py
 from .config import ModelOptions
 from .formula import DesignMatrices
+from .ordinal import LINK_CODES, interval_limits, threshold_unit_scores, thresholds
 from .params import ParamLayout
 from .plan import IntegrationPlan, plan_for_design
 from .quadrature import gauss_hermite
@@ -39,6 +40,8 @@ class Evaluation:
     grad_mu, grad_ws : (n_obs,) gradient in the mean and WS linear predictors
     grad_bs : (n_obs,) gradient in the BS linear predictor, or None
     grad_random : (n_groups, k_random) per-group score of the random block
+    grad_thresholds : (n_obs, n_thresholds) per-unit score of the thresholds
+        (ordinal outcomes), or None
     """
 
     theta: np.ndarray
@@ -52,6 +55,7 @@ class Evaluation:
     grad_ws: np.ndarray | None
     grad_bs: np.ndarray | None
     grad_random: np.ndarray
+    grad_thresholds: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,7 @@ class MELSObjective:
         self._gw_unit = None if gw is None else np.repeat(self._gw, design.group_sizes)
         self._bs_constant = design.bs_names == ("Intercept",)
         self._cens = design.censoring if design.censored else None
+        self._ones = np.ones(design.n_obs) if design.categories is not None else None
         self.n_evals = 0
 
     def reset_counter(self) -> None:
@@ -215,8 +220,19 @@ class MELSObjective:
         )
 
     def _intervals(self, r0: np.ndarray, p: dict) -> dict:
-        """The kernel's interval units: censored rows (their r0 is the limit less
-        x'beta: (-inf, r0] at a lower limit, (r0, inf) at an upper one)."""
+        """The kernel's interval units: every row of an ordinal outcome (between
+        its category's thresholds), or the censored rows (their r0 is the limit
+        less x'beta: (-inf, r0] at a lower limit, (r0, inf) at an upper one)."""
+        d = self.design
+        if d.categories is not None:
+            lo, hi = interval_limits(d.y, thresholds(p["thresholds"]), self._x_mean @ p["beta"])
+            return dict(
+                cens=self._ones,
+                iv_lo=np.ascontiguousarray(lo),
+                iv_hi=np.ascontiguousarray(hi),
+                link=LINK_CODES[self.options.link],
+                g_hi=np.zeros(d.n_obs),
+            )
         if self._cens is None:
             return {}
         low, high = self._cens > 0, self._cens < 0
@@ -265,6 +281,7 @@ class MELSObjective:
         dtq = np.empty(j)
         cen = self._centers if centers is None else np.array(centers, dtype=float, order="C")
         g_mu, g_ws, g_z = np.empty(n), np.empty(n), np.empty((n, q))
+        intervals = self._intervals(inputs["r0"], p)
         _quad.engine_loglik(
             **inputs,
             L=np.ascontiguousarray(p["L"]),
@@ -284,11 +301,12 @@ class MELSObjective:
             adapt=adapt,
             compute_grad=score,
             n_threads=self.n_threads,
-            **self._intervals(inputs["r0"], p),
+            **intervals,
         )
         self.n_evals += 1
         grad_random = lay.chol_gradient(dL, d_tau_q=dtq)
         llf = float(ll.sum())
+        g_hi = intervals.get("g_hi")
         if self._gw is not None:
             # group weights: sum_j w_j ll_j, and each group's score times w_j
             llf = float(ll @ self._gw)
@@ -296,10 +314,16 @@ class MELSObjective:
             if score:
                 g_mu, g_ws = g_mu * self._gw_unit, g_ws * self._gw_unit
                 g_z = g_z * self._gw_unit[:, None]
+                g_hi = None if g_hi is None else g_hi * self._gw_unit
+        grad_thr = None
+        if score and lay.thresholds:
+            grad_thr = threshold_unit_scores(d.y, -g_mu - g_hi, g_hi, p["thresholds"])
         g_bs = 0.5 * z[:, 0] * g_z[:, 0] if st.bs else None
         grad = None
         if score:
             blocks = [self._x_mean.T @ g_mu]
+            if grad_thr is not None:
+                blocks.append(grad_thr.sum(axis=0))
             if st.bs:
                 blocks.append(self._x_bs.T @ g_bs)
             blocks += [self._x_ws.T @ g_ws, grad_random.sum(axis=0)]
@@ -316,6 +340,7 @@ class MELSObjective:
             grad_ws=g_ws if score else None,
             grad_bs=g_bs if score else None,
             grad_random=grad_random,
+            grad_thresholds=grad_thr,
         )
 
     # convenience wrappers ---------------------------------------------------------
@@ -337,6 +362,8 @@ class MELSObjective:
         d = self.design
         starts = d.group_ptr[:-1]
         blocks = [np.add.reduceat(d.x_mean * ev.grad_mu[:, None], starts, axis=0)]
+        if ev.grad_thresholds is not None:
+            blocks.append(np.add.reduceat(ev.grad_thresholds, starts, axis=0))
         if ev.grad_bs is not None:
             blocks.append(np.add.reduceat(d.x_bs * ev.grad_bs[:, None], starts, axis=0))
         blocks += [

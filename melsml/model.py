@@ -18,6 +18,7 @@ from .identify import check_identifiable
 from .levels import IdScope
 from .likelihood import MELSObjective
 from .optimize import maximize, warn_fit
+from .ordinal import apply_ordinal, threshold_names
 from .params import ParamLayout, as_param_vector
 from .plan import IntegrationPlan, plan_for_design
 from .results import CovType, MELSResults, StandardisedFit
@@ -61,6 +62,8 @@ class MELS:
         n_points: int | None = None,
         weight_type: str = "frequency",
         weight_scaling: str = "size",
+        family: str = "gaussian",
+        link: str = "probit",
     ):
         self.design = design
         self.options = ModelOptions(
@@ -70,7 +73,14 @@ class MELS:
             n_points=n_points,
             weight_type=weight_type,
             weight_scaling=weight_scaling,
+            family=family,
+            link=link,
         )
+        if (design.categories is not None) != (family == "ordinal"):
+            raise MELSInputError(
+                "family='ordinal' needs a design made by melsml.ordinal.apply_ordinal "
+                "(use MELS.from_formula)"
+            )
         if not design.random_intercept_only and self.options.association == "quadratic":
             raise MELSInputError(
                 "association='quadratic' needs a single random intercept (re_formula='~ 1')"
@@ -93,7 +103,11 @@ class MELS:
             association=self.options.association,
         )
         self.layout = ParamLayout.from_structure(
-            design.mean_names, design.bs_names, design.ws_names, self.structure
+            design.mean_names,
+            design.bs_names,
+            design.ws_names,
+            self.structure,
+            thresholds=threshold_names(design.categories) if design.categories is not None else (),
         )
         self.notes: tuple[str, ...] = ()
         check_identifiable(design)
@@ -120,6 +134,8 @@ class MELS:
         random_bs: bool = False,
         ids: IdScope = "auto",
         censoring=None,
+        family: str = "gaussian",
+        link: str = "probit",
     ) -> MELS | ThreeLevelMELS:
         """Specify a MELS model with formulas.
 
@@ -170,6 +186,13 @@ class MELS:
             inner); default outside 7 for the location effect alone, 5 per
             dimension with a scale effect, 7 per dimension with ``random_bs``;
             11 inside.
+        family : {"gaussian", "ordinal"}
+            ``"ordinal"``: an ordinal outcome (integer category codes), the
+            mixed-effects ordinal location scale model of
+            :mod:`melsml.ordinal`: thresholds replace the mean's intercept and
+            the WS intercept is fixed at 0.
+        link : {"probit", "logit"}
+            Ordinal outcomes: the latent residual's distribution.
         censoring : (lower, upper), optional
             A censored (Tobit) outcome with floor and ceiling effects: each
             limit is a number, a column of per-row limits (missing: no limit)
@@ -203,7 +226,11 @@ class MELS:
             n_points=n_points,
             weight_type=weight_type,
             weight_scaling=weight_scaling,
+            family=family,
+            link=link,
         )  # fail fast on options
+        if family == "ordinal" and censoring is not None:
+            raise MELSInputError("censoring applies to Gaussian outcomes, not family='ordinal'")
         design = build_design(
             formula,
             data,
@@ -216,8 +243,12 @@ class MELS:
             weights=weights,
         )
         design = apply_censoring(design, data, censoring)
+        if family == "ordinal":
+            design = apply_ordinal(design)
         return cls(
             design,
+            family=family,
+            link=link,
             random_scale=random_scale,
             association=association,
             integration=integration,
@@ -236,6 +267,7 @@ class MELS:
             "weights": None,
             "integration": "auto",
             "censoring": None,
+            "family": "gaussian",
         }
         for name, default in defaults.items():
             if given[name] != default:
@@ -304,7 +336,9 @@ class MELS:
 
     def start_params(self) -> pd.Series:
         """Moment-based starting values."""
-        return pd.Series(start_values(self.design, self.layout), index=self.layout.index)
+        return pd.Series(
+            start_values(self.design, self.layout, self.options.link), index=self.layout.index
+        )
 
     def loglike(self, params) -> float:
         """Log-likelihood at ``params`` (Series in :attr:`param_names` order or array)."""
@@ -320,7 +354,7 @@ class MELS:
         zero = [pos for pos in boundary if theta0[pos] == 0.0]
         if not zero:
             return theta0
-        default = start_values(design, self.layout)
+        default = start_values(design, self.layout, self.options.link)
         theta0 = theta0.copy()
         for pos in zero:
             theta0[pos] = 0.5 * default[pos] if default[pos] != 0 else 0.1
@@ -375,7 +409,7 @@ class MELS:
         std_obj = MELSObjective(std_design, self.layout, self.options)
         boundary = self.layout.boundary_positions
         if start_params is None:
-            theta0 = start_values(std_design, self.layout)
+            theta0 = start_values(std_design, self.layout, self.options.link)
         else:
             theta0 = scaling.from_original(
                 self._as_vector(start_params, "start_params"), self.layout

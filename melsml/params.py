@@ -4,6 +4,8 @@
 block     meaning
 ========  ==============================================================
 beta      mean function coefficients (MixWILD BETA)
+thresholds  ordinal outcomes only: the first threshold, then the logs of the
+          increments (see :mod:`melsml.ordinal`)
 alpha     between-group log-variance coefficients, log sigma_u^2 = s'alpha
           (MixWILD ALPHA; MIXREGLS calls them delta); only with a single
           random intercept
@@ -34,7 +36,7 @@ import pandas as pd
 from .exceptions import MELSInputError
 from .structure import RandomStructure
 
-BLOCKS = ("beta", "alpha", "tau", "random")
+BLOCKS = ("beta", "thresholds", "alpha", "tau", "random")
 #: MixWILD's names of the random block, in its order
 MIXWILD_RANDOM = ("tau_l", "tau_q", "sigma_omega")
 
@@ -108,10 +110,11 @@ class ParamLayout(BlockLayout):
     random: tuple[str, ...]
     structure: RandomStructure
     targets: tuple = ()
+    thresholds: tuple[str, ...] = ()
 
     @classmethod
     def from_structure(
-        cls, mean_names, bs_names, ws_names, structure: RandomStructure
+        cls, mean_names, bs_names, ws_names, structure: RandomStructure, thresholds=()
     ) -> ParamLayout:
         """The layout for given term names and random-effects structure."""
         entries = list(structure.free_entries)
@@ -131,7 +134,13 @@ class ParamLayout(BlockLayout):
             targets = list(entries)
         alpha = tuple(bs_names) if structure.bs else ()
         return cls(
-            tuple(mean_names), alpha, tuple(ws_names), tuple(names), structure, tuple(targets)
+            tuple(mean_names),
+            alpha,
+            tuple(ws_names),
+            tuple(names),
+            structure,
+            tuple(targets),
+            tuple(thresholds),
         )
 
     # --- sizes and names ------------------------------------------------------------
@@ -171,7 +180,9 @@ class ParamLayout(BlockLayout):
         if theta.shape != (self.k_params,):
             raise ValueError(f"expected {self.k_params} parameters, got shape {theta.shape}")
         sl = self.slices
-        out: dict[str, np.ndarray | float] = {b: theta[sl[b]] for b in ("beta", "alpha", "tau")}
+        out: dict[str, np.ndarray | float] = {
+            b: theta[sl[b]] for b in ("beta", "thresholds", "alpha", "tau")
+        }
         out["L"] = self.chol_matrix(theta)
         pos = self.position("tau_q")
         out["tau_q"] = float(theta[pos]) if pos is not None else 0.0

@@ -94,13 +94,15 @@ def plan(
     unit_level_scale : bool
         Whether the scale design varies within a group (reported only).
     censored : bool
-        Some outcomes are censored: the location effects are not Gaussian given
-        the scale effects, so every random effect takes quadrature.
+        Some outcomes are censored, or the outcome is ordinal: the location
+        effects are not Gaussian given the scale effects, so every random
+        effect takes quadrature.
     """
     if censored:
         if options.integration == "exact-location":
             raise MELSInputError(
-                "integration='exact-location' does not hold for a censored outcome; "
+                "integration='exact-location' does not hold for a censored or ordinal "
+                "outcome; "
                 "use integration='auto' (full adaptive quadrature)"
             )
         method, dim = "aghq", structure.dim
@@ -128,7 +130,7 @@ def plan_for_design(
     h = np.ascontiguousarray(design.x_scale[:, : structure.s])
     h_const = constant_within_groups(h, design.group_ptr)
     unit_level = bool(structure.s and not h_const.all())
-    censored = bool(getattr(design, "censored", False))
+    censored = bool(getattr(design, "interval_outcome", False))
     return (
         plan(structure, options, unit_level_scale=unit_level, censored=censored),
         h,
