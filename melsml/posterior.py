@@ -19,11 +19,11 @@ from dataclasses import dataclass, replace
 from itertools import product
 
 import numpy as np
-from scipy.special import log_ndtr
 
 from . import _quad
 from .likelihood import FitState, MELSObjective
 from .measures import grid_quantiles, grid_weights
+from .ordinal import interval_limits, interval_logp, thresholds
 
 #: points per dimension and half-width (posterior SDs) of the grid, by s
 _GRIDS = {1: (241, 9.0), 2: (41, 6.0)}
@@ -68,9 +68,10 @@ def posterior_grid(state: FitState) -> PosteriorGrid:
     """Tabulate each group's posterior at the estimates (any plan but the quadratic)."""
     if state.layout.structure.association == "quadratic":
         raise ValueError("the quadratic association has no exact-location posterior grid")
-    if state.design.censored:
+    if state.design.interval_outcome:
         raise NotImplementedError(
-            "these empirical Bayes predictions of a censored outcome are available for a "
+            "these empirical Bayes predictions of a censored or ordinal outcome are available "
+            "for a "
             "random intercept with one random scale effect (school_effects, "
             "random_effects); with more random effects, and for conditional predictions, "
             "not yet"
@@ -196,7 +197,15 @@ def grid_2d(state: FitState) -> dict[str, np.ndarray]:
     inv_d = np.exp(-eta)
     s_u = np.exp(0.5 * d.x_bs @ p["alpha"])
     starts = d.group_ptr[:-1]
-    cens = d.censoring if d.censored else np.zeros(d.n_obs)
+    if d.categories is not None:
+        cens = np.ones(d.n_obs)
+        gamma = thresholds(p["thresholds"])
+        iv_lo, iv_hi = interval_limits(d.y, gamma, d.x_mean @ p["beta"])
+    else:
+        cens = d.censoring if d.censored else np.zeros(d.n_obs)
+        iv_lo = np.where(cens < 0, r0, -np.inf)
+        iv_hi = np.where(cens > 0, r0, np.inf)
+    link = state.options.link if d.categories is not None else "probit"
     obs = (cens == 0).astype(float)
     lam = np.add.reduceat(obs * s_u * s_u * inv_d, starts)[:, None]
     b0 = np.add.reduceat(obs * s_u * r0 * inv_d, starts)[:, None]
@@ -211,13 +220,15 @@ def grid_2d(state: FitState) -> dict[str, np.ndarray]:
     om = tl * u + tq * u * u + sw * v
     c = a_sum - 2 * u * b0 + u * u * lam
     logd = -0.5 * (n * om + np.exp(-om) * c) - 0.5 * (u * u + v * v)
-    # censored units: log Phi of their standardised distance to the limit
+    # interval units (censored or ordinal): log P of their interval at each point
     idx = np.flatnonzero(cens)
     group = np.searchsorted(starts, idx, side="right") - 1
     for j in np.unique(group):
         i = idx[group == j][:, None]
-        eps = (r0[i] - s_u[i] * u[j]) * np.exp(-0.5 * (eta[i] + om[j]))
-        logd[j] += log_ndtr(cens[i] * eps).sum(axis=0)
+        sa = np.exp(-0.5 * (eta[i] + om[j]))
+        lo = (iv_lo[i] - s_u[i] * u[j]) * sa
+        hi = (iv_hi[i] - s_u[i] * u[j]) * sa
+        logd[j] += interval_logp(lo, hi, link).sum(axis=0)
     w = grid_weights(logd)
     n1 = len(_GRID_2D)
     # theta1 depends on z1 only: its marginal is the grid summed over z2

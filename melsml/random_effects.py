@@ -117,7 +117,7 @@ def _posterior_mixwild(state: FitState, alpha: float, ws_shift: float) -> dict:
     p = state.params()
     probs = (alpha / 2, 1 - alpha / 2)
     tl, tq, sw = p["tau_l"], p["tau_q"], abs(p["sigma_omega"])
-    if tq != 0 or state.design.censored:
+    if tq != 0 or state.design.interval_outcome:
         out = _posterior_2d(state, probs, ws_shift)
         grid = None
     else:
@@ -280,10 +280,12 @@ def school_effects(
     slopes = [a for a, t in enumerate(st.location) if t != "Intercept"]
     if reference_var is not None and not slopes:
         raise MELSInputError("reference_var applies to random-slope models (re_formula)")
-    if state.layout.mixwild_view and (st.association == "quadratic" or state.design.censored):
+    interval = state.design.interval_outcome
+    if state.layout.mixwild_view and (st.association == "quadratic" or interval):
         if at_items:
             raise MELSInputError(
-                "at is not available with the quadratic association or a censored outcome"
+                "at is not available with the quadratic association or a censored or "
+                "ordinal outcome"
             )
         return _school_effects_2d(state, alpha, shift)
     grid = posterior_grid(state)

@@ -76,6 +76,19 @@ class MELSResults(LikelihoodResults):
     def _index(self) -> pd.MultiIndex:
         return self.model.layout.index
 
+    @property
+    def thresholds(self) -> pd.Series | None:
+        """Ordinal outcomes: the thresholds gamma_c on the latent scale (P(y <= c)
+        = F((gamma_c - x'beta - z'u) / sigma)), indexed by the cut ``"c/c+1"``;
+        None otherwise."""
+        names = self.model.layout.thresholds
+        if not names:
+            return None
+        from .ordinal import thresholds
+
+        raw = self.params["thresholds"].to_numpy()
+        return pd.Series(thresholds(raw), index=pd.Index(names, name="cut"), name="threshold")
+
     # --- hypothesis tests -----------------------------------------------------------
     @property
     def param_names(self) -> list[str]:

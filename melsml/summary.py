@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 BLOCK_TITLES = {
     "beta": "BETA (mean function)",
+    "thresholds": "THRESHOLDS (ordinal outcome: the first, then the logs of the increments)",
     "alpha": "ALPHA (between-group log-variance function)",
     "tau": "TAU (within-group log-variance function)",
     "random": "Random scale (omega = tau_l*theta1 [+ tau_q*theta1^2] + sigma_omega*theta2)",
@@ -43,8 +44,15 @@ class Summary:
         d, opt, fi = res.model.design, res.model.options, res.fit_info
         sizes = d.group_sizes
         assoc = opt.association if opt.random_scale else "-"
+        outcome = d.outcome
+        if d.categories is not None:
+            cats = d.categories
+            outcome += (
+                f" (ordinal: {cats.size} categories, {cats[0]:g} to {cats[-1]:g}; "
+                f"{opt.link} link; WS intercept fixed at 0)"
+            )
         info = [
-            ("Outcome", d.outcome),
+            ("Outcome", outcome),
             ("Groups column", d.groups),
             ("Mean function", d.formulas["formula"]),
             ("BS variance function", "log sigma_u^2 " + d.formulas["bs_formula"])

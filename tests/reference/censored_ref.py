@@ -58,3 +58,28 @@ def censored_posterior_brute(
         m1.append(p @ t1)
         mo.append(p @ om)
     return np.array(m1), np.array(mo)
+
+
+def ordinal_loglik_brute(
+    codes, xb, gamma, logd, sd_u, group, tau_l, sigma_omega, link, n_points: int = 60
+) -> np.ndarray:
+    """Per-group log-likelihood of the ordinal location scale model, P(y <= c) =
+    F((gamma_c - xb - sd_u theta1) / sigma), log sigma^2 = logd + omega, by plain
+    Gauss-Hermite over (theta1, theta2)."""
+    from scipy.special import expit
+
+    cdf = (lambda t: np.exp(log_ndtr(t))) if link == "probit" else expit
+    x, lw = np.polynomial.hermite.hermgauss(n_points)
+    x, lw = np.sqrt(2.0) * x, np.log(lw / np.sqrt(np.pi))
+    t1, t2 = (g.ravel() for g in np.meshgrid(x, x, indexing="ij"))
+    lw2 = (lw[:, None] + lw[None, :]).ravel()
+    ext = np.concatenate([[-np.inf], gamma, [np.inf]])
+    c = codes.astype(int)
+    out = []
+    for g in np.unique(group):
+        rows = group == g
+        loc = xb[rows][None, :] + sd_u[rows][None, :] * t1[:, None]
+        sd = np.exp(0.5 * (logd[rows][None, :] + (tau_l * t1 + sigma_omega * t2)[:, None]))
+        p = cdf((ext[c[rows] + 1] - loc) / sd) - cdf((ext[c[rows]] - loc) / sd)
+        out.append(logsumexp(np.log(p).sum(axis=1) + lw2))
+    return np.array(out)

@@ -1,0 +1,153 @@
+"""Ordinal outcomes: lme4 / ordinal references, brute-force integrals, scores,
+recovery with 9 grades, and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from reference.censored_ref import ordinal_loglik_brute
+
+from melsml import MELS, compare, simulate_london
+from melsml.exceptions import MELSInputError
+from melsml.ordinal import thresholds
+from melsml.simulate import LONDON_TRUE
+
+DATA = Path(__file__).parent / "data" / "ordinal"
+
+
+@pytest.fixture(scope="module")
+def ordinal_data():
+    return pd.read_csv(DATA / "ordinal.csv")
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return pd.read_csv(DATA / "reference.csv").set_index(["model", "quantity"])["value"]
+
+
+@pytest.mark.parametrize("link", ["probit", "logit"])
+def test_five_categories_equal_clmm(ordinal_data, reference, link):
+    res = MELS.from_formula(f"cat5_{link} ~ x", ordinal_data, "g", family="ordinal",
+                            link=link, random_scale=False, n_points=25).fit()  # fmt: skip
+    ref = reference[f"clmm_{link}"]
+    assert res.llf == pytest.approx(ref["llf"], rel=1e-8)
+    gamma = [ref[f"threshold_{j}"] for j in range(1, 5)]
+    assert res.thresholds.to_numpy() == pytest.approx(gamma, abs=1e-4)
+    assert res.params[("beta", "x")] == pytest.approx(ref["x"], abs=1e-4)
+    assert res.random_params().loc["var_u", "estimate"] == pytest.approx(ref["var_u"], rel=1e-3)
+
+
+@pytest.mark.parametrize("link", ["probit", "logit"])
+def test_two_categories_equal_glmer(ordinal_data, reference, link):
+    res = MELS.from_formula(f"bin_{link} ~ x", ordinal_data, "g", family="ordinal",
+                            link=link, random_scale=False, n_points=25).fit()  # fmt: skip
+    ref = reference[f"glmer_{link}"]
+    assert res.llf == pytest.approx(ref["llf"], rel=1e-8)
+    # binary: the threshold is minus glmer's intercept
+    assert -res.thresholds.iloc[0] == pytest.approx(ref["intercept"], abs=1e-4)
+    assert res.params[("beta", "x")] == pytest.approx(ref["x"], abs=1e-4)
+    assert res.random_params().loc["var_u", "estimate"] == pytest.approx(ref["var_u"], rel=1e-3)
+
+
+def _small(link):
+    rng = np.random.default_rng(3)
+    n_groups, size = 12, 6
+    df = pd.DataFrame({"g": np.repeat(np.arange(n_groups), size),
+                       "x": rng.normal(size=n_groups * size),
+                       "s": rng.normal(size=n_groups * size)})  # fmt: skip
+    u = np.repeat(rng.normal(scale=0.6, size=n_groups), size)
+    e = rng.standard_normal(len(df)) if link == "probit" else rng.logistic(size=len(df))
+    df["y"] = 1 + np.searchsorted([-0.8, 0.0, 0.9], 0.7 * df.x + u + e)
+    return df
+
+
+@pytest.mark.parametrize("link", ["probit", "logit"])
+@pytest.mark.parametrize("random_scale", [True, False])
+def test_loglik_equals_brute_force_integral(link, random_scale):
+    df = _small(link)
+    m = MELS.from_formula("y ~ x", df, "g", family="ordinal", link=link, bs_formula="~ s",
+                          ws_formula="~ x", random_scale=random_scale, n_points=15)  # fmt: skip
+    theta = np.r_[0.7, -0.8, np.log(0.8), np.log(0.9), np.log(0.3), 0.2, 0.2,
+                  [-0.3, 0.4] if random_scale else []]  # fmt: skip
+    ll = m.objective().evaluate(theta, score=False).ll_groups
+    d, p = m.design, m.layout.unpack(theta)
+    brute = ordinal_loglik_brute(
+        d.y, d.x_mean @ p["beta"], thresholds(p["thresholds"]), d.x_ws @ p["tau"],
+        np.exp(0.5 * d.x_bs @ p["alpha"]), np.repeat(np.arange(d.n_groups), d.group_sizes),
+        p["tau_l"], p["sigma_omega"], link,
+    )  # fmt: skip
+    assert ll == pytest.approx(brute, abs=1e-6)
+
+
+@pytest.mark.parametrize("link", ["probit", "logit"])
+def test_score_matches_finite_differences(link):
+    m = MELS.from_formula("y ~ x", _small(link), "g", family="ordinal", link=link,
+                          bs_formula="~ s", ws_formula="~ x", n_points=21)  # fmt: skip
+    obj = m.objective()
+    theta = m.start_params().to_numpy() + 0.05
+    score = obj.evaluate(theta).score
+    fd = np.array([(obj.loglike(theta + h) - obj.loglike(theta - h)) / 2e-6
+                   for h in 1e-6 * np.eye(theta.size)])  # fmt: skip
+    assert score == pytest.approx(fd, rel=1e-4, abs=1e-4)
+    groups = obj.score_groups(theta)
+    assert groups.sum(axis=0) == pytest.approx(score, rel=1e-10, abs=1e-10)
+
+
+def _nine_grades(**size):
+    """Model 3 with the latent score cut into 9 grades (probit): every parameter
+    within 3 SE.  In the ordinal model's units (WS intercept 0) the truth is the
+    Gaussian truth divided by the residual SD sigma_0."""
+    data = simulate_london(3, seed=7, **size)
+    sigma0 = np.exp(0.5 * LONDON_TRUE["tau"]["Intercept"])
+    cuts = np.linspace(-2.0, 2.0, 8)
+    data["grade"] = 1 + np.searchsorted(cuts, data["y"] / sigma0)
+    res = MELS.from_formula("grade ~ prior", data, "school", family="ordinal",
+                            ws_formula="~ prior").fit()  # fmt: skip
+    t = LONDON_TRUE
+    truth = {
+        ("beta", "prior"): t["beta"]["prior"] / sigma0,
+        ("alpha", "Intercept"): t["alpha"]["Intercept"] - t["tau"]["Intercept"],
+        ("tau", "prior"): t["tau"]["prior"],
+        ("random", "tau_l"): t["random"]["tau_l"],
+        ("random", "sigma_omega"): t["random"]["sigma_omega"],
+    }
+    truth = pd.Series(truth)
+    z = (res.params[truth.index] - truth) / res.bse[truth.index]
+    assert (z.abs() < 3).all(), z
+    se_gamma = res.bse["thresholds"].iloc[0]
+    assert res.thresholds.to_numpy() == pytest.approx(cuts, abs=3 * max(se_gamma, 0.02))
+    assert "9 categories" in str(res.summary())
+
+
+def test_nine_grades_recover_the_truth():
+    _nine_grades(n_schools=150, n_students=15000)
+
+
+@pytest.mark.slow
+def test_nine_grades_recover_the_truth_london_sized():
+    _nine_grades()
+
+
+def test_random_scale_lr_test(ordinal_data):
+    kw = dict(family="ordinal", link="probit")
+    m1 = MELS.from_formula("cat5_probit ~ x", ordinal_data, "g", random_scale=False, **kw).fit()
+    m2 = MELS.from_formula("cat5_probit ~ x", ordinal_data, "g", **kw).fit()
+    row = compare(m1, m2).iloc[-1]
+    assert row["df"] == 2 and "mixture" in row["test"]
+
+
+def test_bad_input(ordinal_data):
+    df = ordinal_data
+    with pytest.raises(MELSInputError, match="integer category codes"):
+        MELS.from_formula("x ~ 1", df, "g", family="ordinal")
+    with pytest.raises(MELSInputError, match="single category"):
+        MELS.from_formula("one ~ x", df.assign(one=1), "g", family="ordinal")
+    with pytest.raises(MELSInputError, match="censoring applies"):
+        MELS.from_formula("cat5_probit ~ x", df, "g", family="ordinal", censoring=(1, 5))
+    with pytest.raises(MELSInputError, match="link"):
+        MELS.from_formula("cat5_probit ~ x", df, "g", family="ordinal", link="cloglog")
+    with pytest.raises(MELSInputError, match="family"):
+        MELS.from_formula("cat5_probit ~ x", df, "g", family="poisson")
