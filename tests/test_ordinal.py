@@ -12,7 +12,7 @@ from reference.censored_ref import ordinal_loglik_brute
 
 from melsml import MELS, compare, simulate_london
 from melsml.exceptions import MELSInputError
-from melsml.ordinal import thresholds
+from melsml.ordinal import thresholds, thresholds_raw
 from melsml.simulate import LONDON_TRUE
 
 DATA = Path(__file__).parent / "data" / "ordinal"
@@ -151,3 +151,31 @@ def test_bad_input(ordinal_data):
         MELS.from_formula("cat5_probit ~ x", df, "g", family="ordinal", link="cloglog")
     with pytest.raises(MELSInputError, match="family"):
         MELS.from_formula("cat5_probit ~ x", df, "g", family="poisson")
+
+
+def test_mixwild_ordinal_engine_reference():
+    """MixWILD's MIXORS engine on the SBM data (7 categories, logit, random scale):
+    the same maximum; its log-SD scale is half melsml's log-variance scale."""
+    ref_dir = Path(__file__).parent / "data" / "mixwild"
+    data = pd.read_csv(ref_dir / "sbm_mels" / "sbm.csv")
+    data = data[data["PA_Ord"] != -99]
+    est = pd.read_csv(ref_dir / "sbm_ordinal_mixors" / "estimates.EST", sep=r"\s{2,}",
+                      header=None, engine="python")[1].to_numpy()  # fmt: skip
+    m = MELS.from_formula("PA_Ord ~ Day_C", data, "ID", family="ordinal", link="logit",
+                          ws_formula="~ Day_C")  # fmt: skip
+    res = m.fit()
+    mixwild_llf = -6107.00234 / 2
+    assert res.llf == pytest.approx(mixwild_llf, abs=5e-4)
+    beta, gamma, alpha, tau, tau_l, sigma_omega = est[1], est[2:8], est[8], *est[9:12]
+    assert res.params[("beta", "Day_C")] == pytest.approx(beta, abs=2e-3)
+    assert res.thresholds.to_numpy() == pytest.approx(gamma, abs=2e-3)
+    assert res.params[("alpha", "Intercept")] == pytest.approx(alpha, abs=2e-3)
+    assert res.params[("tau", "Day_C")] == pytest.approx(2 * tau, abs=2e-3)
+    assert res.params[("random", "tau_l")] == pytest.approx(2 * tau_l, abs=2e-3)
+    assert res.params[("random", "sigma_omega")] == pytest.approx(2 * sigma_omega, abs=2e-3)
+    # melsml's likelihood at MixWILD's estimates is MixWILD's, and below melsml's maximum
+    p = pd.Series(res.params)
+    p[:] = np.r_[beta, thresholds_raw(gamma), alpha, 2 * tau, 2 * tau_l, 2 * sigma_omega]
+    at_mixwild = m.loglike(p)
+    assert at_mixwild == pytest.approx(mixwild_llf, abs=5e-4)
+    assert at_mixwild <= res.llf + 1e-9
