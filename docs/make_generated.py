@@ -133,6 +133,7 @@ def tutorial() -> None:
     scale_slopes()
     three_level()
     censored()
+    ordinal()
     school8 = fits["8"].params[
         [("tau", t) for t in fits["8"].params["tau"].index if t.startswith("school_type")]
     ]
@@ -243,6 +244,42 @@ def censored() -> None:
         + ", ".join(f"{k} {v:.3f}" for k, v in corr.items())
         + ".\n",
     )
+
+
+def ordinal() -> None:
+    """The tutorial's section on graded outcomes."""
+    data = simulate_london(3, seed=7, n_schools=150, n_students=15000)
+    from melsml.simulate import LONDON_TRUE
+
+    sigma0 = np.exp(0.5 * LONDON_TRUE["tau"]["Intercept"])
+    data["grade"] = 1 + np.searchsorted(np.linspace(-2.0, 2.0, 8), data["y"] / sigma0)
+    res = MELS.from_formula(
+        "grade ~ prior", data, "school", family="ordinal", ws_formula="~ prior"
+    ).fit()
+    write("ordinal_summary.md", "```text\n" + res.summary().as_text() + "\n```\n")
+    write("ordinal_thresholds.md", md_table(res.thresholds.to_frame(), "{:.3f}"))
+    ref = pd.read_csv(ROOT / "tests" / "data" / "ordinal" / "reference.csv")
+    ref = ref.set_index(["model", "quantity"])["value"]
+    pairs = pd.read_csv(ROOT / "tests" / "data" / "ordinal" / "ordinal.csv")
+    rows = []
+    for link in ("probit", "logit"):
+        for kind, column, program in (("2", "bin", "glmer"), ("5", "cat5", "clmm")):
+            fit = MELS.from_formula(
+                f"{column}_{link} ~ x", pairs, "g", family="ordinal", link=link,
+                random_scale=False, n_points=25,
+            ).fit()  # fmt: skip
+            rows.append(
+                {
+                    "categories": kind,
+                    "link": link,
+                    "R": f"{program} (nAGQ = 25)",
+                    "R llf": ref[(f"{program}_{link}", "llf")],
+                    "melsml llf": fit.llf,
+                    "R var_u": ref[(f"{program}_{link}", "var_u")],
+                    "melsml var_u": fit.random_params().loc["var_u", "estimate"],
+                }
+            )
+    write("ordinal_r.md", md_table(pd.DataFrame(rows).set_index("categories"), "{:.8g}"))
 
 
 def validation() -> None:
