@@ -104,6 +104,9 @@ class MixWILDSpec:
     ws_labels: tuple[str, ...]
     split_labels: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: the ordinal engine (MIXORS): the categories and the link, else None
+    categories: tuple[float, ...] | None = None
+    link: str | None = None
 
     def _setting(self, name: str) -> int:
         return int(self.settings[name])
@@ -133,6 +136,8 @@ class MixWILDSpec:
             n_points=self._setting("NQ"),
             random_scale=self._setting("NORS") != 1,
         )
+        if self.categories is not None:
+            kw.update(family="ordinal", link=self.link)
         u_terms = "~ " + self._terms(
             self.bs_labels,
             rv,
@@ -228,6 +233,13 @@ def read_def(path) -> MixWILDSpec:
     _, prefix = take("output prefix")
     no, text = take("settings line")
     parts = text.split()
+    if len(parts) == len(ORDINAL_SETTING_NAMES):
+        # the ordinal engine's layout: 24 settings, then CHOL and IADD
+        try:
+            nvar = int(float(parts[0]))
+        except ValueError:
+            raise MixWILDFormatError(f"{path.name}, line {no}: NVAR must be a number") from None
+        return _read_ordinal_def(path, title, data_name, prefix, no, parts, take, ints, labels)
     if len(parts) < len(SETTING_NAMES):
         raise MixWILDFormatError(
             f"{path.name}, line {no}: the settings line needs {len(SETTING_NAMES)} numbers "
@@ -280,6 +292,89 @@ def read_def(path) -> MixWILDSpec:
             "effect, which melsml does not fit"
         )
     return spec
+
+
+#: the ordinal engine's (MIXORS) settings line
+ORDINAL_SETTING_NAMES = (
+    "NVAR", "MAXJ", "P", "R", "S", "PV", "RV", "SV", "RNINT", "CONV", "NQ", "AQUAD",
+    "MAXIT", "YMISS", "RIDGEIN", "NFN", "NORS", "MYSEED", "STAGE2", "MULTI2ND", "NREPS",
+    "SEPFILE", "MLS", "NCOV",
+)  # fmt: skip
+_ORDINAL_LINKS = {0: "probit", 1: "logit"}
+
+
+def _read_ordinal_def(path, title, data_name, prefix, no, parts, take, ints, labels):
+    """The ordinal engine's definition: 24 settings, CHOL IADD, the columns, the
+    category codes and the labels.  Its model has no mean or WS intercept (the
+    thresholds and the latent scale's unit take their places)."""
+    try:
+        st = {k: float(v) for k, v in zip(ORDINAL_SETTING_NAMES, parts, strict=True)}
+    except ValueError:
+        raise MixWILDFormatError(f"{path.name}, line {no}: the settings must be numbers") from None
+    bad = []
+    if int(st["NFN"]) not in _ORDINAL_LINKS:
+        bad.append(f"NFN = {int(st['NFN'])} (melsml has the probit (0) and logit (1) links)")
+    if int(st["STAGE2"]) != 0:
+        bad.append("STAGE2 (a stage-2 model)")
+    if int(st["SEPFILE"]) != 0:
+        bad.append("SEPFILE (a separate stage-2 data file)")
+    if int(st["MLS"]) == 1:
+        bad.append("MLS = 1 (several random location effects) with an ordinal outcome")
+    if bad:
+        raise MixWILDFormatError(f"{path.name}, line {no}: melsml cannot honour " + "; ".join(bad))
+    take("CHOL and IADD line")
+    # the continuous engine's names, for the rest of this module
+    st.update(PNINT=1, SNINT=1, DISCARD0=0, NCENT=0)
+    notes = [f"{k} = {st[k]:g}: {why}; not used" for k, why in _NOTED.items() if k in st]
+    notes.append(
+        "the ordinal engine's WS function and random scale are on the log-SD scale; "
+        "melsml's tau, tau_l and sigma_omega (log-variance scale) are twice MixWILD's"
+    )
+    p, r, s = (int(st[k]) for k in ("P", "R", "S"))
+    pv, rv, sv = (int(st[k]) for k in ("PV", "RV", "SV"))
+    id_col, y_col = ints("id and outcome columns", 2)
+    mean_cols = ints("mean function columns (P)", p)
+    bs_cols = ints("BS columns (R)", r)
+    ws_cols = ints("WS function columns (S)", s)
+    split_cols = (ints("split mean columns (PV)", pv), ints("split BS columns (RV)", rv),
+                  ints("split WS columns (SV)", sv))  # fmt: skip
+    maxj = int(st["MAXJ"])
+    cno, ctext = take("category codes")
+    try:
+        cats = tuple(float(v) for v in ctext.split())
+    except ValueError:
+        raise MixWILDFormatError(
+            f"{path.name}, line {cno}: category codes must be numbers"
+        ) from None
+    if len(cats) != maxj:
+        raise MixWILDFormatError(
+            f"{path.name}, line {cno}: MAXJ = {maxj} category codes expected, found {len(cats)}"
+        )
+    return MixWILDSpec(
+        path=path,
+        title=title,
+        data_file=(path.parent / data_name.strip()),
+        prefix=prefix.strip(),
+        settings=st,
+        id_col=id_col,
+        y_col=y_col,
+        mean_cols=mean_cols,
+        bs_cols=bs_cols,
+        ws_cols=ws_cols,
+        split_cols=split_cols,
+        y_label=labels("outcome label", 1)[0],
+        mean_labels=labels("mean function labels", p),
+        bs_labels=labels("BS labels", r),
+        ws_labels=labels("WS function labels", s),
+        split_labels=(
+            labels("split mean labels", pv),
+            labels("split BS labels", rv),
+            labels("split WS labels", sv),
+        ),
+        notes=tuple(notes),
+        categories=cats,
+        link=_ORDINAL_LINKS[int(st["NFN"])],
+    )
 
 
 def _check_settings(path: Path, line: int, st: dict[str, float]) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 from reference.censored_ref import ordinal_loglik_brute
 
 from melsml import MELS, compare, simulate_london
-from melsml.exceptions import MELSInputError
+from melsml.exceptions import MELSInputError, MissingDataWarning
 from melsml.ordinal import thresholds, thresholds_raw
 from melsml.simulate import LONDON_TRUE
 
@@ -179,3 +179,14 @@ def test_mixwild_ordinal_engine_reference():
     at_mixwild = m.loglike(p)
     assert at_mixwild == pytest.approx(mixwild_llf, abs=5e-4)
     assert at_mixwild <= res.llf + 1e-9
+
+
+def test_mixwild_ordinal_definition_file_is_read():
+    ref_dir = Path(__file__).parent / "data" / "mixwild" / "sbm_ordinal_mixors"
+    with pytest.warns(MissingDataWarning, match="dropped 2 of 2111"):
+        m = MELS.from_mixwild(ref_dir / "model.def")
+    assert m.options.family == "ordinal" and m.options.link == "logit"
+    assert m.layout.thresholds == ("1/2", "2/3", "3/4", "4/5", "5/6", "6/7")
+    assert m.plan.n_points == 11
+    assert any("log-SD scale" in note for note in m.notes)
+    assert m.fit().llf == pytest.approx(-6107.00234 / 2, abs=5e-4)
