@@ -1,4 +1,5 @@
-"""Interchange with MixWILD (stage 1, continuous outcomes: MIXREGLS / MIXREGMLS).
+"""Interchange with MixWILD (stage 1: continuous outcomes, MIXREGLS / MIXREGMLS; ordinal
+outcomes, its ordinal engine MIXORS).
 
 * :func:`read_def` parses a stage-1 definition file into a :class:`MixWILDSpec`;
 * :func:`read_data` reads its whitespace-delimited data file (missing-value
@@ -557,9 +558,16 @@ def write(
             folder / f"{prefix}_groups.csv", index=False
         )
     slopes = not d.random_intercept_only
+    ordinal = d.categories is not None
+    if ordinal and slopes:
+        raise MELSInputError(
+            "MixWILD's ordinal engine has no random location slopes: this model cannot be "
+            "written as a MixWILD definition file"
+        )
     loc_names, loc_x = (d.re_names, d.x_re) if slopes else (d.bs_names, d.x_bs)
     blocks = [(d.mean_names, d.x_mean), (loc_names, loc_x), (d.ws_names, d.x_ws)]
-    cols = [np.repeat(gid, d.group_sizes).astype(float), d.y]
+    y = d.categories[d.y.astype(int)] if ordinal else d.y
+    cols = [np.repeat(gid, d.group_sizes).astype(float), y]
     col_idx, labs, nint = [], [], []
     where: dict[str, int] = {}  # a term used by several functions is written once
     given: dict[str, str] = {}
@@ -619,15 +627,28 @@ def write(
         0,
         0,
     ]
+    cats_line = []
+    if ordinal:
+        # the ordinal engine's settings (see ORDINAL_SETTING_NAMES); its mean and WS
+        # functions have no intercept, and the WS function is on the log-SD scale
+        settings = [
+            nvar, d.categories.size, len(col_idx[0]), len(col_idx[1]), len(col_idx[2]),
+            0, 0, 0, nint[1], "0.00001", model.plan.n_points, 1, 200, 0, "0.1",
+            {"probit": 0, "logit": 1}[opt.link], 0 if opt.random_scale else 1, 12345,
+            0, 0, 500, 0, 0, ncov,
+        ]  # fmt: skip
+        cats_line = [" ".join(f"{c:g}" for c in d.categories)]
     lines = [
         title[:72],
         f"{d.groups}: {d.formulas['formula']}"[:72],
         dat.name,
         prefix,
         " ".join(str(v) for v in settings),
+        *(["0 -1"] if ordinal else []),
         "1 2",
     ]
     lines += [" ".join(map(str, c)) for c in col_idx if c]
+    lines += cats_line
     lines.append(_label(d.outcome))
     lines += [" ".join(lab) for lab in labs if lab]
     def_path = folder / f"{prefix}.def"

@@ -190,3 +190,17 @@ def test_mixwild_ordinal_definition_file_is_read():
     assert m.plan.n_points == 11
     assert any("log-SD scale" in note for note in m.notes)
     assert m.fit().llf == pytest.approx(-6107.00234 / 2, abs=5e-4)
+
+
+def test_ordinal_models_round_trip_through_mixwild_files(tmp_path):
+    from melsml import mixwild
+
+    df = _small("logit").assign(y=lambda f: 10 * f["y"])  # codes 10, 20, 30, 40
+    m = MELS.from_formula("y ~ x", df, "g", family="ordinal", link="logit",
+                          bs_formula="~ s", ws_formula="~ x")  # fmt: skip
+    def_path, _ = mixwild.write(m, folder=tmp_path)
+    back = MELS.from_mixwild(def_path)
+    assert back.options.link == "logit"
+    assert list(back.design.categories) == [10, 20, 30, 40]
+    theta = m.start_params().to_numpy()
+    assert back.loglike(theta) == pytest.approx(m.loglike(theta), rel=1e-10)
