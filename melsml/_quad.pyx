@@ -185,6 +185,8 @@ cdef struct Eng:
     double* aw2           # per interval unit: d log P / d eps_lo (aw: eps_hi)
     double* rw2           # eps_lo (rw: eps_hi)
     double* ghi           # output: gradient in the upper limit (ivhi) per unit
+    double* seta          # exp(-eta_i / 2) of each interval unit
+    int need_hess         # the interval units' Hessian terms are needed (mode search)
 
 
 cdef void eng_init(Eng* e, int q, int s, const double* Kvv, const double* Kuv,
@@ -210,6 +212,8 @@ cdef void eng_init(Eng* e, int q, int s, const double* Kvv, const double* Kuv,
     e.aw2 = NULL
     e.rw2 = NULL
     e.ghi = NULL
+    e.seta = NULL
+    e.need_hess = 1
     e.ncens = 0.0
     e.aw = unit_work
     e.rw = unit_work + n_obs
@@ -244,6 +248,7 @@ cdef void eng_group(Eng* e, Py_ssize_t start, Py_ssize_t stop, int const_h,
         e.invd[i] = wi * exp(-eta[i])
         if e.cs != NULL and e.cs[i] != 0.0:
             e.ncens += 1.0
+            e.seta[i] = exp(-0.5 * eta[i])
             continue
         e.n += wi
         e.sumeta += wi * eta[i]
@@ -594,15 +599,23 @@ cdef double eng_cens_logp(Eng* e, const double* r0, const double* eta, const dou
     cdef int q = e.q, s = e.s, link = e.link
     cdef int a
     cdef Py_ssize_t i
-    cdef double hv, sa, zu, lo, hi, lp, fl, fh, pr, out = 0.0
+    cdef double hv, sa, zu, lo, hi, lp, fl, fh, pr, shv = 1.0, out = 0.0
     cdef bint open_lo, open_hi
+    if e.const_h:
+        hv = 0.0
+        for a in range(s):
+            hv += e.h[a] * e.v[a]
+        shv = exp(-0.5 * hv)
     for i in range(e.start, e.stop):
         if e.cs[i] == 0.0:
             continue
-        hv = 0.0
-        for a in range(s):
-            hv += (e.h[a] if e.const_h else H[i * s + a]) * e.v[a]
-        sa = exp(-0.5 * (eta[i] + hv))
+        if e.const_h:
+            sa = e.seta[i] * shv
+        else:
+            hv = 0.0
+            for a in range(s):
+                hv += H[i * s + a] * e.v[a]
+            sa = e.seta[i] * exp(-0.5 * hv)
         zu = 0.0
         for a in range(q):
             zu += Z[i * q + a] * e.mu[a]
@@ -647,6 +660,14 @@ cdef void eng_cens_grad(Eng* e, const double* Z, const double* H) noexcept nogil
         eh = e.rw[i]
         ll_ = e.aw2[i]
         el = e.rw2[i]
+        t0 = lh + ll_
+        t1 = lh * eh + ll_ * el
+        if not e.need_hess:
+            for a in range(q):
+                e.sx[a] -= wi * t0 * Z[i * q + a] * sa
+            for b in range(s):
+                e.sx[q + b] -= wi * 0.5 * (e.h[b] if e.const_h else H[i * s + b]) * t1
+            continue
         # second derivatives of log P in (eps_hi, eps_lo)
         if e.link == 0:
             chh = -eh
@@ -660,8 +681,6 @@ cdef void eng_cens_grad(Eng* e, const double* Z, const double* H) noexcept nogil
         s0 = hh + lll + 2.0 * hl
         s1 = hh * eh + hl * el + hl * eh + lll * el
         s2 = hh * eh * eh + 2.0 * hl * eh * el + lll * el * el
-        t0 = lh + ll_
-        t1 = lh * eh + ll_ * el
         for a in range(q):
             e.sx[a] -= wi * t0 * Z[i * q + a] * sa
             for b in range(q):
@@ -825,6 +844,7 @@ cdef double eng_full_psi(Eng* e, const double* th, const double* r0, const doubl
     cdef int q = e.q, d = e.d
     cdef int a, b, k, l
     cdef double acc, val, jq
+    e.need_hess = 1
     eng_full_node(e, th, r0, eta, Z, H, grad != NULL)
     val = e.logp - 0.5 * d * LOG2PI
     for a in range(d):
@@ -1048,6 +1068,7 @@ cdef void eng_one_group(Eng* e, Work* w, Shared* sh, Py_ssize_t j) noexcept nogi
             acc -= 0.5 * w.xi[a] * w.xi[a]
         e.lw_off = acc
         if sh.full:
+            e.need_hess = 0  # the node pass needs the gradient only
             eng_full_node(e, w.xi, sh.r0, sh.eta, sh.Z, sh.H, True)
             if s > 0:
                 gtq += exp(e.logp + acc) * e.sx[q] * w.xi[0] * w.xi[0]
@@ -1272,7 +1293,7 @@ def engine_loglik(
     cdef Py_ssize_t n_buf = eng_work_size(q, s, n_nodes)
     if w is not None and w.shape[0] != r0.shape[0]:
         raise ValueError("engine_loglik: w must have one weight per unit")
-    uw = np.empty(5 * r0.shape[0] + 1, dtype=np.float64)
+    uw = np.empty(6 * r0.shape[0] + 1, dtype=np.float64)
     eng_init(&e, q, s, &Kvv[0, 0] if s > 0 else NULL, &Kuv[0, 0] if s > 0 else NULL,
              &C[0, 0], &w[0] if w is not None else NULL, &uw[0], r0.shape[0])
     e.Lf = &L[0, 0]
@@ -1294,6 +1315,7 @@ def engine_loglik(
         e.link = link
         e.aw2 = &uw[3 * r0.shape[0]]
         e.rw2 = &uw[4 * r0.shape[0]]
+        e.seta = &uw[5 * r0.shape[0]]
         e.ghi = &g_hi[0]
     sh.gptr = &group_ptr[0]
     sh.hc = &h_const[0]
