@@ -169,9 +169,7 @@ class MELSObjective:
         # threads pay off where each node costs O(n_j) (a unit-level scale design, a
         # censored or ordinal outcome) or there are many nodes; a constant-h exact
         # plan is faster on one thread
-        heavy = (
-            self.plan.unit_level_scale or self.plan.n_nodes > 50 or design.interval_outcome
-        )
+        heavy = self.plan.unit_level_scale or self.plan.n_nodes > 50 or design.interval_outcome
         self.n_threads = 0 if heavy else 1
         self._x_re = None if st.bs else np.ascontiguousarray(design.x_re)
         m = self.plan.dim

@@ -13,7 +13,7 @@ import pandas as pd
 from .censoring import apply_censoring
 from .config import Association, Integration, ModelOptions
 from .exceptions import BoundaryWarning, MELSInputError
-from .formula import DesignMatrices, build_design
+from .formula import DesignMatrices, build_design, collapse_duplicates
 from .identify import check_identifiable
 from .levels import IdScope
 from .likelihood import MELSObjective
@@ -406,7 +406,15 @@ class MELS:
         # problem, steps and convergence tests whatever the data's units
         scaling = Scaling.of(self.design)
         std_design = scaling.design(self.design)
-        std_obj = MELSObjective(std_design, self.layout, self.options)
+        # a censored or ordinal outcome visits every unit at every node: identical
+        # units of a group are merged into one with a frequency weight
+        collapsed = collapse_duplicates(std_design) if std_design.interval_outcome else None
+        if collapsed is not None:
+            logger.info(
+                "collapsed %d rows into %d with frequency weights", std_design.n_obs,
+                collapsed.n_obs,
+            )  # fmt: skip
+        std_obj = MELSObjective(collapsed or std_design, self.layout, self.options)
         boundary = self.layout.boundary_positions
         if start_params is None:
             theta0 = start_values(std_design, self.layout, self.options.link)

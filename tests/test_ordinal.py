@@ -204,3 +204,30 @@ def test_ordinal_models_round_trip_through_mixwild_files(tmp_path):
     assert list(back.design.categories) == [10, 20, 30, 40]
     theta = m.start_params().to_numpy()
     assert back.loglike(theta) == pytest.approx(m.loglike(theta), rel=1e-10)
+
+
+def test_identical_units_collapse_with_frequency_weights():
+    from melsml.formula import collapse_duplicates
+    from melsml.likelihood import MELSObjective
+
+    rng = np.random.default_rng(11)
+    n_groups, size = 40, 30
+    df = pd.DataFrame({"g": np.repeat(np.arange(n_groups), size),
+                       "sex": rng.integers(0, 2, n_groups * size),
+                       "band": rng.integers(0, 3, n_groups * size)})  # fmt: skip
+    u = np.repeat(rng.normal(scale=0.5, size=n_groups), size)
+    latent = 0.5 * df.sex - 0.4 * df.band + u + rng.standard_normal(len(df))
+    df["grade"] = 1 + np.searchsorted([-1.0, 0.0, 1.0], latent)
+    m = MELS.from_formula("grade ~ sex + C(band)", df, "g", family="ordinal",
+                          ws_formula="~ sex")  # fmt: skip
+    small = collapse_duplicates(m.design)
+    assert small is not None and small.n_obs < 0.5 * m.design.n_obs
+    assert small.unit_weights.sum() == m.design.n_obs
+    theta = m.start_params().to_numpy() + 0.05
+    full = m.objective().evaluate(theta)
+    merged = MELSObjective(small, m.layout, m.options).evaluate(theta)
+    assert merged.llf == pytest.approx(full.llf, rel=1e-12)
+    assert merged.score == pytest.approx(full.score, rel=1e-9, abs=1e-9)
+    res = m.fit()
+    assert res.nobs == len(df) and res.converged
+    assert res.llf == pytest.approx(m.loglike(res.params), rel=1e-12)
