@@ -252,40 +252,8 @@ def read_def(path) -> MixWILDSpec:
         raise MixWILDFormatError(f"{path.name}, line {no}: the settings must be numbers") from None
     nvar = int(settings["NVAR"])
     notes = _check_settings(path, no, settings)
-    p, r, s = (int(settings[k]) for k in ("P", "R", "S"))
-    pv, rv, sv = (int(settings[k]) for k in ("PV", "RV", "SV"))
-    id_col, y_col = ints("id and outcome columns", 2)
-    mean_cols = ints("mean function columns (P)", p)
-    bs_cols = ints("BS/location columns (R)", r)
-    ws_cols = ints("WS function columns (S)", s)
-    split_cols = (
-        ints("split mean columns (PV)", pv),
-        ints("split BS columns (RV)", rv),
-        ints("split WS columns (SV)", sv),
-    )
-    y_label = labels("outcome label", 1)[0]
-    spec = MixWILDSpec(
-        path=path,
-        title=title,
-        data_file=(path.parent / data_name.strip()),
-        prefix=prefix.strip(),
-        settings=settings,
-        id_col=id_col,
-        y_col=y_col,
-        mean_cols=mean_cols,
-        bs_cols=bs_cols,
-        ws_cols=ws_cols,
-        split_cols=split_cols,
-        y_label=y_label,
-        mean_labels=labels("mean function labels", p),
-        bs_labels=labels("BS/location labels", r),
-        ws_labels=labels("WS function labels", s),
-        split_labels=(
-            labels("split mean labels", pv),
-            labels("split BS labels", rv),
-            labels("split WS labels", sv),
-        ),
-        notes=tuple(notes),
+    spec = _read_model_lines(
+        path, title, data_name, prefix, settings, notes, take, ints, labels, ordinal=False
     )
     if int(settings["R"]) == 0 and int(settings["RNINT"]) == 1:
         raise MixWILDFormatError(
@@ -331,32 +299,49 @@ def _read_ordinal_def(path, title, data_name, prefix, no, parts, take, ints, lab
         "the ordinal engine's WS function and random scale are on the log-SD scale; "
         "melsml's tau, tau_l and sigma_omega (log-variance scale) are twice MixWILD's"
     )
-    p, r, s = (int(st[k]) for k in ("P", "R", "S"))
-    pv, rv, sv = (int(st[k]) for k in ("PV", "RV", "SV"))
+    return _read_model_lines(
+        path, title, data_name, prefix, st, notes, take, ints, labels, ordinal=True
+    )
+
+
+def _read_model_lines(
+    path, title, data_name, prefix, settings, notes, take, ints, labels, *, ordinal: bool
+) -> MixWILDSpec:
+    """The lines after the settings, as both engines write them: the id and outcome
+    columns, the P, R, S and PV/RV/SV column lists, (ordinal engine: the MAXJ
+    category codes), then the labels in the same order."""
+    p, r, s = (int(settings[k]) for k in ("P", "R", "S"))
+    pv, rv, sv = (int(settings[k]) for k in ("PV", "RV", "SV"))
     id_col, y_col = ints("id and outcome columns", 2)
     mean_cols = ints("mean function columns (P)", p)
-    bs_cols = ints("BS columns (R)", r)
+    bs_cols = ints("BS/location columns (R)", r)
     ws_cols = ints("WS function columns (S)", s)
-    split_cols = (ints("split mean columns (PV)", pv), ints("split BS columns (RV)", rv),
-                  ints("split WS columns (SV)", sv))  # fmt: skip
-    maxj = int(st["MAXJ"])
-    cno, ctext = take("category codes")
-    try:
-        cats = tuple(float(v) for v in ctext.split())
-    except ValueError:
-        raise MixWILDFormatError(
-            f"{path.name}, line {cno}: category codes must be numbers"
-        ) from None
-    if len(cats) != maxj:
-        raise MixWILDFormatError(
-            f"{path.name}, line {cno}: MAXJ = {maxj} category codes expected, found {len(cats)}"
-        )
+    split_cols = (
+        ints("split mean columns (PV)", pv),
+        ints("split BS columns (RV)", rv),
+        ints("split WS columns (SV)", sv),
+    )
+    cats = link = None
+    if ordinal:
+        maxj = int(settings["MAXJ"])
+        cno, ctext = take("category codes")
+        try:
+            cats = tuple(float(v) for v in ctext.split())
+        except ValueError:
+            raise MixWILDFormatError(
+                f"{path.name}, line {cno}: category codes must be numbers"
+            ) from None
+        if len(cats) != maxj:
+            raise MixWILDFormatError(
+                f"{path.name}, line {cno}: MAXJ = {maxj} category codes expected, found {len(cats)}"
+            )
+        link = _ORDINAL_LINKS[int(settings["NFN"])]
     return MixWILDSpec(
         path=path,
         title=title,
         data_file=(path.parent / data_name.strip()),
         prefix=prefix.strip(),
-        settings=st,
+        settings=settings,
         id_col=id_col,
         y_col=y_col,
         mean_cols=mean_cols,
@@ -365,7 +350,7 @@ def _read_ordinal_def(path, title, data_name, prefix, no, parts, take, ints, lab
         split_cols=split_cols,
         y_label=labels("outcome label", 1)[0],
         mean_labels=labels("mean function labels", p),
-        bs_labels=labels("BS labels", r),
+        bs_labels=labels("BS/location labels", r),
         ws_labels=labels("WS function labels", s),
         split_labels=(
             labels("split mean labels", pv),
@@ -374,7 +359,7 @@ def _read_ordinal_def(path, title, data_name, prefix, no, parts, take, ints, lab
         ),
         notes=tuple(notes),
         categories=cats,
-        link=_ORDINAL_LINKS[int(st["NFN"])],
+        link=link,
     )
 
 
