@@ -599,7 +599,8 @@ cdef double eng_cens_logp(Eng* e, const double* r0, const double* eta, const dou
     cdef int q = e.q, s = e.s, link = e.link
     cdef int a
     cdef Py_ssize_t i
-    cdef double hv, sa, zu, lo, hi, lp, fl, fh, pr, shv = 1.0, out = 0.0
+    cdef double hv, sa, zu, lo, hi, lp, fl, fh, pr, shv = 1.0, out = 0.0, prod = 1.0
+    cdef double wi
     cdef bint open_lo, open_hi
     if e.const_h:
         hv = 0.0
@@ -633,16 +634,31 @@ cdef double eng_cens_logp(Eng* e, const double* r0, const double* eta, const dou
                 pr = link_cdf(link, -lo) - link_cdf(link, -hi)
             else:
                 pr = link_cdf(link, hi) - link_cdf(link, lo)
-            lp = log(pr) if pr > 1e-300 else log(1e-300)
-        fh = 0.0 if open_hi else exp(link_logpdf(link, hi) - lp)
-        fl = 0.0 if open_lo else -exp(link_logpdf(link, lo) - lp)
-        out += (e.w[i] if e.w != NULL else 1.0) * lp
+            if pr < 1e-300:
+                pr = 1e-300
+        wi = e.w[i] if e.w != NULL else 1.0
+        if open_lo or open_hi:
+            fh = 0.0 if open_hi else exp(link_logpdf(link, hi) - lp)
+            fl = 0.0 if open_lo else -exp(link_logpdf(link, lo) - lp)
+            out += wi * lp
+        else:
+            # unit-weight units: one log per run of them, of the product of
+            # their probabilities, taken before the product underflows
+            fh = exp(link_logpdf(link, hi)) / pr
+            fl = -exp(link_logpdf(link, lo)) / pr
+            if wi == 1.0:
+                prod *= pr
+                if prod < 1e-250:
+                    out += log(prod)
+                    prod = 1.0
+            else:
+                out += wi * log(pr)
         e.invd[i] = sa
         e.aw[i] = fh
         e.rw[i] = hi
         e.aw2[i] = fl
         e.rw2[i] = lo
-    return out
+    return out + log(prod)
 
 
 cdef void eng_cens_grad(Eng* e, const double* Z, const double* H) noexcept nogil:

@@ -101,6 +101,12 @@ class ModelOptions:
             )
 
 
+#: Points per dimension of the cheaper rule that runs the quasi-Newton phase of
+#: fits whose every node visits every unit (censored and ordinal outcomes);
+#: Newton steps and the Hessian then use the model's own rule.
+COARSE_POINTS = 7
+
+
 def default_points(dim: int, method: str = "exact-location") -> int:
     """Default Gauss-Hermite points per dimension of a ``dim``-D quadrature.
 

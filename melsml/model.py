@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import replace
 from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
 from .censoring import apply_censoring
-from .config import Association, Integration, ModelOptions
+from .config import COARSE_POINTS, Association, Integration, ModelOptions
 from .exceptions import BoundaryWarning, MELSInputError
 from .formula import DesignMatrices, build_design, collapse_duplicates
 from .identify import check_identifiable
@@ -423,8 +424,20 @@ class MELS:
                 self._as_vector(start_params, "start_params"), self.layout
             )
             theta0 = self._off_the_boundary(theta0, boundary, std_design)
+        coarse = None
+        expensive = std_design.interval_outcome
+        if expensive and std_obj.plan.n_points > COARSE_POINTS:
+            coarse = MELSObjective(
+                collapsed or std_design, self.layout, replace(self.options, n_points=COARSE_POINTS)
+            )
         theta_std, hess_std, info = maximize(
-            std_obj, theta0, maxiter=maxiter, tol=tol, boundary_params=boundary
+            std_obj,
+            theta0,
+            maxiter=maxiter,
+            tol=tol,
+            boundary_params=boundary,
+            coarse=coarse,
+            forward_hessian=expensive,
         )
         offset, jac = scaling.affine(self.layout)
         theta = offset + jac @ theta_std

@@ -102,20 +102,34 @@ def interval_limits(codes: np.ndarray, gamma: np.ndarray, xb: np.ndarray):
     return ext[c] - xb, ext[c + 1] - xb
 
 
-def threshold_unit_scores(codes: np.ndarray, g_lo: np.ndarray, g_hi: np.ndarray, raw):
-    """(n, C-1) each unit's score in the threshold parameters, from its gradient in
-    the lower and upper limits of its interval (d gamma / d raw: 1 for the first,
-    exp(raw_m) for the increments up to gamma_k)."""
-    c = codes.astype(int)
+def threshold_scores(
+    codes: np.ndarray,
+    g_lo: np.ndarray,
+    g_hi: np.ndarray,
+    raw: np.ndarray,
+    group: np.ndarray | None = None,
+    n_groups: int = 1,
+) -> np.ndarray:
+    """(n_groups, C-1) each group's score in the threshold parameters, from each
+    unit's gradient in the lower and upper limits of its interval (d gamma /
+    d raw: 1 for the first, exp(raw_m) for the increments up to gamma_k).
+
+    ``group`` holds each unit's group number (default: one group).  Sums by
+    bincount, O(n) without BLAS (whose threads would compete with the kernel's).
+    """
+    c = codes.astype(np.intp)
     n_thr = raw.size
-    rows = np.arange(c.size)
-    d_gamma = np.zeros((c.size, n_thr))
-    up = c < n_thr
-    d_gamma[rows[up], c[up]] += g_hi[up]
-    down = c > 0
-    d_gamma[rows[down], c[down] - 1] += g_lo[down]
+    g = np.zeros(c.size, dtype=np.intp) if group is None else group
+    size = n_groups * (n_thr + 1)
+    # gamma_c is unit i's upper limit when c_i = c, its lower limit when c_i = c + 1
+    sums = np.bincount(g * (n_thr + 1) + c, weights=g_hi, minlength=size).reshape(
+        n_groups, n_thr + 1
+    )[:, :n_thr]
+    sums += np.bincount(g * (n_thr + 1) + c, weights=g_lo, minlength=size).reshape(
+        n_groups, n_thr + 1
+    )[:, 1:]
     jac = np.tril(np.ones((n_thr, n_thr))) * np.concatenate([[1.0], np.exp(raw[1:])])
-    return d_gamma @ jac
+    return sums @ jac
 
 
 def start_thresholds(codes: np.ndarray, n_categories: int, link: str) -> np.ndarray:
