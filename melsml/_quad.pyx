@@ -1184,6 +1184,21 @@ cdef void eng_one_group(Eng* e, Work* w, Shared* sh, Py_ssize_t j) noexcept nogi
                 sh.gz[i * q + a] /= tot
 
 
+cdef eng_intervals(Eng* e, const double[::1] cens, const double[::1] iv_lo,
+                   const double[::1] iv_hi, int link, double[::1] uw):
+    """Point ``e`` at the interval units (``uw``: 6 n_obs doubles of unit work)."""
+    cdef Py_ssize_t n = cens.shape[0]
+    if iv_lo is None or iv_hi is None or iv_lo.shape[0] != n or iv_hi.shape[0] != n:
+        raise ValueError("the kernel: cens, iv_lo and iv_hi need one entry per unit")
+    e.cs = &cens[0]
+    e.ivlo = &iv_lo[0]
+    e.ivhi = &iv_hi[0]
+    e.link = link
+    e.aw2 = &uw[3 * n]
+    e.rw2 = &uw[4 * n]
+    e.seta = &uw[5 * n]
+
+
 def engine_loglik(
     const double[::1] r0,
     const double[::1] eta,
@@ -1319,19 +1334,11 @@ def engine_loglik(
     e.gws = &g_ws[0]
     e.gz = &g_z[0, 0]
     if cens is not None:
-        if (cens.shape[0] != r0.shape[0] or iv_lo is None or iv_hi is None or g_hi is None
-                or iv_lo.shape[0] != r0.shape[0] or iv_hi.shape[0] != r0.shape[0]
-                or g_hi.shape[0] != r0.shape[0]):
-            raise ValueError("engine_loglik: cens, iv_lo, iv_hi and g_hi need one entry per unit")
+        if g_hi is None or g_hi.shape[0] != r0.shape[0]:
+            raise ValueError("engine_loglik: g_hi needs one entry per unit")
         if not full:
             raise ValueError("engine_loglik: interval units need the full integrand")
-        e.cs = &cens[0]
-        e.ivlo = &iv_lo[0]
-        e.ivhi = &iv_hi[0]
-        e.link = link
-        e.aw2 = &uw[3 * r0.shape[0]]
-        e.rw2 = &uw[4 * r0.shape[0]]
-        e.seta = &uw[5 * r0.shape[0]]
+        eng_intervals(&e, cens, iv_lo, iv_hi, link, uw)
         e.ghi = &g_hi[0]
     sh.gptr = &group_ptr[0]
     sh.hc = &h_const[0]
@@ -1433,3 +1440,85 @@ def engine_points(
                         pinv[j, k, a, b] = e.pinv[a * q + b]
                 for a in range(s):
                     v[j, k, a] = e.v[a]
+
+
+def engine_points_full(
+    const double[::1] r0,
+    const double[::1] eta,
+    const double[:, ::1] Z,
+    const double[:, ::1] H,
+    const unsigned char[::1] h_const,
+    const Py_ssize_t[::1] group_ptr,
+    const double[:, ::1] L,
+    double tau_q,
+    const double[:, :, ::1] points,
+    double[:, ::1] logpsi,
+    double[:, :, ::1] x,
+    const double[::1] w=None,
+    const double[::1] cens=None,
+    const double[::1] iv_lo=None,
+    const double[::1] iv_hi=None,
+    int link=0,
+    int n_threads=0,
+):
+    """The full integrand at given points: for empirical Bayes grids where the
+    location effects are not normal given the scale effects (censored and
+    ordinal outcomes, the quadratic association).
+
+    Parameters
+    ----------
+    r0 ... h_const, group_ptr, L, tau_q, w, cens, iv_lo, iv_hi, link
+        As :func:`engine_loglik` with ``full=True``.
+    points : (n_groups, P, d) float64
+        Standardised effects theta at which to evaluate, per group.
+    logpsi : (n_groups, P) output
+        Log integrand log p(y | x) + log N(theta; 0, I).
+    x : (n_groups, P, d) output
+        The effects x = (u, v) = L theta (+ tau_q theta0^2 on the first scale effect).
+    n_threads : int
+        Threads over groups (0: OpenMP's default).
+    """
+    cdef int q = Z.shape[1], s = H.shape[1]
+    cdef int d = q + s
+    cdef Py_ssize_t n_groups = group_ptr.shape[0] - 1
+    cdef Py_ssize_t n_pts = points.shape[1]
+    cdef Py_ssize_t j, k
+    cdef int a
+    cdef Eng e, le
+    cdef Eng* ep
+    cdef double *buf
+    cdef double[::1] uw
+    cdef double[:, ::1] dummy = np.zeros((1, 1))
+    cdef int nt = n_threads if n_threads > 0 else melsml_max_threads()
+    cdef Py_ssize_t n_buf = eng_work_size(q, s, 1)
+    if points.shape[0] != n_groups or points.shape[2] != d:
+        raise ValueError("engine_points_full: points must have shape (n_groups, P, q + s)")
+    if L.shape[0] != d or L.shape[1] != d:
+        raise ValueError("engine_points_full: L must be (q + s) x (q + s)")
+    if w is not None and w.shape[0] != r0.shape[0]:
+        raise ValueError("engine_points_full: w must have one weight per unit")
+    uw = np.empty(6 * r0.shape[0] + 1, dtype=np.float64)
+    eng_init(&e, q, s, &dummy[0, 0], &dummy[0, 0], &dummy[0, 0],
+             &w[0] if w is not None else NULL, &uw[0], r0.shape[0])
+    e.Lf = &L[0, 0]
+    e.tau_q = tau_q
+    e.full = 1
+    e.need_hess = 0
+    if cens is not None:
+        eng_intervals(&e, cens, iv_lo, iv_hi, link, uw)
+    with nogil, parallel(num_threads=nt):
+        buf = <double*> malloc(n_buf * sizeof(double))
+        le = e
+        ep = &le
+        eng_bind(ep, buf)
+        for j in prange(n_groups, schedule="dynamic"):
+            eng_group(ep, group_ptr[j], group_ptr[j + 1], h_const[j] if s > 0 else 1,
+                      &r0[0], &eta[0], &Z[0, 0], &H[0, 0] if s > 0 else NULL)
+            for k in range(n_pts):
+                eng_full_node(ep, &points[j, k, 0], &r0[0], &eta[0], &Z[0, 0],
+                              &H[0, 0] if s > 0 else NULL, False)
+                logpsi[j, k] = ep.logp - 0.5 * d * LOG2PI
+                for a in range(d):
+                    logpsi[j, k] -= 0.5 * points[j, k, a] * points[j, k, a]
+                    x[j, k, a] = ep.x[a]
+        free(buf)

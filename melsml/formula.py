@@ -449,12 +449,12 @@ def encode_rows(design: DesignMatrices, data: pd.DataFrame) -> dict[str, np.ndar
     dict with ``x_mean``, ``x_bs``, ``x_ws``, ``x_re``, ``x_scale`` (n_rows, k)
     """
     out = {}
-    for opt, key in (
-        ("formula", "x_mean"),
-        ("bs_formula", "x_bs"),
-        ("ws_formula", "x_ws"),
-        ("re_formula", "x_re"),
-        ("ws_re_formula", "x_scale"),
+    for opt, key, names in (
+        ("formula", "x_mean", design.mean_names),
+        ("bs_formula", "x_bs", design.bs_names),
+        ("ws_formula", "x_ws", design.ws_names),
+        ("re_formula", "x_re", design.re_names),
+        ("ws_re_formula", "x_scale", design.scale_names),
     ):
         spec = design.model_specs[opt]
         try:
@@ -466,7 +466,9 @@ def encode_rows(design: DesignMatrices, data: pd.DataFrame) -> dict[str, np.ndar
             raise MELSInputError(
                 f"exog cannot be encoded with {opt}={design.formulas[opt]!r}: {msg}{hint}"
             ) from None
-        out[key] = np.asarray(mm, dtype=float)
+        # the model's columns (an ordinal model has no mean or WS intercept)
+        cols = list(map(str, mm.columns))
+        out[key] = np.asarray(mm, dtype=float)[:, [cols.index(n) for n in names]]
     return out
 
 

@@ -363,6 +363,37 @@ class MELSObjective:
             grad_thresholds=grad_thr,
         )
 
+    def full_points(self, theta: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The full integrand (over all standardised effects) at given points.
+
+        Parameters
+        ----------
+        theta : (k_params,) parameters
+        points : (n_groups, P, q + s) standardised effects per group
+
+        Returns
+        -------
+        logpsi : (n_groups, P) log p(y | x) + log N(theta; 0, I)
+        x : (n_groups, P, q + s) the effects (u, v) at the points
+        """
+        p, inputs = self._inputs(theta)
+        intervals = self._intervals(inputs["r0"], p)
+        intervals.pop("g_hi", None)
+        del inputs["Kvv"], inputs["Kuv"], inputs["C"]
+        points = np.ascontiguousarray(points, dtype=float)
+        logpsi = np.empty(points.shape[:2])
+        x = np.empty(points.shape)
+        _quad.engine_points_full(
+            **inputs,
+            L=np.ascontiguousarray(p["L"]),
+            tau_q=float(p["tau_q"]),
+            points=points,
+            logpsi=logpsi,
+            x=x,
+            **intervals,
+        )
+        return logpsi, x
+
     # convenience wrappers ---------------------------------------------------------
     def loglike(self, theta: np.ndarray) -> float:
         """Log-likelihood at ``theta``."""

@@ -281,12 +281,9 @@ def school_effects(
     if reference_var is not None and not slopes:
         raise MELSInputError("reference_var applies to random-slope models (re_formula)")
     interval = state.design.interval_outcome
-    if state.layout.mixwild_view and (st.association == "quadratic" or interval):
+    if state.layout.mixwild_view and (st.association == "quadratic" or (interval and not at_items)):
         if at_items:
-            raise MELSInputError(
-                "at is not available with the quadratic association or a censored or "
-                "ordinal outcome"
-            )
+            raise MELSInputError("at is not available with the quadratic association")
         return _school_effects_2d(state, alpha, shift)
     grid = posterior_grid(state)
     sigma_ref = _reference_var(res, slopes, reference_var)

@@ -96,14 +96,21 @@ def test_score_matches_finite_differences(link):
     assert groups.sum(axis=0) == pytest.approx(score, rel=1e-10, abs=1e-10)
 
 
+def _nine_grades_data(**size):
+    """Model 3's latent score cut into 9 grades at -2, -1.5, ..., 2 residual SDs."""
+    data = simulate_london(3, seed=7, **size)
+    sigma0 = np.exp(0.5 * LONDON_TRUE["tau"]["Intercept"])
+    data["grade"] = 1 + np.searchsorted(np.linspace(-2.0, 2.0, 8), data["y"] / sigma0)
+    return data
+
+
 def _nine_grades(**size):
     """Model 3 with the latent score cut into 9 grades (probit): every parameter
     within 3 SE.  In the ordinal model's units (WS intercept 0) the truth is the
     Gaussian truth divided by the residual SD sigma_0."""
-    data = simulate_london(3, seed=7, **size)
+    data = _nine_grades_data(**size)
     sigma0 = np.exp(0.5 * LONDON_TRUE["tau"]["Intercept"])
     cuts = np.linspace(-2.0, 2.0, 8)
-    data["grade"] = 1 + np.searchsorted(cuts, data["y"] / sigma0)
     res = MELS.from_formula("grade ~ prior", data, "school", family="ordinal",
                             ws_formula="~ prior").fit()  # fmt: skip
     t = LONDON_TRUE
@@ -231,3 +238,50 @@ def test_identical_units_collapse_with_frequency_weights():
     res = m.fit()
     assert res.nobs == len(df) and res.converged
     assert res.llf == pytest.approx(m.loglike(res.params), rel=1e-12)
+
+
+def test_coarse_start_and_forward_hessian_reach_the_plain_fit():
+    """An ordinal fit runs its quasi-Newton phase on the 7-point rule and takes
+    the Hessian from forward differences; plain BFGS + Newton on the model's
+    own rule with the central-difference Hessian gives the same fit."""
+    from melsml.optimize import maximize, numerical_hessian
+
+    df = _nine_grades_data(n_schools=60, n_students=3000)
+    m = MELS.from_formula("grade ~ prior", df, "school", family="ordinal", ws_formula="~ prior")
+    res = m.fit()
+    obj = m.objective()
+    theta, hess, info = maximize(obj, m.start_params().to_numpy())
+    assert info.converged and res.converged
+    assert res.llf == pytest.approx(obj.loglike(theta), abs=1e-8)
+    se_plain = np.sqrt(np.diag(np.linalg.inv(-numerical_hessian(obj, theta))))
+    assert res.bse.to_numpy() == pytest.approx(se_plain, rel=1e-4)
+    assert res.params.to_numpy() == pytest.approx(theta, abs=1e-4 * se_plain.min())
+
+
+def test_scale_slope_predictions_agree_with_school_variances():
+    """Ordinal with a random scale slope: the conditional variance prediction of
+    a student with prior -1 in school j is school j's variance at prior = -1,
+    and the schools' mean columns do not depend on ``at``."""
+    df = _nine_grades_data(n_schools=40, n_students=2000)
+    m = MELS.from_formula("grade ~ prior", df, "school", family="ordinal",
+                          ws_formula="~ prior", ws_re_formula="~ 1 + prior")  # fmt: skip
+    res = m.fit()
+    se = res.school_effects(at={"prior": [-1.0]})
+    rows = pd.DataFrame({"school": se.index, "prior": -1.0})
+    pred = res.predict(rows, kind="variance", conditional=True)
+    assert pred.to_numpy() == pytest.approx(se["variance[prior=-1]"].to_numpy(), rel=1e-10)
+    plain = res.school_effects()
+    assert se["mean"].to_numpy() == pytest.approx(plain["mean"].to_numpy(), rel=1e-12)
+    eb = res.random_effects()
+    assert {"omega_mean", "omega_mean[prior]", "cov[omega,omega:prior]"} <= set(eb.columns)
+
+
+def test_model3_school_effects_at_covariates():
+    """Model 3 (MixWILD's view): ``at`` takes the grid over all effects, whose
+    means equal the 2-D grid's."""
+    df = _nine_grades_data(n_schools=40, n_students=2000)
+    res = MELS.from_formula("grade ~ prior", df, "school", family="ordinal",
+                            ws_formula="~ prior").fit()  # fmt: skip
+    a, b = res.school_effects(), res.school_effects(at={"prior": [0.0, 1.0]})
+    assert b["mean"].to_numpy() == pytest.approx(a["mean"].to_numpy(), abs=1e-8)
+    assert b["variance[prior=0]"].to_numpy() == pytest.approx(a["variance"].to_numpy(), rel=1e-6)
