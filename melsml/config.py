@@ -104,7 +104,7 @@ class ModelOptions:
 #: Points per dimension of the cheaper rule that runs the quasi-Newton phase of
 #: fits whose every node visits every unit (censored and ordinal outcomes);
 #: Newton steps and the Hessian then use the model's own rule.
-COARSE_POINTS = 7
+COARSE_POINTS = 5
 
 
 def default_points(dim: int, method: str = "exact-location") -> int:

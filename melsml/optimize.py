@@ -76,28 +76,39 @@ def _is_pd(mat: np.ndarray) -> bool:
 
 
 def _bfgs(
-    objective: MELSObjective, theta0: np.ndarray, maxiter: int, gtol: float
-) -> tuple[np.ndarray, int, str]:
+    objective: MELSObjective,
+    theta0: np.ndarray,
+    maxiter: int,
+    gtol: float,
+    hess_inv0: np.ndarray | None = None,
+) -> tuple[np.ndarray, int, str, np.ndarray]:
     """BFGS with the analytic score from ``theta0``, its initial inverse Hessian
-    from the outer product of the per-group scores (BHHH)."""
-    ev0 = objective.evaluate(theta0, score=False)
-    if not np.isfinite(ev0.llf):
-        raise FloatingPointError(
-            "the log-likelihood is not finite at the start values; check the data for "
-            "extreme values or supply start_params"
-        )
+    (of -llf / n) ``hess_inv0`` or from the outer product of the per-group
+    scores (BHHH).  Returns the maximiser, the iterations, the message and the
+    final inverse Hessian."""
     n = objective.design.n_obs
-    scores = objective.score_groups(theta0)
-    bhhh = scores.T @ scores
-    k = theta0.size
-    bhhh += 1e-8 * np.trace(bhhh) / k * np.eye(k)
-    try:
-        hess_inv0 = np.linalg.inv(bhhh) * n
+    if hess_inv0 is not None:
         hess_inv0 = 0.5 * (hess_inv0 + hess_inv0.T)
         if not _is_pd(hess_inv0):
-            raise np.linalg.LinAlgError
-    except np.linalg.LinAlgError:
-        hess_inv0 = np.eye(k)
+            hess_inv0 = None
+    if hess_inv0 is None:
+        ev0 = objective.evaluate(theta0, score=False)
+        if not np.isfinite(ev0.llf):
+            raise FloatingPointError(
+                "the log-likelihood is not finite at the start values; check the data for "
+                "extreme values or supply start_params"
+            )
+        scores = objective.score_groups(theta0)
+        bhhh = scores.T @ scores
+        k = theta0.size
+        bhhh += 1e-8 * np.trace(bhhh) / k * np.eye(k)
+        try:
+            hess_inv0 = np.linalg.inv(bhhh) * n
+            hess_inv0 = 0.5 * (hess_inv0 + hess_inv0.T)
+            if not _is_pd(hess_inv0):
+                raise np.linalg.LinAlgError
+        except np.linalg.LinAlgError:
+            hess_inv0 = np.eye(k)
 
     def fun(theta):
         ev = objective.evaluate(theta)
@@ -112,7 +123,7 @@ def _bfgs(
         method="BFGS",
         options={"gtol": gtol, "maxiter": maxiter, "hess_inv0": hess_inv0},
     )
-    return res.x, int(res.nit), str(res.message)
+    return res.x, int(res.nit), str(res.message), np.asarray(res.hess_inv)
 
 
 def maximize(
@@ -138,8 +149,9 @@ def maximize(
     is flat to second order, convergence is judged on the other parameters.
 
     ``coarse``, the same likelihood by a cheaper quadrature rule, runs the
-    quasi-Newton phase; Newton steps on ``objective`` then finish from its
-    maximum (as lme4 starts ``nAGQ > 1`` fits from the Laplace fit).
+    quasi-Newton phase; BFGS on ``objective``, started from its maximum and
+    inverse Hessian, and Newton steps finish (as lme4 starts ``nAGQ > 1``
+    fits from the Laplace fit).
     ``forward_hessian`` takes the Hessian from forward differences (k score
     evaluations instead of 2k).
 
@@ -154,19 +166,18 @@ def maximize(
         coarse.reset_counter()
     theta0 = np.asarray(theta0, dtype=float)
     k = theta0.size
-    theta, n_iter, message = _bfgs(coarse or objective, theta0, maxiter, gtol)
+    theta, n_iter, message, hess_inv = _bfgs(coarse or objective, theta0, maxiter, gtol)
+    if coarse is not None:
+        # from the coarse rule's maximum, BFGS on this rule with the coarse
+        # phase's inverse Hessian takes a few steps
+        theta, more, message, _ = _bfgs(objective, theta, maxiter, gtol, hess_inv)
+        n_iter += more
     ev = objective.evaluate(theta)
 
     def hessian_at(theta, ev):
         return numerical_hessian(objective, theta, ev.score if forward_hessian else None)
 
     hess = hessian_at(theta, ev)
-    if coarse is not None and not _is_pd(-hess):
-        # the coarse rule's maximum is not close enough: quasi-Newton on this one
-        theta, more, message = _bfgs(objective, theta, maxiter, gtol)
-        n_iter += more
-        ev = objective.evaluate(theta)
-        hess = hessian_at(theta, ev)
     decrement = np.inf
     for _ in range(10):
         info_mat = -hess

@@ -24,7 +24,6 @@ from dataclasses import replace
 
 import numpy as np
 from scipy import stats
-from scipy.special import expit, log_expit, log_ndtr, ndtr
 
 from .exceptions import MELSInputError
 from .formula import DesignMatrices
@@ -139,18 +138,3 @@ def start_thresholds(codes: np.ndarray, n_categories: int, link: str) -> np.ndar
     gamma = stats.norm.ppf(cum) if link == "probit" else stats.logistic.ppf(cum)
     gamma = np.maximum.accumulate(gamma + 1e-3 * np.arange(gamma.size))
     return thresholds_raw(gamma)
-
-
-def interval_logp(lo: np.ndarray, hi: np.ndarray, link: str) -> np.ndarray:
-    """log(F(hi) - F(lo)) for standardised limits (+-inf for open sides), stable
-    in both tails (NumPy twin of the kernel's interval units)."""
-    lo, hi = np.broadcast_arrays(np.asarray(lo, dtype=float), np.asarray(hi, dtype=float))
-    cdf = ndtr if link == "probit" else expit
-    logcdf = log_ndtr if link == "probit" else log_expit
-    with np.errstate(divide="ignore", invalid="ignore"):
-        upper = lo > 0  # both limits above the centre: use the upper tail
-        p = np.where(upper, cdf(-lo) - cdf(-hi), cdf(hi) - cdf(lo))
-        out = np.log(np.maximum(p, 1e-300))
-    open_lo, open_hi = np.isneginf(lo), np.isposinf(hi)
-    out = np.where(open_lo, logcdf(hi), out)
-    return np.where(open_hi & ~open_lo, logcdf(-lo), out)

@@ -25,7 +25,6 @@ import numpy as np
 from . import _quad
 from .likelihood import FitState, MELSObjective
 from .measures import grid_quantiles, grid_weights
-from .ordinal import interval_limits, interval_logp, thresholds
 
 #: points per dimension and half-width (posterior SDs) of the grid, by s
 _GRIDS = {1: (241, 9.0), 2: (41, 6.0)}
@@ -232,46 +231,17 @@ def grid_2d(state: FitState) -> dict[str, np.ndarray]:
     Returns ``w`` (n_groups, 61^2) weights, ``u`` theta1 and ``om`` omega at
     the grid points, and the marginal of theta1: ``u1``, ``w1`` (n_groups, 61).
     """
-    p = state.params()
-    tl, tq, sw = p["tau_l"], p["tau_q"], p["sigma_omega"]
-    d = state.design
-    r0 = d.y - d.x_mean @ p["beta"]
-    eta = d.x_ws @ p["tau"]
-    inv_d = np.exp(-eta)
-    s_u = np.exp(0.5 * d.x_bs @ p["alpha"])
-    starts = d.group_ptr[:-1]
-    if d.categories is not None:
-        cens = np.ones(d.n_obs)
-        gamma = thresholds(p["thresholds"])
-        iv_lo, iv_hi = interval_limits(d.y, gamma, d.x_mean @ p["beta"])
-    else:
-        cens = d.censoring if d.censored else np.zeros(d.n_obs)
-        iv_lo = np.where(cens < 0, r0, -np.inf)
-        iv_hi = np.where(cens > 0, r0, np.inf)
-    link = state.options.link if d.categories is not None else "probit"
-    obs = (cens == 0).astype(float)
-    lam = np.add.reduceat(obs * s_u * s_u * inv_d, starts)[:, None]
-    b0 = np.add.reduceat(obs * s_u * r0 * inv_d, starts)[:, None]
-    a_sum = np.add.reduceat(obs * r0 * r0 * inv_d, starts)[:, None]
-    n = np.add.reduceat(obs, starts)[:, None]
+    obj = MELSObjective(state.design, state.layout, replace(state.options, integration="aghq"))
     cen = state.evaluation.centers
+    if cen.shape[1] != 6:  # the fit's placement was not over (theta1, theta2)
+        cen = obj.evaluate(state.theta, score=False).centers
     z1, z2 = np.meshgrid(_GRID_2D, _GRID_2D, indexing="ij")
     z1, z2 = z1.ravel()[None, :], z2.ravel()[None, :]
     # centers: mode (theta1, theta2), then the 2 x 2 scale row by row
     u = cen[:, [0]] + cen[:, [2]] * z1
     v = cen[:, [1]] + cen[:, [4]] * z1 + cen[:, [5]] * z2
-    om = tl * u + tq * u * u + sw * v
-    c = a_sum - 2 * u * b0 + u * u * lam
-    logd = -0.5 * (n * om + np.exp(-om) * c) - 0.5 * (u * u + v * v)
-    # interval units (censored or ordinal): log P of their interval at each point
-    idx = np.flatnonzero(cens)
-    group = np.searchsorted(starts, idx, side="right") - 1
-    for j in np.unique(group):
-        i = idx[group == j][:, None]
-        sa = np.exp(-0.5 * (eta[i] + om[j]))
-        lo = (iv_lo[i] - s_u[i] * u[j]) * sa
-        hi = (iv_hi[i] - s_u[i] * u[j]) * sa
-        logd[j] += interval_logp(lo, hi, link).sum(axis=0)
+    logd, x = obj.full_points(state.theta, np.stack([u, v], axis=2))
+    om = x[..., 1]
     w = grid_weights(logd)
     n1 = len(_GRID_2D)
     # theta1 depends on z1 only: its marginal is the grid summed over z2
