@@ -18,6 +18,7 @@ from .formula import DesignMatrices, build_design, collapse_duplicates
 from .identify import check_identifiable
 from .levels import IdScope
 from .likelihood import MELSObjective
+from .multivariate import MultivariateMELS
 from .optimize import maximize, warn_fit
 from .ordinal import apply_ordinal, threshold_names
 from .params import ParamLayout, as_param_vector
@@ -137,13 +138,18 @@ class MELS:
         censoring=None,
         family: str = "gaussian",
         link: str = "probit",
-    ) -> MELS | ThreeLevelMELS:
+    ) -> MELS | ThreeLevelMELS | MultivariateMELS:
         """Specify a MELS model with formulas.
 
         Parameters
         ----------
-        formula : str
-            Mean function, e.g. ``"y ~ prior + fsm"`` (formulaic syntax).
+        formula : str or list of str
+            Mean function, e.g. ``"y ~ prior + fsm"`` (formulaic syntax).  A
+            list, one formula per outcome on wide data
+            (``["english ~ prior", "maths ~ prior"]``), specifies a model of
+            several outcomes (returns a
+            :class:`~melsml.multivariate.MultivariateMELS`; ``ws_formula`` may
+            then be a list too).
         data : pandas.DataFrame
         groups : str or [str, str]
             Column identifying the groups (schools); or two columns, outermost
@@ -216,6 +222,8 @@ class MELS:
         Rows with a missing value in any used column are dropped with a
         :class:`~melsml.exceptions.MissingDataWarning` giving the count.
         """
+        if isinstance(formula, (list, tuple)):
+            return cls._multivariate(formula, data, groups, locals())
         if not isinstance(groups, str) and len(groups) != 1:
             return cls._three_level(formula, data, groups, locals())
         if not isinstance(groups, str):
@@ -257,6 +265,30 @@ class MELS:
             weight_type=weight_type,
             weight_scaling=weight_scaling,
         )
+
+    @staticmethod
+    def _multivariate(formulas, data, groups, given: dict) -> MultivariateMELS:
+        """Several outcomes; options the multivariate model does not have are refused."""
+        defaults = {
+            "bs_formula": "~ 1", "re_formula": "~ 1", "ws_re_formula": "~ 1",
+            "group_weights": None, "weights": None, "random_scale": True,
+            "association": "linear", "integration": "auto", "random_bs": False,
+            "censoring": None, "family": "gaussian",
+        }  # fmt: skip
+        for name, default in defaults.items():
+            if given[name] != default:
+                raise MELSInputError(
+                    f"{name}={given[name]!r} is not available with several outcomes "
+                    "(one random location and one random scale effect per outcome)"
+                )
+        if not isinstance(groups, str):
+            if len(groups) != 1:
+                raise MELSInputError("several outcomes take one groups column")
+            groups = groups[0]
+        return MultivariateMELS.from_formula(
+            list(formulas), data, groups, ws_formula=given["ws_formula"],
+            n_points=given["n_points"],
+        )  # fmt: skip
 
     @staticmethod
     def _three_level(formula, data, groups, given: dict) -> ThreeLevelMELS:

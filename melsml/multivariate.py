@@ -1,0 +1,214 @@
+"""Several outcomes at once: the multivariate MELS model and its results.
+
+``MELS.from_formula(["english ~ prior", "maths ~ prior"], data, "school",
+ws_formula="~ prior")`` builds a :class:`MultivariateMELS`: one mean and one
+WS log-variance function per outcome, a within-student residual correlation
+matrix R, and the schools' location and scale effects of every outcome
+jointly normal with an unstructured covariance.  See
+:mod:`melsml.mvlikelihood` for how the likelihood is integrated.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from .exceptions import MELSInputError
+from .inference import LikelihoodResults, StandardisedFit
+from .mvdesign import MultiDesign, build_multi_design
+from .mvlikelihood import MultiEvaluation, MultiObjective
+from .mvparams import MultiLayout
+from .optimize import maximize, warn_fit
+
+logger = logging.getLogger(__name__)
+
+#: Gauss-Hermite points per scale dimension, by the number of outcomes
+#: (product rule: 11, 7 x 7, 5 x 5 x 5 nodes per school)
+DEFAULT_POINTS = {1: 11, 2: 7, 3: 5}
+
+
+class MultivariateMELS:
+    """A MELS model of several outcomes (see :mod:`melsml.multivariate`).
+
+    Parameters
+    ----------
+    design : MultiDesign
+    n_points : int, optional
+        Gauss-Hermite points per scale dimension (default 7 for two outcomes,
+        5 for three).
+    """
+
+    def __init__(self, design: MultiDesign, n_points: int | None = None):
+        m = design.n_outcomes
+        if m > 3:
+            raise MELSInputError(
+                f"{m} outcomes: the product quadrature over their scale effects is "
+                "available for at most 3 outcomes"
+            )
+        if n_points is None:
+            n_points = DEFAULT_POINTS[m]
+        if not isinstance(n_points, (int, np.integer)) or n_points < 5:
+            raise MELSInputError(f"n_points must be an integer of at least 5, got {n_points!r}")
+        self.design = design
+        self.n_points = int(n_points)
+        self.layout = MultiLayout(
+            outcomes=design.outcomes, mean_names=design.mean_names, ws_names=design.ws_names
+        )
+
+    @classmethod
+    def from_formula(
+        cls,
+        formulas: list[str],
+        data: pd.DataFrame,
+        groups: str,
+        *,
+        ws_formula: str | list[str] = "~ 1",
+        n_points: int | None = None,
+    ) -> MultivariateMELS:
+        """Build the model from one formula per outcome on wide data (one row
+        per student; a missing outcome leaves the student in with the others).
+
+        ``ws_formula`` is one WS formula for every outcome or one per outcome.
+        """
+        return cls(build_multi_design(list(formulas), data, groups, ws_formula), n_points)
+
+    def objective(self) -> MultiObjective:
+        return MultiObjective(self.design, self.layout, self.n_points)
+
+    def loglike(self, params) -> float:
+        return self.objective().loglike(np.asarray(params, dtype=float))
+
+    def start_params(self) -> pd.Series:
+        """Moment start values: per outcome, OLS for the mean, a regression of
+        the log squared residuals for the WS function (plus 1.27, minus E log
+        chi2(1)), the between-school variance of the residuals for the location
+        effect and 0.3 for the scale effect's SD; the correlation of the
+        students' standardised residuals; no cross-outcome covariance."""
+        d, lay = self.design, self.layout
+        m = d.n_outcomes
+        beta, tau, L = [], [], np.zeros((2 * m, 2 * m))
+        resid = np.full((d.n_obs, m), np.nan)
+        gi = d.group_index
+        for k in range(m):
+            rows = d.observed[:, k]
+            y, x, w = d.y_filled[rows, k], d.x_mean[k][rows], d.x_ws[k][rows]
+            b = np.linalg.lstsq(x, y, rcond=None)[0]
+            r = y - x @ b
+            counts = np.bincount(gi[rows], minlength=d.n_groups)
+            means = np.bincount(gi[rows], weights=r, minlength=d.n_groups) / np.maximum(counts, 1)
+            within = r - means[gi[rows]]
+            var_w = float(np.mean(within**2))
+            var_b = float(np.var(means[counts > 0])) - var_w / max(float(np.mean(counts)), 1.0)
+            t = np.linalg.lstsq(w, np.log(within**2 + 1e-8 * var_w), rcond=None)[0]
+            if "Intercept" in d.ws_names[k]:
+                t[d.ws_names[k].index("Intercept")] += 1.27
+            beta.append(b)
+            tau.append(t)
+            L[k, k] = np.sqrt(max(var_b, 0.05 * var_w))
+            L[m + k, m + k] = 0.3
+            resid[rows, k] = within / np.sqrt(var_w)
+        R = pd.DataFrame(resid).corr().to_numpy()
+        R = np.where(np.isfinite(R), R, 0.0)
+        np.fill_diagonal(R, 1.0)
+        theta = np.concatenate(beta + tau + [lay.raw_correlation(R), L[lay.l_entries]])
+        return pd.Series(theta, index=lay.index, name="start")
+
+    def fit(self, start_params=None, maxiter: int = 500, tol: float = 1e-12,
+            cov_type: str = "observed") -> MultivariateResults:  # fmt: skip
+        """Maximum-likelihood fit (BFGS with the analytic score, then Newton
+        steps; standard errors from differences of the score)."""
+        if cov_type not in ("observed", "robust"):
+            raise MELSInputError(
+                f"unknown cov_type {cov_type!r}; allowed values: 'observed', 'robust'"
+            )
+        theta0 = (
+            self.start_params().to_numpy()
+            if start_params is None
+            else np.asarray(start_params, dtype=float)
+        )
+        if theta0.shape != (self.layout.k_params,):
+            raise MELSInputError(
+                f"start_params needs {self.layout.k_params} values, got {theta0.size}"
+            )
+        obj = self.objective()
+        theta, hess, info = maximize(obj, theta0, maxiter=maxiter, tol=tol)
+        warn_fit(info)
+        final = obj.evaluate(theta)
+        std = StandardisedFit(obj, theta, hess, np.eye(theta.size))
+        return MultivariateResults(self, theta, info, final, cov_type, std)
+
+
+class MultivariateResults(LikelihoodResults):
+    """Results of a multivariate MELS fit: the statsmodels surface, the
+    residual correlations, the school effects' covariance and the schools'
+    empirical Bayes effects per outcome."""
+
+    def __init__(self, model, theta_raw, info, evaluation: MultiEvaluation, cov_type, std):
+        self._set_estimates(model, theta_raw, info, evaluation, cov_type, std)
+        self.nobs = model.design.n_obs
+
+    @property
+    def _index(self) -> pd.MultiIndex:
+        return self.model.layout.index
+
+    @property
+    def _p(self) -> dict:
+        return self.model.layout.unpack(self._theta)
+
+    @property
+    def residual_corr(self) -> pd.DataFrame:
+        """Within-student correlation of the outcomes' residuals (R)."""
+        o = list(self.model.design.outcomes)
+        return pd.DataFrame(self._p["R"], index=o, columns=o)
+
+    @property
+    def cov_re(self) -> pd.DataFrame:
+        """Covariance of the school effects, labelled location:outcome, scale:outcome."""
+        L = self._p["L"]
+        lab = list(self.model.layout.labels)
+        return pd.DataFrame(L @ L.T, index=lab, columns=lab)
+
+    @property
+    def corr_re(self) -> pd.DataFrame:
+        """Correlations of the school effects."""
+        c = self.cov_re
+        sd = np.sqrt(np.diag(c.to_numpy()))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return c / np.outer(sd, sd)
+
+    def school_effects(self) -> pd.DataFrame:
+        """Per school: n and the posterior means and SDs of each outcome's
+        location effect (``mean:outcome``) and scale effect (``scale:outcome``)."""
+        ev = self._evaluation
+        d = self.model.design
+        cols: dict[str, np.ndarray] = {"n": d.group_sizes}
+        sd = np.sqrt(np.maximum(np.einsum("jaa->ja", ev.exx) - ev.ex**2, 0.0))
+        for k, lab in enumerate(self.model.layout.labels):
+            kind, o = lab.split(":", 1)
+            name = "mean" if kind == "location" else "scale"
+            cols[f"{name}:{o}"] = ev.ex[:, k]
+            cols[f"{name}_sd:{o}"] = sd[:, k]
+        return pd.DataFrame(cols, index=pd.Index(d.group_labels, name=d.groups))
+
+    def summary(self) -> str:
+        """The estimates, the residual correlations and the school effects'
+        correlations as text."""
+        d = self.model.design
+        lines = [
+            "Multivariate mixed-effects location scale model (maximum likelihood)",
+            f"outcomes: {', '.join(d.outcomes)}; groups: {d.groups} ({d.n_groups}); "
+            f"students: {d.n_obs}; observed values: {d.n_values}",
+            f"log-likelihood: {self.llf:.4f}   AIC: {self.aic:.2f}   BIC: {self.bic:.2f}   "
+            f"converged: {self.converged}",
+            "",
+            self.tidy().round(4).to_string(),
+            "",
+            "Residual correlations (within students):",
+            self.residual_corr.round(3).to_string(),
+            "",
+            "Correlations of the school effects:",
+            self.corr_re.round(3).to_string(),
+        ]
+        return "\n".join(lines)

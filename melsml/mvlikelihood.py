@@ -1,0 +1,345 @@
+"""The likelihood of the multivariate (several outcomes) MELS model.
+
+Outcomes m = 1..M of student i in school j:
+
+    y_ijm = x_ijm' beta_m + u_jm + e_ijm,   e_ij ~ N(0, D^(1/2) R D^(1/2)),
+    D_ij = diag(exp(w_ijm' tau_m + v_jm)),
+
+with R a correlation matrix and the 2M school effects x_j = (u_j, v_j)
+normal with covariance Sigma = L L' (location effects first).  A student's
+missing outcomes are left out of his residual vector.
+
+Given the scale effects the data are Gaussian and the location effects
+integrate exactly.  Because v_jm scales whole rows and columns of each
+student's residual precision P_i = K G_i K (K = diag(exp(-v_j / 2)),
+G_i[m, l] = exp(-(eta_im + eta_il) / 2) R_o^-1[m, l] for the student's
+pattern o of observed outcomes), three M x M sums per school,
+
+    Lam0 = sum_i G_i,   B0[m, l] = sum_i G_i[m, l] r0_il,
+    A0[m, l] = sum_i G_i[m, l] r0_im r0_il    (r0 = y - x'beta),
+
+give log p(y_j | v_j) in O(M^3) whatever the school's size.  The scale
+effects take M-dimensional adaptive Gauss-Hermite quadrature (product rule)
+over their standardised values xi (v = Kvv xi, u = Kuv xi + C zeta), every
+school at once.  The score follows from Fisher's identity: posterior
+expectations of the complete-data score, formed from a few posterior moments
+per school and one pass over the students.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+
+import numpy as np
+
+from .likelihood import scale_first_factor
+from .mvdesign import MultiDesign
+from .mvparams import MultiLayout
+from .quadrature import gauss_hermite
+
+LOG2PI = float(np.log(2 * np.pi))
+
+
+@dataclass
+class MultiEvaluation:
+    """Log-likelihood (and score) at ``theta``.
+
+    Attributes
+    ----------
+    llf : float
+    score : (k,) or None
+    ll_groups : (n_groups,)
+    score_groups : (n_groups, k) or None
+    ex, exx : (n_groups, 2M), (n_groups, 2M, 2M) posterior moments of (u, v)
+    """
+
+    theta: np.ndarray
+    llf: float
+    score: np.ndarray | None
+    ll_groups: np.ndarray
+    score_groups: np.ndarray | None
+    ex: np.ndarray
+    exx: np.ndarray
+
+
+def _chol_solve(chol: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Solve (L L') x = rhs for batches of lower factors ``chol`` (..., n, n)."""
+    y = np.linalg.solve(chol, rhs[..., None])
+    return np.linalg.solve(np.swapaxes(chol, -1, -2), y)[..., 0]
+
+
+class MultiObjective:
+    """Log-likelihood and score of a multivariate MELS model.
+
+    Parameters
+    ----------
+    design : MultiDesign
+    layout : MultiLayout
+    n_points : int
+        Gauss-Hermite points per scale dimension.
+    """
+
+    def __init__(self, design: MultiDesign, layout: MultiLayout, n_points: int):
+        self.design = design
+        self.layout = layout
+        self.n_points = n_points
+        m = design.n_outcomes
+        x, logw = gauss_hermite(n_points)
+        grid = np.array(list(product(range(n_points), repeat=m)), dtype=int)
+        self._nodes = x[grid]  # (Q, M)
+        self._node_lw = (logw[grid] + x[grid] ** 2).sum(axis=1)  # (Q,)
+        self._centers = np.zeros((design.n_groups, m))
+        self._scales = np.tile(np.eye(m), (design.n_groups, 1, 1))
+        self.n_evals = 0
+
+    def reset_counter(self) -> None:
+        self.n_evals = 0
+
+    # ---------------------------------------------------------------- the sums
+    def _sums(self, p: dict) -> dict:
+        d = self.design
+        m = d.n_outcomes
+        mean = np.column_stack([d.x_mean[k] @ p["beta"][k] for k in range(m)])
+        eta = np.column_stack([d.x_ws[k] @ p["tau"][k] for k in range(m)])
+        obs = d.observed
+        r0 = np.where(obs, d.y_filled - mean, 0.0)
+        eta = np.where(obs, eta, 0.0)
+        e = np.where(obs, np.exp(-0.5 * eta), 0.0)
+        rinv, logdet = _pattern_inverses(p["R"], d.patterns)
+        G = e[:, :, None] * e[:, None, :] * rinv[d.pattern]
+        starts = d.group_ptr[:-1]
+        n_obs = obs.sum(axis=1)
+        unit_const = -0.5 * (eta.sum(axis=1) + logdet[d.pattern] + n_obs * LOG2PI)
+        return dict(
+            r0=r0,
+            eta=eta,
+            e=e,
+            G=G,
+            rinv=rinv,
+            lam0=np.add.reduceat(G, starts, axis=0),
+            b0=np.add.reduceat(G * r0[:, None, :], starts, axis=0),
+            a0=np.add.reduceat(G * r0[:, :, None] * r0[:, None, :], starts, axis=0),
+            nm=np.add.reduceat(obs.astype(float), starts, axis=0),
+            const=np.add.reduceat(unit_const, starts),
+        )
+
+    # ---------------------------------------------------------------- one point
+    def _point(self, xi: np.ndarray, S: dict, F: tuple, grad: bool = True) -> dict:
+        """The log integrand at ``xi`` (n_groups, M) per group, with the normal
+        posterior of u given xi and (``grad``) the gradient in xi."""
+        kvv, kuv, c = F
+        m = xi.shape[1]
+        v = xi @ kvv.T
+        g = xi @ kuv.T
+        kap = np.exp(-0.5 * v)
+        kk = kap[:, :, None] * kap[:, None, :]
+        lam = kk * S["lam0"]
+        b = kap * np.einsum("jml,jl->jm", S["b0"], kap)
+        a = np.einsum("jml,jml->j", kk, S["a0"])
+        cg = a - 2 * np.einsum("jm,jm->j", g, b) + np.einsum("jm,jml,jl->j", g, lam, g)
+        ctl = np.einsum("am,jal->jml", c, lam)  # C' Lam
+        bm = np.eye(m) + np.einsum("jml,lb->jmb", ctl, c)
+        chol = np.linalg.cholesky(bm)
+        bt = np.einsum("am,ja->jm", c, b - np.einsum("jml,jl->jm", lam, g))
+        sol = _chol_solve(chol, bt)
+        logdet = 2 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
+        logp = (
+            S["const"]
+            - 0.5 * np.einsum("jm,jm->j", S["nm"], v)
+            - 0.5 * logdet
+            - 0.5 * (cg - np.einsum("jm,jm->j", bt, sol))
+        )
+        logpsi = logp - 0.5 * np.einsum("jm,jm->j", xi, xi) - 0.5 * m * LOG2PI
+        mu = g + sol @ c.T
+        binv = np.linalg.inv(bm)
+        pinv = np.einsum("am,jmn,bn->jab", c, binv, c)
+        out = dict(logpsi=logpsi, v=v, kk=kk, mu=mu, pinv=pinv, lam=lam, b=b)
+        if grad:
+            s_u, s_v = self._node_scores(out, S)
+            out["grad"] = s_v @ kvv + s_u @ kuv - xi
+        return out
+
+    @staticmethod
+    def _node_scores(pt: dict, S: dict) -> tuple[np.ndarray, np.ndarray]:
+        """E[d log p(y | u, v) / d u] and E[... / d v] given xi (u normal)."""
+        mu, kk = pt["mu"], pt["kk"]
+        s_u = pt["b"] - np.einsum("jml,jl->jm", pt["lam"], mu)
+        uu = mu[:, :, None] * mu[:, None, :] + pt["pinv"]
+        b0 = S["b0"]
+        eq = S["a0"] - mu[:, :, None] * b0 - mu[:, None, :] * np.swapaxes(b0, 1, 2)
+        eq = eq + uu * S["lam0"]
+        s_v = -0.5 * S["nm"] + 0.5 * np.einsum("jml,jml->jm", kk, eq)
+        return s_u, s_v
+
+    # ---------------------------------------------------------------- placement
+    def _place(self, S: dict, F: tuple) -> None:
+        """Mode of each group's log integrand in xi (Newton with step halving,
+        Hessian from differences of the analytic gradient) and the Cholesky
+        factor of the inverse negative Hessian there."""
+        m = self.design.n_outcomes
+        xi = self._centers.copy()
+        pt = self._point(xi, S, F)
+        hess = None
+        for _ in range(100):
+            hess = self._hessian(xi, pt["grad"], S, F)
+            neg = -hess
+            ok = np.all(np.linalg.eigvalsh(neg) > 1e-12, axis=1)
+            step = np.where(
+                ok[:, None],
+                np.linalg.solve(np.where(ok[:, None, None], neg, np.eye(m)), pt["grad"][..., None])[
+                    ..., 0
+                ],
+                pt["grad"] / (1.0 + np.linalg.norm(pt["grad"], axis=1, keepdims=True)),
+            )
+            norm = np.linalg.norm(step, axis=1, keepdims=True)
+            step = np.where(norm > 5.0, step * 5.0 / np.maximum(norm, 1e-300), step)
+            t = np.ones(len(xi))
+            new = self._point(xi + t[:, None] * step, S, F)
+            for _ in range(40):
+                bad = ~(new["logpsi"] >= pt["logpsi"] - 1e-13 * (1 + np.abs(pt["logpsi"])))
+                if not bad.any():
+                    break
+                t = np.where(bad, 0.5 * t, t)
+                new = self._point(xi + t[:, None] * step, S, F)
+            xi = xi + t[:, None] * step
+            pt = new
+            if np.all(t * np.linalg.norm(step, axis=1) < 1e-11 * (1 + np.abs(xi).sum(axis=1))):
+                break
+        hess = self._hessian(xi, pt["grad"], S, F)
+        cov = np.linalg.inv(-hess)
+        cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+        try:
+            scale = np.linalg.cholesky(cov)
+        except np.linalg.LinAlgError:
+            scale = np.tile(np.eye(m), (len(xi), 1, 1))
+        self._centers = xi
+        self._scales = scale
+
+    def _hessian(self, xi, grad, S, F) -> np.ndarray:
+        m = xi.shape[1]
+        h = 1e-5 * (1 + np.abs(xi))
+        cols = []
+        for a in range(m):
+            step = np.zeros_like(xi)
+            step[:, a] = h[:, a]
+            cols.append((self._point(xi + step, S, F)["grad"] - grad) / h[:, [a]])
+        hess = np.stack(cols, axis=2)
+        return 0.5 * (hess + np.swapaxes(hess, 1, 2))
+
+    # ---------------------------------------------------------------- evaluate
+    def evaluate(self, theta: np.ndarray, score: bool = True) -> MultiEvaluation:
+        """Log-likelihood (and score) at ``theta``."""
+        lay, d = self.layout, self.design
+        m = d.n_outcomes
+        p = lay.unpack(theta)
+        S = self._sums(p)
+        sigma = p["L"] @ p["L"].T
+        F = scale_first_factor(sigma, m)
+        self._place(S, F)
+        nodes = self._centers[:, None, :] + np.sqrt(2.0) * np.einsum(
+            "jab,qb->jqa", self._scales, self._nodes
+        )
+        lwd = 0.5 * m * np.log(2.0) + np.log(np.diagonal(self._scales, axis1=1, axis2=2)).sum(1)
+        pts = [self._point(nodes[:, k], S, F, grad=False) for k in range(nodes.shape[1])]
+        logw = np.stack([pt["logpsi"] for pt in pts], axis=1) + self._node_lw
+        top = logw.max(axis=1, keepdims=True)
+        w = np.exp(logw - top)
+        tot = w.sum(axis=1)
+        ll = top[:, 0] + np.log(tot) + lwd
+        w /= tot[:, None]
+        self.n_evals += 1
+        # posterior moments of (u, v)
+        ex = np.zeros((d.n_groups, 2 * m))
+        exx = np.zeros((d.n_groups, 2 * m, 2 * m))
+        k0 = np.zeros((d.n_groups, m, m))
+        k1 = np.zeros_like(k0)
+        k2 = np.zeros_like(k0)
+        for k, pt in enumerate(pts):
+            wk = w[:, k]
+            x = np.concatenate([pt["mu"], pt["v"]], axis=1)
+            ex += wk[:, None] * x
+            xx = x[:, :, None] * x[:, None, :]
+            xx[:, :m, :m] += pt["pinv"]
+            exx += wk[:, None, None] * xx
+            if score:
+                kk = wk[:, None, None] * pt["kk"]
+                k0 += kk
+                k1 += kk * pt["mu"][:, None, :]
+                k2 += kk * (pt["mu"][:, :, None] * pt["mu"][:, None, :] + pt["pinv"])
+        sg = None
+        if score:
+            sg = self._score_groups(p, S, sigma, exx, k0, k1, k2)
+        return MultiEvaluation(
+            theta=np.array(theta, dtype=float),
+            llf=float(ll.sum()),
+            score=None if sg is None else sg.sum(axis=0),
+            ll_groups=ll,
+            score_groups=sg,
+            ex=ex,
+            exx=exx,
+        )
+
+    def _score_groups(self, p, S, sigma, exx, k0, k1, k2) -> np.ndarray:
+        """(n_groups, k) per-group scores by Fisher's identity."""
+        d, lay = self.design, self.layout
+        m = d.n_outcomes
+        gi = d.group_index
+        G, r0 = S["G"], S["r0"]
+        K0, K1, K2 = k0[gi], k1[gi], k2[gi]
+        # d log p / d mean_im = (P_i r_i)_m
+        g_mu = np.einsum("iml,iml->im", G, K0 * r0[:, None, :] - K1)
+        # E[kappa_m kappa_l r_im r_il]
+        er = (
+            K0 * r0[:, :, None] * r0[:, None, :]
+            - r0[:, :, None] * K1
+            - r0[:, None, :] * np.swapaxes(K1, 1, 2)
+            + K2
+        )
+        obs = d.observed
+        g_ws = np.where(obs, -0.5 + 0.5 * np.einsum("iml,iml->im", G, er), 0.0)
+        starts = d.group_ptr[:-1]
+        blocks = []
+        for k in range(m):
+            blocks.append(np.add.reduceat(d.x_mean[k] * g_mu[:, [k]], starts, axis=0))
+        for k in range(m):
+            blocks.append(np.add.reduceat(d.x_ws[k] * g_ws[:, [k]], starts, axis=0))
+        # residual correlations: d l / d R = (R_o^-1 T_o R_o^-1 - n_o R_o^-1) / 2 per pattern
+        if lay.n_corr:
+            ss = S["e"][:, :, None] * S["e"][:, None, :] * er  # E[s_i s_i']
+            rinv = S["rinv"][d.pattern]
+            grad_r = 0.5 * (np.einsum("iab,ibc,icd->iad", rinv, ss, rinv) - rinv)
+            per_group = np.add.reduceat(grad_r, starts, axis=0)
+            blocks.append(np.einsum("jab,kab->jk", per_group, lay.corr_jacobian(p)))
+        # random effects: d l / d Sigma = (Sigma^-1 E[x x'] Sigma^-1 - Sigma^-1) / 2
+        sinv = np.linalg.inv(sigma)
+        dsig = 0.5 * (np.einsum("ab,jbc,cd->jad", sinv, exx, sinv) - sinv)
+        dL = 2 * np.einsum("jab,bc->jac", dsig, p["L"])
+        rows, cols = lay.l_entries
+        blocks.append(dL[:, rows, cols])
+        return np.hstack(blocks)
+
+    # ---------------------------------------------------------------- wrappers
+    def loglike(self, theta: np.ndarray) -> float:
+        return self.evaluate(theta, score=False).llf
+
+    def score(self, theta: np.ndarray) -> np.ndarray:
+        return self.evaluate(theta).score
+
+    def score_groups(self, theta: np.ndarray) -> np.ndarray:
+        return self.evaluate(theta).score_groups
+
+
+def _pattern_inverses(R: np.ndarray, patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """R_o^-1 zero-padded to M x M and log det R_o for each observed pattern."""
+    n_pat, m = patterns.shape
+    rinv = np.zeros((n_pat, m, m))
+    logdet = np.zeros(n_pat)
+    for k, pat in enumerate(patterns):
+        idx = np.flatnonzero(pat)
+        if idx.size == 0:
+            continue
+        sub = R[np.ix_(idx, idx)]
+        rinv[k][np.ix_(idx, idx)] = np.linalg.inv(sub)
+        logdet[k] = np.linalg.slogdet(sub)[1]
+    return rinv, logdet

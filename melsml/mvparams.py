@@ -1,0 +1,130 @@
+"""Parameter layout of the multivariate MELS model: one place for the blocks,
+their names and the maps from the flat vector to beta, tau, R and L."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .params import BlockLayout
+
+
+@dataclass(frozen=True)
+class MultiLayout(BlockLayout):
+    """Blocks ``beta`` and ``tau`` (per outcome, named ``outcome:term``),
+    ``residual`` (the residual correlations' factor) and ``random`` (the
+    lower-triangular entries of L, Sigma = L L', effects ordered
+    location:outcome..., scale:outcome...).
+
+    The residual correlation matrix is R = S A S with A = F F', F unit lower
+    triangular with the ``residual`` entries below the diagonal, and S =
+    diag(A)^(-1/2): any real entries give a valid correlation matrix.
+    """
+
+    outcomes: tuple[str, ...]
+    mean_names: tuple[tuple[str, ...], ...]
+    ws_names: tuple[tuple[str, ...], ...]
+
+    @property
+    def m(self) -> int:
+        return len(self.outcomes)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The random effects: location:outcome..., scale:outcome..."""
+        return tuple(f"location:{o}" for o in self.outcomes) + tuple(
+            f"scale:{o}" for o in self.outcomes
+        )
+
+    @property
+    def corr_entries(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.tril_indices(self.m, -1)
+
+    @property
+    def n_corr(self) -> int:
+        return self.m * (self.m - 1) // 2
+
+    @property
+    def l_entries(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.tril_indices(2 * self.m)
+
+    def block_names(self) -> list[tuple[str, tuple[str, ...]]]:
+        o = self.outcomes
+        beta = tuple(f"{o[k]}:{t}" for k in range(self.m) for t in self.mean_names[k])
+        tau = tuple(f"{o[k]}:{t}" for k in range(self.m) for t in self.ws_names[k])
+        rows, cols = self.corr_entries
+        resid = tuple(f"F({o[a]},{o[b]})" for a, b in zip(rows, cols, strict=True))
+        lab = self.labels
+        rows, cols = self.l_entries
+        rand = tuple(f"L({lab[a]},{lab[b]})" for a, b in zip(rows, cols, strict=True))
+        return [("beta", beta), ("tau", tau), ("residual", resid), ("random", rand)]
+
+    def unpack(self, theta: np.ndarray) -> dict:
+        """beta and tau (lists per outcome), R (M x M), L (2M x 2M)."""
+        theta = np.asarray(theta, dtype=float)
+        sl = self.slices
+        beta, tau = [], []
+        pos = sl["beta"].start
+        for names in self.mean_names:
+            beta.append(theta[pos : pos + len(names)])
+            pos += len(names)
+        pos = sl["tau"].start
+        for names in self.ws_names:
+            tau.append(theta[pos : pos + len(names)])
+            pos += len(names)
+        L = np.zeros((2 * self.m, 2 * self.m))
+        L[self.l_entries] = theta[sl["random"]]
+        raw = theta[sl["residual"]]
+        return dict(beta=beta, tau=tau, R=self.correlation(raw), R_raw=raw, L=L)
+
+    def sign_flip(self, theta_raw: np.ndarray) -> np.ndarray:
+        """Diagonal of the Jacobian from the optimiser's to the reported vector:
+        the likelihood is symmetric under flipping a column of L, and the
+        reported L has a non-negative diagonal."""
+        flip = np.ones(self.k_params)
+        start = self.slices["random"].start
+        rows, cols = self.l_entries
+        theta_raw = np.asarray(theta_raw, dtype=float)
+        diag = {int(r): theta_raw[start + k] for k, r in enumerate(rows) if r == cols[k]}
+        for k, c in enumerate(cols):
+            if diag[int(c)] < 0:
+                flip[start + k] = -1.0
+        return flip
+
+    def canonical(self, theta: np.ndarray) -> np.ndarray:
+        """Reported parameters (L with a non-negative diagonal)."""
+        return np.asarray(theta, dtype=float) * self.sign_flip(theta)
+
+    def correlation(self, raw: np.ndarray) -> np.ndarray:
+        """The residual correlation matrix from the ``residual`` entries."""
+        F = np.eye(self.m)
+        F[self.corr_entries] = raw
+        A = F @ F.T
+        s = 1.0 / np.sqrt(np.diag(A))
+        return s[:, None] * A * s[None, :]
+
+    def corr_jacobian(self, p: dict | None = None, raw: np.ndarray | None = None) -> np.ndarray:
+        """(n_corr, M, M): d R / d raw_k (``raw`` from ``p`` if not given)."""
+        if raw is None:
+            raw = p["R_raw"]
+        F = np.eye(self.m)
+        F[self.corr_entries] = raw
+        A = F @ F.T
+        dg = np.diag(A)
+        R = A / np.sqrt(np.outer(dg, dg))
+        out = np.zeros((self.n_corr, self.m, self.m))
+        for k, (a, b) in enumerate(zip(*self.corr_entries, strict=True)):
+            dF = np.zeros((self.m, self.m))
+            dF[a, b] = 1.0
+            dA = dF @ F.T + F @ dF.T
+            dd = np.diag(dA) / dg
+            out[k] = dA / np.sqrt(np.outer(dg, dg)) - 0.5 * R * (dd[:, None] + dd[None, :])
+        return out
+
+    def raw_correlation(self, R: np.ndarray) -> np.ndarray:
+        """The ``residual`` entries of a correlation matrix R (inverse of
+        :meth:`correlation`)."""
+        C = np.linalg.cholesky(R)
+        F = C / np.diag(C)[:, None]
+        return F[self.corr_entries]

@@ -1,0 +1,127 @@
+"""Several outcomes: separate fits, brute-force integrals, the score, a fit,
+and bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from reference.multivariate_ref import multivariate_loglik_brute
+
+from melsml import MELS
+from melsml.exceptions import MELSInputError
+from melsml.multivariate import MultivariateMELS
+
+
+def _data(n_groups=30, size=20, seed=1, missing=0.1):
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(n_groups), size)
+    x = rng.normal(size=g.size)
+    u = rng.normal(0, 0.5, (n_groups, 2))[g]
+    v = rng.normal(0, 0.4, (n_groups, 2))[g]
+    e = rng.multivariate_normal([0, 0], [[1, 0.6], [0.6, 1]], size=g.size)
+    e *= np.exp(0.5 * (0.2 * x[:, None] + v))
+    df = pd.DataFrame({"school": g, "prior": x, "eng": 0.5 + 0.7 * x + u[:, 0] + e[:, 0],
+                       "mat": 0.8 * x + u[:, 1] + e[:, 1]})  # fmt: skip
+    df.loc[rng.random(len(df)) < missing, "mat"] = np.nan
+    return df
+
+
+def _model(df, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the dropped rows of the univariate fits
+        return MELS.from_formula(
+            ["eng ~ prior", "mat ~ prior"], df, "school", ws_formula="~ prior", **kw
+        )
+
+
+def test_independent_outcomes_equal_separate_fits():
+    """With R = I and no cross-outcome covariance the log-likelihood is the sum
+    of the univariate models' (the same points per dimension)."""
+    df = _data()
+    mv = _model(df, n_points=11)
+    assert isinstance(mv, MultivariateMELS)
+    lay = mv.layout
+    theta, llf, L = [], 0.0, np.zeros((4, 4))
+    betas, taus = [], []
+    for k, o in enumerate(("eng", "mat")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = MELS.from_formula(f"{o} ~ prior", df, "school", ws_formula="~ prior").fit()
+        p = res.params
+        betas.append(p["beta"].to_numpy())
+        taus.append(p["tau"].to_numpy())
+        L[k, k] = np.exp(0.5 * p[("alpha", "Intercept")])
+        L[2 + k, k] = p[("random", "tau_l")]
+        L[2 + k, 2 + k] = p[("random", "sigma_omega")]
+        llf += res.llf
+    theta = np.concatenate(betas + taus + [[0.0], L[lay.l_entries]])
+    assert mv.loglike(theta) == pytest.approx(llf, abs=1e-8)
+
+
+def _small():
+    df = _data(n_groups=6, size=4, seed=3, missing=0.25)
+    m = _model(df, n_points=9)
+    lay = m.layout
+    L = np.array([[0.3, 0, 0, 0], [0.1, 0.25, 0, 0], [-0.05, 0.04, 0.2, 0],
+                  [0.03, -0.06, 0.05, 0.22]])  # fmt: skip
+    theta = np.concatenate([[0.4, 0.7, 0.1, 0.8], [-0.1, 0.2, 0.05, 0.3], [0.6],
+                            L[lay.l_entries]])  # fmt: skip
+    return m, theta
+
+
+def test_loglik_equals_brute_force_integral():
+    m, theta = _small()
+    d, p = m.design, m.layout.unpack(theta)
+    mean = np.column_stack([d.x_mean[k] @ p["beta"][k] for k in range(2)])
+    logvar = np.column_stack([d.x_ws[k] @ p["tau"][k] for k in range(2)])
+    brute = multivariate_loglik_brute(
+        d.y_filled, d.observed, mean, logvar, d.group_index, p["R"], p["L"], n_points=12
+    )
+    ev = m.objective().evaluate(theta, score=False)
+    assert ev.ll_groups == pytest.approx(brute, abs=1e-6)
+
+
+def test_score_matches_finite_differences():
+    """The Fisher-identity score is the quadrature estimate of the exact score:
+    with 11 points per dimension it is the derivative of the rule to 1e-4."""
+    df = _data(n_groups=12, size=10, seed=2)
+    m = _model(df, n_points=11)
+    obj = m.objective()
+    theta = m.start_params().to_numpy() + 0.03
+    ev = obj.evaluate(theta)
+    fd = np.array(
+        [
+            (obj.loglike(theta + h) - obj.loglike(theta - h)) / 2e-6
+            for h in 1e-6 * np.eye(theta.size)
+        ]
+    )
+    assert ev.score == pytest.approx(fd, rel=1e-4, abs=1e-4)
+    assert ev.score_groups.sum(axis=0) == pytest.approx(ev.score, rel=1e-12, abs=1e-12)
+
+
+def test_fit_recovers_the_residual_correlation():
+    df = _data(n_groups=60, size=30, seed=4)
+    res = _model(df).fit()
+    assert res.converged
+    r = res.residual_corr.loc["eng", "mat"]
+    assert abs(r - 0.6) < 0.05
+    assert set(res.cov_re.index) == {"location:eng", "location:mat", "scale:eng", "scale:mat"}
+    se = res.school_effects()
+    assert len(se) == 60 and {"mean:eng", "scale:mat"} <= set(se.columns)
+    assert "Residual correlations" in res.summary()
+
+
+def test_bad_input():
+    df = _data()
+    with pytest.raises(MELSInputError, match="no observed values"):
+        _model(df.assign(mat=np.nan))
+    with pytest.raises(MELSInputError, match="not in the data"):
+        MELS.from_formula(["eng ~ prior", "art ~ prior"], df, "school")
+    with pytest.raises(MELSInputError, match="own formula"):
+        MELS.from_formula(["eng ~ prior", "eng ~ 1"], df, "school")
+    with pytest.raises(MELSInputError, match="one per outcome"):
+        MELS.from_formula(["eng ~ prior", "mat ~ prior"], df, "school",
+                          ws_formula=["~ 1", "~ 1", "~ 1"])  # fmt: skip
