@@ -56,7 +56,7 @@ extensions = [
         extra_compile_args=["-O3", *omp_compile] if sys.platform != "win32" else omp_compile,
         extra_link_args=omp_link,
     )
-    for name in ("_quad", "_nested")
+    for name in ("_quad", "_nested", "_mv")
 ]
 
 setup(

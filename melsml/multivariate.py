@@ -133,7 +133,7 @@ class MultivariateMELS:
                 f"start_params needs {self.layout.k_params} values, got {theta0.size}"
             )
         obj = self.objective()
-        theta, hess, info = maximize(obj, theta0, maxiter=maxiter, tol=tol)
+        theta, hess, info = maximize(obj, theta0, maxiter=maxiter, tol=tol, forward_hessian=True)
         warn_fit(info)
         final = obj.evaluate(theta)
         std = StandardisedFit(obj, theta, hess, np.eye(theta.size))

@@ -33,6 +33,7 @@ from itertools import product
 
 import numpy as np
 
+from . import _mv
 from .likelihood import scale_first_factor
 from .mvdesign import MultiDesign
 from .mvparams import MultiLayout
@@ -63,12 +64,6 @@ class MultiEvaluation:
     exx: np.ndarray
 
 
-def _chol_solve(chol: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """Solve (L L') x = rhs for batches of lower factors ``chol`` (..., n, n)."""
-    y = np.linalg.solve(chol, rhs[..., None])
-    return np.linalg.solve(np.swapaxes(chol, -1, -2), y)[..., 0]
-
-
 class MultiObjective:
     """Log-likelihood and score of a multivariate MELS model.
 
@@ -91,6 +86,15 @@ class MultiObjective:
         self._node_lw = (logw[grid] + x[grid] ** 2).sum(axis=1)  # (Q,)
         self._centers = np.zeros((design.n_groups, m))
         self._scales = np.tile(np.eye(m), (design.n_groups, 1, 1))
+        self._pattern = np.ascontiguousarray(design.pattern, dtype=np.intp)
+        starts = design.group_ptr[:-1]
+        self._nm = np.add.reduceat(design.observed.astype(float), starts, axis=0)
+        # students of each school by pattern of observed outcomes
+        self._n_pattern = np.add.reduceat(
+            (design.pattern[:, None] == np.arange(len(design.patterns))).astype(float),
+            starts,
+            axis=0,
+        )
         self.n_evals = 0
 
     def reset_counter(self) -> None:
@@ -107,20 +111,21 @@ class MultiObjective:
         eta = np.where(obs, eta, 0.0)
         e = np.where(obs, np.exp(-0.5 * eta), 0.0)
         rinv, logdet = _pattern_inverses(p["R"], d.patterns)
-        G = e[:, :, None] * e[:, None, :] * rinv[d.pattern]
         starts = d.group_ptr[:-1]
         n_obs = obs.sum(axis=1)
         unit_const = -0.5 * (eta.sum(axis=1) + logdet[d.pattern] + n_obs * LOG2PI)
+        j = d.n_groups
+        lam0, b0, a0 = (np.empty((j, m, m)) for _ in range(3))
+        r0, e = np.ascontiguousarray(r0), np.ascontiguousarray(e)
+        _mv.mv_sums(r0, e, rinv, self._pattern, d.group_ptr, lam0, b0, a0)
         return dict(
             r0=r0,
-            eta=eta,
             e=e,
-            G=G,
             rinv=rinv,
-            lam0=np.add.reduceat(G, starts, axis=0),
-            b0=np.add.reduceat(G * r0[:, None, :], starts, axis=0),
-            a0=np.add.reduceat(G * r0[:, :, None] * r0[:, None, :], starts, axis=0),
-            nm=np.add.reduceat(obs.astype(float), starts, axis=0),
+            lam0=lam0,
+            b0=b0,
+            a0=a0,
+            nm=self._nm,
             const=np.add.reduceat(unit_const, starts),
         )
 
@@ -135,25 +140,24 @@ class MultiObjective:
         kap = np.exp(-0.5 * v)
         kk = kap[:, :, None] * kap[:, None, :]
         lam = kk * S["lam0"]
-        b = kap * np.einsum("jml,jl->jm", S["b0"], kap)
-        a = np.einsum("jml,jml->j", kk, S["a0"])
-        cg = a - 2 * np.einsum("jm,jm->j", g, b) + np.einsum("jm,jml,jl->j", g, lam, g)
-        ctl = np.einsum("am,jal->jml", c, lam)  # C' Lam
-        bm = np.eye(m) + np.einsum("jml,lb->jmb", ctl, c)
-        chol = np.linalg.cholesky(bm)
-        bt = np.einsum("am,ja->jm", c, b - np.einsum("jml,jl->jm", lam, g))
-        sol = _chol_solve(chol, bt)
-        logdet = 2 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
+        b = kap * (S["b0"] @ kap[:, :, None])[..., 0]
+        a = (kk * S["a0"]).sum(axis=(1, 2))
+        lam_g = (lam @ g[:, :, None])[..., 0]
+        cg = a - 2 * (g * b).sum(axis=1) + (g * lam_g).sum(axis=1)
+        bm = np.eye(m) + c.T @ lam @ c
+        binv = np.linalg.inv(bm)
+        bt = (b - lam_g) @ c
+        sol = (binv @ bt[:, :, None])[..., 0]
+        logdet = np.linalg.slogdet(bm)[1]
         logp = (
             S["const"]
-            - 0.5 * np.einsum("jm,jm->j", S["nm"], v)
+            - 0.5 * (S["nm"] * v).sum(axis=1)
             - 0.5 * logdet
-            - 0.5 * (cg - np.einsum("jm,jm->j", bt, sol))
+            - 0.5 * (cg - (bt * sol).sum(axis=1))
         )
-        logpsi = logp - 0.5 * np.einsum("jm,jm->j", xi, xi) - 0.5 * m * LOG2PI
+        logpsi = logp - 0.5 * (xi * xi).sum(axis=1) - 0.5 * m * LOG2PI
         mu = g + sol @ c.T
-        binv = np.linalg.inv(bm)
-        pinv = np.einsum("am,jmn,bn->jab", c, binv, c)
+        pinv = c @ binv @ c.T
         out = dict(logpsi=logpsi, v=v, kk=kk, mu=mu, pinv=pinv, lam=lam, b=b)
         if grad:
             s_u, s_v = self._node_scores(out, S)
@@ -241,32 +245,31 @@ class MultiObjective:
             "jab,qb->jqa", self._scales, self._nodes
         )
         lwd = 0.5 * m * np.log(2.0) + np.log(np.diagonal(self._scales, axis1=1, axis2=2)).sum(1)
-        pts = [self._point(nodes[:, k], S, F, grad=False) for k in range(nodes.shape[1])]
-        logw = np.stack([pt["logpsi"] for pt in pts], axis=1) + self._node_lw
+        n_q = nodes.shape[1]
+        j = d.n_groups
+        rep = {k: np.repeat(S[k], n_q, axis=0) for k in ("lam0", "b0", "a0", "nm", "const")}
+        pt = self._point(nodes.reshape(j * n_q, m), rep, F, grad=False)
+        logw = pt["logpsi"].reshape(j, n_q) + self._node_lw
         top = logw.max(axis=1, keepdims=True)
         w = np.exp(logw - top)
         tot = w.sum(axis=1)
         ll = top[:, 0] + np.log(tot) + lwd
         w /= tot[:, None]
         self.n_evals += 1
-        # posterior moments of (u, v)
-        ex = np.zeros((d.n_groups, 2 * m))
-        exx = np.zeros((d.n_groups, 2 * m, 2 * m))
-        k0 = np.zeros((d.n_groups, m, m))
-        k1 = np.zeros_like(k0)
-        k2 = np.zeros_like(k0)
-        for k, pt in enumerate(pts):
-            wk = w[:, k]
-            x = np.concatenate([pt["mu"], pt["v"]], axis=1)
-            ex += wk[:, None] * x
-            xx = x[:, :, None] * x[:, None, :]
-            xx[:, :m, :m] += pt["pinv"]
-            exx += wk[:, None, None] * xx
-            if score:
-                kk = wk[:, None, None] * pt["kk"]
-                k0 += kk
-                k1 += kk * pt["mu"][:, None, :]
-                k2 += kk * (pt["mu"][:, :, None] * pt["mu"][:, None, :] + pt["pinv"])
+        # posterior moments of (u, v) and of kappa_m kappa_l (u_m, u_l)
+        mu = pt["mu"].reshape(j, n_q, m)
+        pinv = pt["pinv"].reshape(j, n_q, m, m)
+        v = pt["v"].reshape(j, n_q, m)
+        x = np.concatenate([mu, v], axis=2)
+        ex = np.einsum("jq,jqa->ja", w, x)
+        exx = np.einsum("jq,jqa,jqb->jab", w, x, x)
+        exx[:, :m, :m] += np.einsum("jq,jqab->jab", w, pinv)
+        k0 = k1 = k2 = None
+        if score:
+            kk = w[:, :, None, None] * pt["kk"].reshape(j, n_q, m, m)
+            k0 = kk.sum(axis=1)
+            k1 = np.einsum("jqml,jql->jml", kk, mu)
+            k2 = np.einsum("jqml,jqm,jql->jml", kk, mu, mu) + np.einsum("jqml,jqml->jml", kk, pinv)
         sg = None
         if score:
             sg = self._score_groups(p, S, sigma, exx, k0, k1, k2)
@@ -284,20 +287,11 @@ class MultiObjective:
         """(n_groups, k) per-group scores by Fisher's identity."""
         d, lay = self.design, self.layout
         m = d.n_outcomes
-        gi = d.group_index
-        G, r0 = S["G"], S["r0"]
-        K0, K1, K2 = k0[gi], k1[gi], k2[gi]
-        # d log p / d mean_im = (P_i r_i)_m
-        g_mu = np.einsum("iml,iml->im", G, K0 * r0[:, None, :] - K1)
-        # E[kappa_m kappa_l r_im r_il]
-        er = (
-            K0 * r0[:, :, None] * r0[:, None, :]
-            - r0[:, :, None] * K1
-            - r0[:, None, :] * np.swapaxes(K1, 1, 2)
-            + K2
-        )
-        obs = d.observed
-        g_ws = np.where(obs, -0.5 + 0.5 * np.einsum("iml,iml->im", G, er), 0.0)
+        n = d.n_obs
+        g_mu, g_ws = np.empty((n, m)), np.empty((n, m))
+        ss = np.empty((d.n_groups, len(d.patterns), m, m))
+        _mv.mv_unit_scores(S["r0"], S["e"], S["rinv"], self._pattern, d.group_ptr,
+                           k0, k1, k2, g_mu, g_ws, ss)  # fmt: skip
         starts = d.group_ptr[:-1]
         blocks = []
         for k in range(m):
@@ -306,10 +300,11 @@ class MultiObjective:
             blocks.append(np.add.reduceat(d.x_ws[k] * g_ws[:, [k]], starts, axis=0))
         # residual correlations: d l / d R = (R_o^-1 T_o R_o^-1 - n_o R_o^-1) / 2 per pattern
         if lay.n_corr:
-            ss = S["e"][:, :, None] * S["e"][:, None, :] * er  # E[s_i s_i']
-            rinv = S["rinv"][d.pattern]
-            grad_r = 0.5 * (np.einsum("iab,ibc,icd->iad", rinv, ss, rinv) - rinv)
-            per_group = np.add.reduceat(grad_r, starts, axis=0)
+            rinv, n_pat = S["rinv"], self._n_pattern
+            per_group = 0.5 * (
+                np.einsum("kab,jkbc,kcd->jad", rinv, ss, rinv)
+                - np.einsum("jk,kab->jab", n_pat, rinv)
+            )
             blocks.append(np.einsum("jab,kab->jk", per_group, lay.corr_jacobian(p)))
         # random effects: d l / d Sigma = (Sigma^-1 E[x x'] Sigma^-1 - Sigma^-1) / 2
         sinv = np.linalg.inv(sigma)

@@ -21,6 +21,8 @@ __all__ = [
     "LONDON_SCALE_SLOPE_TRUE",
     "simulate_three_level",
     "THREE_LEVEL_TRUE",
+    "simulate_subjects",
+    "SUBJECTS_TRUE",
 ]
 
 #: true parameters of :func:`simulate_london` with ``model=3`` (loosely after the
@@ -434,3 +436,70 @@ def simulate_three_level(
             "y": y,
         }
     )
+
+
+#: true parameters of :func:`simulate_subjects`: English and maths, model 3 in
+#: each, a within-student residual correlation of 0.6, school means correlated
+#: 0.7 across subjects and school variances (scale effects) correlated 0.5
+SUBJECTS_TRUE = {
+    "beta": {
+        "english": {"Intercept": 0.0, "prior": 0.60},
+        "maths": {"Intercept": 0.0, "prior": 0.70},
+    },
+    "tau": {
+        "english": {"Intercept": np.log(0.50), "prior": -0.12},
+        "maths": {"Intercept": np.log(0.40), "prior": -0.20},
+    },
+    "residual_corr": 0.6,
+    # covariance of (u_english, u_maths, v_english, v_maths)
+    "cov_re": np.array(
+        [
+            [0.090, 0.063, -0.0079, -0.0040],
+            [0.063, 0.090, -0.0040, -0.0079],
+            [-0.0079, -0.0040, 0.0484, 0.0242],
+            [-0.0040, -0.0079, 0.0242, 0.0484],
+        ]
+    ),
+}
+
+
+def simulate_subjects(
+    n_schools: int = 465,
+    n_students: int = 71000,
+    *,
+    missing: float = 0.1,
+    params: Mapping | None = None,
+    seed: int | None = 2024,
+) -> pd.DataFrame:
+    """English and maths scores of students in London-like schools (wide: one row
+    per student), from the multivariate MELS model with the parameters of
+    :data:`SUBJECTS_TRUE` (or ``params`` with its keys).  Each score is missing
+    at random with probability ``missing`` (never both of a student's).
+
+    Columns: school, prior, english, maths.
+    """
+    p = SUBJECTS_TRUE if params is None else params
+    rng = np.random.default_rng(seed)
+    cov = london_covariates(n_schools, n_students, rng)
+    g = cov["school"].to_numpy()
+    codes, school = np.unique(g, return_inverse=True)
+    prior = cov["prior"].to_numpy()
+    subjects = list(p["beta"])
+    m = len(subjects)
+    effects = rng.multivariate_normal(np.zeros(2 * m), p["cov_re"], size=len(codes))[school]
+    corr = np.full((m, m), p["residual_corr"])
+    np.fill_diagonal(corr, 1.0)
+    z = rng.multivariate_normal(np.zeros(m), corr, size=len(g))
+    out = {"school": g, "prior": prior}
+    for k, s in enumerate(subjects):
+        b, t = p["beta"][s], p["tau"][s]
+        logvar = t["Intercept"] + t["prior"] * prior + effects[:, m + k]
+        out[s] = (
+            b["Intercept"] + b["prior"] * prior + effects[:, k] + np.exp(0.5 * logvar) * z[:, k]
+        )
+    frame = pd.DataFrame(out)
+    drop = rng.random((len(g), m)) < missing
+    drop[drop.all(axis=1), rng.integers(0, m)] = False
+    for k, s in enumerate(subjects):
+        frame.loc[drop[:, k], s] = np.nan
+    return frame

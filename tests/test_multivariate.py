@@ -125,3 +125,31 @@ def test_bad_input():
     with pytest.raises(MELSInputError, match="one per outcome"):
         MELS.from_formula(["eng ~ prior", "mat ~ prior"], df, "school",
                           ws_formula=["~ 1", "~ 1", "~ 1"])  # fmt: skip
+
+
+def test_kernel_equals_its_numpy_twin():
+    from reference.multivariate_ref import sums_numpy, unit_scores_numpy
+
+    from melsml import _mv
+
+    rng = np.random.default_rng(0)
+    n, m, j = 200, 3, 9
+    group_ptr = np.r_[0, np.sort(rng.choice(np.arange(1, n), j - 1, replace=False)), n]
+    e = np.exp(rng.normal(size=(n, m))) * (rng.random((n, m)) < 0.8)
+    e[e.sum(axis=1) == 0, 0] = 1.0
+    codes = (e > 0) @ (1 << np.arange(m))
+    uniq, pattern = np.unique(codes, return_inverse=True)
+    a = rng.normal(size=(len(uniq), m, m))
+    rinv = a @ np.swapaxes(a, 1, 2)
+    r0 = rng.normal(size=(n, m))
+    pattern = pattern.astype(np.intp)
+    out = [np.empty((j, m, m)) for _ in range(3)]
+    _mv.mv_sums(r0, e, rinv, pattern, group_ptr.astype(np.intp), *out)
+    for got, want in zip(out, sums_numpy(r0, e, rinv, pattern, group_ptr), strict=True):
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
+    k = [rng.normal(size=(j, m, m)) for _ in range(3)]
+    g_mu, g_ws, ss = np.empty((n, m)), np.empty((n, m)), np.empty((j, len(uniq), m, m))
+    _mv.mv_unit_scores(r0, e, rinv, pattern, group_ptr.astype(np.intp), *k, g_mu, g_ws, ss)
+    want = unit_scores_numpy(r0, e, rinv, pattern, group_ptr, *k)
+    for got, w in zip((g_mu, g_ws, ss), want, strict=True):
+        assert got == pytest.approx(w, rel=1e-12, abs=1e-12)
