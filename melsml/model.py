@@ -138,6 +138,8 @@ class MELS:
         censoring=None,
         family: str = "gaussian",
         link: str = "probit",
+        cov_structure: str = "unstructured",
+        residual_corr: bool = True,
     ) -> MELS | ThreeLevelMELS | MultivariateMELS:
         """Specify a MELS model with formulas.
 
@@ -200,6 +202,12 @@ class MELS:
             the WS intercept is fixed at 0.
         link : {"probit", "logit"}
             Ordinal outcomes: the latent residual's distribution.
+        cov_structure : {"unstructured", "independent", "no-location-scale"}
+            Several outcomes: the covariance of the school effects (see
+            :meth:`melsml.multivariate.MultivariateMELS.from_formula`).
+        residual_corr : bool
+            Several outcomes: estimate the within-student residual correlations
+            (default) or fix them at 0.
         censoring : (lower, upper), optional
             A censored (Tobit) outcome with floor and ceiling effects: each
             limit is a number, a column of per-row limits (missing: no limit)
@@ -224,6 +232,10 @@ class MELS:
         """
         if isinstance(formula, (list, tuple)):
             return cls._multivariate(formula, data, groups, locals())
+        if cov_structure != "unstructured" or residual_corr is not True:
+            raise MELSInputError(
+                "cov_structure and residual_corr apply to several outcomes (a list of formulas)"
+            )
         if not isinstance(groups, str) and len(groups) != 1:
             return cls._three_level(formula, data, groups, locals())
         if not isinstance(groups, str):
@@ -275,6 +287,7 @@ class MELS:
             "association": "linear", "integration": "auto", "random_bs": False,
             "censoring": None, "family": "gaussian",
         }  # fmt: skip
+        extra = {k: given[k] for k in ("cov_structure", "residual_corr")}
         for name, default in defaults.items():
             if given[name] != default:
                 raise MELSInputError(
@@ -287,7 +300,7 @@ class MELS:
             groups = groups[0]
         return MultivariateMELS.from_formula(
             list(formulas), data, groups, ws_formula=given["ws_formula"],
-            n_points=given["n_points"],
+            n_points=given["n_points"], **extra,
         )  # fmt: skip
 
     @staticmethod

@@ -40,7 +40,13 @@ class MultivariateMELS:
         5 for three).
     """
 
-    def __init__(self, design: MultiDesign, n_points: int | None = None):
+    def __init__(
+        self,
+        design: MultiDesign,
+        n_points: int | None = None,
+        cov_structure: str = "unstructured",
+        residual_corr: bool = True,
+    ):
         m = design.n_outcomes
         if m > 3:
             raise MELSInputError(
@@ -54,7 +60,11 @@ class MultivariateMELS:
         self.design = design
         self.n_points = int(n_points)
         self.layout = MultiLayout(
-            outcomes=design.outcomes, mean_names=design.mean_names, ws_names=design.ws_names
+            outcomes=design.outcomes,
+            mean_names=design.mean_names,
+            ws_names=design.ws_names,
+            cov_structure=cov_structure,
+            residual_corr=bool(residual_corr),
         )
 
     @classmethod
@@ -66,13 +76,31 @@ class MultivariateMELS:
         *,
         ws_formula: str | list[str] = "~ 1",
         n_points: int | None = None,
+        cov_structure: str = "unstructured",
+        residual_corr: bool = True,
     ) -> MultivariateMELS:
         """Build the model from one formula per outcome on wide data (one row
         per student; a missing outcome leaves the student in with the others).
 
         ``ws_formula`` is one WS formula for every outcome or one per outcome.
+        ``cov_structure``: "unstructured" (default), "independent" (no
+        covariance between different outcomes' school effects) or
+        "no-location-scale" (none between location and scale effects).
+        ``residual_corr=False`` fixes the within-student correlations at 0.
         """
-        return cls(build_multi_design(list(formulas), data, groups, ws_formula), n_points)
+        design = build_multi_design(list(formulas), data, groups, ws_formula)
+        return cls(design, n_points, cov_structure, residual_corr)
+
+    def label(self) -> str:
+        """A short description for model comparisons."""
+        f = self.design.formulas
+        parts = [", ".join(a for a, _ in f)]
+        ws = {b for _, b in f}
+        parts.append("WS " + (next(iter(ws)) if len(ws) == 1 else ", ".join(b for _, b in f)))
+        parts.append(f"{self.layout.cov_structure} school effects")
+        if not self.layout.residual_corr:
+            parts.append("uncorrelated residuals")
+        return "; ".join(parts)
 
     def objective(self) -> MultiObjective:
         return MultiObjective(self.design, self.layout, self.n_points)

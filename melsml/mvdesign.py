@@ -52,6 +52,16 @@ class MultiDesign:
     formulas: tuple[tuple[str, str], ...]
 
     @property
+    def outcome(self) -> str:
+        """The outcomes, comma-separated (what model comparisons match on)."""
+        return ", ".join(self.outcomes)
+
+    @property
+    def y(self) -> np.ndarray:
+        """The observed values, student by student."""
+        return self.y_filled[self.observed]
+
+    @property
     def n_outcomes(self) -> int:
         return len(self.outcomes)
 

@@ -7,7 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .exceptions import MELSInputError
 from .params import BlockLayout
+
+#: covariance structures of the school effects
+COV_STRUCTURES = ("unstructured", "independent", "no-location-scale")
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,15 @@ class MultiLayout(BlockLayout):
     outcomes: tuple[str, ...]
     mean_names: tuple[tuple[str, ...], ...]
     ws_names: tuple[tuple[str, ...], ...]
+    cov_structure: str = "unstructured"
+    residual_corr: bool = True
+
+    def __post_init__(self) -> None:
+        if self.cov_structure not in COV_STRUCTURES:
+            raise MELSInputError(
+                f"cov_structure must be one of {', '.join(map(repr, COV_STRUCTURES))}, "
+                f"got {self.cov_structure!r}"
+            )
 
     @property
     def m(self) -> int:
@@ -39,15 +52,28 @@ class MultiLayout(BlockLayout):
 
     @property
     def corr_entries(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.residual_corr:
+            return np.array([], dtype=int), np.array([], dtype=int)
         return np.tril_indices(self.m, -1)
 
     @property
     def n_corr(self) -> int:
-        return self.m * (self.m - 1) // 2
+        return len(self.corr_entries[0])
 
     @property
     def l_entries(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.tril_indices(2 * self.m)
+        """The free entries of L.  "independent": only entries between effects of
+        the same outcome (Sigma block-diagonal by outcome); "no-location-scale":
+        only location-location and scale-scale entries (no covariance between
+        location and scale effects)."""
+        rows, cols = np.tril_indices(2 * self.m)
+        if self.cov_structure == "independent":
+            keep = rows % self.m == cols % self.m
+        elif self.cov_structure == "no-location-scale":
+            keep = (rows < self.m) == (cols < self.m)
+        else:
+            keep = np.ones(rows.size, dtype=bool)
+        return rows[keep], cols[keep]
 
     def block_names(self) -> list[tuple[str, tuple[str, ...]]]:
         o = self.outcomes

@@ -298,9 +298,9 @@ def _nesting_names(res: MELSResults, other: MELSResults) -> set:
     names = {_MIXWILD_AS_CHOLESKY.get(n, n) for n in index}
     structure, other_structure = (getattr(r.model, "structure", None) for r in (res, other))
     if (
-        res.model.design.bs_names == ("Intercept",)
-        and structure is not None
+        structure is not None
         and other_structure is not None
+        and res.model.design.bs_names == ("Intercept",)
         and structure.bs
         and not other_structure.bs
     ):
@@ -324,6 +324,8 @@ def _is_sd(name: tuple[str, str]) -> bool:
 
 def _model_label(res: MELSResults) -> str:
     """A short description of a fitted model from its formulas and options."""
+    if hasattr(res.model, "label"):
+        return res.model.label()
     d = res.model.design
     f = d.formulas
     parts = [f["formula"]]

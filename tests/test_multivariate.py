@@ -153,3 +153,30 @@ def test_kernel_equals_its_numpy_twin():
     want = unit_scores_numpy(r0, e, rinv, pattern, group_ptr, *k)
     for got, w in zip((g_mu, g_ws, ss), want, strict=True):
         assert got == pytest.approx(w, rel=1e-12, abs=1e-12)
+
+
+def test_constrained_structures_and_lr_tests():
+    """ "independent" with uncorrelated residuals is the sum of separate fits;
+    compare() tests the structures against each other."""
+    from melsml import compare
+
+    df = _data(n_groups=40, size=25, seed=5)
+    full = _model(df).fit()
+    none = _model(df, cov_structure="independent", residual_corr=False, n_points=11).fit()
+    sep = 0.0
+    for o in ("eng", "mat"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sep += MELS.from_formula(f"{o} ~ prior", df, "school", ws_formula="~ prior").fit().llf
+    assert none.llf == pytest.approx(sep, abs=1e-6)
+    nls = _model(df, cov_structure="no-location-scale").fit()
+    cov = nls.cov_re.to_numpy()
+    assert np.abs(cov[:2, 2:]).max() < 1e-12
+    table = compare(none, full)
+    assert table["df"].iloc[1] == full.k_params - none.k_params == 1 + 4
+    assert table["lr_stat"].iloc[1] == pytest.approx(2 * (full.llf - none.llf))
+    assert "uncorrelated residuals" in table.index[0]
+    with pytest.raises(MELSInputError, match="cov_structure"):
+        _model(df, cov_structure="diagonal")
+    with pytest.raises(MELSInputError, match="several outcomes"):
+        MELS.from_formula("eng ~ prior", df, "school", residual_corr=False)
