@@ -19,6 +19,7 @@ from .identify import check_identifiable
 from .levels import IdScope
 from .likelihood import MELSObjective
 from .multivariate import MultivariateMELS
+from .mvdesign import long_to_wide
 from .optimize import maximize, warn_fit
 from .ordinal import apply_ordinal, threshold_names
 from .params import ParamLayout, as_param_vector
@@ -140,6 +141,8 @@ class MELS:
         link: str = "probit",
         cov_structure: str = "unstructured",
         residual_corr: bool = True,
+        outcome: str | None = None,
+        unit: str | None = None,
     ) -> MELS | ThreeLevelMELS | MultivariateMELS:
         """Specify a MELS model with formulas.
 
@@ -208,6 +211,11 @@ class MELS:
         residual_corr : bool
             Several outcomes: estimate the within-student residual correlations
             (default) or fix them at 0.
+        outcome, unit : str, optional
+            Several outcomes in long data (one row per student and outcome):
+            ``outcome`` names each row's outcome (English, maths) and ``unit``
+            the student; ``formula``'s left side holds the scores.  The model
+            is the one the wide data and a list of formulas give.
         censoring : (lower, upper), optional
             A censored (Tobit) outcome with floor and ceiling effects: each
             limit is a number, a column of per-row limits (missing: no limit)
@@ -230,6 +238,15 @@ class MELS:
         Rows with a missing value in any used column are dropped with a
         :class:`~melsml.exceptions.MissingDataWarning` giving the count.
         """
+        if outcome is not None:
+            if isinstance(formula, (list, tuple)) or not isinstance(groups, str):
+                raise MELSInputError(
+                    "long data (outcome=...) take one formula and one groups column"
+                )
+            formula, data = long_to_wide(formula, data, groups, outcome, unit)
+            return cls._multivariate(formula, data, groups, locals())
+        if unit is not None:
+            raise MELSInputError("unit applies to long data with several outcomes (outcome=...)")
         if isinstance(formula, (list, tuple)):
             return cls._multivariate(formula, data, groups, locals())
         if cov_structure != "unstructured" or residual_corr is not True:

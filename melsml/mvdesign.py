@@ -178,3 +178,57 @@ def build_multi_design(
         patterns=patterns,
         formulas=tuple(zip(formulas, ws, strict=True)),
     )
+
+
+def long_to_wide(
+    formula: str, data: pd.DataFrame, groups: str, outcome: str, unit: str | None
+) -> tuple[list[str], pd.DataFrame]:
+    """Long data (one row per student and outcome) as wide data, and one formula
+    per outcome: ``formula``'s left side holds the scores, ``outcome`` names
+    the outcome of each row and ``unit`` the student.  Covariates and groups
+    must be the same on every row of a student.  The outcomes are ordered as a
+    categorical column's categories, else sorted."""
+    if not isinstance(data, pd.DataFrame):
+        raise MELSInputError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    for name, col in (("outcome", outcome), ("unit", unit), ("groups", groups)):
+        if col is None:
+            raise MELSInputError(
+                f"long data (outcome={outcome!r}) need {name}=..., the column that identifies "
+                "each row's " + {"unit": "student", "groups": "group", "outcome": "outcome"}[name]
+            )
+        if col not in data.columns:
+            raise MELSInputError(f"{name} column {col!r} is not in the data")
+    if "~" not in formula:
+        raise MELSInputError(f"formula={formula!r} needs an outcome on the left, e.g. 'y ~ x'")
+    lhs, rhs = (part.strip() for part in formula.split("~", 1))
+    if lhs not in data.columns:
+        raise MELSInputError(f"outcome column {lhs!r} is not in the data")
+    if data.duplicated([unit, outcome]).any():
+        raise MELSInputError(f"some {unit!r} has two rows for the same {outcome!r}")
+    col = data[outcome]
+    # a categorical column's order, else sorted
+    found = (
+        col.cat.categories
+        if isinstance(col.dtype, pd.CategoricalDtype)
+        else sorted(pd.unique(col.dropna()))
+    )
+    levels = [str(v) for v in found]
+    if len(levels) < 2:
+        raise MELSInputError(f"outcome column {outcome!r} has fewer than two outcomes")
+    clash = [v for v in levels if v in data.columns]
+    if clash:
+        raise MELSInputError(f"outcome names {clash} are also columns of the data: rename them")
+    others = [c for c in data.columns if c not in (lhs, outcome, unit)]
+    by_unit = data.groupby(unit, sort=False)
+    varies = [c for c in others if (by_unit[c].nunique(dropna=False) > 1).any()]
+    if varies:
+        raise MELSInputError(
+            f"column(s) {', '.join(varies)} differ between rows of the same {unit!r}: long "
+            "data for several outcomes need student-level covariates"
+        )
+    wide = by_unit[others].first()
+    scores = data.assign(**{outcome: data[outcome].astype(str)}).pivot(
+        index=unit, columns=outcome, values=lhs
+    )
+    wide = wide.join(scores[levels]).reset_index()
+    return [f"`{v}` ~ {rhs}" for v in levels], wide

@@ -180,3 +180,21 @@ def test_constrained_structures_and_lr_tests():
         _model(df, cov_structure="diagonal")
     with pytest.raises(MELSInputError, match="several outcomes"):
         MELS.from_formula("eng ~ prior", df, "school", residual_corr=False)
+
+
+def test_long_data_give_the_wide_model():
+    df = _data(n_groups=15, size=12, seed=6).rename_axis("student").reset_index()
+    long = df.melt(id_vars=["student", "school", "prior"], value_vars=["eng", "mat"],
+                   var_name="subject", value_name="score").dropna(subset=["score"])  # fmt: skip
+    wide_model = _model(df.drop(columns="student"))
+    shuffled = long.sample(frac=1, random_state=1)
+    long_model = MELS.from_formula("score ~ prior", shuffled, "school", outcome="subject",
+                                   unit="student", ws_formula="~ prior")  # fmt: skip
+    assert long_model.design.outcomes == ("eng", "mat")
+    theta = wide_model.start_params().to_numpy()
+    assert long_model.loglike(theta) == pytest.approx(wide_model.loglike(theta), abs=1e-9)
+    with pytest.raises(MELSInputError, match="unit"):
+        MELS.from_formula("score ~ prior", long, "school", outcome="subject")
+    bad = long.assign(prior=np.arange(len(long), dtype=float))
+    with pytest.raises(MELSInputError, match="student-level covariates"):
+        MELS.from_formula("score ~ prior", bad, "school", outcome="subject", unit="student")
