@@ -198,3 +198,29 @@ def test_long_data_give_the_wide_model():
     bad = long.assign(prior=np.arange(len(long), dtype=float))
     with pytest.raises(MELSInputError, match="student-level covariates"):
         MELS.from_formula("score ~ prior", bad, "school", outcome="subject", unit="student")
+
+
+def _recovery(**size):
+    """Every parameter of the two-subject model within 3 SE of the truth, with
+    10% of scores missing at random."""
+    from melsml.simulate import SUBJECTS_TRUE, simulate_subjects
+
+    data = simulate_subjects(seed=11, **size)
+    res = MELS.from_formula(["english ~ prior", "maths ~ prior"], data, "school",
+                            ws_formula="~ prior").fit()  # fmt: skip
+    assert res.converged
+    lay, t = res.model.layout, SUBJECTS_TRUE
+    vals = [v for block in ("beta", "tau") for s in lay.outcomes for v in t[block][s].values()]
+    R = np.array([[1.0, t["residual_corr"]], [t["residual_corr"], 1.0]])
+    vals += list(lay.raw_correlation(R)) + list(np.linalg.cholesky(t["cov_re"])[lay.l_entries])
+    z = (res.params - np.array(vals)) / res.bse
+    assert (z.abs() < 3).all(), z
+
+
+def test_two_subjects_recover_the_truth():
+    _recovery(n_schools=150, n_students=15000)
+
+
+@pytest.mark.slow
+def test_two_subjects_recover_the_truth_london_sized():
+    _recovery()
