@@ -206,18 +206,42 @@ class MultivariateResults(LikelihoodResults):
         with np.errstate(invalid="ignore", divide="ignore"):
             return c / np.outer(sd, sd)
 
-    def school_effects(self) -> pd.DataFrame:
-        """Per school: n and the posterior means and SDs of each outcome's
-        location effect (``mean:outcome``) and scale effect (``scale:outcome``)."""
-        ev = self._evaluation
-        d = self.model.design
+    def school_effects(self, alpha: float = 0.05) -> pd.DataFrame:
+        """Each school's mean and variance of adjusted achievement, per outcome.
+
+        Columns, for each outcome o: ``mean[o]`` (the posterior mean of the
+        school's location effect u_o), ``variance[o]`` (of the school's
+        residual variance exp(wbar_o' tau_o + v_o) at the outcome's mean WS
+        covariates), each with ``_sd``, ``_lower``, ``_upper`` (equal-tailed
+        1 - alpha posterior interval), ``_rank`` (1 = highest mean, lowest
+        variance) and ``_separated`` (the interval excludes 0, resp. the
+        variance at v = 0); and ``n``, the school's students.  The posterior
+        is tabulated on a grid over the scale effects with the location
+        effects normal at each point.
+        """
+        from .measures import grid_quantiles, measure_columns, mixture_quantiles
+
+        d, lay = self.model.design, self.model.layout
+        grid = self.model.objective().posterior_grid(self._theta)
+        w, mu, pinv, v = grid["w"], grid["mu"], grid["pinv"], grid["v"]
+        probs = (alpha / 2, 1 - alpha / 2)
+        p = self._p
         cols: dict[str, np.ndarray] = {"n": d.group_sizes}
-        sd = np.sqrt(np.maximum(np.einsum("jaa->ja", ev.exx) - ev.ex**2, 0.0))
-        for k, lab in enumerate(self.model.layout.labels):
-            kind, o = lab.split(":", 1)
-            name = "mean" if kind == "location" else "scale"
-            cols[f"{name}:{o}"] = ev.ex[:, k]
-            cols[f"{name}_sd:{o}"] = sd[:, k]
+        for k, o in enumerate(lay.outcomes):
+            m_k, s_k = mu[..., k], np.sqrt(np.maximum(pinv[..., k, k], 0.0) + 1e-300)
+            mean = np.sum(w * m_k, axis=1)
+            sd = np.sqrt(np.maximum(np.sum(w * (m_k**2 + s_k**2), axis=1) - mean**2, 0.0))
+            lo, hi = mixture_quantiles(
+                w, m_k, s_k, probs, mean - 10 * sd - 1e-8, mean + 10 * sd + 1e-8
+            )
+            cols.update(measure_columns(f"mean[{o}]", mean, sd, lo, hi, 0.0))
+            rows = d.observed[:, k]
+            shift = float(d.x_ws[k][rows].mean(axis=0) @ p["tau"][k])
+            e = np.exp(shift + v[..., k])
+            vm = np.sum(w * e, axis=1)
+            vsd = np.sqrt(np.maximum(np.sum(w * e**2, axis=1) - vm**2, 0.0))
+            vlo, vhi = grid_quantiles(e, w, probs)
+            cols.update(measure_columns(f"variance[{o}]", vm, vsd, vlo, vhi, np.exp(shift)))
         return pd.DataFrame(cols, index=pd.Index(d.group_labels, name=d.groups))
 
     def summary(self) -> str:

@@ -110,7 +110,12 @@ def test_fit_recovers_the_residual_correlation():
     assert abs(r - 0.6) < 0.05
     assert set(res.cov_re.index) == {"location:eng", "location:mat", "scale:eng", "scale:mat"}
     se = res.school_effects()
-    assert len(se) == 60 and {"mean:eng", "scale:mat"} <= set(se.columns)
+    assert len(se) == 60 and {"mean[eng]", "variance[mat]_upper"} <= set(se.columns)
+    # the grid's posterior means equal the adaptive quadrature's
+    ev = res.model.objective().evaluate(res._theta_raw, score=False)
+    assert se["mean[eng]"].to_numpy() == pytest.approx(ev.ex[:, 0], abs=1e-6)
+    assert (se["variance[mat]_lower"] < se["variance[mat]"]).all()
+    assert (se["variance[mat]"] < se["variance[mat]_upper"]).all()
     assert "Residual correlations" in res.summary()
 
 
