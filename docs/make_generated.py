@@ -134,6 +134,7 @@ def tutorial() -> None:
     three_level()
     censored()
     ordinal()
+    subjects()
     school8 = fits["8"].params[
         [("tau", t) for t in fits["8"].params["tau"].index if t.startswith("school_type")]
     ]
@@ -243,6 +244,35 @@ def censored() -> None:
         "Correlation of the school variances with those from the uncensored scores: "
         + ", ".join(f"{k} {v:.3f}" for k, v in corr.items())
         + ".\n",
+    )
+
+
+def subjects() -> None:
+    """The tutorial's section on several outcomes."""
+    from melsml.simulate import simulate_subjects
+
+    data = simulate_subjects(n_schools=150, n_students=15000, seed=11)
+    formulas = ["english ~ prior", "maths ~ prior"]
+    t = time.perf_counter()
+    res = MELS.from_formula(formulas, data, "school", ws_formula="~ prior").fit()
+    took = time.perf_counter() - t
+    write(
+        "subjects_data.md",
+        f"{len(data):,} students in {data['school'].nunique()} schools; "
+        f"{int(data['english'].isna().sum())} English and {int(data['maths'].isna().sum())} "
+        f"maths scores missing; the fit with standard errors took {took:.1f} s.\n",
+    )
+    write("subjects_summary.md", "```text\n" + res.summary() + "\n```\n")
+    sep = MELS.from_formula(formulas, data, "school", ws_formula="~ prior",
+                            cov_structure="independent", residual_corr=False).fit()  # fmt: skip
+    nls = MELS.from_formula(formulas, data, "school", ws_formula="~ prior",
+                            cov_structure="no-location-scale").fit()  # fmt: skip
+    table = compare(sep, nls, res)
+    write("subjects_lr.md", md_table(table[["k", "llf", "aic", "lr_stat", "df", "p_value"]]))
+    eff = res.school_effects()
+    write("subjects_effects.md", md_table(eff.iloc[:5, :13], "{:.3f}"))
+    plots.outcome_scatter(eff, "variance", ("english", "maths")).savefig(
+        OUT / "subjects_variances.png", dpi=100
     )
 
 

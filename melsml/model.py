@@ -205,7 +205,7 @@ class MELS:
             the WS intercept is fixed at 0.
         link : {"probit", "logit"}
             Ordinal outcomes: the latent residual's distribution.
-        cov_structure : {"unstructured", "independent", "no-location-scale"}
+        cov_structure : {"unstructured", "independent", "no-location-scale", "uncorrelated-scales"}
             Several outcomes: the covariance of the school effects (see
             :meth:`melsml.multivariate.MultivariateMELS.from_formula`).
         residual_corr : bool

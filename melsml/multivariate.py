@@ -84,12 +84,35 @@ class MultivariateMELS:
 
         ``ws_formula`` is one WS formula for every outcome or one per outcome.
         ``cov_structure``: "unstructured" (default), "independent" (no
-        covariance between different outcomes' school effects) or
-        "no-location-scale" (none between location and scale effects).
+        covariance between different outcomes' school effects),
+        "no-location-scale" (none between location and scale effects) or
+        "uncorrelated-scales" (none between different outcomes' scale effects;
+        every other covariance free).
         ``residual_corr=False`` fixes the within-student correlations at 0.
         """
         design = build_multi_design(list(formulas), data, groups, ws_formula)
         return cls(design, n_points, cov_structure, residual_corr)
+
+    def nesting_names(self) -> set:
+        """Parameter names on a footing common to every covariance structure: the
+        mean, WS and residual parameters, and ``cov(a,b)`` for each covariance
+        of the school effects the structure leaves free (for model comparisons)."""
+        lay = self.layout
+        names = {n for n in lay.index if n[0] != "random"}
+        rng = np.random.default_rng(0)
+        lp = np.zeros((2 * lay.m, 2 * lay.m))
+        lp[lay.l_entries] = rng.uniform(0.5, 1.0, len(lay.l_entries[0]))
+        L = np.empty_like(lp)
+        L[lay.order] = lp
+        sigma = L @ L.T
+        lab = lay.labels
+        rows, cols = np.tril_indices(2 * lay.m)
+        names |= {
+            ("random", f"cov({lab[a]},{lab[b]})")
+            for a, b in zip(rows, cols, strict=True)
+            if abs(sigma[a, b]) > 1e-12
+        }
+        return names
 
     def label(self) -> str:
         """A short description for model comparisons."""
@@ -140,7 +163,8 @@ class MultivariateMELS:
         R = pd.DataFrame(resid).corr().to_numpy()
         R = np.where(np.isfinite(R), R, 0.0)
         np.fill_diagonal(R, 1.0)
-        theta = np.concatenate(beta + tau + [lay.raw_correlation(R), L[lay.l_entries]])
+        factor = lay.factor_of(L @ L.T)
+        theta = np.concatenate(beta + tau + [lay.raw_correlation(R), factor[lay.l_entries]])
         return pd.Series(theta, index=lay.index, name="start")
 
     def fit(self, start_params=None, maxiter: int = 500, tol: float = 1e-12,

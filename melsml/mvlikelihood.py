@@ -309,7 +309,7 @@ class MultiObjective:
         # random effects: d l / d Sigma = (Sigma^-1 E[x x'] Sigma^-1 - Sigma^-1) / 2
         sinv = np.linalg.inv(sigma)
         dsig = 0.5 * (np.einsum("ab,jbc,cd->jad", sinv, exx, sinv) - sinv)
-        dL = 2 * np.einsum("jab,bc->jac", dsig, p["L"])
+        dL = 2 * np.einsum("jab,bc->jac", dsig, p["L"])[:, lay.order, :]
         rows, cols = lay.l_entries
         blocks.append(dL[:, rows, cols])
         return np.hstack(blocks)

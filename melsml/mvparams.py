@@ -11,7 +11,7 @@ from .exceptions import MELSInputError
 from .params import BlockLayout
 
 #: covariance structures of the school effects
-COV_STRUCTURES = ("unstructured", "independent", "no-location-scale")
+COV_STRUCTURES = ("unstructured", "independent", "no-location-scale", "uncorrelated-scales")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,20 @@ class MultiLayout(BlockLayout):
         )
 
     @property
+    def order(self) -> np.ndarray:
+        """The effects in the order of the Cholesky factor's rows (Sigma = P Lp
+        Lp' P'): scale effects first for "uncorrelated-scales", else as labelled."""
+        m = self.m
+        if self.cov_structure == "uncorrelated-scales":
+            return np.r_[np.arange(m, 2 * m), np.arange(m)]
+        return np.arange(2 * m)
+
+    def factor_of(self, sigma: np.ndarray) -> np.ndarray:
+        """The factor Lp (in :attr:`order`) of a positive definite ``sigma``."""
+        o = self.order
+        return np.linalg.cholesky(sigma[np.ix_(o, o)])
+
+    @property
     def corr_entries(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.residual_corr:
             return np.array([], dtype=int), np.array([], dtype=int)
@@ -67,7 +81,11 @@ class MultiLayout(BlockLayout):
         only location-location and scale-scale entries (no covariance between
         location and scale effects)."""
         rows, cols = np.tril_indices(2 * self.m)
-        if self.cov_structure == "independent":
+        if self.cov_structure == "uncorrelated-scales":
+            # the factor of the scale-first ordering with no entries between scale
+            # effects: Sigma_vv diagonal, every other covariance free
+            keep = (rows >= self.m) | (rows == cols)
+        elif self.cov_structure == "independent":
             keep = rows % self.m == cols % self.m
         elif self.cov_structure == "no-location-scale":
             keep = (rows < self.m) == (cols < self.m)
@@ -81,13 +99,14 @@ class MultiLayout(BlockLayout):
         tau = tuple(f"{o[k]}:{t}" for k in range(self.m) for t in self.ws_names[k])
         rows, cols = self.corr_entries
         resid = tuple(f"F({o[a]},{o[b]})" for a, b in zip(rows, cols, strict=True))
-        lab = self.labels
+        lab = [self.labels[k] for k in self.order]
         rows, cols = self.l_entries
         rand = tuple(f"L({lab[a]},{lab[b]})" for a, b in zip(rows, cols, strict=True))
         return [("beta", beta), ("tau", tau), ("residual", resid), ("random", rand)]
 
     def unpack(self, theta: np.ndarray) -> dict:
-        """beta and tau (lists per outcome), R (M x M), L (2M x 2M)."""
+        """beta and tau (lists per outcome), R (M x M), L (2M x 2M, Sigma = L L'
+        in the labels' order; lower triangular unless the order is permuted)."""
         theta = np.asarray(theta, dtype=float)
         sl = self.slices
         beta, tau = [], []
@@ -99,8 +118,10 @@ class MultiLayout(BlockLayout):
         for names in self.ws_names:
             tau.append(theta[pos : pos + len(names)])
             pos += len(names)
-        L = np.zeros((2 * self.m, 2 * self.m))
-        L[self.l_entries] = theta[sl["random"]]
+        lp = np.zeros((2 * self.m, 2 * self.m))
+        lp[self.l_entries] = theta[sl["random"]]
+        L = np.empty_like(lp)
+        L[self.order] = lp  # Sigma = L L' in the labels' order
         raw = theta[sl["residual"]]
         return dict(beta=beta, tau=tau, R=self.correlation(raw), R_raw=raw, L=L)
 

@@ -108,6 +108,30 @@ def mean_variance_scatter(effects: pd.DataFrame, *, ax=None):
     return fig
 
 
+def outcome_scatter(effects: pd.DataFrame, measure: str, outcomes: tuple[str, str], *, ax=None):
+    """One school measure under two outcomes (e.g. the school variances of
+    English and maths from a model of several outcomes), with each school's
+    intervals as error bars."""
+    a, b = (f"{measure}[{o}]" for o in outcomes)
+    _check(effects, [a, b, f"{a}_lower", f"{a}_upper", f"{b}_lower", f"{b}_upper"])
+    plt = _plt()
+    fig = ax.figure if ax is not None else plt.figure(figsize=(5.5, 5.5))
+    ax = ax if ax is not None else fig.add_subplot()
+    x, y = effects[a], effects[b]
+    ax.errorbar(
+        x, y,
+        xerr=[x - effects[f"{a}_lower"], effects[f"{a}_upper"] - x],
+        yerr=[y - effects[f"{b}_lower"], effects[f"{b}_upper"] - y],
+        fmt="o", ms=3, color="tab:blue", ecolor="0.8", elinewidth=0.6,
+    )  # fmt: skip
+    r = np.corrcoef(x, y)[0, 1]
+    ax.set_xlabel(f"school {measure}: {outcomes[0]}")
+    ax.set_ylabel(f"school {measure}: {outcomes[1]}")
+    ax.set_title(f"School {measure}s of {outcomes[0]} and {outcomes[1]} (r = {r:.2f})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def rank_scatter(
     a: pd.DataFrame,
     b: pd.DataFrame,

@@ -290,6 +290,8 @@ def _nesting_names(res: MELSResults, other: MELSResults) -> set:
     L(omega,omega) of the Cholesky layout; and against a model without a BS
     function (random slopes), a random intercept with a constant BS variance
     is the one-effect case: L(Intercept,Intercept) = exp(alpha0 / 2)."""
+    if hasattr(res.model, "nesting_names"):
+        return res.model.nesting_names()
     index = res.params.index
     levels = getattr(res.model, "levels", None)
     if levels is not None:

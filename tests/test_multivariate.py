@@ -229,3 +229,31 @@ def test_two_subjects_recover_the_truth():
 @pytest.mark.slow
 def test_two_subjects_recover_the_truth_london_sized():
     _recovery()
+
+
+def test_uncorrelated_scales():
+    """ "uncorrelated-scales": the scale effects' covariance across outcomes is
+    0, the rest free; the score is the derivative of the log-likelihood."""
+    df = _data(n_groups=40, size=25, seed=7)
+    m = _model(df, cov_structure="uncorrelated-scales", n_points=11)
+    obj = m.objective()
+    theta = m.start_params().to_numpy() + 0.02
+    score = obj.evaluate(theta).score
+    fd = np.array(
+        [
+            (obj.loglike(theta + h) - obj.loglike(theta - h)) / 2e-6
+            for h in 1e-6 * np.eye(theta.size)
+        ]
+    )
+    assert score == pytest.approx(fd, rel=1e-4, abs=1e-4)
+    res = m.fit()
+    cov = res.cov_re
+    assert cov.loc["scale:eng", "scale:mat"] == pytest.approx(0.0, abs=1e-14)
+    assert abs(cov.loc["location:eng", "location:mat"]) > 1e-6
+    from melsml import compare
+
+    full = _model(df, n_points=11).fit()
+    table = compare(res, full)
+    assert table["df"].iloc[1] == 1
+    assert table["added"].iloc[1] == "random[cov(scale:mat,scale:eng)]"
+    assert full.llf >= res.llf - 1e-6
