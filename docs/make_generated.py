@@ -263,14 +263,32 @@ def subjects() -> None:
         f"maths scores missing; the fit with standard errors took {took:.1f} s.\n",
     )
     write("subjects_summary.md", "```text\n" + res.summary() + "\n```\n")
-    sep = MELS.from_formula(formulas, data, "school", ws_formula="~ prior",
-                            cov_structure="independent", residual_corr=False).fit()  # fmt: skip
-    nls = MELS.from_formula(formulas, data, "school", ws_formula="~ prior",
-                            cov_structure="no-location-scale").fit()  # fmt: skip
-    table = compare(sep, nls, res)
-    write("subjects_lr.md", md_table(table[["k", "llf", "aic", "lr_stat", "df", "p_value"]]))
+    rows = []
+    for question, kw in (
+        ("are the subjects related at all?",
+         dict(cov_structure="independent", residual_corr=False)),
+        ("are the school variances correlated across subjects?",
+         dict(cov_structure="uncorrelated-scales")),
+        ("are school means and variances related?",
+         dict(cov_structure="no-location-scale")),
+    ):  # fmt: skip
+        small = MELS.from_formula(formulas, data, "school", ws_formula="~ prior", **kw).fit()
+        c = compare(small, res).iloc[1]
+        rows.append({"question": question, "LR": c["lr_stat"], "df": c["df"],
+                     "p": c["p_value"]})  # fmt: skip
+    write("subjects_lr.md", md_table(pd.DataFrame(rows).set_index("question"), "{:.4g}"))
     eff = res.school_effects()
-    write("subjects_effects.md", md_table(eff.iloc[:5, :13], "{:.3f}"))
+    shown = ["n", "mean[english]", "mean[maths]", "variance[english]", "variance[maths]",
+             "variance[maths]_lower", "variance[maths]_upper"]  # fmt: skip
+    write("subjects_effects.md", md_table(eff[shown].head(5), "{:.3f}"))
+    r = np.corrcoef(eff["variance[english]"], eff["variance[maths]"])[0, 1]
+    write(
+        "subjects_corr.md",
+        f"The model puts the correlation of a school's English and maths variances "
+        f"(scale effects) at {res.corr_re.loc['scale:english', 'scale:maths']:.2f} and that "
+        f"of its means at {res.corr_re.loc['location:english', 'location:maths']:.2f}; the "
+        f"schools' predicted variances correlate {r:.2f} (shrinkage pulls them together).\n",
+    )
     plots.outcome_scatter(eff, "variance", ("english", "maths")).savefig(
         OUT / "subjects_variances.png", dpi=100
     )
