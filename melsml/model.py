@@ -300,11 +300,11 @@ class MELS:
         """Several outcomes; options the multivariate model does not have are refused."""
         defaults = {
             "bs_formula": "~ 1", "re_formula": "~ 1", "ws_re_formula": "~ 1",
-            "group_weights": None, "weights": None, "random_scale": True,
+            "group_weights": None, "weights": None,
             "association": "linear", "integration": "auto", "random_bs": False,
             "censoring": None, "family": "gaussian",
         }  # fmt: skip
-        extra = {k: given[k] for k in ("cov_structure", "residual_corr")}
+        extra = {k: given[k] for k in ("cov_structure", "residual_corr", "random_scale")}
         for name, default in defaults.items():
             if given[name] != default:
                 raise MELSInputError(

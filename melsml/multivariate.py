@@ -46,6 +46,7 @@ class MultivariateMELS:
         n_points: int | None = None,
         cov_structure: str = "unstructured",
         residual_corr: bool = True,
+        random_scale: bool = True,
     ):
         m = design.n_outcomes
         if m > 3:
@@ -65,6 +66,7 @@ class MultivariateMELS:
             ws_names=design.ws_names,
             cov_structure=cov_structure,
             residual_corr=bool(residual_corr),
+            random_scale=bool(random_scale),
         )
 
     @classmethod
@@ -78,6 +80,7 @@ class MultivariateMELS:
         n_points: int | None = None,
         cov_structure: str = "unstructured",
         residual_corr: bool = True,
+        random_scale: bool = True,
     ) -> MultivariateMELS:
         """Build the model from one formula per outcome on wide data (one row
         per student; a missing outcome leaves the student in with the others).
@@ -88,10 +91,12 @@ class MultivariateMELS:
         "no-location-scale" (none between location and scale effects) or
         "uncorrelated-scales" (none between different outcomes' scale effects;
         every other covariance free).
-        ``residual_corr=False`` fixes the within-student correlations at 0.
+        ``residual_corr=False`` fixes the within-student correlations at 0;
+        ``random_scale=False`` leaves out the scale effects (the multivariate
+        random-intercept model with per-outcome WS functions).
         """
         design = build_multi_design(list(formulas), data, groups, ws_formula)
-        return cls(design, n_points, cov_structure, residual_corr)
+        return cls(design, n_points, cov_structure, residual_corr, random_scale)
 
     def nesting_names(self) -> set:
         """Parameter names on a footing common to every covariance structure: the
@@ -121,6 +126,8 @@ class MultivariateMELS:
         ws = {b for _, b in f}
         parts.append("WS " + (next(iter(ws)) if len(ws) == 1 else ", ".join(b for _, b in f)))
         parts.append(f"{self.layout.cov_structure} school effects")
+        if not self.layout.random_scale:
+            parts.append("no random scale")
         if not self.layout.residual_corr:
             parts.append("uncorrelated residuals")
         return "; ".join(parts)
@@ -158,12 +165,12 @@ class MultivariateMELS:
             beta.append(b)
             tau.append(t)
             L[k, k] = np.sqrt(max(var_b, 0.05 * var_w))
-            L[m + k, m + k] = 0.3
+            L[m + k, m + k] = 0.3 if lay.random_scale else 0.0
             resid[rows, k] = within / np.sqrt(var_w)
         R = pd.DataFrame(resid).corr().to_numpy()
         R = np.where(np.isfinite(R), R, 0.0)
         np.fill_diagonal(R, 1.0)
-        factor = lay.factor_of(L @ L.T)
+        factor = lay.factor_of(L @ L.T) if lay.order[0] != 0 else L
         theta = np.concatenate(beta + tau + [lay.raw_correlation(R), factor[lay.l_entries]])
         return pd.Series(theta, index=lay.index, name="start")
 

@@ -80,7 +80,10 @@ class MultiObjective:
         self.layout = layout
         self.n_points = n_points
         m = design.n_outcomes
-        x, logw = gauss_hermite(n_points)
+        # without random scale effects the integrand over xi is the standard
+        # normal density times p(y): the one-point rule is exact
+        x, logw = gauss_hermite(n_points if layout.random_scale else 1)
+        n_points = len(x)
         grid = np.array(list(product(range(n_points), repeat=m)), dtype=int)
         self._nodes = x[grid]  # (Q, M)
         self._node_lw = (logw[grid] + x[grid] ** 2).sum(axis=1)  # (Q,)
@@ -307,7 +310,11 @@ class MultiObjective:
             )
             blocks.append(np.einsum("jab,kab->jk", per_group, lay.corr_jacobian(p)))
         # random effects: d l / d Sigma = (Sigma^-1 E[x x'] Sigma^-1 - Sigma^-1) / 2
-        sinv = np.linalg.inv(sigma)
+        sinv = np.zeros_like(sigma)
+        if lay.random_scale:
+            sinv = np.linalg.inv(sigma)
+        else:  # the scale effects are 0: the location block's inverse
+            sinv[:m, :m] = np.linalg.inv(sigma[:m, :m])
         dsig = 0.5 * (np.einsum("ab,jbc,cd->jad", sinv, exx, sinv) - sinv)
         dL = 2 * np.einsum("jab,bc->jac", dsig, p["L"])[:, lay.order, :]
         rows, cols = lay.l_entries

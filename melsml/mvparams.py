@@ -31,6 +31,7 @@ class MultiLayout(BlockLayout):
     ws_names: tuple[tuple[str, ...], ...]
     cov_structure: str = "unstructured"
     residual_corr: bool = True
+    random_scale: bool = True
 
     def __post_init__(self) -> None:
         if self.cov_structure not in COV_STRUCTURES:
@@ -38,6 +39,11 @@ class MultiLayout(BlockLayout):
                 f"cov_structure must be one of {', '.join(map(repr, COV_STRUCTURES))}, "
                 f"got {self.cov_structure!r}"
             )
+        if not self.random_scale and self.cov_structure in (
+            "uncorrelated-scales",
+            "no-location-scale",
+        ):
+            raise MELSInputError(f"cov_structure={self.cov_structure!r} needs random scale effects")
 
     @property
     def m(self) -> int:
@@ -91,6 +97,8 @@ class MultiLayout(BlockLayout):
             keep = (rows < self.m) == (cols < self.m)
         else:
             keep = np.ones(rows.size, dtype=bool)
+        if not self.random_scale:
+            keep &= (rows < self.m) & (cols < self.m)
         return rows[keep], cols[keep]
 
     def block_names(self) -> list[tuple[str, tuple[str, ...]]]:

@@ -257,3 +257,43 @@ def test_uncorrelated_scales():
     assert table["df"].iloc[1] == 1
     assert table["added"].iloc[1] == "random[cov(scale:mat,scale:eng)]"
     assert full.llf >= res.llf - 1e-6
+
+
+def test_random_intercepts_equal_nlme():
+    """Without random scales: the bivariate random-intercept model with a WS
+    function per subject and a within-student correlation equals nlme::lme by
+    ML (varIdent x varExp, corSymm, pdSymm; tests/data/multivariate)."""
+    from pathlib import Path
+
+    here = Path(__file__).parent / "data" / "multivariate"
+    df = pd.read_csv(here / "subjects.csv")
+    ref = pd.read_csv(here / "nlme_reference.csv").set_index("quantity")["value"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = MELS.from_formula(["english ~ prior", "maths ~ prior"], df, "school",
+                                ws_formula="~ prior", random_scale=False).fit()  # fmt: skip
+    assert res.llf == pytest.approx(ref["llf"], abs=1e-5)
+    p = res.params
+    for block in ("beta", "tau"):
+        for s in ("english", "maths"):
+            for t in ("Intercept", "prior"):
+                want = ref[f"{block}_{s}_{t}"]
+                assert p[(block, f"{s}:{t}")] == pytest.approx(want, abs=2e-4)
+    assert res.residual_corr.loc["english", "maths"] == pytest.approx(
+        ref["residual_corr"], abs=2e-4
+    )
+    cov = res.cov_re
+    assert cov.loc["location:english", "location:english"] == pytest.approx(
+        ref["var_u_english"], abs=2e-4
+    )
+    assert cov.loc["location:english", "location:maths"] == pytest.approx(ref["cov_u"], abs=2e-4)
+    assert cov.loc["location:maths", "location:maths"] == pytest.approx(
+        ref["var_u_maths"], abs=2e-4
+    )
+    # the same model as the random-scale model's boundary: its llf at scale effects 0
+    full = MELS.from_formula(["english ~ prior", "maths ~ prior"], df, "school",
+                             ws_formula="~ prior")  # fmt: skip
+    theta = np.concatenate([p[["beta", "tau", "residual"]].to_numpy(), np.zeros(10)])
+    L = np.linalg.cholesky(cov.to_numpy()[:2, :2])
+    theta[-10:][[0, 1, 2]] = L[np.tril_indices(2)]
+    assert full.loglike(theta) == pytest.approx(res.llf, abs=1e-8)
