@@ -139,6 +139,11 @@ def test_tobit_recovers_the_variance_function_under_a_ceiling():
 
 
 def test_eb_means_equal_a_brute_force_posterior(small):
+    """Both tabulations of the posterior, MixWILD's 2-D view (random_effects)
+    and the grid over all effects (what random slopes and conditional
+    predictions use), give the brute-force posterior means of model 3."""
+    from melsml.posterior import moments, posterior_grid
+
     m = MELS.from_formula(
         "y ~ x", small, "g", ws_formula="~ x", censoring=("lo", "hi"), n_points=21
     )
@@ -153,24 +158,6 @@ def test_eb_means_equal_a_brute_force_posterior(small):
     eb = res.random_effects()  # theta1 and omega do not depend on the sign of theta2
     assert eb["theta1_mean"].to_numpy() == pytest.approx(m1, abs=1e-4)
     assert eb["omega_mean"].to_numpy() == pytest.approx(mo, abs=1e-4)
-
-
-def test_posterior_over_all_effects_equals_brute_force(small):
-    """The grid over all effects (what random slopes and conditional predictions
-    use) gives the brute-force posterior means of model 3 as well."""
-    from melsml.posterior import moments, posterior_grid
-
-    m = MELS.from_formula(
-        "y ~ x", small, "g", ws_formula="~ x", censoring=("lo", "hi"), n_points=21
-    )
-    res = m.fit()
-    d = m.design
-    p = m.layout.unpack(res._theta_raw)
-    m1, mo = censored_posterior_brute(
-        d.y, d.x_mean @ p["beta"], d.x_ws @ p["tau"], np.exp(0.5 * d.x_bs @ p["alpha"]),
-        d.censoring, np.repeat(np.arange(d.n_groups), d.group_sizes),
-        p["tau_l"], p["sigma_omega"],
-    )  # fmt: skip
     mean, _ = moments(posterior_grid(res.fit_state))
     assert mean[:, 0] == pytest.approx(m1, abs=1e-4)
     assert mean[:, 1] == pytest.approx(mo, abs=1e-4)
