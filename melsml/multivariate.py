@@ -285,8 +285,19 @@ class MultivariateResults(LikelihoodResults):
             f"students: {d.n_obs}; observed values: {d.n_values}",
             f"log-likelihood: {self.llf:.4f}   AIC: {self.aic:.2f}   BIC: {self.bic:.2f}   "
             f"converged: {self.converged}",
+        ]
+        tidy = self.tidy().round(4)
+        for o in d.outcomes:
+            for block, what in (("beta", "mean function"), ("tau", "WS log-variance function")):
+                part = tidy.loc[block]
+                part = part[part.index.str.startswith(f"{o}:")]
+                part.index = [t.split(":", 1)[1] for t in part.index]
+                lines += ["", f"{o}: {what}", part.to_string()]
+        rest = tidy.loc[[b for b in ("residual", "random") if b in tidy.index.levels[0]]]
+        lines += [
             "",
-            self.tidy().round(4).to_string(),
+            "Residual correlation factor and school effects' Cholesky factor:",
+            rest.to_string(),
             "",
             "Residual correlations (within students):",
             self.residual_corr.round(3).to_string(),
