@@ -191,6 +191,8 @@ class MELS:
         association : {"none", "linear", "quadratic"}
             Location-scale association (default "linear").
         integration : {"auto", "exact-location", "aghq"}
+            With several outcomes: {"auto", "product", "sparse"} (see
+            :meth:`melsml.multivariate.MultivariateMELS.from_formula`).
         n_points : int, optional
             Quadrature points per dimension (default: 11 for one scale effect,
             fewer per dimension for more; see :class:`melsml.config.ModelOptions`).
@@ -301,10 +303,11 @@ class MELS:
         defaults = {
             "bs_formula": "~ 1", "re_formula": "~ 1", "ws_re_formula": "~ 1",
             "group_weights": None, "weights": None,
-            "association": "linear", "integration": "auto", "random_bs": False,
+            "association": "linear", "random_bs": False,
             "censoring": None, "family": "gaussian",
         }  # fmt: skip
-        extra = {k: given[k] for k in ("cov_structure", "residual_corr", "random_scale")}
+        keys = ("cov_structure", "residual_corr", "random_scale", "integration")
+        extra = {k: given[k] for k in keys}
         for name, default in defaults.items():
             if given[name] != default:
                 raise MELSInputError(

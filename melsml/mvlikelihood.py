@@ -37,7 +37,7 @@ from . import _mv
 from .likelihood import scale_first_factor
 from .mvdesign import MultiDesign
 from .mvparams import MultiLayout
-from .quadrature import gauss_hermite
+from .quadrature import gauss_hermite, sparse_hermite
 
 LOG2PI = float(np.log(2 * np.pi))
 
@@ -75,18 +75,26 @@ class MultiObjective:
         Gauss-Hermite points per scale dimension.
     """
 
-    def __init__(self, design: MultiDesign, layout: MultiLayout, n_points: int):
+    def __init__(
+        self, design: MultiDesign, layout: MultiLayout, n_points: int, sparse_level: int = 0
+    ):
         self.design = design
         self.layout = layout
         self.n_points = n_points
         m = design.n_outcomes
-        # without random scale effects the integrand over xi is the standard
-        # normal density times p(y): the one-point rule is exact
-        x, logw = gauss_hermite(n_points if layout.random_scale else 1)
-        n_points = len(x)
-        grid = np.array(list(product(range(n_points), repeat=m)), dtype=int)
-        self._nodes = x[grid]  # (Q, M)
-        self._node_lw = (logw[grid] + x[grid] ** 2).sum(axis=1)  # (Q,)
+        if sparse_level and layout.random_scale:
+            nodes, weights = sparse_hermite(m, sparse_level)
+            self._nodes = nodes
+            self._node_sign = np.sign(weights)
+            self._node_lw = np.log(np.abs(weights)) + (nodes**2).sum(axis=1)
+        else:
+            # without random scale effects the integrand over xi is the standard
+            # normal density times p(y): the one-point rule is exact
+            x, logw = gauss_hermite(n_points if layout.random_scale else 1)
+            grid = np.array(list(product(range(len(x)), repeat=m)), dtype=int)
+            self._nodes = x[grid]  # (Q, M)
+            self._node_lw = (logw[grid] + x[grid] ** 2).sum(axis=1)  # (Q,)
+            self._node_sign = np.ones(len(grid))
         self._centers = np.zeros((design.n_groups, m))
         self._scales = np.tile(np.eye(m), (design.n_groups, 1, 1))
         self._pattern = np.ascontiguousarray(design.pattern, dtype=np.intp)
@@ -254,8 +262,13 @@ class MultiObjective:
         pt = self._point(nodes.reshape(j * n_q, m), rep, F, grad=False)
         logw = pt["logpsi"].reshape(j, n_q) + self._node_lw
         top = logw.max(axis=1, keepdims=True)
-        w = np.exp(logw - top)
+        w = self._node_sign * np.exp(logw - top)  # a sparse grid has negative weights
         tot = w.sum(axis=1)
+        if np.any(tot <= 0):
+            raise FloatingPointError(
+                "the sparse grid's integral is not positive for some school: use the "
+                "product rule (integration='product')"
+            )
         ll = top[:, 0] + np.log(tot) + lwd
         w /= tot[:, None]
         self.n_evals += 1
