@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .exceptions import MELSInputError
-from .inference import LikelihoodResults, StandardisedFit
+from .inference import LikelihoodResults, StandardisedFit, delta_table
 from .mvdesign import MultiDesign, build_multi_design
 from .mvlikelihood import MultiEvaluation, MultiObjective
 from .mvparams import MultiLayout
@@ -254,6 +254,43 @@ class MultivariateResults(LikelihoodResults):
         sd = np.sqrt(np.diag(c.to_numpy()))
         with np.errstate(invalid="ignore", divide="ignore"):
             return c / np.outer(sd, sd)
+
+    def random_params(self, alpha: float = 0.05) -> pd.DataFrame:
+        """The natural parameters with delta-method standard errors and Wald
+        intervals: ``var(a)``, ``cov(a,b)`` and ``corr(a,b)`` of the school
+        effects (labels location:outcome, scale:outcome; the cross-outcome
+        correlations of school means and of school variances among them), the
+        within-student residual correlations ``residual_corr(a,b)``, and each
+        outcome's ``var_e(outcome)``, the residual variance exp(wbar' tau) at
+        the outcome's mean WS covariates for a school with v = 0."""
+        lay, d = self.model.layout, self.model.design
+        lab = lay.labels
+        n = len(lab)
+        pairs = [(a, b) for a in range(n) for b in range(a)]
+        free = self.model.nesting_names()
+        pairs = [(a, b) for a, b in pairs if ("random", f"cov({lab[a]},{lab[b]})") in free]
+        variances = [a for a in range(n) if ("random", f"cov({lab[a]},{lab[a]})") in free]
+        corr_pairs = [(a, b) for a in range(lay.m) for b in range(a)] if lay.n_corr else []
+        wbar = [d.x_ws[k][d.observed[:, k]].mean(axis=0) for k in range(lay.m)]
+        names = [f"var({lab[a]})" for a in variances]
+        names += [f"cov({lab[a]},{lab[b]})" for a, b in pairs]
+        names += [f"corr({lab[a]},{lab[b]})" for a, b in pairs]
+        names += [f"residual_corr({lay.outcomes[b]},{lay.outcomes[a]})" for a, b in corr_pairs]
+        names += [f"var_e({o})" for o in lay.outcomes]
+
+        def fun(theta):
+            p = lay.unpack(theta)
+            sigma = p["L"] @ p["L"].T
+            sd = np.sqrt(np.diag(sigma))
+            out = [sigma[a, a] for a in variances]
+            out += [sigma[a, b] for a, b in pairs]
+            out += [sigma[a, b] / (sd[a] * sd[b]) for a, b in pairs]
+            out += [p["R"][a, b] for a, b in corr_pairs]
+            out += [np.exp(wbar[k] @ p["tau"][k]) for k in range(lay.m)]
+            return np.array(out)
+
+        cov = self.cov_params().to_numpy()
+        return delta_table(fun, self._theta, cov, names, alpha, "parameter")
 
     def school_effects(self, alpha: float = 0.05) -> pd.DataFrame:
         """Each school's mean and variance of adjusted achievement, per outcome.

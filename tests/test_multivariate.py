@@ -117,6 +117,12 @@ def test_fit_recovers_the_residual_correlation():
     assert (se["variance[mat]_lower"] < se["variance[mat]"]).all()
     assert (se["variance[mat]"] < se["variance[mat]_upper"]).all()
     assert "Residual correlations" in res.summary()
+    rp = res.random_params()
+    assert rp.loc["residual_corr(eng,mat)", "estimate"] == pytest.approx(r)
+    assert rp.loc["corr(scale:mat,scale:eng)", "estimate"] == pytest.approx(
+        res.corr_re.loc["scale:mat", "scale:eng"]
+    )
+    assert (rp["std_error"] > 0).all() and len(rp) == 4 + 6 + 6 + 1 + 2
 
 
 def test_bad_input():
