@@ -325,7 +325,10 @@ class MultiObjective:
         # random effects: d l / d Sigma = (Sigma^-1 E[x x'] Sigma^-1 - Sigma^-1) / 2
         sinv = np.zeros_like(sigma)
         if lay.random_scale:
-            sinv = np.linalg.inv(sigma)
+            try:
+                sinv = np.linalg.inv(sigma)
+            except np.linalg.LinAlgError:  # a variance exactly 0: the generalised inverse
+                sinv = np.linalg.pinv(sigma)
         else:  # the scale effects are 0: the location block's inverse
             sinv[:m, :m] = np.linalg.inv(sigma[:m, :m])
         dsig = 0.5 * (np.einsum("ab,jbc,cd->jad", sinv, exx, sinv) - sinv)
