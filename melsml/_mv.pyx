@@ -13,6 +13,17 @@ its own rows, so results do not depend on the number of threads.
 
 from cython.parallel cimport prange
 
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int melsml_mv_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int melsml_mv_max_threads(void) { return 1; }
+    #endif
+    """
+    int melsml_mv_max_threads() noexcept nogil
+
 
 def mv_sums(
     const double[:, ::1] r0,
@@ -23,6 +34,7 @@ def mv_sums(
     double[:, :, ::1] lam0,
     double[:, :, ::1] b0,
     double[:, :, ::1] a0,
+    int n_threads=0,
 ):
     """Each school's sums: lam0 = sum G, b0[m, l] = sum G[m, l] r0_l,
     a0[m, l] = sum G[m, l] r0_m r0_l (outputs (n_groups, M, M))."""
@@ -31,7 +43,8 @@ def mv_sums(
     cdef Py_ssize_t j, i
     cdef int a, b
     cdef double g
-    for j in prange(n_groups, nogil=True, schedule="dynamic"):
+    cdef int nt = n_threads if n_threads > 0 else melsml_mv_max_threads()
+    for j in prange(n_groups, nogil=True, schedule="dynamic", num_threads=nt):
         for a in range(M):
             for b in range(M):
                 lam0[j, a, b] = 0.0
@@ -60,6 +73,7 @@ def mv_unit_scores(
     double[:, ::1] g_mu,
     double[:, ::1] g_ws,
     double[:, :, :, ::1] ss,
+    int n_threads=0,
 ):
     """Students' scores in their means (g_mu) and WS linear predictors (g_ws),
     and each school's sum of E[s_i s_i'] by pattern (ss: (n_groups, P, M, M))."""
@@ -69,7 +83,8 @@ def mv_unit_scores(
     cdef Py_ssize_t j, i
     cdef int a, b, p
     cdef double g, er, gm, gw
-    for j in prange(n_groups, nogil=True, schedule="dynamic"):
+    cdef int nt = n_threads if n_threads > 0 else melsml_mv_max_threads()
+    for j in prange(n_groups, nogil=True, schedule="dynamic", num_threads=nt):
         for p in range(n_pat):
             for a in range(M):
                 for b in range(M):

@@ -1394,8 +1394,10 @@ def engine_points(
     double[:, :, :, ::1] pinv,
     double[:, :, ::1] v,
     const double[::1] w=None,
+    int n_threads=0,
 ):
-    """The exact-location integrand at given points: for empirical Bayes grids.
+    """The exact-location integrand at given points: for empirical Bayes grids
+    (groups in parallel: ``n_threads``, 0 for OpenMP's default).
 
     Parameters
     ----------
@@ -1414,32 +1416,40 @@ def engine_points(
     cdef Py_ssize_t n_pts = points.shape[1]
     cdef Py_ssize_t j, k
     cdef int a, b
-    cdef Eng e
-    cdef Eng* ep = &e
+    cdef Eng e, le
+    cdef Eng* ep
     cdef double[::1] work
+    cdef double *buf
     cdef const double *pH
+    cdef int nt = n_threads if n_threads > 0 else melsml_max_threads()
+    cdef Py_ssize_t n_buf = eng_work_size(q, s, 1)
     if points.shape[0] != n_groups or points.shape[2] != s:
         raise ValueError("engine_points: points must have shape (n_groups, P, s)")
     if w is not None and w.shape[0] != r0.shape[0]:
         raise ValueError("engine_points: w must have one weight per unit")
-    work = np.zeros(eng_work_size(q, s, 1) + 3 * r0.shape[0])
-    eng_init(ep, q, s, &Kvv[0, 0] if s > 0 else NULL, &Kuv[0, 0] if s > 0 else NULL,
+    work = np.zeros(3 * r0.shape[0] + 1)
+    eng_init(&e, q, s, &Kvv[0, 0] if s > 0 else NULL, &Kuv[0, 0] if s > 0 else NULL,
              &C[0, 0], &w[0] if w is not None else NULL, &work[0], r0.shape[0])
-    eng_bind(ep, &work[3 * r0.shape[0]])
     pH = &H[0, 0] if s > 0 else NULL
-    with nogil:
-        for j in range(n_groups):
+    with nogil, parallel(num_threads=nt):
+        # each thread: its own copy of the Eng and its own work arrays
+        buf = <double*> malloc(n_buf * sizeof(double))
+        le = e
+        ep = &le
+        eng_bind(ep, buf)
+        for j in prange(n_groups, schedule="dynamic"):
             eng_group(ep, group_ptr[j], group_ptr[j + 1], h_const[j] if s > 0 else 1,
                       &r0[0], &eta[0], &Z[0, 0], pH)
             for k in range(n_pts):
                 logpsi[j, k] = eng_psi(ep, &points[j, k, 0] if s > 0 else NULL, &r0[0],
                                        &eta[0], &Z[0, 0], pH, NULL, NULL, NULL)
                 for a in range(q):
-                    mu[j, k, a] = e.mu[a]
+                    mu[j, k, a] = ep.mu[a]
                     for b in range(q):
-                        pinv[j, k, a, b] = e.pinv[a * q + b]
+                        pinv[j, k, a, b] = ep.pinv[a * q + b]
                 for a in range(s):
-                    v[j, k, a] = e.v[a]
+                    v[j, k, a] = ep.v[a]
+        free(buf)
 
 
 def engine_points_full(

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _quad  # OMP_WAIT_POLICY: see melsml/__init__.py
 from .config import ModelOptions
+from .exceptions import MELSInputError
 from .formula import DesignMatrices
 from .ordinal import LINK_CODES, interval_limits, threshold_scores, thresholds
 from .params import ParamLayout
@@ -87,6 +88,13 @@ class FitState:
     def params(self) -> dict:
         """The estimates split into blocks (see :meth:`ParamLayout.unpack`)."""
         return self.layout.unpack(self.theta)
+
+
+def check_threads(n_threads) -> int:
+    """``n_threads`` as a positive int, or a clear error."""
+    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 1:
+        raise MELSInputError(f"n_threads must be a positive integer, got {n_threads!r}")
+    return int(n_threads)
 
 
 def matvec(x: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -169,7 +177,13 @@ class MELSObjective:
     refuses fewer than 5 points per dimension.
     """
 
-    def __init__(self, design: DesignMatrices, layout: ParamLayout, options: ModelOptions):
+    def __init__(
+        self,
+        design: DesignMatrices,
+        layout: ParamLayout,
+        options: ModelOptions,
+        n_threads: int | None = None,
+    ):
         self.design = design
         self.layout = layout
         self.options = options
@@ -182,7 +196,7 @@ class MELSObjective:
         # censored or ordinal outcome) or there are many nodes; a constant-h exact
         # plan is faster on one thread
         heavy = self.plan.unit_level_scale or self.plan.n_nodes > 50 or design.interval_outcome
-        self.n_threads = 0 if heavy else 1
+        self.n_threads = (0 if heavy else 1) if n_threads is None else check_threads(n_threads)
         self._x_re = None if st.bs else np.ascontiguousarray(design.x_re)
         m = self.plan.dim
         self._centers = np.zeros((j, m + m * m))

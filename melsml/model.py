@@ -17,7 +17,7 @@ from .exceptions import BoundaryWarning, MELSInputError
 from .formula import DesignMatrices, build_design, collapse_duplicates
 from .identify import check_identifiable
 from .levels import IdScope
-from .likelihood import MELSObjective
+from .likelihood import MELSObjective, check_threads
 from .multivariate import MultivariateMELS
 from .mvdesign import long_to_wide
 from .optimize import maximize, warn_fit
@@ -387,9 +387,10 @@ class MELS:
         )
 
     # lme4-style access to the pipeline's stages ------------------------------------
-    def objective(self) -> MELSObjective:
-        """The log-likelihood as a function of the flat parameter vector."""
-        return MELSObjective(self.design, self.layout, self.options)
+    def objective(self, n_threads: int | None = None) -> MELSObjective:
+        """The log-likelihood as a function of the flat parameter vector
+        (``n_threads``: see :meth:`fit`)."""
+        return MELSObjective(self.design, self.layout, self.options, n_threads)
 
     @cached_property
     def plan(self) -> IntegrationPlan:
@@ -438,6 +439,7 @@ class MELS:
         cov_type: CovType | None = None,
         maxiter: int = 500,
         tol: float = 1e-12,
+        n_threads: int | None = None,
     ) -> MELSResults:
         """Fit by maximum likelihood.
 
@@ -455,11 +457,20 @@ class MELS:
             Maximum quasi-Newton iterations.
         tol : float
             Convergence tolerance on the Newton decrement g'(-H)^-1 g.
+        n_threads : int, optional
+            Threads of the kernel's loop over groups.  Default: all cores
+            (OpenMP's default, which honours ``OMP_NUM_THREADS``) where each
+            node visits the group's units (censored or ordinal outcomes,
+            random scale slopes) or there are many nodes, else one (a school's
+            node costs a few operations there, less than waking threads).
+            Results are the same, bit for bit, whatever the number.
 
         Returns
         -------
         MELSResults
         """
+        if n_threads is not None:
+            check_threads(n_threads)
         if cov_type is None:
             weighted = self.design.row_weights is not None
             sampling = weighted and self.options.weight_type == "sampling"
@@ -480,7 +491,7 @@ class MELS:
                 "collapsed %d rows into %d with frequency weights", std_design.n_obs,
                 collapsed.n_obs,
             )  # fmt: skip
-        std_obj = MELSObjective(collapsed or std_design, self.layout, self.options)
+        std_obj = MELSObjective(collapsed or std_design, self.layout, self.options, n_threads)
         boundary = self.layout.boundary_positions
         if start_params is None:
             theta0 = start_values(std_design, self.layout, self.options.link)
@@ -493,7 +504,10 @@ class MELS:
         expensive = std_design.interval_outcome
         if expensive and std_obj.plan.n_points > COARSE_POINTS:
             coarse = MELSObjective(
-                collapsed or std_design, self.layout, replace(self.options, n_points=COARSE_POINTS)
+                collapsed or std_design,
+                self.layout,
+                replace(self.options, n_points=COARSE_POINTS),
+                n_threads,
             )
         theta_std, hess_std, info = maximize(
             std_obj,
@@ -508,7 +522,7 @@ class MELS:
         theta = offset + jac @ theta_std
         # the standardised effects (and so the node placement) are the same in
         # both units: start the last placement search from the fit's
-        final = self.objective().evaluate(theta, centers=std_obj.centers)
+        final = self.objective(n_threads).evaluate(theta, centers=std_obj.centers)
         warn_fit(info)
         for pos in boundary:
             if abs(theta_std[pos]) < 1e-3:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from .exceptions import MELSInputError
 from .inference import LikelihoodResults, StandardisedFit, delta_table
+from .likelihood import check_threads
 from .mvdesign import MultiDesign, build_multi_design
 from .mvlikelihood import MultiEvaluation, MultiObjective
 from .mvparams import MultiLayout
@@ -149,9 +150,11 @@ class MultivariateMELS:
             parts.append("uncorrelated residuals")
         return "; ".join(parts)
 
-    def objective(self) -> MultiObjective:
+    def objective(self, n_threads: int | None = None) -> MultiObjective:
+        """The log-likelihood and score (``n_threads``: see :meth:`fit`)."""
         level = SPARSE_LEVEL if self.integration == "sparse" else 0
-        return MultiObjective(self.design, self.layout, self.n_points, level)
+        threads = 0 if n_threads is None else check_threads(n_threads)
+        return MultiObjective(self.design, self.layout, self.n_points, level, threads)
 
     def loglike(self, params) -> float:
         return self.objective().loglike(np.asarray(params, dtype=float))
@@ -193,9 +196,13 @@ class MultivariateMELS:
         return pd.Series(theta, index=lay.index, name="start")
 
     def fit(self, start_params=None, maxiter: int = 500, tol: float = 1e-12,
-            cov_type: str = "observed") -> MultivariateResults:  # fmt: skip
+            cov_type: str = "observed", n_threads: int | None = None,
+            ) -> MultivariateResults:  # fmt: skip
         """Maximum-likelihood fit (BFGS with the analytic score, then Newton
-        steps; standard errors from differences of the score)."""
+        steps; standard errors from forward differences of the score).
+
+        ``n_threads``: threads of the compiled passes over the students
+        (default: all cores; results do not depend on the number)."""
         if cov_type not in ("observed", "robust"):
             raise MELSInputError(
                 f"unknown cov_type {cov_type!r}; allowed values: 'observed', 'robust'"
@@ -209,7 +216,7 @@ class MultivariateMELS:
             raise MELSInputError(
                 f"start_params needs {self.layout.k_params} values, got {theta0.size}"
             )
-        obj = self.objective()
+        obj = self.objective(n_threads)
         theta, hess, info = maximize(obj, theta0, maxiter=maxiter, tol=tol, forward_hessian=True)
         warn_fit(info)
         final = obj.evaluate(theta)

@@ -76,9 +76,15 @@ class MultiObjective:
     """
 
     def __init__(
-        self, design: MultiDesign, layout: MultiLayout, n_points: int, sparse_level: int = 0
+        self,
+        design: MultiDesign,
+        layout: MultiLayout,
+        n_points: int,
+        sparse_level: int = 0,
+        n_threads: int = 0,
     ):
         self.design = design
+        self.n_threads = n_threads
         self.layout = layout
         self.n_points = n_points
         m = design.n_outcomes
@@ -128,7 +134,7 @@ class MultiObjective:
         j = d.n_groups
         lam0, b0, a0 = (np.empty((j, m, m)) for _ in range(3))
         r0, e = np.ascontiguousarray(r0), np.ascontiguousarray(e)
-        _mv.mv_sums(r0, e, rinv, self._pattern, d.group_ptr, lam0, b0, a0)
+        _mv.mv_sums(r0, e, rinv, self._pattern, d.group_ptr, lam0, b0, a0, self.n_threads)
         return dict(
             r0=r0,
             e=e,
@@ -307,7 +313,7 @@ class MultiObjective:
         g_mu, g_ws = np.empty((n, m)), np.empty((n, m))
         ss = np.empty((d.n_groups, len(d.patterns), m, m))
         _mv.mv_unit_scores(S["r0"], S["e"], S["rinv"], self._pattern, d.group_ptr,
-                           k0, k1, k2, g_mu, g_ws, ss)  # fmt: skip
+                           k0, k1, k2, g_mu, g_ws, ss, self.n_threads)  # fmt: skip
         starts = d.group_ptr[:-1]
         blocks = []
         for k in range(m):
