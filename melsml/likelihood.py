@@ -97,16 +97,17 @@ def check_threads(n_threads) -> int:
     return int(n_threads)
 
 
-def matvec(x: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``x @ b`` by numpy's own loops: BLAS's threads, which keep spinning after a
-    call, would compete with the kernel's for the cores (measured: 20% slower
-    evaluations on two cores)."""
-    return np.einsum("ij,j->i", x, b)
+def matvec(x: np.ndarray, b: np.ndarray, blas: bool = False) -> np.ndarray:
+    """``x @ b``; unless ``blas``, by numpy's own loops: BLAS's threads, which keep
+    spinning after a call, would compete with a threaded kernel for the cores
+    (measured: 20% slower evaluations on two cores).  With a one-thread kernel
+    BLAS is the faster."""
+    return x @ b if blas else np.einsum("ij,j->i", x, b)
 
 
-def rmatvec(x: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """``x.T @ g`` without BLAS (see :func:`matvec`)."""
-    return np.einsum("ij,i->j", x, g)
+def rmatvec(x: np.ndarray, g: np.ndarray, blas: bool = False) -> np.ndarray:
+    """``x.T @ g`` (see :func:`matvec`)."""
+    return x.T @ g if blas else np.einsum("ij,i->j", x, g)
 
 
 def unit_weights(design: DesignMatrices, options: ModelOptions) -> np.ndarray | None:
@@ -197,6 +198,10 @@ class MELSObjective:
         # plan is faster on one thread
         heavy = self.plan.unit_level_scale or self.plan.n_nodes > 50 or design.interval_outcome
         self.n_threads = (0 if heavy else 1) if n_threads is None else check_threads(n_threads)
+        # BLAS where the plan's kernel runs on one thread, numpy's loops where it is
+        # threaded; by the plan, not the thread count, so that results do not
+        # depend on the thread count
+        self._blas = not heavy
         self._x_re = None if st.bs else np.ascontiguousarray(design.x_re)
         m = self.plan.dim
         self._centers = np.zeros((j, m + m * m))
@@ -237,8 +242,8 @@ class MELSObjective:
         L = p["L"]
         kvv, kuv, c = scale_first_factor(L @ L.T, self.layout.q)
         return p, dict(
-            r0=np.ascontiguousarray(self.design.y - matvec(self._x_mean, p["beta"])),
-            eta=np.ascontiguousarray(matvec(self._x_ws, p["tau"])),
+            r0=np.ascontiguousarray(self.design.y - matvec(self._x_mean, p["beta"], self._blas)),
+            eta=np.ascontiguousarray(matvec(self._x_ws, p["tau"], self._blas)),
             Z=self._z(p),
             H=self._h,
             h_const=self._h_const,
@@ -256,7 +261,7 @@ class MELSObjective:
         d = self.design
         if d.categories is not None:
             lo, hi = interval_limits(
-                d.y, thresholds(p["thresholds"]), matvec(self._x_mean, p["beta"])
+                d.y, thresholds(p["thresholds"]), matvec(self._x_mean, p["beta"], self._blas)
             )
             return dict(
                 cens=self._ones,
@@ -282,7 +287,7 @@ class MELSObjective:
             return self._x_re
         if self._bs_constant:
             return np.full((self.design.n_obs, 1), np.exp(0.5 * p["alpha"][0]))
-        return np.exp(0.5 * matvec(self._x_bs, p["alpha"]))[:, None]
+        return np.exp(0.5 * matvec(self._x_bs, p["alpha"], self._blas))[:, None]
 
     def evaluate(
         self,
@@ -355,12 +360,12 @@ class MELSObjective:
         g_bs = 0.5 * z[:, 0] * g_z[:, 0] if st.bs else None
         grad = None
         if score:
-            blocks = [rmatvec(self._x_mean, g_mu)]
+            blocks = [rmatvec(self._x_mean, g_mu, self._blas)]
             if grad_thr is not None:
                 blocks.append(grad_thr.sum(axis=0))
             if st.bs:
-                blocks.append(rmatvec(self._x_bs, g_bs))
-            blocks += [rmatvec(self._x_ws, g_ws), grad_random.sum(axis=0)]
+                blocks.append(rmatvec(self._x_bs, g_bs, self._blas))
+            blocks += [rmatvec(self._x_ws, g_ws, self._blas), grad_random.sum(axis=0)]
             grad = np.concatenate(blocks)
         return Evaluation(
             theta=np.array(theta, dtype=float),
