@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -170,8 +171,15 @@ def _censor_limits(text: str | None):
     return one(parts[0]), one(parts[1])
 
 
+def _used_columns(args: argparse.Namespace) -> set[str]:
+    """Every name the formulas, groups and limits of a fit mention: the columns
+    the fit can use (the others are not read)."""
+    texts = [args.formula, args.bs, args.ws, args.re, args.ws_re, args.groups, args.censor or ""]
+    return set(re.findall(r"[A-Za-z_][A-Za-z0-9_.]*", " ".join(t for t in texts if t)))
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
-    data = read_table(args.data, sep=args.sep)
+    data = read_table(args.data, sep=args.sep, columns=_used_columns(args))
     groups = [g.strip() for g in args.groups.split(",")]
     random_scale: bool | list[str] = not args.no_random_scale
     if args.random_scale_at:

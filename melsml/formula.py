@@ -183,7 +183,8 @@ def _required(parsed, data: pd.DataFrame, option: str, formula: str) -> list[str
     names = sorted(v for v in found if v in data.columns or v in required)
     missing = [v for v in names if v not in data.columns]
     if missing:
-        have = [str(c) for c in data.columns]
+        # a file read for some columns only: name every column it has
+        have = [str(c) for c in data.attrs.get("file_columns", data.columns)]
         shown = ", ".join(have[:30]) + (f", ... ({len(have)} in all)" if len(have) > 30 else "")
         raise MELSInputError(
             f"{option}={formula!r} uses column(s) not in the data: {', '.join(missing)}; "

@@ -36,7 +36,7 @@ FORMATS = {
 }
 
 
-def read_table(path, *, sep: str | None = None) -> pd.DataFrame:
+def read_table(path, *, sep: str | None = None, columns=None) -> pd.DataFrame:
     """Read a data file into a DataFrame, choosing the reader by its suffix.
 
     Parameters
@@ -45,6 +45,10 @@ def read_table(path, *, sep: str | None = None) -> pd.DataFrame:
     sep : str, optional
         Column separator of a text file (default: by suffix, sniffed for
         ``.txt``/``.dat``).
+    columns : iterable of str, optional
+        Keep only these columns (names not in the file are ignored).  Text
+        and parquet files then read only them, which saves memory on wide
+        national files.
 
     Raises
     ------
@@ -70,22 +74,48 @@ def read_table(path, *, sep: str | None = None) -> pd.DataFrame:
                 f"reading {what} files ({path.name}) needs the package {package!r}: "
                 f"pip install {package}"
             ) from None
+    keep = None if columns is None else set(map(str, columns))
     try:
-        if suffix in (".csv", ".tsv", ".txt", ".dat"):
-            if sep is None and suffix in (".txt", ".dat"):
-                return pd.read_csv(path, sep=None, engine="python")
-            default = {".csv": ",", ".tsv": "\t"}.get(suffix, ",")
-            return pd.read_csv(path, sep=sep or default)
-        if suffix == ".dta":
-            return pd.read_stata(path)
-        if suffix == ".parquet":
-            return pd.read_parquet(path)
-        if suffix in (".xlsx", ".xls"):
-            return pd.read_excel(path)
-        return pd.read_spss(path)
+        frame = _read(path, suffix, sep, keep)
     except Exception as exc:  # each reader raises its own classes
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise MELSInputError(f"could not read {str(path)!r} as {what}: {msg}") from None
+    return frame
+
+
+def _read(path: Path, suffix: str, sep: str | None, keep: set | None) -> pd.DataFrame:
+    """The reader for ``suffix``; with ``keep``, only those columns, and the
+    file's column names in ``attrs["file_columns"]`` (for error messages)."""
+    if suffix in (".csv", ".tsv", ".txt", ".dat"):
+        kw = (
+            dict(sep=None, engine="python")
+            if sep is None and suffix in (".txt", ".dat")
+            else dict(sep=sep or {".csv": ",", ".tsv": "\t"}.get(suffix, ","))
+        )
+        if keep is None:
+            return pd.read_csv(path, **kw)
+        names = [str(c) for c in pd.read_csv(path, nrows=0, **kw).columns]
+        frame = pd.read_csv(path, usecols=lambda c: str(c) in keep, **kw)
+    elif suffix == ".parquet":
+        if keep is None:
+            return pd.read_parquet(path)
+        import pyarrow.parquet as pq
+
+        names = list(pq.read_schema(path).names)
+        frame = pd.read_parquet(path, columns=[n for n in names if n in keep])
+    else:
+        if suffix == ".dta":
+            frame = pd.read_stata(path)
+        elif suffix in (".xlsx", ".xls"):
+            frame = pd.read_excel(path)
+        else:
+            frame = pd.read_spss(path)
+        if keep is None:
+            return frame
+        names = [str(c) for c in frame.columns]
+        frame = frame[[c for c in frame.columns if str(c) in keep]]
+    frame.attrs["file_columns"] = names
+    return frame
 
 
 def file_sha256(path) -> str:

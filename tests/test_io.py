@@ -38,6 +38,33 @@ def test_every_format_reads_back(data, tmp_path, suffix):
     np.testing.assert_allclose(back["y"].to_numpy(dtype=float), data["y"], rtol=1e-9)
 
 
+@pytest.mark.parametrize("suffix", list(WRITERS))
+def test_only_the_columns_asked_for_are_kept(data, tmp_path, suffix):
+    path = tmp_path / f"students{suffix}"
+    WRITERS[suffix](data.assign(extra=1.5), path)
+    back = read_table(path, columns={"y", "school", "not_there"})
+    assert list(back.columns) == ["school", "y"]
+
+
+def test_the_command_line_reads_only_the_columns_it_uses(data, tmp_path, capsys, monkeypatch):
+    import melsml.cli as cli
+
+    path = tmp_path / "wide.csv"
+    data.assign(note="free text, with commas", other=2.0).to_csv(path, index=False)
+    seen = {}
+    real = cli.read_table
+
+    def spy(*args, **kwargs):
+        frame = real(*args, **kwargs)
+        seen["columns"] = list(frame.columns)
+        return frame
+
+    monkeypatch.setattr(cli, "read_table", spy)
+    args = ["fit", str(path), "--formula", "y ~ prior", "--groups", "school", "--ws", "~ prior"]
+    assert main(args) == 0
+    assert sorted(seen["columns"]) == ["prior", "school", "y"]
+
+
 def test_sep_overrides_and_unknown_suffix_is_named(data, tmp_path):
     path = tmp_path / "students.csv"
     data.to_csv(path, index=False, sep="|")
