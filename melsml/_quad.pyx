@@ -1324,7 +1324,8 @@ def engine_loglik(
     cdef Py_ssize_t n_buf = eng_work_size(q, s, n_nodes)
     if w is not None and w.shape[0] != r0.shape[0]:
         raise ValueError("engine_loglik: w must have one weight per unit")
-    uw = np.empty(6 * r0.shape[0] + 1, dtype=np.float64)
+    # per-unit work: 3 arrays, 6 with interval units
+    uw = np.empty((6 if cens is not None else 3) * r0.shape[0] + 1, dtype=np.float64)
     eng_init(&e, q, s, &Kvv[0, 0] if s > 0 else NULL, &Kuv[0, 0] if s > 0 else NULL,
              &C[0, 0], &w[0] if w is not None else NULL, &uw[0], r0.shape[0])
     e.Lf = &L[0, 0]
