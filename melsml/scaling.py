@@ -48,7 +48,12 @@ class _Block:
         return cls(center, scale, const, float(x[0, const]) if const is not None else 1.0)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        return (x - self.center) / self.scale
+        """(x - center) / scale in one new column-major array (the layout the
+        likelihood reads, so that it needs no copy of its own)."""
+        out = np.empty(x.shape, order="F")
+        np.subtract(x, self.center, out=out)
+        out /= self.scale
+        return out
 
     def back(self, coef: np.ndarray, shift: float, factor: float) -> np.ndarray:
         """Coefficients on the original design of the linear predictor
@@ -128,9 +133,9 @@ class Scaling:
         return replace(
             design,
             y=np.ascontiguousarray((design.y - self.y_center) / self.y_scale),
-            x_mean=np.ascontiguousarray(self.mean.apply(design.x_mean)),
-            x_bs=np.ascontiguousarray(self.bs.apply(design.x_bs)),
-            x_ws=np.ascontiguousarray(self.ws.apply(design.x_ws)),
+            x_mean=self.mean.apply(design.x_mean),
+            x_bs=self.bs.apply(design.x_bs),
+            x_ws=self.ws.apply(design.x_ws),
             x_re=np.ascontiguousarray(design.x_re / self.re_scale),
             x_scale=np.ascontiguousarray(design.x_scale / self.scale_scale),
         )
