@@ -122,11 +122,11 @@ class MultivariateMELS:
         of the school effects the structure leaves free (for model comparisons)."""
         lay = self.layout
         names = {n for n in lay.index if n[0] != "random"}
-        rng = np.random.default_rng(0)
-        lp = np.zeros((2 * lay.m, 2 * lay.m))
-        lp[lay.l_entries] = rng.uniform(0.5, 1.0, len(lay.l_entries[0]))
-        L = np.empty_like(lp)
-        L[lay.order] = lp
+        # Sigma at generic values of the free entries: its structural zeros show
+        theta = np.zeros(lay.k_params)
+        free = lay.slices["random"]
+        theta[free] = np.random.default_rng(0).uniform(0.5, 1.0, free.stop - free.start)
+        L = lay.unpack(theta)["L"]
         sigma = L @ L.T
         lab = lay.labels
         rows, cols = np.tril_indices(2 * lay.m)

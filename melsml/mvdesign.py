@@ -151,7 +151,6 @@ def build_multi_design(
             raise MELSInputError(f"outcome {o!r} has no observed values in the rows kept")
     filled = frame.copy()
     filled[outcomes] = filled[outcomes].fillna(0.0)
-    filled["_melsml_row"] = np.arange(len(filled), dtype=float)
     designs = [
         build_design(f, filled, groups, ws_formula=w) for f, w in zip(formulas, ws, strict=True)
     ]

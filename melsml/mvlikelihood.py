@@ -35,6 +35,7 @@ import numpy as np
 
 from . import _mv
 from .likelihood import scale_first_factor
+from .measures import grid_weights
 from .mvdesign import MultiDesign
 from .mvparams import MultiLayout
 from .quadrature import gauss_hermite, sparse_hermite
@@ -249,24 +250,35 @@ class MultiObjective:
         return 0.5 * (hess + np.swapaxes(hess, 1, 2))
 
     # ---------------------------------------------------------------- evaluate
-    def evaluate(self, theta: np.ndarray, score: bool = True) -> MultiEvaluation:
-        """Log-likelihood (and score) at ``theta``."""
-        lay, d = self.layout, self.design
-        m = d.n_outcomes
-        p = lay.unpack(theta)
+    def _placed(self, theta: np.ndarray) -> tuple[dict, dict, np.ndarray, tuple]:
+        """Parameters, school sums, Sigma and its scale-first factor at
+        ``theta``, with every school's node placement found."""
+        p = self.layout.unpack(theta)
         S = self._sums(p)
         sigma = p["L"] @ p["L"].T
-        F = scale_first_factor(sigma, m)
+        F = scale_first_factor(sigma, self.design.n_outcomes)
         self._place(S, F)
-        nodes = self._centers[:, None, :] + np.sqrt(2.0) * np.einsum(
-            "jab,qb->jqa", self._scales, self._nodes
-        )
+        return p, S, sigma, F
+
+    def _at_points(self, z: np.ndarray, S: dict, F: tuple) -> dict:
+        """The integrand at the placed points centre + scale z of every school
+        (z: (P, M) standardised offsets), in one batched call; arrays are
+        (n_groups, P, ...)."""
+        j, m = self._centers.shape
+        pts = self._centers[:, None, :] + np.einsum("jab,pb->jpa", self._scales, z)
+        n_p = pts.shape[1]
+        rep = {k: np.repeat(S[k], n_p, axis=0) for k in ("lam0", "b0", "a0", "nm", "const")}
+        pt = self._point(pts.reshape(j * n_p, m), rep, F, grad=False)
+        return {k: v.reshape((j, n_p) + v.shape[1:]) for k, v in pt.items()}
+
+    def evaluate(self, theta: np.ndarray, score: bool = True) -> MultiEvaluation:
+        """Log-likelihood (and score) at ``theta``."""
+        d = self.design
+        m = d.n_outcomes
+        p, S, sigma, F = self._placed(theta)
         lwd = 0.5 * m * np.log(2.0) + np.log(np.diagonal(self._scales, axis1=1, axis2=2)).sum(1)
-        n_q = nodes.shape[1]
-        j = d.n_groups
-        rep = {k: np.repeat(S[k], n_q, axis=0) for k in ("lam0", "b0", "a0", "nm", "const")}
-        pt = self._point(nodes.reshape(j * n_q, m), rep, F, grad=False)
-        logw = pt["logpsi"].reshape(j, n_q) + self._node_lw
+        pt = self._at_points(np.sqrt(2.0) * self._nodes, S, F)
+        logw = pt["logpsi"] + self._node_lw
         top = logw.max(axis=1, keepdims=True)
         w = self._node_sign * np.exp(logw - top)  # a sparse grid has negative weights
         tot = w.sum(axis=1)
@@ -279,16 +291,14 @@ class MultiObjective:
         w /= tot[:, None]
         self.n_evals += 1
         # posterior moments of (u, v) and of kappa_m kappa_l (u_m, u_l)
-        mu = pt["mu"].reshape(j, n_q, m)
-        pinv = pt["pinv"].reshape(j, n_q, m, m)
-        v = pt["v"].reshape(j, n_q, m)
-        x = np.concatenate([mu, v], axis=2)
+        mu, pinv = pt["mu"], pt["pinv"]
+        x = np.concatenate([mu, pt["v"]], axis=2)
         ex = np.einsum("jq,jqa->ja", w, x)
         exx = np.einsum("jq,jqa,jqb->jab", w, x, x)
         exx[:, :m, :m] += np.einsum("jq,jqab->jab", w, pinv)
         k0 = k1 = k2 = None
         if score:
-            kk = w[:, :, None, None] * pt["kk"].reshape(j, n_q, m, m)
+            kk = w[:, :, None, None] * pt["kk"]
             k0 = kk.sum(axis=1)
             k1 = np.einsum("jqml,jql->jml", kk, mu)
             k2 = np.einsum("jqml,jqm,jql->jml", kk, mu, mu) + np.einsum("jqml,jqml->jml", kk, pinv)
@@ -327,7 +337,7 @@ class MultiObjective:
                 np.einsum("kab,jkbc,kcd->jad", rinv, ss, rinv)
                 - np.einsum("jk,kab->jab", n_pat, rinv)
             )
-            blocks.append(np.einsum("jab,kab->jk", per_group, lay.corr_jacobian(p)))
+            blocks.append(np.einsum("jab,kab->jk", per_group, lay.corr_jacobian(p["R_raw"])))
         # random effects: d l / d Sigma = (Sigma^-1 E[x x'] Sigma^-1 - Sigma^-1) / 2
         sinv = np.zeros_like(sigma)
         if lay.random_scale:
@@ -353,26 +363,12 @@ class MultiObjective:
         Returns ``w`` (n_groups, P) weights, ``v`` (n_groups, P, M) scale
         effects, ``mu`` and ``pinv`` the normal posterior of u at each point.
         """
-        p = self.layout.unpack(theta)
         m = self.design.n_outcomes
-        S = self._sums(p)
-        F = scale_first_factor(p["L"] @ p["L"].T, m)
-        self._place(S, F)
+        _, S, _, F = self._placed(theta)
         n_pts, half = {1: (241, 9.0), 2: (41, 6.0)}.get(m, (15, 5.0))
         axis = np.linspace(-half, half, n_pts)
-        z = np.array(list(product(axis, repeat=m)))
-        pts = self._centers[:, None, :] + np.einsum("jab,pb->jpa", self._scales, z)
-        j, n_p = pts.shape[:2]
-        rep = {k: np.repeat(S[k], n_p, axis=0) for k in ("lam0", "b0", "a0", "nm", "const")}
-        pt = self._point(pts.reshape(j * n_p, m), rep, F, grad=False)
-        logd = pt["logpsi"].reshape(j, n_p)
-        w = np.exp(logd - logd.max(axis=1, keepdims=True))
-        return dict(
-            w=w / w.sum(axis=1, keepdims=True),
-            v=pt["v"].reshape(j, n_p, m),
-            mu=pt["mu"].reshape(j, n_p, m),
-            pinv=pt["pinv"].reshape(j, n_p, m, m),
-        )
+        pt = self._at_points(np.array(list(product(axis, repeat=m))), S, F)
+        return dict(w=grid_weights(pt["logpsi"]), v=pt["v"], mu=pt["mu"], pinv=pt["pinv"])
 
     # ---------------------------------------------------------------- wrappers
     def loglike(self, theta: np.ndarray) -> float:

@@ -151,23 +151,24 @@ class MultiLayout(BlockLayout):
         """Reported parameters (L with a non-negative diagonal)."""
         return np.asarray(theta, dtype=float) * self.sign_flip(theta)
 
-    def correlation(self, raw: np.ndarray) -> np.ndarray:
-        """The residual correlation matrix from the ``residual`` entries."""
+    def _unit_factor(self, raw: np.ndarray) -> np.ndarray:
+        """F: unit lower triangular with the ``residual`` entries below the diagonal."""
         F = np.eye(self.m)
         F[self.corr_entries] = raw
+        return F
+
+    def correlation(self, raw: np.ndarray) -> np.ndarray:
+        """The residual correlation matrix from the ``residual`` entries."""
+        F = self._unit_factor(raw)
         A = F @ F.T
         s = 1.0 / np.sqrt(np.diag(A))
         return s[:, None] * A * s[None, :]
 
-    def corr_jacobian(self, p: dict | None = None, raw: np.ndarray | None = None) -> np.ndarray:
-        """(n_corr, M, M): d R / d raw_k (``raw`` from ``p`` if not given)."""
-        if raw is None:
-            raw = p["R_raw"]
-        F = np.eye(self.m)
-        F[self.corr_entries] = raw
-        A = F @ F.T
-        dg = np.diag(A)
-        R = A / np.sqrt(np.outer(dg, dg))
+    def corr_jacobian(self, raw: np.ndarray) -> np.ndarray:
+        """(n_corr, M, M): d R / d raw_k."""
+        F = self._unit_factor(raw)
+        dg = np.diag(F @ F.T)
+        R = self.correlation(raw)
         out = np.zeros((self.n_corr, self.m, self.m))
         for k, (a, b) in enumerate(zip(*self.corr_entries, strict=True)):
             dF = np.zeros((self.m, self.m))

@@ -57,9 +57,10 @@ def numerical_hessian(
     hess = np.empty((k, k))
     for i in range(k):
         h = 1e-5 * (1.0 + abs(theta[i]))
-        tp, tm = theta.copy(), theta.copy()
+        tp = theta.copy()
         tp[i] += h
         if score0 is None:
+            tm = theta.copy()
             tm[i] -= h
             hess[:, i] = (objective.score(tp) - objective.score(tm)) / (2.0 * h)
         else:

@@ -121,12 +121,9 @@ def threshold_scores(
     g = np.zeros(c.size, dtype=np.intp) if group is None else group
     size = n_groups * (n_thr + 1)
     # gamma_c is unit i's upper limit when c_i = c, its lower limit when c_i = c + 1
-    sums = np.bincount(g * (n_thr + 1) + c, weights=g_hi, minlength=size).reshape(
-        n_groups, n_thr + 1
-    )[:, :n_thr]
-    sums += np.bincount(g * (n_thr + 1) + c, weights=g_lo, minlength=size).reshape(
-        n_groups, n_thr + 1
-    )[:, 1:]
+    cell = g * (n_thr + 1) + c
+    sums = np.bincount(cell, weights=g_hi, minlength=size).reshape(n_groups, n_thr + 1)[:, :n_thr]
+    sums += np.bincount(cell, weights=g_lo, minlength=size).reshape(n_groups, n_thr + 1)[:, 1:]
     jac = np.tril(np.ones((n_thr, n_thr))) * np.concatenate([[1.0], np.exp(raw[1:])])
     return sums @ jac
 
