@@ -108,6 +108,19 @@ def posterior_grid(state: FitState) -> PosteriorGrid:
     return PosteriorGrid(w=grid_weights(logpsi), v=v, mu=mu, pinv=pinv, n=n, zbar=zbar)
 
 
+def _full_placement(state: FitState, obj: MELSObjective) -> np.ndarray:
+    """Mode and scale of the adaptive placement over all effects: the fit's,
+    when its plan placed the nodes over all effects at the reported parameters
+    (the placement is in the standardised effects, whose signs follow those of
+    the factor's columns), else found anew."""
+    dim = state.layout.q + state.layout.s
+    cen = state.evaluation.centers
+    same = np.array_equal(state.evaluation.theta, state.theta)
+    if cen.shape[1] != dim + dim * dim or not same:
+        cen = obj.evaluate(state.theta, score=False).centers
+    return cen
+
+
 def _full_grid(state: FitState) -> PosteriorGrid:
     """The posterior over all effects on a product grid around the adaptive
     quadrature's placement (mode + scale z, z on the grid): a discrete
@@ -117,7 +130,7 @@ def _full_grid(state: FitState) -> PosteriorGrid:
     d = state.design
     q, s, j = state.layout.q, state.layout.s, d.n_groups
     dim = q + s
-    centers = obj.evaluate(state.theta, score=False).centers
+    centers = _full_placement(state, obj)
     n_pts, reach = _FULL_GRIDS.get(dim, _FULL_GRID_DEFAULT)
     # t = a sinh(s / a), s evenly spaced: steps of about 0.4 SD near the mode,
     # widening into the tails (which reach +-12 SDs in small groups)
@@ -232,9 +245,7 @@ def grid_2d(state: FitState) -> dict[str, np.ndarray]:
     the grid points, and the marginal of theta1: ``u1``, ``w1`` (n_groups, 61).
     """
     obj = MELSObjective(state.design, state.layout, replace(state.options, integration="aghq"))
-    cen = state.evaluation.centers
-    if cen.shape[1] != 6:  # the fit's placement was not over (theta1, theta2)
-        cen = obj.evaluate(state.theta, score=False).centers
+    cen = _full_placement(state, obj)
     z1, z2 = np.meshgrid(_GRID_2D, _GRID_2D, indexing="ij")
     z1, z2 = z1.ravel()[None, :], z2.ravel()[None, :]
     # centers: mode (theta1, theta2), then the 2 x 2 scale row by row
