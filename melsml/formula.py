@@ -204,17 +204,29 @@ def _matrix(formula: str, data: pd.DataFrame, option: str):
     return mm
 
 
-def _check_design(mat: np.ndarray, names: tuple[str, ...], option: str, formula: str) -> None:
+def _check_design(
+    mat: np.ndarray, names: tuple[str, ...], option: str, formula: str, rank: bool = True
+) -> None:
     if mat.shape[1] == 0:
         raise MELSInputError(f"{option}={formula!r} has no terms (not even an intercept)")
     bad = ~np.isfinite(mat).all(axis=0)
     if bad.any():
         cols = ", ".join(n for n, b in zip(names, bad, strict=True) if b)
         raise MELSInputError(f"{option}={formula!r}: term(s) {cols} have infinite or NaN values")
-    rank = np.linalg.matrix_rank(mat)
-    if rank < mat.shape[1]:
+    if rank:
+        check_rank(mat.T @ mat, names, option, formula)
+
+
+def check_rank(gram: np.ndarray, names: tuple[str, ...], option: str, formula: str) -> None:
+    """A design of full column rank, judged on its Gram matrix X'X (which parts
+    of the data can add up), or a clear error."""
+    k = gram.shape[0]
+    scale = np.sqrt(np.maximum(np.diag(gram), 1e-300))
+    eig = np.linalg.eigvalsh(gram / np.outer(scale, scale))
+    rank = int(np.sum(eig > max(k, 1) * 1e-10 * max(eig.max(initial=0.0), 1.0)))
+    if rank < k:
         raise MELSInputError(
-            f"{option}={formula!r} gives a rank-deficient design ({rank} of {mat.shape[1]} "
+            f"{option}={formula!r} gives a rank-deficient design ({rank} of {k} "
             f"columns independent; terms: {', '.join(names)}): drop collinear terms"
         )
 
@@ -230,6 +242,7 @@ def build_design(
     ws_re_formula: str = "~ 1",
     group_weights: str | None = None,
     weights: str | None = None,
+    checks: bool = True,
 ) -> DesignMatrices:
     """Build the three design matrices of a MELS model from formulas.
 
@@ -250,6 +263,10 @@ def build_design(
         One-sided formula of the random scale effects in the within-group
         log-variance (``"~ 1"``: a random scale intercept; ``"~ 1 + prior"``
         adds a random scale slope on ``prior``).
+    checks : bool
+        Check that each design has full rank and that random scale slopes are
+        identified (False for one part of data whose parts are checked
+        together).
 
     Returns
     -------
@@ -352,7 +369,7 @@ def build_design(
     for opt, mat in mats.items():
         arr = np.ascontiguousarray(np.asarray(mat, dtype=float))
         nm = tuple(str(c) for c in mat.model_spec.column_names)
-        _check_design(arr, nm, opt, specs[opt])
+        _check_design(arr, nm, opt, specs[opt], rank=checks)
         arrays[opt], names[opt] = arr, nm
     if names["re_formula"] != ("Intercept",) and names["bs_formula"] != ("Intercept",):
         raise MELSInputError(
@@ -360,7 +377,10 @@ def build_design(
             f"re_formula={re_formula!r} the random effects have an unstructured covariance "
             "(use bs_formula='~ 1')"
         )
-    _check_scale_design(arrays["ws_re_formula"], names["ws_re_formula"], group_ptr, ws_re_formula)
+    if checks:
+        scale_names = names["ws_re_formula"]
+        varies, ok = scale_design_facts(arrays["ws_re_formula"], scale_names, group_ptr)
+        check_scale_facts(varies, ok, scale_names, ws_re_formula)
     gw = None
     if group_weights is not None:
         w = frame[group_weights].to_numpy(dtype=float)
@@ -408,36 +428,44 @@ def build_design(
     )
 
 
-def _check_scale_design(h: np.ndarray, names: tuple[str, ...], group_ptr, formula: str) -> None:
-    """A random scale slope must vary within groups, and some groups must be able
-    to identify all the scale effects."""
-    option = "ws_re_formula"
+def scale_design_facts(h: np.ndarray, names: tuple[str, ...], group_ptr) -> tuple:
+    """Whether each random-scale term varies within some group, and how many
+    groups (up to 2) can identify all the scale effects."""
     starts = group_ptr[:-1]
     sizes = np.diff(group_ptr)
+    varies = np.ones(h.shape[1], dtype=bool)
     if h.shape[1] > 1 or names != ("Intercept",):
         first = np.repeat(h[starts], sizes, axis=0)
         varies = np.abs(h - first).max(axis=0) > 0
-        for name, v in zip(names, varies, strict=True):
-            if name != "Intercept" and not v:
-                raise MELSInputError(
-                    f"{option}={formula!r}: term {name!r} is constant within every group, so "
-                    "a random scale slope on it is confounded with the random scale "
-                    "intercept; put it in ws_formula (fixed) instead"
-                )
     s = h.shape[1]
+    ok = 0
     if s > 1:
-        ok = 0
         for a, b in zip(group_ptr[:-1], group_ptr[1:], strict=True):
             if b - a > s and np.linalg.matrix_rank(h[a:b]) == s:
                 ok += 1
                 if ok >= 2:
                     break
-        if ok < 2:
+    return varies, ok
+
+
+def check_scale_facts(varies, ok: int, names: tuple[str, ...], formula: str) -> None:
+    """A random scale slope must vary within groups, and some groups must be able
+    to identify all the scale effects."""
+    option = "ws_re_formula"
+    for name, v in zip(names, varies, strict=True):
+        if name != "Intercept" and not v:
             raise MELSInputError(
-                f"{option}={formula!r} has {s} random scale effects ({', '.join(names)}), but "
-                f"fewer than two groups have more than {s} units with distinct values of "
-                "these terms: the groups cannot identify them"
+                f"{option}={formula!r}: term {name!r} is constant within every group, so "
+                "a random scale slope on it is confounded with the random scale "
+                "intercept; put it in ws_formula (fixed) instead"
             )
+    s = len(names)
+    if s > 1 and ok < 2:
+        raise MELSInputError(
+            f"{option}={formula!r} has {s} random scale effects ({', '.join(names)}), but "
+            f"fewer than two groups have more than {s} units with distinct values of "
+            "these terms: the groups cannot identify them"
+        )
 
 
 def encode_rows(design: DesignMatrices, data: pd.DataFrame) -> dict[str, np.ndarray]:

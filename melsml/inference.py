@@ -114,8 +114,9 @@ class LikelihoodResults:
     @cached_property
     def _cov_robust(self) -> np.ndarray:
         std = self._std
-        scores = std.objective.score_groups(std.theta)
-        meat = scores.T @ scores
+        from .optimize import score_outer
+
+        meat = score_outer(std.objective, std.theta)
         bread = _inverse_information(std.hessian)
         cov = std.jacobian @ (bread @ meat @ bread) @ std.jacobian.T
         return cov * np.outer(self._flip, self._flip)

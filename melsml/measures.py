@@ -34,18 +34,33 @@ def measure_columns(name: str, est, sd, lower, upper, reference: float) -> dict:
     Rank 1 is the best school: the highest mean, the lowest variance
     (:data:`RANK_ORDER`); ties share the better rank."""
     est, lower, upper = (np.asarray(v, dtype=float) for v in (est, lower, upper))
-    ascending = rank_order(name) == "lowest"
     return {
         name: est,
         f"{name}_sd": np.asarray(sd, dtype=float),
         f"{name}_lower": lower,
         f"{name}_upper": upper,
-        f"{name}_rank": pd.Series(est)
-        .rank(method="min", ascending=ascending)
-        .astype(int)
-        .to_numpy(),
+        f"{name}_rank": ranks(name, est),
         f"{name}_separated": (lower > reference) | (upper < reference),
     }
+
+
+def ranks(name: str, est) -> np.ndarray:
+    """Ranks of a measure's estimates, 1 the best (:func:`rank_order`); ties
+    share the better rank."""
+    ascending = rank_order(name) == "lowest"
+    return pd.Series(np.asarray(est)).rank(method="min", ascending=ascending).astype(int).to_numpy()
+
+
+def rerank(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every ``{name}_rank`` column of a table of school measures ranked anew over
+    all its rows (tables computed by parts, then stacked)."""
+    out = frame.copy()
+    for col in frame.columns:
+        name = str(col)
+        if name.endswith("_rank") and name[: -len("_rank")] in frame.columns:
+            measure = name[: -len("_rank")]
+            out[col] = ranks(measure, frame[measure])
+    return out
 
 
 def grid_weights(logd: np.ndarray) -> np.ndarray:

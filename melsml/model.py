@@ -1,33 +1,22 @@
-"""MELS: the model class.  Orchestration only: formula -> design -> objective
--> optimise -> results."""
+"""MELS: the model class.  Orchestration only: formula -> design, and the
+choice of backend; the fit itself is :class:`~melsml.mels_core.MELSCore`'s."""
 
 from __future__ import annotations
 
 import logging
-import warnings
-from dataclasses import replace
-from functools import cached_property
 
-import numpy as np
 import pandas as pd
 
 from .censoring import apply_censoring
-from .config import COARSE_POINTS, Association, Integration, ModelOptions
-from .exceptions import BoundaryWarning, MELSInputError
-from .formula import DesignMatrices, build_design, collapse_duplicates
-from .identify import check_identifiable
+from .config import Association, Integration, ModelOptions
+from .exceptions import MELSInputError
+from .formula import build_design
 from .levels import IdScope
-from .likelihood import MELSObjective, check_threads
+from .mels_core import MELSCore
 from .multivariate import MultivariateMELS
 from .mvdesign import long_to_wide
-from .optimize import maximize, warn_fit
-from .ordinal import apply_ordinal, threshold_names
-from .params import ParamLayout, as_param_vector
-from .plan import IntegrationPlan, plan_for_design
-from .results import CovType, MELSResults, StandardisedFit
-from .scaling import Scaling
-from .start import start_values
-from .structure import RandomStructure
+from .ordinal import apply_ordinal
+from .results import CovType, MELSResults
 from .threelevel import ThreeLevelMELS
 
 __all__ = ["MELS"]
@@ -35,7 +24,7 @@ __all__ = ["MELS"]
 logger = logging.getLogger(__name__)
 
 
-class MELS:
+class MELS(MELSCore):
     """Mixed-effects location scale model with a random intercept.
 
     ::
@@ -54,66 +43,6 @@ class MELS:
     random_scale, association, integration, n_points
         See :class:`melsml.config.ModelOptions`.
     """
-
-    def __init__(
-        self,
-        design: DesignMatrices,
-        *,
-        random_scale: bool = True,
-        association: Association = "linear",
-        integration: Integration = "auto",
-        n_points: int | None = None,
-        weight_type: str = "frequency",
-        weight_scaling: str = "size",
-        family: str = "gaussian",
-        link: str = "probit",
-    ):
-        self.design = design
-        self.options = ModelOptions(
-            random_scale=random_scale,
-            association=association,
-            integration=integration,
-            n_points=n_points,
-            weight_type=weight_type,
-            weight_scaling=weight_scaling,
-            family=family,
-            link=link,
-        )
-        if (design.categories is not None) != (family == "ordinal"):
-            raise MELSInputError(
-                "family='ordinal' needs a design made by melsml.ordinal.apply_ordinal "
-                "(use MELS.from_formula)"
-            )
-        if not design.random_intercept_only and self.options.association == "quadratic":
-            raise MELSInputError(
-                "association='quadratic' needs a single random intercept (re_formula='~ 1')"
-            )
-        scale = tuple(design.scale_names) if self.options.random_scale else ()
-        if not self.options.random_scale and design.scale_names != ("Intercept",):
-            raise MELSInputError(
-                f"ws_re_formula={design.formulas.get('ws_re_formula')!r} gives random scale "
-                "effects, but random_scale=False"
-            )
-        if self.options.association == "quadratic" and scale != ("Intercept",):
-            raise MELSInputError(
-                "association='quadratic' needs a single random scale intercept "
-                "(ws_re_formula='~ 1')"
-            )
-        self.structure = RandomStructure(
-            location=tuple(design.re_names),
-            scale=scale,
-            bs=design.random_intercept_only,
-            association=self.options.association,
-        )
-        self.layout = ParamLayout.from_structure(
-            design.mean_names,
-            design.bs_names,
-            design.ws_names,
-            self.structure,
-            thresholds=threshold_names(design.categories) if design.categories is not None else (),
-        )
-        self.notes: tuple[str, ...] = ()
-        check_identifiable(design)
 
     @classmethod
     def from_formula(
@@ -143,6 +72,8 @@ class MELS:
         residual_corr: bool = True,
         outcome: str | None = None,
         unit: str | None = None,
+        client=None,
+        npartitions: int | None = None,
     ) -> MELS | ThreeLevelMELS | MultivariateMELS:
         """Specify a MELS model with formulas.
 
@@ -155,7 +86,13 @@ class MELS:
             several outcomes (returns a
             :class:`~melsml.multivariate.MultivariateMELS`; ``ws_formula`` may
             then be a list too).
-        data : pandas.DataFrame
+        data : pandas.DataFrame or dask.dataframe.DataFrame
+            A Dask DataFrame (e.g. a folder of parquet files larger than
+            memory) gives a :class:`~melsml.distributed_model.DistributedMELS`
+            whose data stay on the cluster's workers: it is shuffled once so
+            that every group lies in one partition, and each worker builds its
+            partitions' designs (two-level models of a Gaussian outcome;
+            needs ``melsml[dask]`` and a running ``dask.distributed`` client).
         groups : str or [str, str]
             Column identifying the groups (schools); or two columns, outermost
             first (``["district", "school"]``, ``["school", "cohort"]``), for a
@@ -234,12 +171,23 @@ class MELS:
             under two parents is an error) or labels within their parent
             ("within": cohort "2019" in every school); see
             :func:`melsml.levels.nest_ids`.
+        client : dask.distributed.Client, optional
+            Dask data: the cluster's client (default: the running one).
+        npartitions : int, optional
+            Dask data: the partitions after the shuffle by group (default: as
+            many as ``data`` has).
 
         Notes
         -----
         Rows with a missing value in any used column are dropped with a
         :class:`~melsml.exceptions.MissingDataWarning` giving the count.
         """
+        from .distributed import is_dask_frame
+
+        if is_dask_frame(data):
+            return cls._dask(formula, data, groups, locals())
+        if client is not None or npartitions is not None:
+            raise MELSInputError("client and npartitions apply to Dask data (a Dask DataFrame)")
         if outcome is not None:
             if isinstance(formula, (list, tuple)) or not isinstance(groups, str):
                 raise MELSInputError(
@@ -295,6 +243,56 @@ class MELS:
             n_points=n_points,
             weight_type=weight_type,
             weight_scaling=weight_scaling,
+        )
+
+    @staticmethod
+    def _dask(formula, data, groups, given: dict) -> MELS:
+        from .distributed_model import DistributedMELS
+
+        unsupported = [
+            name
+            for name, default in (
+                ("outcome", None),
+                ("unit", None),
+                ("censoring", None),
+                ("family", "gaussian"),
+                ("random_bs", False),
+                ("cov_structure", "unstructured"),
+                ("residual_corr", True),
+            )
+            if given[name] != default
+        ]
+        if isinstance(formula, (list, tuple)) or not isinstance(groups, str) or unsupported:
+            what = ", ".join(unsupported) or "several outcomes or levels"
+            raise MELSInputError(
+                f"Dask data fit two-level models of one Gaussian outcome ({what} given): "
+                "compute() the data into pandas for this model"
+            )
+        kw = {
+            k: given[k]
+            for k in (
+                "bs_formula",
+                "ws_formula",
+                "re_formula",
+                "ws_re_formula",
+                "group_weights",
+                "weights",
+            )
+        }
+        options = {
+            k: given[k]
+            for k in (
+                "random_scale",
+                "association",
+                "integration",
+                "n_points",
+                "weight_type",
+                "weight_scaling",
+            )
+        }
+        ModelOptions(**options)  # fail fast on options
+        return DistributedMELS.from_dask(
+            formula, data, groups, kw, options, given["client"], given["npartitions"]
         )
 
     @staticmethod
@@ -371,67 +369,6 @@ class MELS:
             logger.info("MixWILD setting %s", note)
         return model
 
-    def __repr__(self) -> str:
-        d = self.design
-        parts = [repr(d.formulas["formula"]), f"groups={d.groups!r}"]
-        for opt in ("bs_formula", "ws_formula", "re_formula", "ws_re_formula"):
-            if d.formulas.get(opt, "~ 1") != "~ 1":
-                parts.append(f"{opt}={d.formulas[opt]!r}")
-        if not self.options.random_scale:
-            parts.append("random_scale=False")
-        if self.options.association != "linear":
-            parts.append(f"association={self.options.association!r}")
-        return (
-            f"<MELS {', '.join(parts)}: {d.n_obs} obs in {d.n_groups} groups, "
-            f"{self.layout.k_params} parameters; {self.plan.describe()}>"
-        )
-
-    # lme4-style access to the pipeline's stages ------------------------------------
-    def objective(self, n_threads: int | None = None) -> MELSObjective:
-        """The log-likelihood as a function of the flat parameter vector
-        (``n_threads``: see :meth:`fit`)."""
-        return MELSObjective(self.design, self.layout, self.options, n_threads)
-
-    @cached_property
-    def plan(self) -> IntegrationPlan:
-        """How the likelihood is integrated (see :func:`melsml.plan.plan`)."""
-        return plan_for_design(self.structure, self.options, self.design)[0]
-
-    @property
-    def param_names(self) -> pd.MultiIndex:
-        return self.layout.index
-
-    def start_params(self) -> pd.Series:
-        """Moment-based starting values."""
-        return pd.Series(
-            start_values(self.design, self.layout, self.options.link), index=self.layout.index
-        )
-
-    def loglike(self, params) -> float:
-        """Log-likelihood at ``params`` (Series in :attr:`param_names` order or array)."""
-        return self.objective().loglike(self._as_vector(params, "params"))
-
-    def _as_vector(self, params, name: str) -> np.ndarray:
-        return as_param_vector(params, self.layout.index, name)
-
-    def _off_the_boundary(self, theta0: np.ndarray, boundary, design) -> np.ndarray:
-        """A start with an SD (a diagonal of L) exactly 0 sits on a stationary point
-        of the likelihood (it is even in that SD), which the optimiser cannot leave:
-        move it to half the default start, and say so."""
-        zero = [pos for pos in boundary if theta0[pos] == 0.0]
-        if not zero:
-            return theta0
-        default = start_values(design, self.layout, self.options.link)
-        theta0 = theta0.copy()
-        for pos in zero:
-            theta0[pos] = 0.5 * default[pos] if default[pos] != 0 else 0.1
-            logger.info(
-                "start value of %s moved from 0 (a stationary point) to %.4g",
-                self.layout.index[pos][1],
-                theta0[pos],
-            )
-        return theta0
-
     def fit(
         self,
         start_params=None,
@@ -440,6 +377,8 @@ class MELS:
         maxiter: int = 500,
         tol: float = 1e-12,
         n_threads: int | None = None,
+        backend: str = "memory",
+        client=None,
     ) -> MELSResults:
         """Fit by maximum likelihood.
 
@@ -464,86 +403,28 @@ class MELS:
             random scale slopes) or there are many nodes, else one (a school's
             node costs a few operations there, less than waking threads).
             Results are the same, bit for bit, whatever the number.
+        backend : {"memory", "dask"}
+            Where the likelihood is evaluated: here ("memory"), or on a Dask
+            cluster ("dask"; needs ``melsml[dask]`` and a running
+            ``dask.distributed`` client): the design is cut into runs of whole
+            groups that stay on the workers.  A model of a Dask DataFrame
+            always fits on the cluster.
+        client : dask.distributed.Client, optional
+            The cluster's client (default: the running one).
 
         Returns
         -------
         MELSResults
         """
-        if n_threads is not None:
-            check_threads(n_threads)
-        if cov_type is None:
-            weighted = self.design.row_weights is not None
-            sampling = weighted and self.options.weight_type == "sampling"
-            cov_type = "robust" if sampling else "observed"
-        if cov_type not in ("observed", "robust"):
-            raise MELSInputError(
-                f"unknown cov_type {cov_type!r}; allowed values: 'observed', 'robust'"
+        if backend not in ("memory", "dask"):
+            raise MELSInputError(f"unknown backend {backend!r}; allowed values: 'memory', 'dask'")
+        if backend == "dask":
+            from .distributed_model import DistributedMELS
+
+            model = DistributedMELS.from_model(self, client)
+            return model.fit(
+                start_params, cov_type=cov_type, maxiter=maxiter, tol=tol, n_threads=n_threads
             )
-        # the fit runs in standardised units (see melsml.scaling): the same
-        # problem, steps and convergence tests whatever the data's units
-        scaling = Scaling.of(self.design)
-        std_design = scaling.design(self.design)
-        # a censored or ordinal outcome visits every unit at every node: identical
-        # units of a group are merged into one with a frequency weight
-        collapsed = collapse_duplicates(std_design) if std_design.interval_outcome else None
-        if collapsed is not None:
-            logger.info(
-                "collapsed %d rows into %d with frequency weights", std_design.n_obs,
-                collapsed.n_obs,
-            )  # fmt: skip
-        std_obj = MELSObjective(collapsed or std_design, self.layout, self.options, n_threads)
-        boundary = self.layout.boundary_positions
-        if start_params is None:
-            theta0 = start_values(std_design, self.layout, self.options.link)
-        else:
-            theta0 = scaling.from_original(
-                self._as_vector(start_params, "start_params"), self.layout
-            )
-            theta0 = self._off_the_boundary(theta0, boundary, std_design)
-        coarse = None
-        expensive = std_design.interval_outcome
-        if expensive and std_obj.plan.n_points > COARSE_POINTS:
-            coarse = MELSObjective(
-                collapsed or std_design,
-                self.layout,
-                replace(self.options, n_points=COARSE_POINTS),
-                n_threads,
-            )
-        theta_std, hess_std, info = maximize(
-            std_obj,
-            theta0,
-            maxiter=maxiter,
-            tol=tol,
-            boundary_params=boundary,
-            coarse=coarse,
-            forward_hessian=expensive,
-        )
-        offset, jac = scaling.affine(self.layout)
-        theta = offset + jac @ theta_std
-        # the standardised effects (and so the node placement) are the same in
-        # both units: start the last placement search from the fit's
-        final = self.objective(n_threads).evaluate(theta, centers=std_obj.centers)
-        warn_fit(info)
-        for pos in boundary:
-            if abs(theta_std[pos]) < 1e-3:
-                name = self.layout.index[pos][1]
-                what = (
-                    "a random scale"
-                    if name in ("sigma_omega", "L(omega,omega)")
-                    else "this random effect's variance (beyond its covariances)"
-                )
-                warnings.warn(
-                    f"{name} = {abs(theta[pos]):.2e} is at (or near) its boundary 0: "
-                    f"there is little evidence of {what}; test it with "
-                    "melsml.compare(), which uses the 50:50 chi-square mixture",
-                    BoundaryWarning,
-                    stacklevel=2,
-                )
-        return MELSResults(
-            self,
-            theta,
-            info,
-            final,
-            cov_type=cov_type,
-            standardised=StandardisedFit(std_obj, theta_std, hess_std, jac),
-        )
+        if client is not None:
+            raise MELSInputError("client applies to backend='dask'")
+        return self._fit(start_params, cov_type, maxiter, tol, n_threads)

@@ -76,6 +76,16 @@ def _is_pd(mat: np.ndarray) -> bool:
     return True
 
 
+def score_outer(objective, theta: np.ndarray) -> np.ndarray:
+    """(k, k) sum over groups of the outer products of the per-group scores (an
+    objective whose groups are spread over a cluster sums them where they are)."""
+    outer = getattr(objective, "score_outer", None)
+    if outer is not None:
+        return outer(theta)
+    scores = objective.score_groups(theta)
+    return scores.T @ scores
+
+
 def _bfgs(
     objective: MELSObjective,
     theta0: np.ndarray,
@@ -99,8 +109,7 @@ def _bfgs(
                 "the log-likelihood is not finite at the start values; check the data for "
                 "extreme values or supply start_params"
             )
-        scores = objective.score_groups(theta0)
-        bhhh = scores.T @ scores
+        bhhh = score_outer(objective, theta0)
         k = theta0.size
         bhhh += 1e-8 * np.trace(bhhh) / k * np.eye(k)
         try:

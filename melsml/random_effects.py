@@ -183,7 +183,7 @@ def _reference_rows(res: MELSResults, ws_reference, at_values: dict) -> tuple:
     ws_names = d.ws_names
     scale_names = d.scale_names
     wbar = res.reference_values("ws").copy()
-    hbar = d.x_scale.mean(axis=0)
+    hbar = res.reference_values("scale")
     if ws_reference is not None:
         ref = dict(ws_reference)
         unknown = [k for k in ref if k not in ws_names]
@@ -324,9 +324,8 @@ def _reference_var(res: MELSResults, slopes: list[int], reference_var) -> np.nda
     if not slopes:
         return np.zeros((0, 0))
     terms = res.model.structure.location
-    x_s = res.model.design.x_re[:, slopes]
     if reference_var is None:
-        return np.atleast_2d(np.cov(x_s, rowvar=False))
+        return res.reference_cov(slopes)
     sigma_ref = np.atleast_2d(np.asarray(reference_var, dtype=float))
     if sigma_ref.shape != (len(slopes), len(slopes)) or not np.isfinite(sigma_ref).all():
         raise MELSInputError(

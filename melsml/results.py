@@ -157,13 +157,22 @@ class MELSResults(LikelihoodResults):
         )
 
     # --- derived parameters -------------------------------------------------------
-    def reference_values(self, block: Literal["bs", "ws"]) -> np.ndarray:
-        """Sample means of the BS or WS design's columns (the reference covariates)."""
+    def reference_values(self, block: Literal["bs", "ws", "scale"]) -> np.ndarray:
+        """Sample means of the BS, WS or random-scale design's columns (the
+        reference covariates)."""
         cached = getattr(self, "_reference", None)
-        if cached is not None:
+        if cached is not None and block in cached:
             return cached[block].copy()
         d = self.model.design
-        return (d.x_bs if block == "bs" else d.x_ws).mean(axis=0)
+        return {"bs": d.x_bs, "ws": d.x_ws, "scale": d.x_scale}[block].mean(axis=0)
+
+    def reference_cov(self, columns: list[int]) -> np.ndarray:
+        """Sample covariance of the random location design's ``columns`` (the
+        random-slope covariates' reference distribution)."""
+        cached = getattr(self, "_reference", None)
+        if cached is not None and "re_cov" in cached:
+            return cached["re_cov"][np.ix_(columns, columns)].copy()
+        return np.atleast_2d(np.cov(self.model.design.x_re[:, columns], rowvar=False))
 
     def random_params(self, alpha: float = 0.05) -> pd.DataFrame:
         """Natural random-effect parameters with delta-method standard errors.
@@ -253,7 +262,7 @@ class MELSResults(LikelihoodResults):
         The model object loses its data too."""
         from dataclasses import replace
 
-        self._reference = {b: self.reference_values(b) for b in ("bs", "ws")}
+        self._reference = {b: self.reference_values(b) for b in ("bs", "ws", "scale")}
         _ = self._cov_robust  # computed while the data are there
         d = self.model.design
 
