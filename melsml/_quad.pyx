@@ -1199,6 +1199,55 @@ cdef eng_intervals(Eng* e, const double[::1] cens, const double[::1] iv_lo,
     e.seta = &uw[5 * n]
 
 
+cdef struct Linear:
+    const double* y
+    const double* X
+    const double* beta
+    const double* W
+    const double* tau
+    double* r0
+    double* eta
+    double* xg
+    Py_ssize_t n
+    int p
+    int k
+
+
+cdef void linear_predictors(Linear* lin, Shared* sh, Py_ssize_t start,
+                            Py_ssize_t stop) noexcept nogil:
+    """r0 = y - X beta and eta = W tau on the rows of one group."""
+    cdef Py_ssize_t i, n = lin.n
+    cdef int a
+    cdef double acc
+    for i in range(start, stop):
+        acc = lin.y[i]
+        for a in range(lin.p):
+            acc -= lin.X[a * n + i] * lin.beta[a]
+        lin.r0[i] = acc
+        acc = 0.0
+        for a in range(lin.k):
+            acc += lin.W[a * n + i] * lin.tau[a]
+        lin.eta[i] = acc
+
+
+cdef void gradient_sums(Linear* lin, Shared* sh, Py_ssize_t start, Py_ssize_t stop,
+                        Py_ssize_t j) noexcept nogil:
+    """Group j's X_j' g_mu and W_j' g_ws."""
+    cdef Py_ssize_t i, n = lin.n
+    cdef int a, width = lin.p + lin.k
+    cdef double acc
+    for a in range(lin.p):
+        acc = 0.0
+        for i in range(start, stop):
+            acc += lin.X[a * n + i] * sh.gmu[i]
+        lin.xg[j * width + a] = acc
+    for a in range(lin.k):
+        acc = 0.0
+        for i in range(start, stop):
+            acc += lin.W[a * n + i] * sh.gws[i]
+        lin.xg[j * width + lin.p + a] = acc
+
+
 def engine_loglik(
     const double[::1] r0,
     const double[::1] eta,
@@ -1232,6 +1281,12 @@ def engine_loglik(
     const double[::1] iv_hi=None,
     int link=0,
     double[::1] g_hi=None,
+    const double[::1] y=None,
+    const double[::1, :] X=None,
+    const double[::1] beta=None,
+    const double[::1, :] W=None,
+    const double[::1] tau=None,
+    double[:, ::1] xg=None,
 ):
     """The kernel: per-group log-likelihood, posterior moments and gradients.
 
@@ -1298,6 +1353,13 @@ def engine_loglik(
     g_hi : (n_obs,) output, optional
         Gradient in ``iv_hi`` of each interval unit (0 elsewhere); the gradient
         in ``iv_lo`` is -g_mu - g_hi.
+    y, X, beta, W, tau : optional
+        With ``y``: ``r0`` and ``eta`` are outputs, computed group by group in
+        the parallel loop as ``y - X beta`` and ``W tau`` (X and W column-major),
+        so that no serial pass over the units precedes the kernel.
+    xg : (n_groups, p + k) output, optional
+        With ``y`` and ``compute_grad``: each group's sums X_j' g_mu and
+        W_j' g_ws (summed over groups in a fixed order by the caller).
     """
     cdef int q = Z.shape[1], s = H.shape[1]
     cdef int d = q + s
@@ -1365,6 +1427,31 @@ def engine_loglik(
     sh.gmu = &g_mu[0]
     sh.gws = &g_ws[0]
     sh.gz = &g_z[0, 0]
+    cdef Linear lin
+    lin.y = NULL
+    lin.xg = NULL
+    if y is not None:
+        if (X is None or W is None or beta is None or tau is None
+                or X.shape[0] != r0.shape[0] or W.shape[0] != r0.shape[0]
+                or y.shape[0] != r0.shape[0] or X.shape[1] != beta.shape[0]
+                or W.shape[1] != tau.shape[0] or X.shape[1] == 0 or W.shape[1] == 0):
+            raise ValueError("engine_loglik: y needs X, beta, W and tau of matching shapes")
+        if cens is not None:
+            raise ValueError("engine_loglik: interval units take r0 and eta as inputs")
+        lin.y = &y[0]
+        lin.X = &X[0, 0]
+        lin.beta = &beta[0]
+        lin.W = &W[0, 0]
+        lin.tau = &tau[0]
+        lin.r0 = <double*> &r0[0]
+        lin.eta = <double*> &eta[0]
+        lin.n = r0.shape[0]
+        lin.p = X.shape[1]
+        lin.k = W.shape[1]
+        if xg is not None and compute_grad:
+            if xg.shape[0] != n_groups or xg.shape[1] != lin.p + lin.k:
+                raise ValueError("engine_loglik: xg must be (n_groups, p + k)")
+            lin.xg = &xg[0, 0]
     with nogil, parallel(num_threads=nt):
         # each thread: its own copy of the Eng and its own work arrays
         buf = <double*> malloc(n_buf * sizeof(double))
@@ -1373,10 +1460,13 @@ def engine_loglik(
         p = eng_bind(ep, buf)
         wk = eng_work(p, q, d)
         for j in prange(n_groups, schedule="dynamic"):
+            if lin.y != NULL:
+                linear_predictors(&lin, &sh, group_ptr[j], group_ptr[j + 1])
             eng_one_group(ep, &wk, &sh, j)
+            if lin.xg != NULL:
+                gradient_sums(&lin, &sh, group_ptr[j], group_ptr[j + 1], j)
         free(wk.idx)
         free(buf)
-
 
 
 def engine_points(

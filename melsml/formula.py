@@ -367,7 +367,12 @@ def build_design(
         mats[opt] = _matrix(specs[opt], frame, opt)
     arrays, names = {}, {}
     for opt, mat in mats.items():
-        arr = np.ascontiguousarray(np.asarray(mat, dtype=float))
+        # the fixed-effect designs column-major, the layout the likelihood reads
+        # (X @ b and X.T @ g by columns): no copy of them at any evaluation
+        as_layout = (
+            np.ascontiguousarray if opt in ("re_formula", "ws_re_formula") else np.asfortranarray
+        )
+        arr = as_layout(np.asarray(mat, dtype=float))
         nm = tuple(str(c) for c in mat.model_spec.column_names)
         _check_design(arr, nm, opt, specs[opt], rank=checks)
         arrays[opt], names[opt] = arr, nm

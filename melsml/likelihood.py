@@ -90,6 +90,10 @@ class FitState:
         return self.layout.unpack(self.theta)
 
 
+#: from this many units up, every plan's kernel runs on all cores by default
+THREADED_ROWS = 200_000
+
+
 def check_threads(n_threads) -> int:
     """``n_threads`` as a positive int, or a clear error."""
     if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 1:
@@ -194,14 +198,24 @@ class MELSObjective:
         self.plan, self._h, self._h_const = plan_for_design(st, options, design)
         self.gh_x, self.gh_logw = gauss_hermite(self.plan.n_points)
         # threads pay off where each node costs O(n_j) (a unit-level scale design, a
-        # censored or ordinal outcome) or there are many nodes; a constant-h exact
-        # plan is faster on one thread
-        heavy = self.plan.unit_level_scale or self.plan.n_nodes > 50 or design.interval_outcome
+        # censored or ordinal outcome), there are many nodes, or many units (the
+        # per-unit passes); a constant-h exact plan on smaller data is faster on
+        # one thread
+        heavy = (
+            self.plan.unit_level_scale
+            or self.plan.n_nodes > 50
+            or design.interval_outcome
+            or design.n_obs > THREADED_ROWS
+        )
         self.n_threads = (0 if heavy else 1) if n_threads is None else check_threads(n_threads)
         # BLAS where the plan's kernel runs on one thread, numpy's loops where it is
         # threaded; by the plan, not the thread count, so that results do not
         # depend on the thread count
         self._blas = not heavy
+        # threaded plans form r0 and eta in the kernel's parallel loop, and each
+        # group's X'g there (7% faster evaluations at 540k rows); one-thread plans
+        # use BLAS (5% faster at 72k); interval outcomes need r0 before the kernel
+        self._fused = heavy and not design.interval_outcome
         self._x_re = None if st.bs else np.ascontiguousarray(design.x_re)
         m = self.plan.dim
         self._centers = np.zeros((j, m + m * m))
@@ -244,6 +258,25 @@ class MELSObjective:
         return p, dict(
             r0=np.ascontiguousarray(self.design.y - matvec(self._x_mean, p["beta"], self._blas)),
             eta=np.ascontiguousarray(matvec(self._x_ws, p["tau"], self._blas)),
+            Z=self._z(p),
+            H=self._h,
+            h_const=self._h_const,
+            group_ptr=self.design.group_ptr,
+            Kvv=kvv,
+            Kuv=kuv,
+            C=c,
+            w=self._w,
+        )
+
+    def _fused_inputs(self, theta: np.ndarray) -> tuple[dict, dict]:
+        """As :meth:`_inputs`, with r0 and eta left for the kernel to fill."""
+        p = self.layout.unpack(theta)
+        L = p["L"]
+        kvv, kuv, c = scale_first_factor(L @ L.T, self.layout.q)
+        n = self.design.n_obs
+        return p, dict(
+            r0=np.empty(n),
+            eta=np.empty(n),
             Z=self._z(p),
             H=self._h,
             h_const=self._h_const,
@@ -308,7 +341,13 @@ class MELSObjective:
         """
         d, lay = self.design, self.layout
         st = lay.structure
-        p, inputs = self._inputs(theta)
+        fused = self._fused
+        if fused:
+            # the kernel forms r0 = y - X beta and eta = W tau group by group, in
+            # its parallel loop, and each group's X'g and W'g
+            p, inputs = self._fused_inputs(theta)
+        else:
+            p, inputs = self._inputs(theta)
         q, s = st.q, st.s
         dim = q + s
         z = inputs["Z"]
@@ -318,7 +357,12 @@ class MELSObjective:
         dtq = np.empty(j)
         cen = self._centers if centers is None else np.array(centers, dtype=float, order="C")
         g_mu, g_ws, g_z = np.empty(n), np.empty(n), np.empty((n, q))
-        intervals = self._intervals(inputs["r0"], p)
+        intervals = {} if fused else self._intervals(inputs["r0"], p)
+        xg = np.empty((j, self._x_mean.shape[1] + self._x_ws.shape[1])) if fused else None
+        if fused:
+            intervals = dict(
+                y=d.y, X=self._x_mean, beta=p["beta"], W=self._x_ws, tau=p["tau"], xg=xg
+            )
         _quad.engine_loglik(
             **inputs,
             L=np.ascontiguousarray(p["L"]),
@@ -359,7 +403,16 @@ class MELSObjective:
             )
         g_bs = 0.5 * z[:, 0] * g_z[:, 0] if st.bs else None
         grad = None
-        if score:
+        if score and fused:
+            if self._gw is not None:
+                xg = xg * self._gw[:, None]
+            k_mean = self._x_mean.shape[1]
+            blocks = [xg[:, :k_mean].sum(axis=0)]
+            if st.bs:
+                blocks.append(rmatvec(self._x_bs, g_bs, self._blas))
+            blocks += [xg[:, k_mean:].sum(axis=0), grad_random.sum(axis=0)]
+            grad = np.concatenate(blocks)
+        elif score:
             blocks = [rmatvec(self._x_mean, g_mu, self._blas)]
             if grad_thr is not None:
                 blocks.append(grad_thr.sum(axis=0))

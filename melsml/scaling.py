@@ -127,6 +127,14 @@ class _Block:
         return out
 
 
+def _divided(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``x / scale`` as a new C-contiguous array, or ``x`` itself when every scale
+    is 1 (a random intercept's column of ones is not copied)."""
+    if np.all(scale == 1.0) and x.flags.c_contiguous:
+        return x
+    return np.ascontiguousarray(x / scale)
+
+
 def design_moments(design: DesignMatrices) -> dict[str, ColumnMoments]:
     """The (row-weighted) column moments of the outcome and of every design block."""
     w = design.row_weights
@@ -185,8 +193,8 @@ class Scaling:
             x_mean=self.mean.apply(design.x_mean),
             x_bs=self.bs.apply(design.x_bs),
             x_ws=self.ws.apply(design.x_ws),
-            x_re=np.ascontiguousarray(design.x_re / self.re_scale),
-            x_scale=np.ascontiguousarray(design.x_scale / self.scale_scale),
+            x_re=_divided(design.x_re, self.re_scale),
+            x_scale=_divided(design.x_scale, self.scale_scale),
         )
 
     @property

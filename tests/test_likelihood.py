@@ -102,3 +102,18 @@ def test_loglike_is_invariant_to_row_order_and_group_relabelling(data, seed):
     perm["school"] = perm["school"].map(mapping)
     other = MELS.from_formula("y ~ prior + fsm", perm, "school", ws_formula="~ prior")
     assert other.loglike(theta) == pytest.approx(model.loglike(theta), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_linear_predictors_in_the_kernel_equal_those_formed_first(data, name):
+    """The fused path (r0, eta and each group's X'g formed in the kernel's loop,
+    taken on large data) equals the NumPy path, with group weights too."""
+    df = data.assign(gw=1.0 + (data["school"] % 3))
+    model = MELS.from_formula("y ~ prior + fsm", df, "school", group_weights="gw", **SPECS[name])
+    for theta in random_points(model, n=2):
+        objs = [model.objective(), model.objective()]
+        objs[0]._fused, objs[1]._fused = True, False
+        fused, plain = (o.evaluate(theta) for o in objs)
+        assert fused.llf == pytest.approx(plain.llf, rel=1e-12)
+        np.testing.assert_allclose(fused.score, plain.score, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(fused.grad_mu, plain.grad_mu, rtol=1e-9, atol=1e-12)

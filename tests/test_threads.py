@@ -83,3 +83,27 @@ def test_bad_thread_counts(data):
     for bad in (0, -1, 1.5, "2", True):
         with pytest.raises(MELSInputError, match="n_threads"):
             model.fit(n_threads=bad)
+
+
+@pytest.mark.parametrize(
+    "spec", ["model 3 (exact location)", "random scale slope (unit-level nodes)"]
+)
+def test_large_data_fits_do_not_depend_on_the_thread_count(data, monkeypatch, spec):
+    """From THREADED_ROWS units the kernel forms the linear predictors and each
+    group's X'g in its parallel loop: still the same bit for bit."""
+    from melsml import likelihood
+
+    monkeypatch.setattr(likelihood, "THREADED_ROWS", 100)
+    kw = dict(SPECS[spec])
+    formula = kw.pop("formula")
+    model = MELS.from_formula(formula, data, "school", **kw)
+    assert model.objective()._fused
+    fits = []
+    for n in (1, 2, 4):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fits.append(model.fit(n_threads=n))
+    for res in fits[1:]:
+        assert res.llf == fits[0].llf
+        assert np.array_equal(res.params.to_numpy(), fits[0].params.to_numpy())
+        assert np.array_equal(res.bse.to_numpy(), fits[0].bse.to_numpy())
