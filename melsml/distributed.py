@@ -103,6 +103,7 @@ class Part:
         self.objective: MELSObjective | None = None
         self.final = None
         self.final_plan = None
+        self.n_threads = 1
 
 
 def build_part(frame: pd.DataFrame, formula: str, groups: str, kw: dict) -> Part:
@@ -162,6 +163,10 @@ def fit_part(part: Part, scaling: Scaling | None, layout, options, n_threads) ->
     """A part for one fit: the same design, with the objective over its
     standardised copy."""
     fitted = Part(part.n_rows, part.missing, part.design)
+    # each evaluation task holds one of the worker's threads: its kernel runs on
+    # one thread unless told otherwise
+    n_threads = 1 if n_threads is None else n_threads
+    fitted.n_threads = n_threads
     if part.design is not None:
         design = part.design if scaling is None else scaling.design(part.design)
         fitted.objective = MELSObjective(design, layout, options, n_threads)
@@ -197,11 +202,11 @@ def score_outer_part(part: Part, theta: np.ndarray) -> np.ndarray | None:
     return g.T @ g
 
 
-def final_part(part: Part, theta: np.ndarray, layout, options, n_threads) -> PartialSum | None:
+def final_part(part: Part, theta: np.ndarray, layout, options) -> PartialSum | None:
     """The evaluation at the estimates in the data's units, kept for predictions."""
     if part.objective is None:
         return None
-    obj = MELSObjective(part.design, layout, options, n_threads)
+    obj = MELSObjective(part.design, layout, options, part.n_threads)
     part.final = obj.evaluate(theta, centers=part.objective.centers)
     part.final_plan = obj.plan
     return PartialSum(part.final.llf, part.final.score, 1)
@@ -595,7 +600,6 @@ class DistributedObjective:
             theta=np.asarray(theta, dtype=float),
             layout=self.layout,
             options=self.options,
-            n_threads=self.n_threads,
             pure=False,
         )
         total: PartialSum = tree_sum(client, futures)

@@ -200,7 +200,8 @@ class DistributedMELS(MELSCore):
         client=None,
     ) -> DistributedResults:
         """Fit by maximum likelihood on the cluster (see :meth:`MELS.fit`;
-        ``n_threads`` is per worker)."""
+        ``n_threads`` is per evaluation task, default 1: each task holds one of
+        its worker's threads)."""
         if backend != "dask":
             raise MELSInputError(
                 f"backend={backend!r}: the data of this model are on a Dask cluster "
