@@ -15,7 +15,7 @@ from .config import COARSE_POINTS, Association, Integration, ModelOptions
 from .exceptions import BoundaryWarning, MELSInputError
 from .formula import DesignMatrices, collapse_duplicates
 from .identify import check_identifiable
-from .likelihood import MELSObjective, check_threads
+from .likelihood import THREADED_ROWS, MELSObjective, check_threads
 from .optimize import maximize, warn_fit
 from .ordinal import threshold_names
 from .params import ParamLayout, as_param_vector
@@ -202,7 +202,9 @@ class MELSCore:
             tol=tol,
             boundary_params=boundary,
             coarse=coarse,
-            forward_hessian=std_sample.interval_outcome,
+            # expensive evaluations (interval outcomes, large data): the Hessian
+            # from forward differences of the score, k evaluations instead of 2k
+            forward_hessian=std_sample.interval_outcome or self.design.n_obs > THREADED_ROWS,
         )
         offset, jac = scaling.affine(self.layout)
         theta = offset + jac @ theta_std

@@ -107,3 +107,18 @@ def test_large_data_fits_do_not_depend_on_the_thread_count(data, monkeypatch, sp
         assert res.llf == fits[0].llf
         assert np.array_equal(res.params.to_numpy(), fits[0].params.to_numpy())
         assert np.array_equal(res.bse.to_numpy(), fits[0].bse.to_numpy())
+
+
+def test_large_data_standard_errors_from_forward_differences_agree(data, monkeypatch):
+    """Large data take the Hessian from forward differences of the score (k
+    evaluations instead of 2k): the standard errors agree with central ones."""
+    from melsml import likelihood, mels_core
+
+    model = MELS.from_formula("y ~ prior", data, "school", ws_formula="~ prior")
+    central = model.fit()
+    monkeypatch.setattr(mels_core, "THREADED_ROWS", 100)
+    monkeypatch.setattr(likelihood, "THREADED_ROWS", 100)
+    forward = model.fit()
+    assert forward.fit_info.n_evals < central.fit_info.n_evals
+    np.testing.assert_allclose(forward.params, central.params, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(forward.bse, central.bse, rtol=1e-4)
