@@ -179,11 +179,10 @@ class PartialSum:
 
     llf: float
     score: np.ndarray | None
-    n_evals: int = 0
 
     def __add__(self, other: PartialSum) -> PartialSum:
         score = None if self.score is None else self.score + other.score
-        return PartialSum(self.llf + other.llf, score, max(self.n_evals, other.n_evals))
+        return PartialSum(self.llf + other.llf, score)
 
 
 def evaluate_part(part: Part, theta: np.ndarray, score: bool, adapt: bool) -> PartialSum | None:
@@ -192,7 +191,7 @@ def evaluate_part(part: Part, theta: np.ndarray, score: bool, adapt: bool) -> Pa
     if part.objective is None:
         return None
     ev = part.objective.evaluate(theta, score=score, adapt=adapt)
-    return PartialSum(ev.llf, ev.score, 1)
+    return PartialSum(ev.llf, ev.score)
 
 
 def score_outer_part(part: Part, theta: np.ndarray) -> np.ndarray | None:
@@ -209,7 +208,7 @@ def final_part(part: Part, theta: np.ndarray, layout, options) -> PartialSum | N
     obj = MELSObjective(part.design, layout, options, part.n_threads)
     part.final = obj.evaluate(theta, centers=part.objective.centers)
     part.final_plan = obj.plan
-    return PartialSum(part.final.llf, part.final.score, 1)
+    return PartialSum(part.final.llf, part.final.score)
 
 
 def _add(*items):
@@ -319,7 +318,6 @@ class DistributedData:
         full = [s for s in summaries if s["n_obs"]]
         if not full:
             raise MELSInputError("no rows left after dropping rows with missing values")
-        self.summaries = full
         labels = np.concatenate([s["labels"] for s in full])
         sizes = np.concatenate([s["sizes"] for s in full])
         order = np.argsort(labels, kind="stable")
@@ -561,11 +559,6 @@ class DistributedObjective:
 
     def reset_counter(self) -> None:
         self.n_evals = 0
-
-    @property
-    def centers(self) -> None:
-        """The node placements stay with the parts."""
-        return None
 
     def evaluate(self, theta: np.ndarray, *, score: bool = True, adapt: bool = True, centers=None):
         """Log-likelihood (and score) at ``theta``, summed over the parts."""

@@ -250,33 +250,21 @@ class MELSObjective:
         the unit weights (the arguments :func:`melsml._quad.engine_points` takes)."""
         return self._inputs(theta)[1]
 
-    def _inputs(self, theta: np.ndarray) -> tuple[dict, dict]:
-        """The parameters split into blocks, and the kernel's arrays at ``theta``."""
-        p = self.layout.unpack(theta)
-        L = p["L"]
-        kvv, kuv, c = scale_first_factor(L @ L.T, self.layout.q)
-        return p, dict(
-            r0=np.ascontiguousarray(self.design.y - matvec(self._x_mean, p["beta"], self._blas)),
-            eta=np.ascontiguousarray(matvec(self._x_ws, p["tau"], self._blas)),
-            Z=self._z(p),
-            H=self._h,
-            h_const=self._h_const,
-            group_ptr=self.design.group_ptr,
-            Kvv=kvv,
-            Kuv=kuv,
-            C=c,
-            w=self._w,
-        )
-
-    def _fused_inputs(self, theta: np.ndarray) -> tuple[dict, dict]:
-        """As :meth:`_inputs`, with r0 and eta left for the kernel to fill."""
+    def _inputs(self, theta: np.ndarray, fused: bool = False) -> tuple[dict, dict]:
+        """The parameters split into blocks, and the kernel's arrays at ``theta``
+        (``fused``: r0 and eta left empty, for the kernel to fill)."""
         p = self.layout.unpack(theta)
         L = p["L"]
         kvv, kuv, c = scale_first_factor(L @ L.T, self.layout.q)
         n = self.design.n_obs
+        if fused:
+            r0, eta = np.empty(n), np.empty(n)
+        else:
+            r0 = np.ascontiguousarray(self.design.y - matvec(self._x_mean, p["beta"], self._blas))
+            eta = np.ascontiguousarray(matvec(self._x_ws, p["tau"], self._blas))
         return p, dict(
-            r0=np.empty(n),
-            eta=np.empty(n),
+            r0=r0,
+            eta=eta,
             Z=self._z(p),
             H=self._h,
             h_const=self._h_const,
@@ -341,13 +329,10 @@ class MELSObjective:
         """
         d, lay = self.design, self.layout
         st = lay.structure
+        # fused: the kernel forms r0 = y - X beta and eta = W tau group by group,
+        # in its parallel loop, and each group's X'g and W'g
         fused = self._fused
-        if fused:
-            # the kernel forms r0 = y - X beta and eta = W tau group by group, in
-            # its parallel loop, and each group's X'g and W'g
-            p, inputs = self._fused_inputs(theta)
-        else:
-            p, inputs = self._inputs(theta)
+        p, inputs = self._inputs(theta, fused)
         q, s = st.q, st.s
         dim = q + s
         z = inputs["Z"]
@@ -357,12 +342,14 @@ class MELSObjective:
         dtq = np.empty(j)
         cen = self._centers if centers is None else np.array(centers, dtype=float, order="C")
         g_mu, g_ws, g_z = np.empty(n), np.empty(n), np.empty((n, q))
-        intervals = {} if fused else self._intervals(inputs["r0"], p)
-        xg = np.empty((j, self._x_mean.shape[1] + self._x_ws.shape[1])) if fused else None
+        k_mean = self._x_mean.shape[1]
         if fused:
+            xg = np.empty((j, k_mean + self._x_ws.shape[1]))
             intervals = dict(
                 y=d.y, X=self._x_mean, beta=p["beta"], W=self._x_ws, tau=p["tau"], xg=xg
             )
+        else:
+            intervals = self._intervals(inputs["r0"], p)
         _quad.engine_loglik(
             **inputs,
             L=np.ascontiguousarray(p["L"]),
@@ -403,22 +390,19 @@ class MELSObjective:
             )
         g_bs = 0.5 * z[:, 0] * g_z[:, 0] if st.bs else None
         grad = None
-        if score and fused:
-            if self._gw is not None:
-                xg = xg * self._gw[:, None]
-            k_mean = self._x_mean.shape[1]
-            blocks = [xg[:, :k_mean].sum(axis=0)]
-            if st.bs:
-                blocks.append(rmatvec(self._x_bs, g_bs, self._blas))
-            blocks += [xg[:, k_mean:].sum(axis=0), grad_random.sum(axis=0)]
-            grad = np.concatenate(blocks)
-        elif score:
-            blocks = [rmatvec(self._x_mean, g_mu, self._blas)]
+        if score:
+            if fused:
+                xw = xg if self._gw is None else xg * self._gw[:, None]
+                g_beta, g_tau = xw[:, :k_mean].sum(axis=0), xw[:, k_mean:].sum(axis=0)
+            else:
+                g_beta = rmatvec(self._x_mean, g_mu, self._blas)
+                g_tau = rmatvec(self._x_ws, g_ws, self._blas)
+            blocks = [g_beta]
             if grad_thr is not None:
                 blocks.append(grad_thr.sum(axis=0))
             if st.bs:
                 blocks.append(rmatvec(self._x_bs, g_bs, self._blas))
-            blocks += [rmatvec(self._x_ws, g_ws, self._blas), grad_random.sum(axis=0)]
+            blocks += [g_tau, grad_random.sum(axis=0)]
             grad = np.concatenate(blocks)
         return Evaluation(
             theta=np.array(theta, dtype=float),

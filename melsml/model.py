@@ -4,6 +4,7 @@ choice of backend; the fit itself is :class:`~melsml.mels_core.MELSCore`'s."""
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 
 import pandas as pd
 
@@ -22,6 +23,12 @@ from .threelevel import ThreeLevelMELS
 __all__ = ["MELS"]
 
 logger = logging.getLogger(__name__)
+
+#: from_formula's arguments that are model options, and those the design takes
+_OPTION_KEYS = tuple(f.name for f in fields(ModelOptions))
+_DESIGN_KEYS = (
+    "bs_formula", "ws_formula", "re_formula", "ws_re_formula", "group_weights", "weights",
+)  # fmt: skip
 
 
 class MELS(MELSCore):
@@ -207,43 +214,16 @@ class MELS(MELSCore):
             return cls._three_level(formula, data, groups, locals())
         if not isinstance(groups, str):
             groups = groups[0]
-        ModelOptions(
-            random_scale=random_scale,
-            association=association,
-            integration=integration,
-            n_points=n_points,
-            weight_type=weight_type,
-            weight_scaling=weight_scaling,
-            family=family,
-            link=link,
-        )  # fail fast on options
+        given = locals()
+        options = {k: given[k] for k in _OPTION_KEYS}
+        ModelOptions(**options)  # fail fast on options
         if family == "ordinal" and censoring is not None:
             raise MELSInputError("censoring applies to Gaussian outcomes, not family='ordinal'")
-        design = build_design(
-            formula,
-            data,
-            groups,
-            bs_formula=bs_formula,
-            ws_formula=ws_formula,
-            re_formula=re_formula,
-            ws_re_formula=ws_re_formula,
-            group_weights=group_weights,
-            weights=weights,
-        )
+        design = build_design(formula, data, groups, **{k: given[k] for k in _DESIGN_KEYS})
         design = apply_censoring(design, data, censoring)
         if family == "ordinal":
             design = apply_ordinal(design)
-        return cls(
-            design,
-            family=family,
-            link=link,
-            random_scale=random_scale,
-            association=association,
-            integration=integration,
-            n_points=n_points,
-            weight_type=weight_type,
-            weight_scaling=weight_scaling,
-        )
+        return cls(design, **options)
 
     @staticmethod
     def _dask(formula, data, groups, given: dict) -> MELS:
@@ -268,29 +248,9 @@ class MELS(MELSCore):
                 f"Dask data fit two-level models of one Gaussian outcome ({what} given): "
                 "compute() the data into pandas for this model"
             )
-        kw = {
-            k: given[k]
-            for k in (
-                "bs_formula",
-                "ws_formula",
-                "re_formula",
-                "ws_re_formula",
-                "group_weights",
-                "weights",
-            )
-        }
-        options = {
-            k: given[k]
-            for k in (
-                "random_scale",
-                "association",
-                "integration",
-                "n_points",
-                "weight_type",
-                "weight_scaling",
-            )
-        }
+        options = {k: given[k] for k in _OPTION_KEYS}
         ModelOptions(**options)  # fail fast on options
+        kw = {k: given[k] for k in _DESIGN_KEYS}
         return DistributedMELS.from_dask(
             formula, data, groups, kw, options, given["client"], given["npartitions"]
         )
