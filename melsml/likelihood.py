@@ -213,8 +213,8 @@ class MELSObjective:
         # depend on the thread count
         self._blas = not heavy
         # threaded plans form r0 and eta in the kernel's parallel loop, and each
-        # group's X'g there (7% faster evaluations at 540k rows); one-thread plans
-        # use BLAS (5% faster at 72k); interval outcomes need r0 before the kernel
+        # group's X'g there (faster at 540k rows in an A/B timing); one-thread
+        # plans use BLAS (faster at 72k); interval outcomes need r0 before the kernel
         self._fused = heavy and not design.interval_outcome
         self._x_re = None if st.bs else np.ascontiguousarray(design.x_re)
         m = self.plan.dim
