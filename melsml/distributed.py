@@ -30,6 +30,7 @@ from .formula import (
     check_rank,
     check_scale_facts,
     scale_design_facts,
+    take_groups,
 )
 from .identify import check_outcome
 from .likelihood import MELSObjective
@@ -237,27 +238,7 @@ def tree_sum(client, futures: list, split_every: int = 8):
 # ------------------------------------------------------------------ designs
 def slice_groups(design: DesignMatrices, g0: int, g1: int) -> DesignMatrices:
     """Groups ``g0`` to ``g1 - 1`` of a design (its rows are sorted by group)."""
-    a, b = int(design.group_ptr[g0]), int(design.group_ptr[g1])
-
-    def rows(x):
-        return None if x is None else np.ascontiguousarray(x[a:b])
-
-    return replace(
-        design,
-        y=rows(design.y),
-        x_mean=rows(design.x_mean),
-        x_bs=rows(design.x_bs),
-        x_ws=rows(design.x_ws),
-        x_re=rows(design.x_re),
-        x_scale=rows(design.x_scale),
-        group_ptr=design.group_ptr[g0 : g1 + 1] - a,
-        group_labels=design.group_labels[g0:g1],
-        row_index=design.row_index[a:b],
-        row_position=rows(design.row_position),
-        group_weights=None if design.group_weights is None else design.group_weights[g0:g1],
-        unit_weights=rows(design.unit_weights),
-        censoring=rows(design.censoring),
-    )
+    return take_groups(design, slice(g0, g1))
 
 
 def concat_designs(designs: list[DesignMatrices]) -> DesignMatrices:

@@ -506,6 +506,42 @@ def encode_rows(design: DesignMatrices, data: pd.DataFrame) -> dict[str, np.ndar
     return out
 
 
+def take_groups(design: DesignMatrices, groups: slice | np.ndarray) -> DesignMatrices:
+    """The design of some of its groups: a slice of group positions (its rows are
+    then a slice too) or increasing group positions; rows keep their order."""
+    sizes = design.group_sizes
+    if isinstance(groups, slice):
+        g0, g1, _ = groups.indices(design.n_groups)
+        a, b = int(design.group_ptr[g0]), int(design.group_ptr[g1])
+        rows: slice | np.ndarray = slice(a, b)
+        group_ptr = design.group_ptr[g0 : g1 + 1] - a
+    else:
+        keep = np.zeros(design.n_groups, dtype=bool)
+        keep[groups] = True
+        rows = np.repeat(keep, sizes)
+        group_ptr = np.concatenate([[0], np.cumsum(sizes[groups])]).astype(np.intp)
+
+    def take(x):
+        return None if x is None else np.ascontiguousarray(x[rows])
+
+    return replace(
+        design,
+        y=take(design.y),
+        x_mean=take(design.x_mean),
+        x_bs=take(design.x_bs),
+        x_ws=take(design.x_ws),
+        x_re=take(design.x_re),
+        x_scale=take(design.x_scale),
+        group_ptr=group_ptr,
+        group_labels=design.group_labels[groups],
+        row_index=design.row_index[rows],
+        row_position=take(design.row_position),
+        group_weights=None if design.group_weights is None else design.group_weights[groups],
+        unit_weights=take(design.unit_weights),
+        censoring=take(design.censoring),
+    )
+
+
 def collapse_duplicates(design: DesignMatrices, min_saving: float = 0.2) -> DesignMatrices | None:
     """The design with identical rows within each group merged into one row with a
     frequency weight (the count), or None when that saves less than ``min_saving``

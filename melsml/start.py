@@ -16,13 +16,16 @@ from .params import ParamLayout
 _LOG_CHI2_BIAS = -1.2703628454614782
 
 
-def _ols(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least squares by the normal equations (the designs are standardised and of
-    full rank), falling back to an SVD solve."""
+def _ols(x: np.ndarray, y: np.ndarray | None = None, *, constant: float = 0.0) -> np.ndarray:
+    """Least squares of ``y`` (or of ``constant`` in every row) on ``x`` by the
+    normal equations (the designs are standardised and of full rank), falling
+    back to an SVD solve."""
+    xty = x.sum(axis=0) * constant if y is None else x.T @ y
     try:
-        return np.linalg.solve(x.T @ x, x.T @ y)
+        return np.linalg.solve(x.T @ x, xty)
     except np.linalg.LinAlgError:
-        return np.linalg.lstsq(x, y, rcond=None)[0]
+        target = np.full(x.shape[0], constant) if y is None else y
+        return np.linalg.lstsq(x, target, rcond=None)[0]
 
 
 def start_values(design: DesignMatrices, layout: ParamLayout, link: str = "probit") -> np.ndarray:
@@ -30,25 +33,38 @@ def start_values(design: DesignMatrices, layout: ParamLayout, link: str = "probi
     if design.categories is not None:
         return _ordinal_start(design, layout, link)
     d = design
+    counts = d.group_sizes
     beta = _ols(d.x_mean, d.y)
     resid = d.y - d.x_mean @ beta
-    sizes = d.group_sizes.astype(float)
-    gidx = d.group_index
-    gmean = np.bincount(gidx, weights=resid) / sizes
-    within = resid - gmean[gidx]
-    multi = sizes[gidx] > 1
+    sizes = counts.astype(float)
+    gmean = np.add.reduceat(resid, d.group_ptr[:-1]) / sizes
+    var_resid = float(np.var(resid))
+    within = resid  # in place: the residuals are not needed again
+    within -= np.repeat(gmean, counts)
+    n_multi = int(counts[counts > 1].sum())
     dof = max(d.n_obs - d.n_groups, 1)
-    s2_within = float(np.sum(within**2) / dof) if multi.any() else float(np.var(resid))
+    sq = within * within
+    s2_within = float(sq.sum() / dof) if n_multi else var_resid
     s2_between = float(np.var(gmean) - np.mean(s2_within / sizes))
-    s2_between = max(s2_between, 0.05 * float(np.var(resid)), 1e-8)
+    s2_between = max(s2_between, 0.05 * var_resid, 1e-8)
 
-    alpha = _ols(d.x_bs, np.full(d.n_obs, np.log(s2_between)))
-    if multi.sum() > d.x_ws.shape[1]:
-        scaled = within[multi] ** 2 * (sizes[gidx][multi] / (sizes[gidx][multi] - 1.0))
-        target = np.log(scaled + 1e-12 * s2_within) - _LOG_CHI2_BIAS
-        tau = _ols(d.x_ws[multi], target)
+    alpha = _ols(d.x_bs, constant=np.log(s2_between))
+    if n_multi > d.x_ws.shape[1]:
+        # log of each squared within-group residual, scaled by n/(n-1); rows of
+        # groups of one carry no within-group information
+        with np.errstate(divide="ignore", invalid="ignore"):
+            target = sq * np.repeat(sizes / (sizes - 1.0), counts)
+        target += 1e-12 * s2_within
+        np.log(target, out=target)
+        target -= _LOG_CHI2_BIAS
+        if n_multi < d.n_obs:
+            multi = np.repeat(counts > 1, counts)
+            tau = _ols(d.x_ws[multi], target[multi])
+        else:
+            tau = _ols(d.x_ws, target)
+        del target
     else:
-        tau = _ols(d.x_ws, np.full(d.n_obs, np.log(s2_within)))
+        tau = _ols(d.x_ws, constant=np.log(s2_within))
 
     if not layout.structure.bs:
         alpha = np.zeros(0)
@@ -56,8 +72,9 @@ def start_values(design: DesignMatrices, layout: ParamLayout, link: str = "probi
     var_omega, tau_l = 0.1, 0.0
     big = sizes > 2
     if big.sum() >= 3:
-        scaled_w = within**2 / np.exp(d.x_ws @ tau)
-        s2_g = np.bincount(gidx, weights=scaled_w)[big] / (sizes[big] - 1.0)
+        scaled_w = np.exp(-(d.x_ws @ tau))
+        scaled_w *= sq
+        s2_g = np.add.reduceat(scaled_w, d.group_ptr[:-1])[big] / (sizes[big] - 1.0)
         log_s2 = np.log(s2_g + 1e-12)
         var_omega = float(np.var(log_s2) - np.mean(2.0 / (sizes[big] - 1.0)))
         var_omega = max(var_omega, 0.01)
