@@ -243,6 +243,9 @@ cdef void eng_group(Eng* e, Py_ssize_t start, Py_ssize_t stop, int const_h,
     for a in range(s):
         e.h[a] = H[start * s + a]
     e.ncens = 0.0
+    if const_h and q == 1 and e.cs == NULL:
+        eng_group_11(e, start, stop, r0, eta, Z)
+        return
     for i in range(start, stop):
         wi = e.w[i] if e.w != NULL else 1.0
         e.invd[i] = wi * exp(-eta[i])
@@ -262,6 +265,60 @@ cdef void eng_group(Eng* e, Py_ssize_t start, Py_ssize_t stop, int const_h,
     for a in range(q):
         for b in range(a + 1, q):
             e.lam0[a * q + b] = e.lam0[b * q + a]
+
+
+cdef void eng_group_11(Eng* e, Py_ssize_t start, Py_ssize_t stop, const double* r0,
+                       const double* eta, const double* Z) noexcept nogil:
+    """eng_group's pass for one location effect, h constant in the group and no
+    interval units (the random-intercept models): the same sums in the same
+    order, kept in registers (the struct's fields may alias the arrays)."""
+    cdef Py_ssize_t i
+    cdef double* invd = e.invd
+    cdef const double* wp = e.w
+    cdef double n = 0.0, sumeta = 0.0, A = 0.0, b0 = 0.0, lam0 = 0.0
+    cdef double wi, ei, ai, ri, zi
+    for i in range(start, stop):
+        wi = wp[i] if wp != NULL else 1.0
+        ei = eta[i]
+        ai = wi * exp(-ei)
+        invd[i] = ai
+        n += wi
+        sumeta += wi * ei
+        ri = r0[i]
+        zi = Z[i]
+        A += ai * ri * ri
+        b0 += ai * zi * ri
+        lam0 += ai * zi * zi
+    e.n = n
+    e.sumeta = sumeta
+    e.A = A
+    e.b0[0] = b0
+    e.lam0[0] = lam0
+
+
+cdef void unit_grads_11(Eng* e, const double* r0, const double* Z, double kap, double k1,
+                        double k2, double* gmu, double* gws, double* gz) noexcept nogil:
+    """The unit gradients of a group with one location effect, h constant and no
+    interval units, from the posterior moments kap = E[exp(-h'v)],
+    k1 = E[exp(-h'v) u], k2 = E[exp(-h'v) (u^2 + var)] (the general loop's
+    arithmetic, in the same order, kept in registers)."""
+    cdef Py_ssize_t i
+    cdef const double* invd = e.invd
+    cdef const double* wp = e.w
+    cdef double ai, ri, zi, eh, qd, acc
+    for i in range(e.start, e.stop):
+        ai = invd[i]
+        ri = r0[i]
+        zi = Z[i]
+        eh = kap * ri
+        qd = kap * ri * ri
+        eh -= zi * k1
+        qd -= 2.0 * ri * zi * k1
+        acc = k2 * zi
+        qd += zi * acc
+        gz[i] = ai * (ri * k1 - acc)
+        gmu[i] = ai * eh
+        gws[i] = 0.5 * (ai * qd - (wp[i] if wp != NULL else 1.0))
 
 
 cdef double eng_units(Eng* e, const double* shift, const double* r0, const double* Z,
@@ -1157,7 +1214,9 @@ cdef void eng_one_group(Eng* e, Work* w, Shared* sh, Py_ssize_t j) noexcept nogi
                 e.ghi[i] /= tot
                 for a in range(q):
                     sh.gz[i * q + a] /= tot
-    if sh.compute_grad and e.const_h:
+    if sh.compute_grad and e.const_h and q == 1 and e.cs == NULL:
+        unit_grads_11(e, sh.r0, sh.Z, kap, w.k1[0], w.k2[0], sh.gmu, sh.gws, sh.gz)
+    elif sh.compute_grad and e.const_h:
         for i in range(e.start, e.stop):
             if e.cs != NULL and e.cs[i] != 0.0:
                 continue

@@ -103,19 +103,21 @@ def _bfgs(
         if not _is_pd(hess_inv0):
             hess_inv0 = None
     if hess_inv0 is None:
-        ev0 = objective.evaluate(theta0, score=False)
-        if not np.isfinite(ev0.llf):
+        bhhh = score_outer(objective, theta0)
+        # a log-likelihood that is not finite leaves non-finite scores
+        if not np.all(np.isfinite(bhhh)) and not np.isfinite(
+            objective.evaluate(theta0, score=False).llf
+        ):
             raise FloatingPointError(
                 "the log-likelihood is not finite at the start values; check the data for "
                 "extreme values or supply start_params"
             )
-        bhhh = score_outer(objective, theta0)
         k = theta0.size
         bhhh += 1e-8 * np.trace(bhhh) / k * np.eye(k)
         try:
             hess_inv0 = np.linalg.inv(bhhh) * n
             hess_inv0 = 0.5 * (hess_inv0 + hess_inv0.T)
-            if not _is_pd(hess_inv0):
+            if not np.all(np.isfinite(hess_inv0)) or not _is_pd(hess_inv0):
                 raise np.linalg.LinAlgError
         except np.linalg.LinAlgError:
             hess_inv0 = np.eye(k)

@@ -104,18 +104,3 @@ def test_large_data_fits_do_not_depend_on_the_thread_count(data, monkeypatch, sp
     model = MELS.from_formula(formula, data, "school", **kw)
     assert model.objective()._fused
     assert_same_on_any_thread_count(model)
-
-
-def test_large_data_standard_errors_from_forward_differences_agree(data, monkeypatch):
-    """Large data take the Hessian from forward differences of the score (k
-    evaluations instead of 2k): the standard errors agree with central ones."""
-    from melsml import likelihood, mels_core
-
-    model = MELS.from_formula("y ~ prior", data, "school", ws_formula="~ prior")
-    central = model.fit()
-    monkeypatch.setattr(mels_core, "THREADED_ROWS", 100)
-    monkeypatch.setattr(likelihood, "THREADED_ROWS", 100)
-    forward = model.fit()
-    assert forward.fit_info.n_evals < central.fit_info.n_evals
-    np.testing.assert_allclose(forward.params, central.params, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(forward.bse, central.bse, rtol=1e-4)
