@@ -728,6 +728,65 @@ def read_output(path) -> pd.DataFrame:
     return out
 
 
+#: MixWILD's stage-2 labels (cut at 16 characters) -> melsml's stage-2 names
+_STAGE2_NAMES = {
+    "Locat_1": "theta1",
+    "Scale_1": "theta2",
+    "Locat_1*Scale": "theta1:theta2",
+    "Residual.Varianc": "residual variance",
+}
+
+
+def read_stage2_output(path) -> pd.DataFrame:
+    """Read the "Final Results" of MixWILD's stage-2 report (``*_stage2.out``).
+
+    Returns
+    -------
+    DataFrame indexed by ``term`` (MixWILD's label; ``name``: melsml's stage-2
+    name where there is one, with thresholds ``threshold k`` by their upper
+    category) with ``estimate``, ``std_error``, ``z``, ``p_value``;
+    ``attrs["llf"]`` is the average log-likelihood and ``attrs["llf_sd"]``
+    its SD over the replications.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        raise MELSInputError(f"cannot read {str(path)!r}: {exc}") from None
+    start = next((i for i, ln in enumerate(lines) if ln.strip() == "Final Results"), None)
+    if start is None:
+        raise MixWILDFormatError(f"{path.name}: no 'Final Results' section (a stage-2 report?)")
+    llf = llf_sd = np.nan
+    rows = []
+    for line in lines[start:]:
+        s = line.strip()
+        if s.startswith("Average Log Likelihood"):
+            m = re.search(r"=\s*(\S+)\s*\(sd=\s*([^)]+)\)", s)
+            if m:
+                llf, llf_sd = float(m.group(1)), float(m.group(2))
+            continue
+        # the label is a 16-character field (a stray control byte may follow it)
+        label = "".join(ch for ch in line[:16] if ch.isprintable()).strip()
+        numbers = line[16:].split()
+        if not label or len(numbers) != 4 or label.startswith("-"):
+            continue
+        try:
+            est, se, z, p = (float(v) for v in numbers)
+        except ValueError:
+            continue
+        name = _STAGE2_NAMES.get(label)
+        if name is None and label.startswith("Threshold"):
+            name = "threshold " + label.split()[-1]
+        rows.append(
+            dict(term=label, name=name or label, estimate=est, std_error=se, z=z, p_value=p)
+        )
+    if not rows:
+        raise MixWILDFormatError(f"{path.name}: no stage-2 estimates after 'Final Results'")
+    out = pd.DataFrame(rows).set_index("term")
+    out.attrs["llf"], out.attrs["llf_sd"] = llf, llf_sd
+    return out
+
+
 def read_est(path) -> list[dict]:
     """Read MixWILD's ``.EST`` file: per model ``llf``, ``iterations``, ``estimates``, ``se``."""
     path = Path(path)

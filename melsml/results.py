@@ -324,6 +324,80 @@ class MELSResults(LikelihoodResults):
         self._needs_data("random_effects()")
         return random_effects(self)
 
+    def stage2(
+        self,
+        formula: str,
+        data: pd.DataFrame,
+        *,
+        family: str = "gaussian",
+        link: str = "logit",
+        n_draws: int = 500,
+        seed=None,
+        draws="posterior",
+        combine: str | None = None,
+        multilevel: bool = False,
+    ):
+        """Relate a group-level outcome to the groups' random effects (MixWILD's stage 2).
+
+        Each of ``n_draws`` replications draws every group's effects from their
+        posterior, fits ``formula`` by maximum likelihood, and the replications
+        are combined by Rubin's rules.
+
+        Parameters
+        ----------
+        formula : str
+            ``"outcome ~ terms"``; the terms may use the data's columns and the
+            effects ``theta1`` (standardised location effect), ``theta2``
+            (standardised scale effect independent of the location: omega =
+            tau_l theta1 + sigma_omega theta2), ``u`` (location effect) and
+            ``omega`` (random scale effect), e.g.
+            ``"bmi ~ theta1 + theta2 + theta1:theta2"``.
+        data : DataFrame
+            The stage-1 groups column and the stage-2 variables: one row per
+            group (rows of a group must agree), or one per unit with
+            ``multilevel=True``.  Rows with missing values are dropped (with a
+            :class:`~melsml.MissingDataWarning`).
+        family : {"gaussian", "ordinal", "poisson", "nominal"}
+            Linear regression (residual variance SSE/n), cumulative ``link``
+            model, Poisson regression, multinomial logit.
+        link : {"logit", "probit"}
+            The ordinal family's link.
+        n_draws : int
+            Replications R.
+        seed : int, optional
+            Seed of the random draws.
+        draws : {"posterior", "normal", "mixwild"} or DataFrame
+            ``"posterior"``: the exact posterior; ``"normal"``: the normal with
+            the posterior means and covariance; ``"mixwild"``: as MixWILD draws
+            (means plus z'L: covariance L'L instead of LL').  Or a frame of
+            draws: the groups column, ``draw`` (0..R-1) and the effects.
+        combine : {"rubin", "mixwild"}, optional
+            Rubin's rules (the default), or MixWILD's rule (the default with
+            ``draws="mixwild"``); see :func:`melsml.stage2.combine`.
+        multilevel : bool
+            A unit-level outcome: a random-intercept linear model by ML
+            (statsmodels MixedLM; gaussian family only).
+
+        Returns
+        -------
+        :class:`melsml.stage2.Stage2Results`
+        """
+        from .stage2 import stage2
+
+        self._needs_data("stage2()")
+        return stage2(
+            self,
+            formula,
+            data,
+            family=family,
+            link=link,
+            n_draws=n_draws,
+            seed=seed,
+            draws=draws,
+            combine_rule=combine,
+            multilevel=multilevel,
+        )
+
     def school_effects(
         self, alpha: float = 0.05, ws_reference=None, reference_var=None, at=None
     ) -> pd.DataFrame:
