@@ -44,6 +44,23 @@ def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _progress_bar(what: str):
+    """A text progress bar on stderr: returns ``update(done, total)``."""
+
+    def update(done: int, total: int) -> None:
+        width = 30
+        filled = int(width * done / max(total, 1))
+        end = "\n" if done >= total else ""
+        print(
+            f"\r{what} [{'#' * filled}{' ' * (width - filled)}] {done}/{total}",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return update
+
+
 def _provenance(data_file: str | None) -> dict:
     """Versions, platform, time, command line and the data file's hash."""
     import datetime
@@ -349,9 +366,19 @@ def _cmd_mixwild(args: argparse.Namespace) -> int:
     if args.out:  # before the comparison, which may refuse a model it cannot match
         paths = write_outputs(res, Path(args.out), data_file=getattr(args, "data", None))
         print(f"\nwrote {', '.join(str(p) for p in paths)}")
-    if args.compare:
-        table = mixwild.compare(res, args.compare)
-        print(f"\nmelsml against MixWILD ({args.compare})")
+    s2 = None
+    if model.mixwild_spec.stage2 is not None:
+        s2 = mixwild.stage2(res, draws=args.draws, progress=_progress_bar("stage 2"))
+        print()
+        print(s2.summary())
+    for report in args.compare or []:
+        if mixwild.is_stage2_report(report):
+            if s2 is None:
+                raise CLIError(f"{report} is a stage-2 report, but the definition has no stage 2")
+            table = mixwild.compare_stage2(s2, report)
+        else:
+            table = mixwild.compare(res, report)
+        print(f"\nmelsml against MixWILD ({report})")
         print(table.to_string(float_format=lambda v: f"{v:.6g}"))
     return 0
 
@@ -464,8 +491,24 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=_cmd_report)
 
     mw = sub.add_parser("mixwild", help="fit a MixWILD definition file")
-    mw.add_argument("definition", help="MixWILD stage-1 .def file (its data file beside it)")
-    mw.add_argument("--compare", help="MixWILD's stage1.out report to set beside the fit")
+    mw.add_argument(
+        "definition",
+        help="MixWILD .def file (its data file beside it); a stage-2 block is fitted too",
+    )
+    mw.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="REPORT",
+        help="MixWILD's stage-1 and/or stage-2 reports (*_stage1.out, *_stage2.out) to set "
+        "beside the fit",
+    )
+    mw.add_argument(
+        "--draws",
+        choices=["mixwild", "posterior", "normal"],
+        default="mixwild",
+        help="stage 2: draw the effects as MixWILD does (default, to compare like with "
+        "like), from the exact posterior, or from its normal approximation",
+    )
     mw.add_argument("--out", help="folder for estimates and school predictions")
     mw.set_defaults(func=_cmd_mixwild)
 

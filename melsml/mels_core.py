@@ -101,6 +101,11 @@ class MELSCore:
             thresholds=threshold_names(design.categories) if design.categories is not None else (),
         )
         self.notes: tuple[str, ...] = ()
+        #: notes the summary prints (e.g. that the covariates were standardised)
+        self.summary_notes: list[str] = []
+        #: a model read from a MixWILD definition file: the file, its stage-2 data
+        self.mixwild_spec = None
+        self.stage2_data: pd.DataFrame | None = None
         self._check_identifiable()
 
     def _check_identifiable(self) -> None:

@@ -24,13 +24,20 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .exceptions import MELSInputError, MELSWarning, MissingDataWarning
+from .mixwild_stage2 import (
+    STAGE2_FAMILIES,
+    Stage2Spec,
+    block_lines,
+    counts_from_formula,
+    read_block,
+)
 
 SETTING_NAMES = (
     "NVAR",
@@ -69,11 +76,14 @@ _NOTED = {
     "MAXIT": "iteration limit",
     "RIDGEIN": "initial ridge (melsml's optimiser needs none)",
     "CHOL": "Cholesky reporting of the random effects",
-    "NREPS": "stage-2 replications",
     "CUTOFF": "stage-2 cutoff",
-    "MYSEED": "random seed",
 }
 ID_COLUMN = "id"
+#: what a fit of a definition file with NCENT = 1 says in its summary
+NCENT_NOTE = (
+    "NCENT = 1: covariates standardised over the records (mean 0, SD 1), as MixWILD "
+    "does; estimates are per SD of each covariate"
+)
 
 
 class MixWILDWarning(MELSWarning):
@@ -108,6 +118,8 @@ class MixWILDSpec:
     #: the ordinal engine (MIXORS): the categories and the link, else None
     categories: tuple[float, ...] | None = None
     link: str | None = None
+    #: the stage-2 model (STAGE2 != 0), else None
+    stage2: Stage2Spec | None = None
 
     def _setting(self, name: str) -> int:
         return int(self.settings[name])
@@ -122,6 +134,30 @@ class MixWILDSpec:
         for lab in split:
             terms += [_q(f"{lab}_WS")] if which == "mls" else [_q(f"{lab}_BS"), _q(f"{lab}_WS")]
         return " + ".join(terms)
+
+    @property
+    def covariate_labels(self) -> list[str]:
+        """The data frame's columns the mean, BS/location and WS functions use
+        (split variables as their ``_BS`` and ``_WS`` parts), each once."""
+        labels = [*self.mean_labels, *self.bs_labels, *self.ws_labels]
+        for labs in self.split_labels:
+            for lab in labs:
+                labels += [f"{lab}_BS", f"{lab}_WS"]
+        return list(dict.fromkeys(labels))
+
+    def standardise(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """NCENT = 1: every covariate column standardised over the records, as
+        MixWILD does (mean 0, SD 1 with divisor n - 1; a constant column is
+        left as it is).  A copy; the frame itself without NCENT."""
+        if self._setting("NCENT") != 1:
+            return frame
+        out = frame.copy()
+        for lab in self.covariate_labels:
+            x = out[lab].to_numpy(dtype=float)
+            sd = x.std(ddof=1) if x.size > 1 else 0.0
+            if sd > 0:
+                out[lab] = (x - x.mean()) / sd
+        return out
 
     def model_kwargs(self) -> dict:
         """Arguments of :meth:`melsml.MELS.from_formula` for this model."""
@@ -255,6 +291,7 @@ def read_def(path) -> MixWILDSpec:
     spec = _read_model_lines(
         path, title, data_name, prefix, settings, notes, take, ints, labels, ordinal=False
     )
+    spec = _with_stage2(spec, take, nvar)
     if int(settings["R"]) == 0 and int(settings["RNINT"]) == 1:
         raise MixWILDFormatError(
             f"{path.name}: R = 0 with RNINT = 1 leaves no random location "
@@ -283,10 +320,6 @@ def _read_ordinal_def(path, title, data_name, prefix, no, parts, take, ints, lab
     bad = []
     if int(st["NFN"]) not in _ORDINAL_LINKS:
         bad.append(f"NFN = {int(st['NFN'])} (melsml has the probit (0) and logit (1) links)")
-    if int(st["STAGE2"]) != 0:
-        bad.append("STAGE2 (a stage-2 model)")
-    if int(st["SEPFILE"]) != 0:
-        bad.append("SEPFILE (a separate stage-2 data file)")
     if int(st["MLS"]) == 1:
         bad.append("MLS = 1 (several random location effects) with an ordinal outcome")
     if bad:
@@ -299,9 +332,24 @@ def _read_ordinal_def(path, title, data_name, prefix, no, parts, take, ints, lab
         "the ordinal engine's WS function and random scale are on the log-SD scale; "
         "melsml's tau, tau_l and sigma_omega (log-variance scale) are twice MixWILD's"
     )
-    return _read_model_lines(
+    spec = _read_model_lines(
         path, title, data_name, prefix, st, notes, take, ints, labels, ordinal=True
     )
+    return _with_stage2(spec, take, int(st["NVAR"]))
+
+
+def _with_stage2(spec: MixWILDSpec, take, nvar: int) -> MixWILDSpec:
+    """The spec with its stage-2 block, when STAGE2 is not 0."""
+    st = spec.settings
+    if int(st["STAGE2"]) == 0:
+        return spec
+    block = read_block(spec.path, take, st, nvar)
+    note = (
+        f"stage 2 ({block.family}{', multilevel' if block.multilevel else ''}): "
+        f"{block.formula()}; {block.n_draws} draws (MixWILD's seed {block.seed} "
+        "drives its own generator: melsml's draws differ)"
+    )
+    return replace(spec, stage2=block, notes=(*spec.notes, note))
 
 
 def _read_model_lines(
@@ -365,12 +413,6 @@ def _read_model_lines(
 
 def _check_settings(path: Path, line: int, st: dict[str, float]) -> list[str]:
     bad = []
-    if int(st["STAGE2"]) != 0:
-        bad.append("STAGE2 (a stage-2 model)")
-    if int(st["SEPFILE"]) != 0:
-        bad.append("SEPFILE (a separate stage-2 data file)")
-    if int(st["NCENT"]) == 1:
-        bad.append("NCENT = 1 (standardised covariates: standardise the columns instead)")
     if int(st["MLS"]) == 1 and int(st["RV"]) > 0:
         bad.append("RV with MLS = 1")
     if bad:
@@ -378,6 +420,8 @@ def _check_settings(path: Path, line: int, st: dict[str, float]) -> list[str]:
             f"{path.name}, line {line}: melsml cannot honour " + "; ".join(bad)
         )
     notes = [f"{k} = {st[k]:g}: {why}; not used" for k, why in _NOTED.items()]
+    if int(st["NCENT"]) == 1:
+        notes.append(NCENT_NOTE)
     if int(st["MLS"]) == 1 and int(st["NCOV"]) != 1:
         notes.append("MLS = 1: MixWILD always frees the location-scale association; so does melsml")
     return notes
@@ -421,6 +465,10 @@ def read_data(spec: MixWILDSpec) -> pd.DataFrame:
         *spec.ws_cols,
         *[c for grp in spec.split_cols for c in grp],
     ]
+    s2 = spec.stage2
+    if s2 is not None and s2.sep_file is None:
+        # MixWILD drops a record whose stage-2 variable is missing in stage 1 too
+        used += list(s2.columns.values())
     ymiss = spec.settings["YMISS"]
     if ymiss != 0:
         keep = ~np.isclose(raw[:, [c - 1 for c in used]], ymiss, rtol=0, atol=1e-12).any(axis=1)
@@ -455,6 +503,13 @@ def read_data(spec: MixWILDSpec) -> pd.DataFrame:
             if cols.get(lab, c) != c:
                 raise MixWILDFormatError(
                     f"{spec.path.name}: label {lab!r} names columns {cols[lab]} and {c}"
+                )
+            cols[lab] = c
+    if s2 is not None and s2.sep_file is None:
+        for lab, c in s2.columns.items():
+            if cols.get(lab, c) != c:
+                raise MixWILDFormatError(
+                    f"{spec.path.name}: stage-2 label {lab!r} names columns {cols[lab]} and {c}"
                 )
             cols[lab] = c
     for lab, c in cols.items():
@@ -492,6 +547,7 @@ def write(
     *,
     prefix: str = "melsml",
     title: str = "written by melsml",
+    stage2=None,
 ) -> tuple[Path, Path]:
     """Write a MixWILD data file (sorted by group) and a definition file for ``model``.
 
@@ -509,6 +565,11 @@ def write(
     folder : path
     prefix : str
         File names ``<prefix>.dat``, ``<prefix>.def``; MixWILD's output prefix.
+    stage2 : Stage2Results, optional
+        A stage-2 fit of this model (:meth:`melsml.MELSResults.stage2`) whose
+        formula MixWILD can express: written as the stage-2 block, with its
+        data in ``<prefix>_stage2.dat`` (SEPFILE = 1), its draws as NREPS and
+        its seed as MYSEED.
 
     Returns
     -------
@@ -612,6 +673,13 @@ def write(
         0,
         0,
     ]
+    s2_code, s2_lines = 0, []
+    if stage2 is not None:
+        s2_code, s2_lines = _stage2_block(stage2, d, gid, folder, prefix, opt.random_scale)
+        s2_multi = int(bool(stage2.multilevel))
+        s2_seed = int(stage2.seed) if stage2.seed is not None else 12345
+        settings[21] = stage2.n_draws
+        settings[24:28] = [s2_seed, s2_code, s2_multi, 1]
     cats_line = []
     if ordinal:
         # the ordinal engine's settings (see ORDINAL_SETTING_NAMES); its mean and WS
@@ -622,6 +690,8 @@ def write(
             {"probit": 0, "logit": 1}[opt.link], 0 if opt.random_scale else 1, 12345,
             0, 0, 500, 0, 0, ncov,
         ]  # fmt: skip
+        if stage2 is not None:
+            settings[17:22] = [s2_seed, s2_code, s2_multi, stage2.n_draws, 1]
         cats_line = [" ".join(f"{c:g}" for c in d.categories)]
     lines = [
         title[:72],
@@ -636,9 +706,47 @@ def write(
     lines += cats_line
     lines.append(_label(d.outcome))
     lines += [" ".join(lab) for lab in labs if lab]
+    lines += s2_lines
     def_path = folder / f"{prefix}.def"
     def_path.write_text("\n".join(lines) + "\n")
     return def_path, dat
+
+
+def _stage2_block(s2, d, gid, folder: Path, prefix: str, random_scale: bool):
+    """STAGE2's code and the block's lines for a stage-2 fit; writes its data."""
+    codes = {v: k for k, v in STAGE2_FAMILIES.items()}
+    if not isinstance(s2.draws, str) or s2.data is None:
+        raise MELSInputError("stage2 must be a stage-2 fit (MELSResults.stage2) of this model")
+    counts, covs, outcome = counts_from_formula(s2.formula)
+    if not random_scale and (counts[2] >= 0 or counts[3] >= 0):
+        raise MELSInputError("without a random scale MixWILD's stage 2 has no theta2 terms")
+    frame = s2.data
+    to_gid = dict(zip(d.group_labels.tolist(), gid.tolist(), strict=True))
+    labels = list(dict.fromkeys(c for cs in covs for c in cs))
+    cols = [frame[d.groups].map(to_gid).to_numpy(float), frame[outcome].to_numpy(float)]
+    cols += [frame[c].to_numpy(float) for c in labels]
+    dat = folder / f"{prefix}_stage2.dat"
+    np.savetxt(dat, np.column_stack(cols), fmt="%.10g")
+    where = {c: k + 3 for k, c in enumerate(labels)}
+    cats = None
+    if s2.family in ("ordinal", "nominal"):
+        cats = tuple(float(v) for v in np.unique(frame[outcome].to_numpy(float)))
+    spec = Stage2Spec(
+        family=s2.family,
+        multilevel=bool(s2.multilevel),
+        n_draws=s2.n_draws,
+        seed=int(s2.seed) if s2.seed is not None else 12345,
+        counts=counts,
+        categories=cats,
+        sep_file=dat,
+        sep_nvar=len(cols),
+        sep_id_col=1,
+        y_col=2,
+        cols=tuple(tuple(where[c] for c in cs) for cs in covs),
+        y_label=_label(outcome),
+        labels=tuple(tuple(_label(c) for c in cs) for cs in covs),
+    )
+    return codes[s2.family], block_lines(spec, not random_scale)
 
 
 # ------------------------------------------------------------------ reading output
@@ -737,6 +845,15 @@ _STAGE2_NAMES = {
 }
 
 
+def is_stage2_report(path) -> bool:
+    """Whether ``path`` is a MixWILD stage-2 report (it has "Final Results")."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as exc:
+        raise MELSInputError(f"cannot read {str(path)!r}: {exc}") from None
+    return any(ln.strip() == "Final Results" for ln in text.splitlines())
+
+
 def read_stage2_output(path) -> pd.DataFrame:
     """Read the "Final Results" of MixWILD's stage-2 report (``*_stage2.out``).
 
@@ -785,6 +902,81 @@ def read_stage2_output(path) -> pd.DataFrame:
     out = pd.DataFrame(rows).set_index("term")
     out.attrs["llf"], out.attrs["llf_sd"] = llf, llf_sd
     return out
+
+
+def stage2(res, *, draws: str = "mixwild", n_draws: int | None = None, seed=None, progress=None):
+    """Fit the stage-2 model of the definition file ``res`` was fitted from.
+
+    Parameters
+    ----------
+    res : the fit of a model made by :meth:`melsml.MELS.from_mixwild` from a
+        definition file with a stage-2 block
+    draws : as :meth:`melsml.MELSResults.stage2`; the default, ``"mixwild"``,
+        draws and combines as MixWILD does, so that its report compares like
+        with like
+    n_draws, seed : default NREPS and MYSEED (MixWILD's generator differs from
+        numpy's: the draws are not MixWILD's)
+    progress : called as ``progress(done, total)`` after each replication
+
+    Returns
+    -------
+    :class:`melsml.stage2.Stage2Results`
+    """
+    spec = getattr(res.model, "mixwild_spec", None)
+    if spec is None or spec.stage2 is None:
+        raise MELSInputError(
+            "this model was not read from a MixWILD definition file with a stage-2 block"
+        )
+    s2 = spec.stage2
+    return res.stage2(
+        s2.formula(),
+        res.model.stage2_data,
+        family=s2.family,
+        n_draws=n_draws or max(s2.n_draws, 1),
+        seed=s2.seed if seed is None else seed,
+        draws=draws,
+        multilevel=s2.multilevel and len(res.model.stage2_data) > res.model.design.n_groups,
+        progress=progress,
+    )
+
+
+def compare_stage2(s2, output) -> pd.DataFrame:
+    """A stage-2 fit's estimates and SEs beside MixWILD's stage-2 report.
+
+    Rows follow MixWILD's report (its thresholds, labelled by their upper
+    category, matched to melsml's in order); columns ``melsml``,
+    ``mixwild``, ``diff``, ``melsml_se``, ``mixwild_se``, ``se_ratio``, with a
+    last row for the mean log-likelihood.
+    """
+    mw = read_stage2_output(output)
+    ours = s2.params.copy()
+    ours_se = s2.bse.copy()
+    thr_ours = [n for n in ours.index if n.startswith("threshold ")]
+    thr_mw = [n for n in mw["name"] if n.startswith("threshold ")]
+    rename = dict(zip(thr_ours, thr_mw, strict=False))
+    ours, ours_se = ours.rename(index=rename), ours_se.rename(index=rename)
+    rows = []
+    for _, row in mw.iterrows():
+        name = row["name"]
+        est = float(ours.get(name, np.nan))
+        se = float(ours_se.get(name, np.nan))
+        rows.append(
+            dict(
+                term=name,
+                melsml=est,
+                mixwild=row["estimate"],
+                diff=est - row["estimate"],
+                melsml_se=se,
+                mixwild_se=row["std_error"],
+                se_ratio=se / row["std_error"] if row["std_error"] else np.nan,
+            )
+        )
+    rows.append(
+        dict(term="mean llf", melsml=s2.llf, mixwild=mw.attrs["llf"],
+             diff=s2.llf - mw.attrs["llf"], melsml_se=s2.llf_sd, mixwild_se=mw.attrs["llf_sd"],
+             se_ratio=np.nan)
+    )  # fmt: skip
+    return pd.DataFrame(rows).set_index("term")
 
 
 def read_est(path) -> list[dict]:

@@ -323,8 +323,15 @@ class MELS(MELSCore):
 
         spec = mixwild.read_def(def_path)
         data = mixwild.read_data(spec)
-        model = cls.from_formula(data=data, **spec.model_kwargs())
+        model = cls.from_formula(data=spec.standardise(data), **spec.model_kwargs())
         model.notes = spec.notes
+        if int(spec.settings["NCENT"]) == 1:
+            model.summary_notes = [mixwild.NCENT_NOTE]
+        model.mixwild_spec = spec
+        if spec.stage2 is not None:
+            model.stage2_data = spec.stage2.data(
+                data, mixwild.ID_COLUMN, float(spec.settings["YMISS"])
+            )
         for note in spec.notes:
             logger.info("MixWILD setting %s", note)
         return model

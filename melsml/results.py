@@ -336,6 +336,7 @@ class MELSResults(LikelihoodResults):
         draws="posterior",
         combine: str | None = None,
         multilevel: bool = False,
+        progress=None,
     ):
         """Relate a group-level outcome to the groups' random effects (MixWILD's stage 2).
 
@@ -377,6 +378,8 @@ class MELSResults(LikelihoodResults):
         multilevel : bool
             A unit-level outcome: a random-intercept linear model by ML
             (statsmodels MixedLM; gaussian family only).
+        progress : callable, optional
+            Called as ``progress(done, total)`` after each replication.
 
         Returns
         -------
@@ -396,6 +399,7 @@ class MELSResults(LikelihoodResults):
             draws=draws,
             combine_rule=combine,
             multilevel=multilevel,
+            progress=progress,
         )
 
     def school_effects(

@@ -323,6 +323,7 @@ class Stage2Results:
     params, bse : combined estimates and standard errors (Series)
     llf : mean log-likelihood over the replications; ``llf_sd`` its SD
     nobs : stage-2 rows (groups, or units with ``multilevel=True``)
+    data : the stage-2 rows used
     n_draws : replications
     replications : (n_draws, k) each replication's estimates
     replication_bse : (n_draws, k) each replication's standard errors
@@ -340,6 +341,8 @@ class Stage2Results:
         nobs: int,
         link: str | None,
         multilevel: bool,
+        data: pd.DataFrame | None = None,
+        seed=None,
     ):
         names = list(reps[0].names)
         est = np.array([r.params for r in reps])
@@ -362,6 +365,9 @@ class Stage2Results:
         self.formula, self.family, self.draws, self.combine = formula, family, draws, rule
         self.link = link
         self.multilevel = multilevel
+        #: the stage-2 rows used (the groups column and the data's variables)
+        self.data = data
+        self.seed = seed
 
     def cov_params(self) -> pd.DataFrame:
         """Combined covariance of the estimates."""
@@ -433,6 +439,7 @@ def stage2(
     draws: str | pd.DataFrame = "posterior",
     combine_rule: str | None = None,
     multilevel: bool = False,
+    progress=None,
 ) -> Stage2Results:
     """Fit a stage-2 model over draws of the random effects; see
     :meth:`melsml.MELSResults.stage2`."""
@@ -487,7 +494,9 @@ def stage2(
     if table is None:
         table = effect_draws(res, n_draws, seed, method)
     rule = combine_rule or ("mixwild" if method == "mixwild" else "rubin")
-    reps = _fit_replications(frame, table, parsed, family, link, groups, used_effects, multilevel)
+    reps = _fit_replications(
+        frame, table, parsed, family, link, groups, used_effects, multilevel, progress
+    )
     return Stage2Results(
         reps,
         formula=formula,
@@ -497,6 +506,8 @@ def stage2(
         nobs=len(frame),
         link=link if family == "ordinal" else None,
         multilevel=multilevel,
+        data=frame,
+        seed=seed,
     )
 
 
@@ -514,7 +525,7 @@ def _outcome(frame: pd.DataFrame, outcome: str, family: str):
 
 
 def _fit_replications(
-    frame, table, parsed, family, link, groups, effects, multilevel
+    frame, table, parsed, family, link, groups, effects, multilevel, progress=None
 ) -> list[Replication]:
     import formulaic
 
@@ -558,6 +569,8 @@ def _fit_replications(
                 groups=keys.to_numpy() if multilevel else None,
             )
         )
+        if progress is not None:
+            progress(r + 1, n_draws)
     if not reps:
         raise MELSInputError("the draws are empty")
     logger.info("stage 2: %d replications fitted", len(reps))

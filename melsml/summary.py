@@ -87,6 +87,7 @@ class Summary:
         notes = []
         if not fi.hessian_pd:
             notes.append("The observed information is not positive definite: SEs unreliable.")
+        notes += list(res.model.summary_notes)
         if not res.model.layout.mixwild_view:
             notes.append(
                 "L is reported with a non-negative diagonal; z tests of its diagonal "

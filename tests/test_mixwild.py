@@ -105,8 +105,16 @@ def test_label_count_mismatch_names_the_line(tmp_path):
 
 def test_settings_melsml_cannot_honour_are_named(tmp_path):
     d = copy_case(tmp_path)
-    edit_line(d, 5, "5 1 0 1 0 0 0 0 0 0 0.00001 11 1 200 0 1 1 0.1 0 0 0 500 0 0 12345 1 0 0")
-    with pytest.raises(MixWILDFormatError, match="STAGE2.*NCENT"):
+    # MLS = 1 with RV: split variables as random slopes
+    edit_line(d, 5, "5 1 1 1 0 0 0 0 1 0 0.00001 11 1 200 0 0 1 0.1 0 1 0 500 0 0 12345 0 0 0")
+    with pytest.raises(MixWILDFormatError, match="RV with MLS = 1"):
+        mixwild.read_def(d)
+
+
+def test_a_stage2_setting_without_its_block_names_what_is_missing(tmp_path):
+    d = copy_case(tmp_path)
+    edit_line(d, 5, "5 1 0 1 0 0 0 0 0 0 0.00001 11 1 200 0 0 1 0.1 0 0 0 500 0 0 12345 1 0 0")
+    with pytest.raises(MixWILDFormatError, match="ends before the stage-2 counts"):
         mixwild.read_def(d)
 
 
