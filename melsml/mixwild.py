@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .exceptions import MELSInputError, MELSWarning, MissingDataWarning
+from .mixwild_ordinal import compare_ordinal, is_ordinal_report
 from .mixwild_stage2 import (
     STAGE2_FAMILIES,
     Stage2Spec,
@@ -1014,7 +1015,9 @@ def compare(res, output) -> pd.DataFrame:
         parametrisation), or for a report of the multiple-location mode
         (MLS = 1) a model with random location effects and a random scale.
     output : path or DataFrame
-        MixWILD's stage-1 report (or :func:`read_output` of it).
+        MixWILD's stage-1 report (or :func:`read_output` of it); a report of
+        its ordinal engine (MIXORS) is compared by
+        :func:`melsml.mixwild_ordinal.compare_ordinal`.
 
     Returns
     -------
@@ -1026,6 +1029,8 @@ def compare(res, output) -> pd.DataFrame:
     not judged: on small groups MixWILD's 11-point quadrature can be off (see
     the validation page).
     """
+    if not isinstance(output, pd.DataFrame) and is_ordinal_report(output):
+        return compare_ordinal(res, output)
     out = read_output(output) if not isinstance(output, pd.DataFrame) else output
     opt, d = res.model.options, res.model.design
     mls = out.attrs.get("style") == "MLS"
