@@ -376,8 +376,8 @@ class MELSResults(LikelihoodResults):
             Rubin's rules (the default), or MixWILD's rule (the default with
             ``draws="mixwild"``); see :func:`melsml.stage2.combine`.
         multilevel : bool
-            A unit-level outcome: a random-intercept linear model by ML
-            (statsmodels MixedLM; gaussian family only).
+            A unit-level outcome: a random-intercept model by ML (gaussian:
+            statsmodels MixedLM; ordinal: melsml's own kernel).
         progress : callable, optional
             Called as ``progress(done, total)`` after each replication.
 

@@ -37,7 +37,7 @@ from .exceptions import MELSInputError, MissingDataWarning
 from .formula import _formula_names, _parse
 from .posterior import posterior_grid
 from .random_effects import _posterior_mixwild
-from .stage2_fit import FAMILIES, Replication, fit_one
+from .stage2_fit import FAMILIES, Replication, fit_one, fit_ordinal_multilevel
 
 if TYPE_CHECKING:  # pragma: no cover
     from .likelihood import FitState
@@ -447,6 +447,11 @@ def stage2(
         raise MELSInputError(f"unknown stage-2 family {family!r}; allowed values: {FAMILIES}")
     if link not in ("logit", "probit"):
         raise MELSInputError(f"unknown link {link!r}; allowed values: ('logit', 'probit')")
+    if multilevel and family not in ("gaussian", "ordinal"):
+        raise MELSInputError(
+            "a multilevel stage 2 is available for the gaussian and ordinal families, "
+            f"not {family!r}"
+        )
     state = _check_model(res)
     d = state.design
     groups = d.groups
@@ -494,8 +499,18 @@ def stage2(
     if table is None:
         table = effect_draws(res, n_draws, seed, method)
     rule = combine_rule or ("mixwild" if method == "mixwild" else "rubin")
+    mels_class = type(res.model) if multilevel and family == "ordinal" else None
     reps = _fit_replications(
-        frame, table, parsed, family, link, groups, used_effects, multilevel, progress
+        frame,
+        table,
+        formula,
+        family,
+        link,
+        groups,
+        used_effects,
+        multilevel,
+        progress,
+        mels_class,
     )
     return Stage2Results(
         reps,
@@ -525,16 +540,28 @@ def _outcome(frame: pd.DataFrame, outcome: str, family: str):
 
 
 def _fit_replications(
-    frame, table, parsed, family, link, groups, effects, multilevel, progress=None
+    frame,
+    table,
+    formula,
+    family,
+    link,
+    groups,
+    effects,
+    multilevel,
+    progress=None,
+    mels_class=None,
 ) -> list[Replication]:
+    """Each draw's fit.  ``mels_class`` (a multilevel ordinal stage 2): the model
+    class whose ``from_formula`` fits the random-intercept cumulative model."""
     import formulaic
 
+    parsed = _parse(formula, "formula", needs_lhs=True)
     table = table.sort_values(["draw", groups], kind="stable")
     n_draws = int(table["draw"].max()) + 1 if len(table) else 0
     outcome = sorted(_formula_names(parsed.lhs))[0]
     y = _outcome(frame, outcome, family)
     keys = frame[groups]
-    spec = None
+    spec = start = None
     reps = []
     by_draw = dict(tuple(table.groupby("draw", sort=True)))
     for r in range(n_draws):
@@ -549,6 +576,12 @@ def _fit_replications(
         work = frame.copy()
         for e in effects:
             work[e] = one[e].to_numpy()[pos]
+        if mels_class is not None:
+            rep, start = fit_ordinal_multilevel(mels_class, formula, work, groups, link, start)
+            reps.append(rep)
+            if progress is not None:
+                progress(r + 1, n_draws)
+            continue
         if spec is None:
             mm = formulaic.model_matrix(parsed.rhs, work)
             spec = mm.model_spec

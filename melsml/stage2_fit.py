@@ -6,7 +6,8 @@ information) and the log-likelihood.  Families: ``gaussian`` (linear
 regression by ML: the residual variance is SSE / n, as MixWILD's MIXREG
 reports it; with groups, a random-intercept linear model by ML), ``ordinal``
 (cumulative logit or probit: P(y <= c) = F(gamma_c - x'beta)), ``poisson``
-and ``nominal`` (multinomial logit, the first category the reference).
+and ``nominal`` (multinomial logit, the first category the reference).  A multilevel ordinal
+stage 2 is a random-intercept cumulative model fitted by melsml's own kernel.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 from scipy import special
 
 from .exceptions import MELSInputError
+from .ordinal import thresholds
 
 FAMILIES = ("gaussian", "ordinal", "poisson", "nominal")
 
@@ -188,6 +190,47 @@ def fit_nominal(y: pd.Categorical, x: np.ndarray, names: tuple[str, ...]) -> Rep
     return Replication(params, np.asarray(res.cov_params()), float(res.llf), tuple(full))
 
 
+def fit_ordinal_multilevel(
+    mels_class, formula: str, frame: pd.DataFrame, groups: str, link: str, start=None
+) -> tuple[Replication, pd.Series]:
+    """A random-intercept cumulative ``link`` model by ML with melsml's own
+    kernel (``mels_class``: the stage-1 model's class, :class:`melsml.MELS`):
+    the slopes, the thresholds gamma_c and the group variance exp(alpha),
+    the last two with delta-method covariances.  Returns the replication and
+    melsml's parameters (a start for the next replication)."""
+    model = mels_class.from_formula(
+        formula, frame, groups, family="ordinal", link=link, random_scale=False
+    )
+    res = _quiet(lambda: model.fit(start_params=start))
+    p = res.params
+    beta = p["beta"].to_numpy()
+    raw = p["thresholds"].to_numpy()
+    alpha = float(p["alpha"].iloc[0])
+    k, m = beta.size, raw.size
+    jac = np.zeros((k + m + 1, p.size))
+    jac[:k, :k] = np.eye(k)
+    jac[k : k + m, k : k + m] = _threshold_jacobian(raw)
+    jac[k + m, k + m] = np.exp(alpha)
+    cov = jac @ res.cov_params().to_numpy() @ jac.T
+    names = (
+        *p["beta"].index,
+        *(f"threshold {c}" for c in p["thresholds"].index),
+        "group variance",
+    )
+    params = np.r_[beta, thresholds(raw), np.exp(alpha)]
+    return Replication(params, cov, float(res.llf), tuple(names)), p
+
+
+def _threshold_jacobian(raw: np.ndarray) -> np.ndarray:
+    """d gamma / d raw for gamma_1 = raw_1, gamma_c = raw_1 + sum_{1<i<=c} exp(raw_i)."""
+    m = raw.size
+    jac = np.zeros((m, m))
+    jac[:, 0] = 1.0
+    for c in range(1, m):
+        jac[c:, c] = np.exp(raw[c])
+    return jac
+
+
 def fit_one(
     family: str,
     y,
@@ -201,7 +244,8 @@ def fit_one(
     if groups is not None:
         if family != "gaussian":
             raise MELSInputError(
-                f"a multilevel stage 2 is available for family='gaussian' only, not {family!r}"
+                "a multilevel stage 2 is available for the gaussian and ordinal families, "
+                f"not {family!r}"
             )
         return fit_gaussian_multilevel(y, x, names, groups)
     if family == "gaussian":
