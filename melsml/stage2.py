@@ -34,7 +34,7 @@ import pandas as pd
 from scipy import stats
 
 from .exceptions import MELSInputError, MissingDataWarning
-from .formula import _formula_names, _parse
+from .formula import _expression_names, _formula_names, _parse
 from .posterior import posterior_grid
 from .random_effects import _posterior_mixwild
 from .stage2_fit import FAMILIES, Replication, fit_one, fit_ordinal_multilevel
@@ -539,6 +539,51 @@ def _outcome(frame: pd.DataFrame, outcome: str, family: str):
     return y
 
 
+class _Designs:
+    """The stage-2 design of each draw.  Where every term uses the effects as
+    plain factors (``theta1``, ``theta1:theta2``, ``theta1:x``), each column is
+    its term's other factors (built once by formulaic, with the effects at 1)
+    times the product of the term's effects, so a draw costs a few products;
+    otherwise (an effect inside a transform) formulaic builds each draw's."""
+
+    def __init__(self, rhs, frame: pd.DataFrame, effects: list[str]):
+        import formulaic
+
+        base = frame.copy()
+        for e in effects:
+            base[e] = 1.0
+        mm = formulaic.model_matrix(rhs, base)
+        self.spec = mm.model_spec
+        self.names = tuple(str(c) for c in mm.columns)
+        self.base = np.asarray(mm, dtype=float)
+        self.frame = frame
+        self.products: list[tuple[list[int], list[str]]] = []
+        self.fast = True
+        wanted = set(effects)
+        for term, idx in self.spec.term_indices.items():
+            factors = [str(f) for f in term.factors]
+            plain = [f for f in factors if f in wanted]
+            if any(_expression_names(f) & wanted for f in factors if f not in wanted):
+                self.fast = False
+            if plain:
+                self.products.append((list(idx), plain))
+
+    def design(self, values: dict[str, np.ndarray]) -> np.ndarray:
+        """The design at the effects ``values`` (one array per effect, per row)."""
+        if not self.fast:
+            work = self.frame.copy()
+            for e, v in values.items():
+                work[e] = v
+            return np.asarray(self.spec.get_model_matrix(work), dtype=float)
+        x = self.base.copy()
+        for idx, plain in self.products:
+            mult = values[plain[0]].copy()
+            for e in plain[1:]:
+                mult *= values[e]
+            x[:, idx] *= mult[:, None]
+        return x
+
+
 def _fit_replications(
     frame,
     table,
@@ -553,15 +598,14 @@ def _fit_replications(
 ) -> list[Replication]:
     """Each draw's fit.  ``mels_class`` (a multilevel ordinal stage 2): the model
     class whose ``from_formula`` fits the random-intercept cumulative model."""
-    import formulaic
-
     parsed = _parse(formula, "formula", needs_lhs=True)
     table = table.sort_values(["draw", groups], kind="stable")
     n_draws = int(table["draw"].max()) + 1 if len(table) else 0
     outcome = sorted(_formula_names(parsed.lhs))[0]
     y = _outcome(frame, outcome, family)
     keys = frame[groups]
-    spec = start = None
+    designs = None if mels_class is not None else _Designs(parsed.rhs, frame, effects)
+    start = None
     reps = []
     by_draw = dict(tuple(table.groupby("draw", sort=True)))
     for r in range(n_draws):
@@ -573,35 +617,18 @@ def _fit_replications(
             raise MELSInputError(
                 f"draw {r} has no effects for {groups} = {keys[pos < 0].iloc[0]!r}"
             )
-        work = frame.copy()
-        for e in effects:
-            work[e] = one[e].to_numpy()[pos]
-        if mels_class is not None:
+        values = {e: one[e].to_numpy(dtype=float)[pos] for e in effects}
+        if designs is None:
+            work = frame.assign(**values)
             rep, start = fit_ordinal_multilevel(mels_class, formula, work, groups, link, start)
-            reps.append(rep)
-            if progress is not None:
-                progress(r + 1, n_draws)
-            continue
-        if spec is None:
-            mm = formulaic.model_matrix(parsed.rhs, work)
-            spec = mm.model_spec
         else:
-            mm = spec.get_model_matrix(work)
-        x = np.asarray(mm, dtype=float)
-        names = tuple(str(c) for c in mm.columns)
-        if family == "ordinal" and "Intercept" in names:
-            keep = [i for i, n in enumerate(names) if n != "Intercept"]
-            x, names = x[:, keep], tuple(names[i] for i in keep)
-        reps.append(
-            fit_one(
-                family,
-                y,
-                x,
-                names,
-                link=link,
-                groups=keys.to_numpy() if multilevel else None,
-            )
-        )
+            x, names = designs.design(values), designs.names
+            if family == "ordinal" and "Intercept" in names:
+                keep = [i for i, n in enumerate(names) if n != "Intercept"]
+                x, names = x[:, keep], tuple(names[i] for i in keep)
+            groups_arr = keys.to_numpy() if multilevel else None
+            rep = fit_one(family, y, x, names, link=link, groups=groups_arr)
+        reps.append(rep)
         if progress is not None:
             progress(r + 1, n_draws)
     if not reps:

@@ -306,3 +306,24 @@ def test_stage2_names_effects_the_model_lacks():
         ).fit()
     with pytest.raises(MELSInputError, match="random intercept and at most a random scale"):
         slopes.stage2("prior ~ theta1", schools)
+
+
+def test_each_draws_design_is_formulaics():
+    """The per-draw design (the effect-free part built once, times the effects)
+    equals formulaic's model matrix of the draw, with a factor and a product."""
+    import formulaic
+
+    from melsml.stage2 import _Designs
+
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame({"x": rng.standard_normal(30), "c": rng.choice(list("abc"), 30)})
+    values = {"theta1": rng.standard_normal(30), "theta2": rng.standard_normal(30)}
+    rhs = "1 + x + theta1 + theta1:c + theta2:x + theta1:theta2"
+    fast = _Designs(formulaic.Formula(rhs), frame, ["theta1", "theta2"])
+    assert fast.fast
+    ref = formulaic.model_matrix(rhs, frame.assign(**values))
+    np.testing.assert_allclose(fast.design(values), np.asarray(ref), rtol=1e-14)
+    assert fast.names == tuple(ref.columns)
+    slow = _Designs(formulaic.Formula("1 + np.exp(theta1)"), frame, ["theta1"])
+    assert not slow.fast
+    np.testing.assert_allclose(slow.design(values)[:, 1], np.exp(values["theta1"]))
