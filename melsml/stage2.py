@@ -37,7 +37,13 @@ from .exceptions import MELSInputError, MissingDataWarning
 from .formula import _expression_names, _formula_names, _parse
 from .posterior import posterior_grid
 from .random_effects import _posterior_mixwild
-from .stage2_fit import FAMILIES, Replication, fit_one, fit_ordinal_multilevel
+from .stage2_fit import (
+    FAMILIES,
+    Replication,
+    fit_one,
+    fit_ordinal_multilevel,
+    fit_poisson_multilevel,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .likelihood import FitState
@@ -447,10 +453,10 @@ def stage2(
         raise MELSInputError(f"unknown stage-2 family {family!r}; allowed values: {FAMILIES}")
     if link not in ("logit", "probit"):
         raise MELSInputError(f"unknown link {link!r}; allowed values: ('logit', 'probit')")
-    if multilevel and family not in ("gaussian", "ordinal"):
+    if multilevel and family == "nominal":
         raise MELSInputError(
-            "a multilevel stage 2 is available for the gaussian and ordinal families, "
-            f"not {family!r}"
+            "a multilevel stage 2 is available for the gaussian, ordinal and poisson "
+            "families, not 'nominal'"
         )
     state = _check_model(res)
     d = state.design
@@ -627,7 +633,10 @@ def _fit_replications(
                 keep = [i for i, n in enumerate(names) if n != "Intercept"]
                 x, names = x[:, keep], tuple(names[i] for i in keep)
             groups_arr = keys.to_numpy() if multilevel else None
-            rep = fit_one(family, y, x, names, link=link, groups=groups_arr)
+            if multilevel and family == "poisson":
+                rep, start = fit_poisson_multilevel(y, x, names, groups_arr, start)
+            else:
+                rep = fit_one(family, y, x, names, link=link, groups=groups_arr)
         reps.append(rep)
         if progress is not None:
             progress(r + 1, n_draws)

@@ -7,7 +7,9 @@ regression by ML: the residual variance is SSE / n, as MixWILD's MIXREG
 reports it; with groups, a random-intercept linear model by ML), ``ordinal``
 (cumulative logit or probit: P(y <= c) = F(gamma_c - x'beta)), ``poisson``
 and ``nominal`` (multinomial logit, the first category the reference).  A multilevel ordinal
-stage 2 is a random-intercept cumulative model fitted by melsml's own kernel.
+stage 2 is a random-intercept cumulative model fitted by melsml's own kernel,
+a multilevel count stage 2 a random-intercept Poisson model
+(:mod:`melsml.glmm`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pandas as pd
 from scipy import special
 
 from .exceptions import MELSInputError
+from .glmm import PoissonRandomIntercept
 from .ordinal import thresholds
 
 FAMILIES = ("gaussian", "ordinal", "poisson", "nominal")
@@ -221,6 +224,25 @@ def fit_ordinal_multilevel(
     return Replication(params, cov, float(res.llf), tuple(names)), p
 
 
+def fit_poisson_multilevel(
+    y: np.ndarray, x: np.ndarray, names: tuple[str, ...], groups: np.ndarray, start=None
+) -> tuple[Replication, np.ndarray]:
+    """Random-intercept Poisson regression by ML (:mod:`melsml.glmm`, adaptive
+    Gauss-Hermite quadrature, 11 points): the coefficients and the group
+    variance sigma^2 (delta-method covariance).  Returns the replication and
+    (beta, sigma), a start for the next replication."""
+    codes = pd.factorize(groups)[0]
+    fit = PoissonRandomIntercept(y, x, codes).fit(start)
+    k = x.shape[1]
+    sigma = float(fit.params[-1])
+    jac = np.eye(k + 1)
+    jac[k, k] = 2.0 * sigma
+    params = np.r_[fit.params[:k], sigma**2]
+    return Replication(
+        params, jac @ fit.cov @ jac.T, fit.llf, (*names, "group variance")
+    ), fit.params
+
+
 def _threshold_jacobian(raw: np.ndarray) -> np.ndarray:
     """d gamma / d raw for gamma_1 = raw_1, gamma_c = raw_1 + sum_{1<i<=c} exp(raw_i)."""
     m = raw.size
@@ -244,8 +266,8 @@ def fit_one(
     if groups is not None:
         if family != "gaussian":
             raise MELSInputError(
-                "a multilevel stage 2 is available for the gaussian and ordinal families, "
-                f"not {family!r}"
+                "fit_one fits a multilevel stage 2 of the gaussian family only; see "
+                "fit_ordinal_multilevel and fit_poisson_multilevel"
             )
         return fit_gaussian_multilevel(y, x, names, groups)
     if family == "gaussian":

@@ -244,6 +244,29 @@ def test_multilevel_ordinal_stage2_is_melsmls_random_intercept_ordinal_fit(sbm, 
     assert s2.bse["theta1"] == pytest.approx(ref.bse[("beta", "theta1")], rel=1e-5)
 
 
+def test_multilevel_count_stage2_is_the_random_intercept_poisson_fit(sbm, mixwild_draws):
+    """One draw, unit-level counts: the stage-2 fit is melsml.glmm's
+    random-intercept Poisson fit of that draw (validated against lme4), with
+    the group variance sigma^2 and its delta-method SE."""
+    from melsml.glmm import PoissonRandomIntercept
+
+    res, _ = sbm
+    data = pd.read_csv(REF / "sbm_mels" / "sbm.csv")
+    data = data[(data["LGA"] != -99) & (data["PA_Ord"] != -99)][["ID", "PA_Ord"]]
+    data["k"] = data["PA_Ord"] - 1
+    one = mixwild_draws[mixwild_draws["draw"] == 0]
+    s2 = res.stage2("k ~ theta1", data, family="poisson", multilevel=True, draws=one)
+    t1 = one.set_index("ID").loc[data["ID"], "theta1"].to_numpy()
+    codes = pd.factorize(data["ID"])[0]
+    ref = PoissonRandomIntercept(data["k"].to_numpy(), np.column_stack([np.ones(len(t1)), t1]),
+                                 codes).fit()  # fmt: skip
+    np.testing.assert_allclose(s2.params.iloc[:2], ref.params[:2], atol=1e-6)
+    assert s2.params["group variance"] == pytest.approx(ref.params[2] ** 2, rel=1e-6)
+    se_sigma = np.sqrt(ref.cov[2, 2])
+    assert s2.bse["group variance"] == pytest.approx(2 * ref.params[2] * se_sigma, rel=1e-4)
+    assert s2.llf == pytest.approx(ref.llf, abs=1e-6)
+
+
 def test_ordinal_fit_equals_statsmodels_ordered_model():
     from statsmodels.miscmodels.ordinal_model import OrderedModel
 
@@ -275,8 +298,8 @@ def test_stage2_bad_input(sbm):
         res.stage2("PA ~ theta1", data)
     with pytest.raises(MELSInputError, match="unknown stage-2 family"):
         res.stage2("HSG ~ theta1", persons, family="gamma")
-    with pytest.raises(MELSInputError, match="gaussian and ordinal families, not 'poisson'"):
-        res.stage2("HSG_Ord ~ theta1", persons, family="poisson", multilevel=True, n_draws=2)
+    with pytest.raises(MELSInputError, match="ordinal and poisson families, not 'nominal'"):
+        res.stage2("HSG_Ord ~ theta1", persons, family="nominal", multilevel=True, n_draws=2)
     with pytest.raises(MELSInputError, match="no column"):
         res.stage2("HSG ~ theta1 + bmi", persons)
     with pytest.raises(MELSInputError, match="n_draws must be a positive integer"):
