@@ -377,8 +377,8 @@ class MELSResults(LikelihoodResults):
             ``draws="mixwild"``); see :func:`melsml.stage2.combine`.
         multilevel : bool
             A unit-level outcome: a random-intercept model by ML (gaussian:
-            statsmodels MixedLM; ordinal: melsml's own kernel; poisson:
-            adaptive quadrature, :mod:`melsml.glmm`; not nominal).
+            statsmodels MixedLM; ordinal: melsml's own kernel; poisson and
+            nominal: adaptive quadrature, :mod:`melsml.glmm`).
         progress : callable, optional
             Called as ``progress(done, total)`` after each replication.
 

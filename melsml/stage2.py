@@ -40,6 +40,7 @@ from .random_effects import _posterior_mixwild
 from .stage2_fit import (
     FAMILIES,
     Replication,
+    fit_nominal_multilevel,
     fit_one,
     fit_ordinal_multilevel,
     fit_poisson_multilevel,
@@ -453,11 +454,6 @@ def stage2(
         raise MELSInputError(f"unknown stage-2 family {family!r}; allowed values: {FAMILIES}")
     if link not in ("logit", "probit"):
         raise MELSInputError(f"unknown link {link!r}; allowed values: ('logit', 'probit')")
-    if multilevel and family == "nominal":
-        raise MELSInputError(
-            "a multilevel stage 2 is available for the gaussian, ordinal and poisson "
-            "families, not 'nominal'"
-        )
     state = _check_model(res)
     d = state.design
     groups = d.groups
@@ -635,6 +631,8 @@ def _fit_replications(
             groups_arr = keys.to_numpy() if multilevel else None
             if multilevel and family == "poisson":
                 rep, start = fit_poisson_multilevel(y, x, names, groups_arr, start)
+            elif multilevel and family == "nominal":
+                rep, start = fit_nominal_multilevel(y, x, names, groups_arr, start)
             else:
                 rep = fit_one(family, y, x, names, link=link, groups=groups_arr)
         reps.append(rep)

@@ -8,7 +8,8 @@ reports it; with groups, a random-intercept linear model by ML), ``ordinal``
 (cumulative logit or probit: P(y <= c) = F(gamma_c - x'beta)), ``poisson``
 and ``nominal`` (multinomial logit, the first category the reference).  A multilevel ordinal
 stage 2 is a random-intercept cumulative model fitted by melsml's own kernel,
-a multilevel count stage 2 a random-intercept Poisson model
+a multilevel count stage 2 a random-intercept Poisson model and a multilevel
+nominal one a multinomial logit with correlated random intercepts
 (:mod:`melsml.glmm`).
 """
 
@@ -22,7 +23,7 @@ import pandas as pd
 from scipy import special
 
 from .exceptions import MELSInputError
-from .glmm import PoissonRandomIntercept
+from .glmm import MultinomialRandomIntercept, PoissonRandomIntercept
 from .ordinal import thresholds
 
 FAMILIES = ("gaussian", "ordinal", "poisson", "nominal")
@@ -241,6 +242,38 @@ def fit_poisson_multilevel(
     return Replication(
         params, jac @ fit.cov @ jac.T, fit.llf, (*names, "group variance")
     ), fit.params
+
+
+def fit_nominal_multilevel(
+    y: pd.Categorical, x: np.ndarray, names: tuple[str, ...], groups: np.ndarray, start=None
+) -> tuple[Replication, np.ndarray]:
+    """Multinomial logit with correlated random intercepts by ML
+    (:mod:`melsml.glmm`, adaptive Gauss-Hermite quadrature): ``term[category]``
+    for every category but the first, then the random intercepts' covariance
+    (``var[c]``, ``cov[c,d]``, delta-method covariances).  Returns the
+    replication and melsml.glmm's parameters, a start for the next one."""
+    codes = pd.factorize(groups)[0]
+    model = MultinomialRandomIntercept(np.asarray(y.codes), x, codes)
+    fit = model.fit(start)
+    k, m = x.shape[1], model.m
+    _, chol = model.unpack(fit.params)
+    rows, cols = model.tril
+    # d vech(L L') / d vech(L): d S_ab / d L_cd = [a = c] L_bd + [b = c] L_ad
+    jac_s = np.zeros((rows.size, rows.size))
+    for p_, (a, b) in enumerate(zip(rows, cols, strict=True)):
+        for q_, (c, d) in enumerate(zip(rows, cols, strict=True)):
+            jac_s[p_, q_] = (a == c) * chol[b, d] + (b == c) * chol[a, d]
+    jac = np.eye(k * m + rows.size)
+    jac[k * m :, k * m :] = jac_s
+    sigma = chol @ chol.T
+    cats = [str(c) for c in y.categories][1:]
+    re_names = [
+        f"var[{cats[a]}]" if a == b else f"cov[{cats[b]},{cats[a]}]"
+        for a, b in zip(rows, cols, strict=True)
+    ]
+    full = [f"{t}[{c}]" for c in cats for t in names] + re_names
+    params = np.r_[fit.params[: k * m], sigma[rows, cols]]
+    return Replication(params, jac @ fit.cov @ jac.T, fit.llf, tuple(full)), fit.params
 
 
 def _threshold_jacobian(raw: np.ndarray) -> np.ndarray:

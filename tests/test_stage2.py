@@ -267,6 +267,36 @@ def test_multilevel_count_stage2_is_the_random_intercept_poisson_fit(sbm, mixwil
     assert s2.llf == pytest.approx(ref.llf, abs=1e-6)
 
 
+def test_multilevel_nominal_stage2_is_the_random_intercepts_multinomial_fit(sbm, mixwild_draws):
+    """One draw, a unit-level nominal outcome: the stage-2 fit is melsml.glmm's
+    multinomial logit with correlated random intercepts, its covariance
+    reported as var/cov entries (delta method from the Cholesky factor)."""
+    from melsml.glmm import MultinomialRandomIntercept
+
+    res, _ = sbm
+    data = pd.read_csv(REF / "sbm_mels" / "sbm.csv")
+    data = data[(data["LGA"] != -99) & (data["PA_Ord"] != -99)][["ID", "PA_Ord"]]
+    data["mood"] = np.digitize(data["PA_Ord"], [3, 5])  # 0, 1, 2
+    one = mixwild_draws[mixwild_draws["draw"] == 0]
+    s2 = res.stage2("mood ~ theta1", data, family="nominal", multilevel=True, draws=one)
+    t1 = one.set_index("ID").loc[data["ID"], "theta1"].to_numpy()
+    model = MultinomialRandomIntercept(data["mood"].to_numpy(),
+                                       np.column_stack([np.ones(len(t1)), t1]),
+                                       pd.factorize(data["ID"])[0])  # fmt: skip
+    ref = model.fit()
+    assert list(s2.params.index) == ["Intercept[1]", "theta1[1]", "Intercept[2]", "theta1[2]",
+                                     "var[1]", "cov[1,2]", "var[2]"]  # fmt: skip
+    np.testing.assert_allclose(s2.params.iloc[:4], ref.params[:4], atol=1e-6)
+    _, chol = model.unpack(ref.params)
+    sigma = chol @ chol.T
+    np.testing.assert_allclose(s2.params.iloc[4:], [sigma[0, 0], sigma[1, 0], sigma[1, 1]],
+                               atol=1e-6)  # fmt: skip
+    assert s2.llf == pytest.approx(ref.llf, abs=1e-6)
+    # the delta method: var[1] = L11^2, its SE 2 L11 SE(L11)
+    assert s2.bse["var[1]"] == pytest.approx(2 * abs(chol[0, 0]) * np.sqrt(ref.cov[4, 4]),
+                                             rel=1e-4)  # fmt: skip
+
+
 def test_ordinal_fit_equals_statsmodels_ordered_model():
     from statsmodels.miscmodels.ordinal_model import OrderedModel
 
@@ -298,8 +328,6 @@ def test_stage2_bad_input(sbm):
         res.stage2("PA ~ theta1", data)
     with pytest.raises(MELSInputError, match="unknown stage-2 family"):
         res.stage2("HSG ~ theta1", persons, family="gamma")
-    with pytest.raises(MELSInputError, match="ordinal and poisson families, not 'nominal'"):
-        res.stage2("HSG_Ord ~ theta1", persons, family="nominal", multilevel=True, n_draws=2)
     with pytest.raises(MELSInputError, match="no column"):
         res.stage2("HSG ~ theta1 + bmi", persons)
     with pytest.raises(MELSInputError, match="n_draws must be a positive integer"):
