@@ -521,25 +521,27 @@ def take_groups(design: DesignMatrices, groups: slice | np.ndarray) -> DesignMat
         rows = np.repeat(keep, sizes)
         group_ptr = np.concatenate([[0], np.cumsum(sizes[groups])]).astype(np.intp)
 
+    return _with_rows(
+        design,
+        rows,
+        group_ptr=group_ptr,
+        group_labels=design.group_labels[groups],
+        group_weights=None if design.group_weights is None else design.group_weights[groups],
+    )
+
+
+def _with_rows(design: DesignMatrices, rows, **changes) -> DesignMatrices:
+    """The design with only ``rows`` (a slice, mask or positions) of every
+    row-wise array, and ``changes`` (the new group offsets, ...)."""
+
     def take(x):
         return None if x is None else np.ascontiguousarray(x[rows])
 
-    return replace(
-        design,
-        y=take(design.y),
-        x_mean=take(design.x_mean),
-        x_bs=take(design.x_bs),
-        x_ws=take(design.x_ws),
-        x_re=take(design.x_re),
-        x_scale=take(design.x_scale),
-        group_ptr=group_ptr,
-        group_labels=design.group_labels[groups],
-        row_index=design.row_index[rows],
-        row_position=take(design.row_position),
-        group_weights=None if design.group_weights is None else design.group_weights[groups],
-        unit_weights=take(design.unit_weights),
-        censoring=take(design.censoring),
-    )
+    fields = ("y", "x_mean", "x_bs", "x_ws", "x_re", "x_scale", "row_position")
+    fields += ("unit_weights", "censoring")
+    out = {f: take(getattr(design, f)) for f in fields}
+    out["row_index"] = design.row_index[rows]
+    return replace(design, **{**out, **changes})
 
 
 def collapse_duplicates(design: DesignMatrices, min_saving: float = 0.2) -> DesignMatrices | None:
@@ -573,20 +575,9 @@ def collapse_duplicates(design: DesignMatrices, min_saving: float = 0.2) -> Desi
     sizes = np.bincount(uniq[:, 0].astype(int), minlength=design.n_groups)
     group_ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.intp)
 
-    def take(x):
-        return None if x is None else np.ascontiguousarray(x[first])
-
-    return replace(
+    return _with_rows(
         design,
-        y=take(design.y),
-        x_mean=take(design.x_mean),
-        x_bs=take(design.x_bs),
-        x_ws=take(design.x_ws),
-        x_re=take(design.x_re),
-        x_scale=take(design.x_scale),
-        censoring=take(design.censoring),
+        first,
         group_ptr=group_ptr,
-        row_index=design.row_index[first],
-        row_position=take(design.row_position),
         unit_weights=np.ascontiguousarray(counts.astype(float)),
     )

@@ -21,6 +21,7 @@ import numpy as np
 from scipy import optimize, sparse, special
 
 from .exceptions import MELSInputError
+from .optimize import numerical_hessian
 from .quadrature import gauss_hermite
 
 
@@ -34,7 +35,14 @@ class GLMMFit:
     converged: bool
 
 
-class PoissonRandomIntercept:
+class _ScoreMixin:
+    """``score`` from ``evaluate``, as :func:`melsml.optimize.numerical_hessian` reads it."""
+
+    def score(self, theta: np.ndarray) -> np.ndarray:
+        return self.evaluate(theta)[1]
+
+
+class PoissonRandomIntercept(_ScoreMixin):
     """The log-likelihood and score of the random-intercept Poisson model.
 
     Parameters
@@ -125,7 +133,7 @@ def _poisson_glm(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.asarray(sm.GLM(y, x, family=sm.families.Poisson()).fit().params)
 
 
-class MultinomialRandomIntercept:
+class MultinomialRandomIntercept(_ScoreMixin):
     """Multinomial logit with correlated random intercepts (a multilevel nominal
     stage 2), the first category the reference:
 
@@ -286,7 +294,7 @@ def _maximise(model, start: np.ndarray, n: int, warm: bool = False) -> GLMMFit:
 
         theta = optimize.minimize(fun, theta, jac=True, method="BFGS", options={"gtol": 1e-8}).x
     llf, g = model.evaluate(theta)
-    hess = _forward_hessian(model, theta, g)
+    hess = numerical_hessian(model, theta, g)
     for _ in range(50):
         try:
             step = np.linalg.solve(-hess, g)
@@ -305,7 +313,7 @@ def _maximise(model, start: np.ndarray, n: int, warm: bool = False) -> GLMMFit:
             break
         theta, llf, g = theta + t * step, new_llf, new_g
         if decrement > 1e-3 or t < 1.0:
-            hess = _forward_hessian(model, theta, g)
+            hess = numerical_hessian(model, theta, g)
     k = theta.size
     try:
         cov = np.linalg.inv(-hess)
@@ -313,14 +321,3 @@ def _maximise(model, start: np.ndarray, n: int, warm: bool = False) -> GLMMFit:
     except np.linalg.LinAlgError:
         cov, converged = np.full((k, k), np.nan), False
     return GLMMFit(theta, 0.5 * (cov + cov.T), llf, converged)
-
-
-def _forward_hessian(model, theta: np.ndarray, g0: np.ndarray) -> np.ndarray:
-    k = theta.size
-    hess = np.empty((k, k))
-    for i in range(k):
-        h = 1e-5 * (1.0 + abs(theta[i]))
-        tp = theta.copy()
-        tp[i] += h
-        hess[:, i] = (model.evaluate(tp)[1] - g0) / h
-    return 0.5 * (hess + hess.T)

@@ -54,6 +54,22 @@ def delta_method(fun, theta: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, n
     return val, jac @ cov @ jac.T
 
 
+def tidy_table(res, alpha: float = 0.05) -> pd.DataFrame:
+    """One row per parameter of any results with ``params``, ``bse``,
+    ``tvalues``, ``pvalues`` and ``conf_int``: estimate, SE, z, p and CI."""
+    ci = res.conf_int(alpha)
+    return pd.DataFrame(
+        {
+            "estimate": res.params,
+            "std_error": res.bse,
+            "z": res.tvalues,
+            "p_value": res.pvalues,
+            "lower": ci["lower"],
+            "upper": ci["upper"],
+        }
+    )
+
+
 def delta_table(fun, theta, cov, names, alpha: float, index_name: str) -> pd.DataFrame:
     """Values of ``fun(theta)`` with delta-method SEs and Wald intervals, one row
     per name."""
@@ -186,14 +202,4 @@ class LikelihoodResults:
 
     def tidy(self, alpha: float = 0.05) -> pd.DataFrame:
         """One row per parameter: estimate, SE, z, p and CI (what summaries print)."""
-        ci = self.conf_int(alpha)
-        return pd.DataFrame(
-            {
-                "estimate": self.params,
-                "std_error": self.bse,
-                "z": self.tvalues,
-                "p_value": self.pvalues,
-                "lower": ci["lower"],
-                "upper": ci["upper"],
-            }
-        )
+        return tidy_table(self, alpha)

@@ -31,13 +31,14 @@ import numpy as np
 import pandas as pd
 
 from .exceptions import MELSInputError, MELSWarning, MissingDataWarning
-from .mixwild_ordinal import compare_ordinal, is_ordinal_report
+from .mixwild_ordinal import compare_ordinal, compare_row, is_ordinal_report
 from .mixwild_stage2 import (
     STAGE2_FAMILIES,
     Stage2Spec,
     block_lines,
     counts_from_formula,
     read_block,
+    read_numbers,
 )
 
 SETTING_NAMES = (
@@ -292,7 +293,7 @@ def read_def(path) -> MixWILDSpec:
     spec = _read_model_lines(
         path, title, data_name, prefix, settings, notes, take, ints, labels, ordinal=False
     )
-    spec = _with_stage2(spec, take, nvar)
+    spec = _with_stage2(spec, take, labels, nvar)
     if int(settings["R"]) == 0 and int(settings["RNINT"]) == 1:
         raise MixWILDFormatError(
             f"{path.name}: R = 0 with RNINT = 1 leaves no random location "
@@ -336,15 +337,15 @@ def _read_ordinal_def(path, title, data_name, prefix, no, parts, take, ints, lab
     spec = _read_model_lines(
         path, title, data_name, prefix, st, notes, take, ints, labels, ordinal=True
     )
-    return _with_stage2(spec, take, int(st["NVAR"]))
+    return _with_stage2(spec, take, labels, int(st["NVAR"]))
 
 
-def _with_stage2(spec: MixWILDSpec, take, nvar: int) -> MixWILDSpec:
+def _with_stage2(spec: MixWILDSpec, take, labels, nvar: int) -> MixWILDSpec:
     """The spec with its stage-2 block, when STAGE2 is not 0."""
     st = spec.settings
     if int(st["STAGE2"]) == 0:
         return spec
-    block = read_block(spec.path, take, st, nvar)
+    block = read_block(spec.path, take, labels, st, nvar)
     note = (
         f"stage 2 ({block.family}{', multilevel' if block.multilevel else ''}): "
         f"{block.formula()}; {block.n_draws} draws (MixWILD's seed {block.seed} "
@@ -440,24 +441,7 @@ def read_data(spec: MixWILDSpec) -> pd.DataFrame:
     """
     path = spec.data_file
     nvar = int(spec.settings["NVAR"])
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise MELSInputError(f"cannot read data file {str(path)!r}: {exc}") from None
-    rows = []
-    for no, line in enumerate(text.splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) < nvar:
-            raise MixWILDFormatError(
-                f"{path.name}, line {no}: {len(parts)} values, the definition says NVAR = {nvar}"
-            )
-        try:
-            rows.append([float(v) for v in parts[:nvar]])
-        except ValueError:
-            raise MixWILDFormatError(f"{path.name}, line {no}: non-numeric value") from None
-    raw = np.array(rows)
+    raw = read_numbers(path, nvar, "data file", MixWILDFormatError)
     used = [
         spec.id_col,
         spec.y_col,
@@ -946,8 +930,9 @@ def compare_stage2(s2, output) -> pd.DataFrame:
 
     Rows follow MixWILD's report (its thresholds, labelled by their upper
     category, matched to melsml's in order); columns ``melsml``,
-    ``mixwild``, ``diff``, ``melsml_se``, ``mixwild_se``, ``se_ratio``, with a
-    last row for the mean log-likelihood.
+    ``mixwild``, ``difference``, ``melsml_se``, ``mixwild_se``, ``se_ratio``,
+    with a last row for the mean log-likelihood (and its SD over the
+    replications in the SE columns).
     """
     mw = read_stage2_output(output)
     ours = s2.params.copy()
@@ -956,28 +941,21 @@ def compare_stage2(s2, output) -> pd.DataFrame:
     thr_mw = [n for n in mw["name"] if n.startswith("threshold ")]
     rename = dict(zip(thr_ours, thr_mw, strict=False))
     ours, ours_se = ours.rename(index=rename), ours_se.rename(index=rename)
-    rows = []
-    for _, row in mw.iterrows():
-        name = row["name"]
-        est = float(ours.get(name, np.nan))
-        se = float(ours_se.get(name, np.nan))
-        rows.append(
-            dict(
-                term=name,
-                melsml=est,
-                mixwild=row["estimate"],
-                diff=est - row["estimate"],
-                melsml_se=se,
-                mixwild_se=row["std_error"],
-                se_ratio=se / row["std_error"] if row["std_error"] else np.nan,
-            )
+    rows = [
+        compare_row(
+            "stage2",
+            row["name"],
+            float(ours.get(row["name"], np.nan)),
+            float(ours_se.get(row["name"], np.nan)),
+            row["estimate"],
+            row["std_error"],
         )
-    rows.append(
-        dict(term="mean llf", melsml=s2.llf, mixwild=mw.attrs["llf"],
-             diff=s2.llf - mw.attrs["llf"], melsml_se=s2.llf_sd, mixwild_se=mw.attrs["llf_sd"],
-             se_ratio=np.nan)
-    )  # fmt: skip
-    return pd.DataFrame(rows).set_index("term")
+        for _, row in mw.iterrows()
+    ]
+    # the mean log-likelihood, with its SD over the replications as the "SE"
+    last = compare_row("stage2", "mean llf", s2.llf, s2.llf_sd, mw.attrs["llf"], np.nan)
+    rows.append({**last, "mixwild_se": mw.attrs["llf_sd"], "se_ratio": np.nan})
+    return pd.DataFrame(rows).drop(columns="block").set_index("term")
 
 
 def read_est(path) -> list[dict]:
@@ -1062,18 +1040,7 @@ def compare(res, output) -> pd.DataFrame:
             )
         for (term, val), (_, row) in zip(ours.items(), theirs.iterrows(), strict=True):
             se = res.bse[(block, term)]
-            rows.append(
-                dict(
-                    block=block,
-                    term=term,
-                    melsml=val,
-                    mixwild=row["estimate"],
-                    difference=val - row["estimate"],
-                    melsml_se=se,
-                    mixwild_se=row["std_error"],
-                    se_ratio=se / row["std_error"],
-                )
-            )
+            rows.append(compare_row(block, term, val, se, row["estimate"], row["std_error"]))
     if mls:
         rows += _compare_mls(res, mw)
     llf_mw = out.attrs.get("llf", {}).get(which, np.nan)

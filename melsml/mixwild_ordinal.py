@@ -89,6 +89,22 @@ def read_ordinal_output(path) -> pd.DataFrame:
     return out
 
 
+def compare_row(block: str, term: str, ours: float, ours_se: float, theirs: float,
+                theirs_se: float) -> dict:  # fmt: skip
+    """One row of a comparison table: the two estimates and SEs, their
+    difference and the SE ratio."""
+    return dict(
+        block=block,
+        term=term,
+        melsml=ours,
+        mixwild=theirs,
+        difference=ours - theirs,
+        melsml_se=ours_se,
+        mixwild_se=theirs_se,
+        se_ratio=ours_se / theirs_se if theirs_se else np.nan,
+    )
+
+
 def compare_ordinal(res, output) -> pd.DataFrame:
     """A melsml ordinal fit beside a MIXORS report (melsml's log-SD-scale
     parameters halved to MixWILD's scale); columns as :func:`melsml.mixwild.compare`."""
@@ -124,18 +140,7 @@ def compare_ordinal(res, output) -> pd.DataFrame:
                 "are these the same model?"
             )
         for (term, val), se, (_, row) in zip(ours.items(), ses, theirs.iterrows(), strict=True):
-            rows.append(
-                dict(
-                    block=block,
-                    term=term,
-                    melsml=val,
-                    mixwild=row["estimate"],
-                    difference=val - row["estimate"],
-                    melsml_se=se,
-                    mixwild_se=row["std_error"],
-                    se_ratio=se / row["std_error"],
-                )
-            )
+            rows.append(compare_row(block, term, val, se, row["estimate"], row["std_error"]))
     llf = mw.attrs["llf"]
     rows.append(
         dict(block="fit", term="log-likelihood", melsml=res.llf, mixwild=llf,

@@ -79,7 +79,9 @@ class Stage2Spec:
         missing-value code are dropped."""
         labels = list(self.columns)
         if self.sep_file is not None:
-            raw = _read_numbers(self.sep_file, self.sep_nvar)
+            raw = read_numbers(
+                self.sep_file, self.sep_nvar, "the stage-2 data file", Stage2FormatError
+            )
             frame = pd.DataFrame({id_col: raw[:, self.sep_id_col - 1].astype(np.int64)})
             for lab, c in self.columns.items():
                 frame[lab] = raw[:, c - 1]
@@ -152,27 +154,33 @@ def counts_from_formula(formula: str) -> tuple[tuple[int, ...], tuple[tuple[str,
     return tuple(counts), labels, outcome
 
 
-def _read_numbers(path: Path, nvar: int) -> np.ndarray:
+def read_numbers(path: Path, nvar: int, what: str = "data file", error=MELSInputError):
+    """The first ``nvar`` numbers of every non-empty line of a MixWILD data
+    file, as an array; ``error`` (a class) names the line that is short or not
+    numeric."""
     try:
         text = path.read_text()
     except OSError as exc:
-        raise MELSInputError(f"cannot read the stage-2 data file {str(path)!r}: {exc}") from None
+        raise MELSInputError(f"cannot read {what} {str(path)!r}: {exc}") from None
     rows = []
     for no, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
         if len(parts) < nvar:
-            raise Stage2FormatError(f"{path.name}, line {no}: {len(parts)} values, NVAR = {nvar}")
+            raise error(
+                f"{path.name}, line {no}: {len(parts)} values, the definition says NVAR = {nvar}"
+            )
         try:
             rows.append([float(v) for v in parts[:nvar]])
         except ValueError:
-            raise Stage2FormatError(f"{path.name}, line {no}: non-numeric value") from None
+            raise error(f"{path.name}, line {no}: non-numeric value") from None
     return np.array(rows)
 
 
-def read_block(path: Path, take, settings: dict[str, float], nvar: int) -> Stage2Spec:
-    """Read the stage-2 block with ``take(what) -> (line number, text)``."""
+def read_block(path: Path, take, labels, settings: dict[str, float], nvar: int) -> Stage2Spec:
+    """Read the stage-2 block with ``take(what) -> (line number, text)`` and
+    ``labels(what, count)`` (the label lines' reader of the stage-1 part)."""
     code = int(settings["STAGE2"])
     if code not in STAGE2_FAMILIES:
         raise Stage2FormatError(f"{path.name}: STAGE2 = {code} is not 1, 2, 3 or 4")
@@ -202,18 +210,6 @@ def read_block(path: Path, take, settings: dict[str, float], nvar: int) -> Stage
                     f"{path.name}: column {v} in the {what} is outside the data's {limit} columns"
                 )
         return vals
-
-    def labels(what: str, count: int) -> tuple[str, ...]:
-        if count <= 0:
-            return ()
-        no, text = take(what)
-        parts = text.split()
-        if len(parts) != count:
-            raise Stage2FormatError(
-                f"{path.name}, line {no}: {count} label(s) expected for the {what}, found "
-                f"{len(parts)}: {text.strip()!r}"
-            )
-        return tuple(parts)
 
     counts = numbers("stage-2 counts (pfixed ptheta [pomega pto])", 2 if nors else 4)
     counts = (*counts, -1, -1) if nors else counts

@@ -35,6 +35,7 @@ from scipy import stats
 
 from .exceptions import MELSInputError, MissingDataWarning
 from .formula import _expression_names, _formula_names, _parse
+from .inference import tidy_table
 from .posterior import posterior_grid
 from .random_effects import _posterior_mixwild
 from .stage2_fit import (
@@ -396,18 +397,13 @@ class Stage2Results:
             {"lower": self.params - q * self.bse, "upper": self.params + q * self.bse}
         )
 
+    def tidy(self, alpha: float = 0.05) -> pd.DataFrame:
+        """One row per parameter: estimate, SE, z, p and CI."""
+        return tidy_table(self, alpha)
+
     def summary(self, alpha: float = 0.05) -> Stage2Summary:
-        ci = self.conf_int(alpha)
-        table = pd.DataFrame(
-            {
-                "estimate": self.params,
-                "std_error": self.bse,
-                "z": self.tvalues,
-                "p_value": self.pvalues,
-                "lower": ci["lower"],
-                "upper": ci["upper"],
-            }
-        )
+        """The fit's settings and the table of :meth:`tidy`."""
+        table = self.tidy(alpha)
         family = self.family + (f" ({self.link} link)" if self.family == "ordinal" else "")
         if self.multilevel:
             family += ", random intercept"

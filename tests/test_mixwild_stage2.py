@@ -43,7 +43,7 @@ def test_stage2_definition_fitted_and_compared(case):
     s2 = mixwild.stage2(res)
     assert (s2.n_draws, s2.draws, s2.combine) == (500, "mixwild", "mixwild")
     table = mixwild.compare_stage2(s2, DATA / f"sbm_stage2_{case}" / "stage2.out")
-    diffs = table["diff"].to_numpy()
+    diffs = table["difference"].to_numpy()
     np.testing.assert_array_less(np.abs(diffs[:-1]), MC_TOL[case])
     assert np.all(np.abs(table["se_ratio"].dropna() - 1) < 0.05)
     assert abs(diffs[-1]) < 0.3
