@@ -267,6 +267,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"means {int(effects['mean_separated'].sum())} of {len(effects)}, "
         f"variances {int(effects['variance_separated'].sum())} of {len(effects)}"
     )
+    if "variance_note" in effects.attrs:
+        print(f"Note: {effects.attrs['variance_note']}.")
     print(f"School predictions written to {out / 'model3_school_effects.csv'}")
     print(f"Ranks: {RANK_ORDER['mean']}; {RANK_ORDER['variance']}")
     print(
@@ -338,19 +340,56 @@ def _cmd_report(args: argparse.Namespace) -> int:
         figures["ranks_dfe_vs_mels.png"] = plots.rank_scatter(
             dfe_ranks, mels, labels=("DfE median line", "MELS")
         )
+    written = ["schools.csv", "separation.csv", "rank_correlations.csv", "mels_summary.txt"]
+    uncertainty, more_figures = _rank_uncertainty(res, args.seed)
+    figures.update(more_figures)
+    for name, table in uncertainty.items():
+        table.to_csv(out / f"{name}.csv")
+        written.append(f"{name}.csv")
     for name, fig in figures.items():
         fig.savefig(out / name, dpi=120)
     print(res.summary())
     print(f"\nRanks: {RANK_ORDER['mean']}; {RANK_ORDER['variance']}")
     print("\nSchools separated from the average (95% intervals)")
     print(report.separation.to_string(float_format=lambda v: f"{v:.1f}"))
+    note = mels.attrs.get("variance_note")
+    if note:
+        print(f"Note: {note}.")
+    if "variance_flags" in uncertainty:
+        flags = uncertainty["variance_flags"]
+        print(
+            f"\nSchool variances flagged at a false discovery rate of {flags.attrs['fdr']:.0%} "
+            f"(Benjamini-Hochberg): {flags.attrs['n_flagged']} of {len(flags)} "
+            f"({(flags['flag'] == 'high').sum()} high, {(flags['flag'] == 'low').sum()} low); "
+            f"false flags expected at most {flags.attrs['expected_false_flags']:.1f}; "
+            f"an unadjusted 5% test would flag {flags.attrs['unadjusted_by_chance']:.1f} by "
+            "chance alone"
+        )
+        if "note" in flags.attrs and not note:
+            print(f"Note: {flags.attrs['note']}.")
     print("\nRank correlations (Spearman)")
     print(report.rank_correlations.to_string(float_format=lambda v: f"{v:.3f}"))
-    print(
-        f"\nwrote schools.csv, separation.csv, rank_correlations.csv, mels_summary.txt and "
-        f"{len(figures)} PNG plots to {out}"
-    )
+    print(f"\nwrote {', '.join(written)} and {len(figures)} PNG plots to {out}")
     return 0
+
+
+def _rank_uncertainty(res, seed: int) -> tuple[dict, dict]:
+    """Rank intervals, comparative intervals and variance flags ({name: table}),
+    and the rank-interval plots ({file name: figure}); models beyond MixWILD's
+    (random slopes) have none."""
+    from . import plots
+    from .rankings import comparative_intervals, rank_intervals, variance_flags
+
+    if not res.model.layout.mixwild_view:
+        return {}, {}
+    _progress("ranking 1000 posterior draws of the schools' effects ...")
+    ranks = rank_intervals(res, n_draws=1000, seed=seed)
+    tables = {"rank_intervals": ranks, "comparative_intervals": comparative_intervals(res)}
+    figures = {"rank_intervals_mean.png": plots.rank_intervals(ranks, "mean")}
+    if res.model.layout.s:
+        tables["variance_flags"] = variance_flags(res)
+        figures["rank_intervals_variance.png"] = plots.rank_intervals(ranks, "variance")
+    return tables, figures
 
 
 def _cmd_mixwild(args: argparse.Namespace) -> int:
@@ -488,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="DfE median line (A mainstream, B special, data, or auto)",
     )
     rep.add_argument("--out", default="melsml-report", help="output folder")
+    rep.add_argument(
+        "--seed", type=int, default=2024, help="seed of the posterior draws for rank intervals"
+    )
     rep.set_defaults(func=_cmd_report)
 
     mw = sub.add_parser("mixwild", help="fit a MixWILD definition file")

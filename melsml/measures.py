@@ -22,6 +22,16 @@ RANK_ORDER = {
 }
 
 
+#: a random-scale SD below this is at its boundary 0 (as the fit's warning says)
+SCALE_BOUNDARY = 1e-3
+
+#: what school tables say when the random scale SD is at its boundary
+BOUNDARY_NOTE = (
+    "sigma_omega is at its boundary 0: school variances differ only through tau_l times "
+    "the school means, so they are not separate findings"
+)
+
+
 def rank_order(name: str) -> str:
     """``"highest"`` or ``"lowest"``: which estimate gets rank 1 for a measure."""
     return "lowest" if name.startswith("variance") else "highest"

@@ -70,10 +70,44 @@ def caterpillar(
     ax.set_xlabel("school rank")
     ax.set_ylabel(ylabel or f"school {measure} of adjusted achievement")
     n_sep = int(sep.sum())
-    ax.set_title(
-        title or f"School {measure}s: {n_sep} of {len(est)} separated from average", fontsize=10
-    )
+    default = f"School {measure}s: {n_sep} of {len(est)} separated from average"
+    if measure.startswith("variance") and "variance_note" in effects.attrs:
+        default = f"School {measure}s (sigma_omega = 0: not separate findings)"
+    ax.set_title(title or default, fontsize=10)
     ax.set_xlim(0, len(est) + 1)
+    fig.tight_layout()
+    return fig
+
+
+def rank_intervals(ranks: pd.DataFrame, measure: str = "mean", *, ax=None):
+    """Each school's rank with its interval, schools in rank order.
+
+    Parameters
+    ----------
+    ranks : DataFrame
+        :func:`melsml.rankings.rank_intervals` (``{measure}_rank``,
+        ``{measure}_rank_lower``, ``{measure}_rank_upper``).
+    measure : {"mean", "variance"}
+    ax : matplotlib Axes, optional
+    """
+    cols = [f"{measure}_rank", f"{measure}_rank_lower", f"{measure}_rank_upper"]
+    _check(ranks, cols)
+    plt = _plt()
+    fig = ax.figure if ax is not None else plt.figure(figsize=(7, 4.5))
+    ax = ax if ax is not None else fig.add_subplot()
+    order = np.argsort(ranks[cols[0]].to_numpy(), kind="stable")
+    rank, lo, hi = (ranks[c].to_numpy()[order] for c in cols)
+    x = np.arange(1, len(rank) + 1)
+    ax.vlines(x, lo, hi, color="0.6", lw=0.8)
+    ax.plot(x, rank, "o", ms=2.0, color="black")
+    ax.set_xlabel(f"school, by {measure} rank")
+    ax.set_ylabel("rank (1 = best) with its interval")
+    level = 100 * (1 - ranks.attrs.get("alpha", 0.05))
+    title = f"School {measure} ranks with {level:.0f}% intervals"
+    if measure == "variance" and "note" in ranks.attrs:
+        title += " (sigma_omega = 0: not separate findings)"
+    ax.set_title(title, fontsize=10)
+    ax.set_xlim(0, len(rank) + 1)
     fig.tight_layout()
     return fig
 

@@ -12,7 +12,14 @@ import numpy as np
 import pandas as pd
 
 from .exceptions import MELSInputError
-from .measures import RANK_ORDER, grid_quantiles, measure_columns, mixture_quantiles
+from .measures import (
+    BOUNDARY_NOTE,
+    RANK_ORDER,
+    SCALE_BOUNDARY,
+    grid_quantiles,
+    measure_columns,
+    mixture_quantiles,
+)
 from .posterior import (
     PosteriorGrid,
     grid_2d,
@@ -313,6 +320,7 @@ def school_effects(
     out.attrs.update(
         mean_reference=0.0, variance_reference=ref_var, alpha=alpha, rank_order=RANK_ORDER
     )
+    _boundary_note(state, out)
     if slopes:
         out.attrs["reference_var"] = sigma_ref.tolist()
     if at_refs:
@@ -380,4 +388,12 @@ def _school_effects_2d(state: FitState, alpha: float, shift: float) -> pd.DataFr
         },
     )
     out.attrs.update(mean_reference=0.0, variance_reference=ref_var, alpha=alpha)
+    _boundary_note(state, out)
     return out
+
+
+def _boundary_note(state: FitState, table: pd.DataFrame) -> None:
+    """Say in ``table.attrs`` when the random scale SD is at its boundary 0."""
+    if state.layout.mixwild_view and state.layout.s:
+        if abs(state.params()["sigma_omega"]) < SCALE_BOUNDARY:
+            table.attrs["variance_note"] = BOUNDARY_NOTE

@@ -243,13 +243,23 @@ def test_report_end_to_end_on_demo_data_and_pupil_records(tmp_path, capsys):
         "mean_vs_variance.png",
         "ranks_mixedlm_vs_mels.png",
         "mels_summary.txt",
+        "rank_intervals.csv",
+        "comparative_intervals.csv",
+        "variance_flags.csv",
+        "rank_intervals_mean.png",
+        "rank_intervals_variance.png",
     ):
         assert (out / name).exists(), name
     table = pd.read_csv(out / "schools.csv")
     assert len(table) == 60 and "mels_variance_separated" in table.columns
+    assert "flagged at a false discovery rate of 5%" in capsys.readouterr().out
     out2 = tmp_path / "rep2"
     assert main(["report", "--pupils", str(example_pupils_path()), "--out", str(out2)]) == 0
     assert (out2 / "ranks_dfe_vs_mels.png").exists()
+    # the shipped example's random scale is at its boundary: variances are no findings
+    printed = capsys.readouterr().out
+    assert "so they are not separate findings" in printed
+    assert pd.read_csv(out2 / "variance_flags.csv")["flag"].isna().all()
     assert "dfe" in pd.read_csv(out2 / "rank_correlations.csv", index_col=0).index
     capsys.readouterr()
     assert main(["report", "--out", str(tmp_path / "x")]) == 1

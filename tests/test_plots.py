@@ -46,3 +46,19 @@ def test_plot_input_errors(effects):
         plots.caterpillar(effects[["mean"]], "mean")
     with pytest.raises(MELSInputError, match="no school in common"):
         plots.rank_scatter(effects.iloc[:5], effects.iloc[5:10])
+
+
+def test_rank_intervals_plot_and_the_boundary_title(effects, tmp_path):
+    from melsml.rankings import rank_intervals
+
+    data = simulate_london(3, seed=3, n_schools=40, n_students=3000)
+    res = MELS.from_formula("y ~ prior", data, "school", ws_formula="~ prior").fit()
+    ranks = rank_intervals(res, n_draws=200, seed=1)
+    fig = plots.rank_intervals(ranks, "variance")
+    ax = fig.axes[0]
+    assert np.all(np.diff(ax.lines[0].get_ydata()) >= 0)  # in rank order
+    assert "95% intervals" in ax.get_title() and "not separate" not in ax.get_title()
+    fig.savefig(tmp_path / "ri.png")
+    flat = effects.copy()
+    flat.attrs["variance_note"] = "sigma_omega is at its boundary 0"
+    assert "not separate findings" in plots.caterpillar(flat, "variance").axes[0].get_title()
