@@ -22,6 +22,7 @@ from .exceptions import (
     MissingDataWarning,
 )
 from .model import MELS
+from .power import power
 from .results import MELSResults
 from .simulate import simulate, simulate_london
 from .summary import Summary, compare
@@ -37,6 +38,7 @@ __all__ = [
     "valueadded",
     "simulate",
     "simulate_london",
+    "power",
     "MELSInputError",
     "MELSWarning",
     "MissingDataWarning",

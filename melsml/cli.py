@@ -392,6 +392,31 @@ def _rank_uncertainty(res, seed: int) -> tuple[dict, dict]:
     return tables, figures
 
 
+def _cmd_power(args: argparse.Namespace) -> int:
+    from . import plots
+    from .power import power
+    from .simulate import LONDON_TRUE
+
+    params = {k: dict(v) for k, v in LONDON_TRUE.items()}
+    params["random"].update(sigma_omega=args.sigma_omega, tau_l=args.tau_l)
+    params["tau"]["prior"] = args.tau_prior
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _progress(
+        f"power of the test of {args.test}: {len(args.schools) * len(args.students)} designs x "
+        f"{args.sims} simulations (model 3: y ~ prior, WS ~ prior, sigma_omega "
+        f"{args.sigma_omega:g}, tau_l {args.tau_l:g})"
+    )
+    result = power(params, args.schools, args.students, test=args.test, n_sims=args.sims,
+                   alpha=args.alpha, seed=args.seed, formula="y ~ prior", ws_formula="~ prior",
+                   progress=_progress_bar("simulations"))  # fmt: skip
+    result.to_csv(out / "power.csv", index=False)
+    plots.power_curve(result).savefig(out / "power.png", dpi=120)
+    print(result.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\nwrote power.csv and power.png to {out}")
+    return 0
+
+
 def _cmd_mixwild(args: argparse.Namespace) -> int:
     from . import mixwild
 
@@ -553,6 +578,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mw.add_argument("--out", help="folder for estimates and school predictions")
     mw.set_defaults(func=_cmd_mixwild)
+
+    pw = sub.add_parser(
+        "power",
+        help="power to detect a random scale (or a parameter) by simulation, per design",
+    )
+    pw.add_argument("--schools", type=int, nargs="+", default=[100, 200, 465])
+    pw.add_argument("--students", type=int, nargs="+", default=[30, 150])
+    pw.add_argument(
+        "--test",
+        default="random_scale",
+        help="'random_scale' (LR test) or 'block[term]', e.g. 'tau[prior]'",
+    )
+    pw.add_argument("--sigma-omega", type=float, default=0.22, help="true random-scale SD")
+    pw.add_argument("--tau-l", type=float, default=-0.12, help="true location-scale association")
+    pw.add_argument("--tau-prior", type=float, default=-0.12, help="true WS slope on prior")
+    pw.add_argument("--sims", type=int, default=200, help="simulations per design")
+    pw.add_argument("--alpha", type=float, default=0.05)
+    pw.add_argument("--seed", type=int, default=2024)
+    pw.add_argument("--out", default="melsml-power", help="output folder")
+    pw.set_defaults(func=_cmd_power)
 
     demo = sub.add_parser("demo", help="simulate London-sized data and fit models 1, 2, 3, 7")
     demo.add_argument("--out", default="melsml-demo", help="output folder (default melsml-demo)")

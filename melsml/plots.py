@@ -112,6 +112,34 @@ def rank_intervals(ranks: pd.DataFrame, measure: str = "mean", *, ax=None):
     return fig
 
 
+def power_curve(result: pd.DataFrame, *, ax=None):
+    """Power against the number of schools, one line per number of students.
+
+    Parameters
+    ----------
+    result : DataFrame
+        :func:`melsml.power.power`.
+    ax : matplotlib Axes, optional
+    """
+    _check(result, ["n_schools", "n_students", "power", "power_se"])
+    plt = _plt()
+    fig = ax.figure if ax is not None else plt.figure(figsize=(6, 4.5))
+    ax = ax if ax is not None else fig.add_subplot()
+    for ns, grp in result.sort_values("n_schools").groupby("n_students"):
+        ax.errorbar(grp["n_schools"], grp["power"], yerr=2 * grp["power_se"], marker="o",
+                    ms=3, capsize=2, label=f"{ns} students per school")  # fmt: skip
+    ax.axhline(0.8, color="0.6", lw=0.8, ls="--")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("schools")
+    ax.set_ylabel("power (+-2 Monte Carlo SE)")
+    test = result.attrs.get("test", "")
+    ax.set_title(f"Power of the test of {test} at {result.attrs.get('alpha', 0.05):g}",
+                 fontsize=10)  # fmt: skip
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def caterpillar_pair(effects: pd.DataFrame):
     """The article's figure: caterpillars of school means (left) and variances (right)."""
     plt = _plt()

@@ -300,3 +300,16 @@ def test_fit_censored(tmp_path, capsys):
     assert main(["fit", str(path), "--formula", "y ~ prior", "--groups", "school",
                  "--censor", "1"]) != 0  # fmt: skip
     assert "--censor needs" in capsys.readouterr().err
+
+
+def test_power_command_writes_its_table_and_curve(tmp_path, capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = tmp_path / "pw"
+    args = ["power", "--schools", "15", "30", "--students", "10", "--sims", "2", "--out", str(out)]
+    assert main(args) == 0
+    table = pd.read_csv(out / "power.csv")
+    assert list(table["n_schools"]) == [15, 30] and (table["n_sims"] == 2).all()
+    assert (out / "power.png").stat().st_size > 1000
+    assert "4/4" in capsys.readouterr().err

@@ -62,3 +62,16 @@ def test_rank_intervals_plot_and_the_boundary_title(effects, tmp_path):
     flat = effects.copy()
     flat.attrs["variance_note"] = "sigma_omega is at its boundary 0"
     assert "not separate findings" in plots.caterpillar(flat, "variance").axes[0].get_title()
+
+
+def test_power_curve(tmp_path):
+    import pandas as pd
+
+    result = pd.DataFrame({"n_schools": [50, 100, 50, 100], "n_students": [30, 30, 150, 150],
+                           "power": [0.2, 0.4, 0.5, 0.9], "power_se": [0.04] * 4})  # fmt: skip
+    result.attrs.update(test="random_scale", alpha=0.05)
+    fig = plots.power_curve(result)
+    ax = fig.axes[0]
+    assert "random_scale" in ax.get_title()
+    assert len(ax.get_legend().get_texts()) == 2
+    fig.savefig(tmp_path / "p.png")
