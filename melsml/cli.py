@@ -355,6 +355,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     note = mels.attrs.get("variance_note")
     if note:
         print(f"Note: {note}.")
+    written += _profiles_and_workbook(args, out, report, uncertainty, note)
     if "variance_flags" in uncertainty:
         flags = uncertainty["variance_flags"]
         print(
@@ -371,6 +372,41 @@ def _cmd_report(args: argparse.Namespace) -> int:
     print(report.rank_correlations.to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"\nwrote {', '.join(written)} and {len(figures)} PNG plots to {out}")
     return 0
+
+
+def _profiles_and_workbook(args, out: Path, report, uncertainty: dict, note) -> list[str]:
+    """School profiles (``--profiles``, ``--school``) and the Excel workbook
+    (``--excel``); the names written."""
+    from .valueadded.profiles import report_workbook, school_profiles
+
+    written = []
+    if args.profiles or args.school:
+        schools = None
+        if args.school:
+            by_text = {str(s): s for s in report.table.index}
+            missing = [s for s in args.school if s not in by_text]
+            if missing:
+                raise CLIError(f"--school {missing[0]}: no such school in the report")
+            schools = [by_text[s] for s in args.school]
+        paths = school_profiles(
+            report,
+            out / "profiles",
+            schools=schools,
+            ranks=uncertainty.get("rank_intervals"),
+            flags=uncertainty.get("variance_flags"),
+            notes=[note] if note else None,
+        )
+        written.append(f"profiles/ ({len(paths) - 1} school pages and index.html)")
+    if args.excel:
+        sheets = {
+            "schools": report.table,
+            "separation": report.separation,
+            "rank_correlations": report.rank_correlations,
+            **uncertainty,
+        }
+        report_workbook(sheets, out / "report.xlsx")
+        written.append("report.xlsx")
+    return written
 
 
 def _rank_uncertainty(res, seed: int) -> tuple[dict, dict]:
@@ -555,6 +591,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "--seed", type=int, default=2024, help="seed of the posterior draws for rank intervals"
     )
+    rep.add_argument(
+        "--profiles", action="store_true", help="an HTML profile page for every school"
+    )
+    rep.add_argument(
+        "--school", action="append", metavar="ID", help="a profile page for this school (repeat)"
+    )
+    rep.add_argument("--excel", action="store_true", help="also report.xlsx, a sheet per table")
     rep.set_defaults(func=_cmd_report)
 
     mw = sub.add_parser("mixwild", help="fit a MixWILD definition file")

@@ -254,7 +254,14 @@ def test_report_end_to_end_on_demo_data_and_pupil_records(tmp_path, capsys):
     assert len(table) == 60 and "mels_variance_separated" in table.columns
     assert "flagged at a false discovery rate of 5%" in capsys.readouterr().out
     out2 = tmp_path / "rep2"
-    assert main(["report", "--pupils", str(example_pupils_path()), "--out", str(out2)]) == 0
+    school = str(pd.read_csv(example_pupils_path())["school"].iloc[0])
+    args = ["report", "--pupils", str(example_pupils_path()), "--out", str(out2)]
+    assert main([*args, "--school", school, "--excel"]) == 0
+    assert sorted(p.name for p in (out2 / "profiles").iterdir()) == [
+        "index.html", f"school_{school}.html"
+    ]  # fmt: skip
+    sheets = pd.read_excel(out2 / "report.xlsx", sheet_name=None)
+    assert {"schools", "separation", "rank_intervals", "variance_flags"} <= set(sheets)
     assert (out2 / "ranks_dfe_vs_mels.png").exists()
     # the shipped example's random scale is at its boundary: variances are no findings
     printed = capsys.readouterr().out
