@@ -266,6 +266,9 @@ def test_report_end_to_end_on_demo_data_and_pupil_records(tmp_path, capsys):
     # the shipped example's random scale is at its boundary: variances are no findings
     printed = capsys.readouterr().out
     assert "so they are not separate findings" in printed
+    separation = pd.read_csv(out2 / "separation.csv", index_col=0)
+    assert not separation.loc["mels_variance", "separate_findings"]
+    assert separation.loc["mels_mean", "separate_findings"]
     assert pd.read_csv(out2 / "variance_flags.csv")["flag"].isna().all()
     assert "dfe" in pd.read_csv(out2 / "rank_correlations.csv", index_col=0).index
     capsys.readouterr()

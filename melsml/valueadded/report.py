@@ -74,6 +74,8 @@ def compare_schools(
     refs = {"mixedlm_mean": 0.0, "mels_mean": 0.0}
     if mels is not None:
         refs["mels_variance"] = float(mels.attrs.get("variance_reference", np.nan))
+        if "variance_note" in mels.attrs:
+            table.attrs["variance_note"] = mels.attrs["variance_note"]
     table.attrs["references"] = refs
     return SchoolReport(
         table=table,
@@ -83,7 +85,9 @@ def compare_schools(
 
 
 def separation_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Number and percentage of schools separated from the average, per measure."""
+    """Number and percentage of schools separated from the average, per measure;
+    ``separate_findings`` is False for the MELS variances when the random scale
+    is at its boundary (they then follow the school means through tau_l)."""
     rows = {}
     for col in table.columns:
         if col.endswith("_separated"):
@@ -104,6 +108,8 @@ def separation_summary(table: pd.DataFrame) -> pd.DataFrame:
             }
     out = pd.DataFrame(rows).T
     out["below"] = out["separated"] - out["above"]
+    boundary = "variance_note" in table.attrs
+    out["separate_findings"] = [not (boundary and "variance" in name) for name in out.index]
     return out
 
 
