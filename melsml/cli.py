@@ -44,6 +44,13 @@ def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _close(fig) -> None:
+    """Release a saved figure (pyplot keeps every figure until closed)."""
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
 def _progress_bar(what: str):
     """A text progress bar on stderr: returns ``update(done, total)``."""
 
@@ -261,6 +268,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         ("model3_mean_vs_variance.png", plots.mean_variance_scatter(effects)),
     ):
         fig.savefig(out / name, dpi=110)
+        _close(fig)
         written.append(out / name)
     print(
         f"\nSchools separated from the average (95% intervals), model 3: "
@@ -348,6 +356,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         written.append(f"{name}.csv")
     for name, fig in figures.items():
         fig.savefig(out / name, dpi=120)
+        _close(fig)
     print(res.summary())
     print(f"\nRanks: {RANK_ORDER['mean']}; {RANK_ORDER['variance']}")
     print("\nSchools separated from the average (95% intervals)")
@@ -447,7 +456,9 @@ def _cmd_power(args: argparse.Namespace) -> int:
                    alpha=args.alpha, seed=args.seed, formula="y ~ prior", ws_formula="~ prior",
                    progress=_progress_bar("simulations"))  # fmt: skip
     result.to_csv(out / "power.csv", index=False)
-    plots.power_curve(result).savefig(out / "power.png", dpi=120)
+    fig = plots.power_curve(result)
+    fig.savefig(out / "power.png", dpi=120)
+    _close(fig)
     print(result.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"\nwrote power.csv and power.png to {out}")
     return 0
@@ -626,8 +637,16 @@ def build_parser() -> argparse.ArgumentParser:
         "power",
         help="power to detect a random scale (or a parameter) by simulation, per design",
     )
-    pw.add_argument("--schools", type=int, nargs="+", default=[100, 200, 465])
-    pw.add_argument("--students", type=int, nargs="+", default=[30, 150])
+    pw.add_argument(
+        "--schools", type=int, nargs="+", default=[100, 200, 465], help="numbers of schools"
+    )
+    pw.add_argument(
+        "--students",
+        type=int,
+        nargs="+",
+        default=[30, 150],
+        help="numbers of students per school",
+    )
     pw.add_argument(
         "--test",
         default="random_scale",
@@ -637,8 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--tau-l", type=float, default=-0.12, help="true location-scale association")
     pw.add_argument("--tau-prior", type=float, default=-0.12, help="true WS slope on prior")
     pw.add_argument("--sims", type=int, default=200, help="simulations per design")
-    pw.add_argument("--alpha", type=float, default=0.05)
-    pw.add_argument("--seed", type=int, default=2024)
+    pw.add_argument("--alpha", type=float, default=0.05, help="the tests' level")
+    pw.add_argument("--seed", type=int, default=2024, help="random seed (repeatable results)")
     pw.add_argument("--out", default="melsml-power", help="output folder")
     pw.set_defaults(func=_cmd_power)
 

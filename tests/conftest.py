@@ -57,3 +57,13 @@ def scale_slope_fit():
         "y ~ prior", data, "school", ws_formula="~ prior", ws_re_formula="~ 1 + prior"
     ).fit()
     return res, data, effects
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Each test's matplotlib figures are closed after it (pyplot keeps them)."""
+    yield
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
