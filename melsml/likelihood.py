@@ -236,6 +236,7 @@ class MELSObjective:
             np.repeat(np.arange(j), design.group_sizes) if design.categories is not None else None
         )
         self.n_evals = 0
+        self._last: tuple[bytes, Evaluation] | None = None
 
     def reset_counter(self) -> None:
         self.n_evals = 0
@@ -326,7 +327,20 @@ class MELSObjective:
         score : compute the gradient as well
         adapt : place the quadrature nodes anew (False: keep ``centers``)
         centers : node placement to start from or to keep
+
+        Called again at the same ``theta`` (the optimiser's last point, say)
+        with the default placement, the previous evaluation is returned.
         """
+        key = np.asarray(theta, dtype=float).tobytes()
+        last = self._last
+        if centers is None and adapt and last is not None and last[0] == key:
+            if last[1].score is not None or not score:
+                return last[1]
+        ev = self._evaluate(theta, score=score, adapt=adapt, centers=centers)
+        self._last = (key, ev) if centers is None and adapt else None
+        return ev
+
+    def _evaluate(self, theta, *, score: bool, adapt: bool, centers) -> Evaluation:
         d, lay = self.design, self.layout
         st = lay.structure
         # fused: the kernel forms r0 = y - X beta and eta = W tau group by group,
