@@ -241,6 +241,10 @@ class MELSObjective:
     def reset_counter(self) -> None:
         self.n_evals = 0
 
+    def clear_cache(self) -> None:
+        """Forget the kept evaluation (its unit-length arrays), e.g. after a fit."""
+        self._last = None
+
     @property
     def centers(self) -> np.ndarray:
         """A copy of the node placement of the latest evaluation."""
@@ -332,10 +336,12 @@ class MELSObjective:
         with the default placement, the previous evaluation is returned.
         """
         key = np.asarray(theta, dtype=float).tobytes()
-        last = self._last
-        if centers is None and adapt and last is not None and last[0] == key:
-            if last[1].score is not None or not score:
-                return last[1]
+        if centers is None and adapt and self._last is not None and self._last[0] == key:
+            if self._last[1].score is not None or not score:
+                return self._last[1]
+        # drop the kept evaluation first: its unit-length arrays would otherwise
+        # live beside the new one's (peak memory)
+        self._last = None
         ev = self._evaluate(theta, score=score, adapt=adapt, centers=centers)
         self._last = (key, ev) if centers is None and adapt else None
         return ev

@@ -236,6 +236,11 @@ def maximize(
         method="BFGS + Newton",
     )
     logger.info("fit: llf=%.6f, %d iterations, %d evaluations", ev.llf, n_iter, objective.n_evals)
+    for obj in (objective, coarse):
+        # the objective outlives the fit (the results keep it): not its last evaluation
+        clear = getattr(obj, "clear_cache", None)
+        if clear is not None:
+            clear()
     return theta, hess, info
 
 
