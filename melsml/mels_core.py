@@ -272,4 +272,5 @@ class MELSCore:
     def _final_evaluation(self, theta: np.ndarray, std_obj, n_threads):
         # the standardised effects (and so the node placement) are the same in
         # both units: start the last placement search from the fit's
-        return self.objective(n_threads).evaluate(theta, centers=std_obj.centers)
+        # the results read its llf and node placement only: no score
+        return self.objective(n_threads).evaluate(theta, centers=std_obj.centers, score=False)
