@@ -78,17 +78,12 @@ def one_simulation(
     formula: str,
     bs_formula: str,
     ws_formula: str,
-    covariates: Callable | None = None,
+    covariates: Callable,
 ) -> dict:
-    """Simulate one data set, fit, and test: ``{"reject": bool, "p_value": float,
-    "width": median school-variance interval width, "rmse": of the schools'
-    log variances}``."""
-    names = _covariate_names(formula, bs_formula, ws_formula)
-    data = (
-        covariates(n_schools, n_students, rng)
-        if covariates is not None
-        else design_data(n_schools, n_students, names, rng)
-    )
+    """Simulate one data set on ``covariates(n_schools, n_students, rng)``, fit,
+    and test: ``{"reject": bool, "p_value": float, "width": median
+    school-variance interval width, "rmse": of the schools' log variances}``."""
+    data = covariates(n_schools, n_students, rng)
     data, truth = simulate(data, "school", params, formula=formula, bs_formula=bs_formula,
                            ws_formula=ws_formula, seed=rng, return_effects=True)  # fmt: skip
     kw = dict(bs_formula=bs_formula, ws_formula=ws_formula)
@@ -179,6 +174,12 @@ def power(
         raise MELSInputError(
             f"test must be 'random_scale' or 'block[term]' (e.g. 'tau[x]'), got {test!r}"
         )
+    if covariates is None:
+        names = _covariate_names(formula, bs_formula, ws_formula)
+
+        def covariates(js, ns, rng):
+            return design_data(js, ns, names, rng)
+
     designs = list(product(schools, students))
     seeds = np.random.SeedSequence(seed).spawn(len(designs) * n_sims)
     total, done, rows = len(seeds), 0, []

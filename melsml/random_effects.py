@@ -118,6 +118,13 @@ def _omega_summaries(w, om, ws_shift: float, probs) -> dict[str, np.ndarray]:
     )
 
 
+def group_sd_u(state: FitState) -> np.ndarray:
+    """sigma_u of each group: exp(x_bs' alpha / 2) averaged over its units."""
+    d = state.design
+    s_u = np.exp(0.5 * d.x_bs @ state.params()["alpha"])
+    return np.add.reduceat(s_u, d.group_ptr[:-1]) / d.group_sizes
+
+
 def _posterior_mixwild(state: FitState, alpha: float, ws_shift: float) -> dict:
     """Posterior summaries of theta1, omega and exp(ws_shift + omega) per group
     (random intercept with a BS function, at most a random scale intercept)."""
@@ -146,11 +153,8 @@ def _posterior_mixwild(state: FitState, alpha: float, ws_shift: float) -> dict:
             cov_theta1_omega=np.sum(w * om * th, axis=1) - m1 * summ["omega_mean"],
             **summ,
         )
-    d = state.design
-    n = d.group_sizes.astype(float)
-    s_u = np.exp(0.5 * d.x_bs @ p["alpha"])
-    out["s_mean"] = np.add.reduceat(s_u, d.group_ptr[:-1]) / n
-    out["n"] = n
+    out["s_mean"] = group_sd_u(state)
+    out["n"] = state.design.group_sizes.astype(float)
     if sw > 0 and state.layout.s and tq == 0:
         # MixWILD's standardised theta2 = (omega - tau_l theta1) / sigma_omega
         m1, v1 = out["theta1_mean"], out["theta1_sd"] ** 2
@@ -392,8 +396,16 @@ def _school_effects_2d(state: FitState, alpha: float, shift: float) -> pd.DataFr
     return out
 
 
+def scale_at_boundary(state: FitState) -> bool:
+    """A random scale intercept (MixWILD's models) whose SD is at its boundary 0."""
+    return bool(
+        state.layout.mixwild_view
+        and state.layout.s
+        and abs(state.params()["sigma_omega"]) < SCALE_BOUNDARY
+    )
+
+
 def _boundary_note(state: FitState, table: pd.DataFrame) -> None:
     """Say in ``table.attrs`` when the random scale SD is at its boundary 0."""
-    if state.layout.mixwild_view and state.layout.s:
-        if abs(state.params()["sigma_omega"]) < SCALE_BOUNDARY:
-            table.attrs["variance_note"] = BOUNDARY_NOTE
+    if scale_at_boundary(state):
+        table.attrs["variance_note"] = BOUNDARY_NOTE

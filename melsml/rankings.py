@@ -30,19 +30,13 @@ import pandas as pd
 from scipy import stats
 
 from .exceptions import MELSInputError
-from .measures import BOUNDARY_NOTE, SCALE_BOUNDARY
+from .measures import BOUNDARY_NOTE
 from .posterior import posterior_grid
-from .random_effects import _posterior_mixwild, _reference_rows
-from .stage2 import _check_model, _scale_params, effect_draws
+from .random_effects import _posterior_mixwild, _reference_rows, scale_at_boundary
+from .stage2 import _check_model, effect_draws
 
 if TYPE_CHECKING:  # pragma: no cover
     from .results import MELSResults
-
-
-def at_boundary(res: MELSResults) -> bool:
-    """Whether the model has no random scale, or its SD is at the boundary 0."""
-    _, sw, has_scale = _scale_params(res.fit_state)
-    return not has_scale or sw < SCALE_BOUNDARY
 
 
 def _variance_shift(res: MELSResults, ws_reference) -> float:
@@ -107,7 +101,7 @@ def rank_intervals(
         cols[f"{name}_rank_upper"] = hi.astype(int)
     out = pd.DataFrame(cols, index=pd.Index(labels, name=groups))
     out.attrs.update(alpha=alpha, n_draws=n_draws)
-    if "variance" in measures and at_boundary(res):
+    if "variance" in measures and scale_at_boundary(res.fit_state):
         out.attrs["note"] = BOUNDARY_NOTE
     return out
 
@@ -154,7 +148,7 @@ def comparative_intervals(res: MELSResults, alpha: float = 0.05, ws_reference=No
     d = state.design
     out = pd.DataFrame(cols, index=pd.Index(d.group_labels, name=d.groups))
     out.attrs.update(alpha=alpha, z=z, kind="comparative (Goldstein & Healy)")
-    if state.layout.s and at_boundary(res):
+    if state.layout.s and scale_at_boundary(res.fit_state):
         out.attrs["note"] = BOUNDARY_NOTE
     return out
 
@@ -185,7 +179,7 @@ def variance_flags(res: MELSResults, fdr: float = 0.05) -> pd.DataFrame:
     p_high = np.clip(np.sum(grid.w * (omega > 0), axis=1), 0.0, 1.0)
     p_low = 1.0 - p_high
     p = np.clip(2.0 * np.minimum(p_high, p_low), 0.0, 1.0)
-    boundary = at_boundary(res)
+    boundary = scale_at_boundary(res.fit_state)
     if boundary:
         reject = np.zeros(p.size, dtype=bool)
     else:

@@ -37,7 +37,7 @@ from .exceptions import MELSInputError, MissingDataWarning
 from .formula import _expression_names, _formula_names, _parse
 from .inference import tidy_table
 from .posterior import posterior_grid
-from .random_effects import _posterior_mixwild
+from .random_effects import _posterior_mixwild, group_sd_u
 from .stage2_fit import (
     FAMILIES,
     Replication,
@@ -66,14 +66,6 @@ def _scale_params(state: FitState) -> tuple[float, float, bool]:
     tl = float(p["tau_l"]) if has_scale and "tau_l" in p else 0.0
     sw = abs(float(p["sigma_omega"])) if has_scale and "sigma_omega" in p else 0.0
     return tl, sw, has_scale
-
-
-def _group_sd_u(state: FitState) -> np.ndarray:
-    """sigma_u per group (averaged over the group's units)."""
-    d = state.design
-    alpha = state.params()["alpha"]
-    s_u = np.exp(0.5 * d.x_bs @ alpha)
-    return np.add.reduceat(s_u, d.group_ptr[:-1]) / d.group_sizes
 
 
 def _normal_draws(
@@ -174,7 +166,7 @@ def effect_draws(
         d.groups: np.repeat(d.group_labels, n_draws),
         "draw": np.tile(np.arange(n_draws), d.n_groups),
         "theta1": theta1.ravel(),
-        "u": (_group_sd_u(state)[:, None] * theta1).ravel(),
+        "u": (group_sd_u(state)[:, None] * theta1).ravel(),
     }
     if has_scale:
         out["omega"] = omega.ravel()
@@ -359,7 +351,6 @@ class Stage2Results:
         self.params = pd.Series(mean, index=names, name="estimate")
         self._cov = cov
         self.bse = pd.Series(np.sqrt(np.clip(np.diag(cov), 0, None)), index=names)
-        self.bse[np.isnan(np.diag(cov))] = np.nan
         lls = np.array([r.llf for r in reps])
         self.llf = float(lls.mean())
         self.llf_sd = float(lls.std(ddof=1)) if lls.size > 1 else 0.0
@@ -502,6 +493,8 @@ def stage2(
         frame,
         table,
         formula,
+        parsed,
+        outcome,
         family,
         link,
         groups,
@@ -586,6 +579,8 @@ def _fit_replications(
     frame,
     table,
     formula,
+    parsed,
+    outcome,
     family,
     link,
     groups,
@@ -594,12 +589,11 @@ def _fit_replications(
     progress=None,
     mels_class=None,
 ) -> list[Replication]:
-    """Each draw's fit.  ``mels_class`` (a multilevel ordinal stage 2): the model
+    """Each draw's fit (``formula`` parsed as ``parsed``, its outcome column
+    ``outcome``).  ``mels_class`` (a multilevel ordinal stage 2): the model
     class whose ``from_formula`` fits the random-intercept cumulative model."""
-    parsed = _parse(formula, "formula", needs_lhs=True)
     table = table.sort_values(["draw", groups], kind="stable")
     n_draws = int(table["draw"].max()) + 1 if len(table) else 0
-    outcome = sorted(_formula_names(parsed.lhs))[0]
     y = _outcome(frame, outcome, family)
     keys = frame[groups]
     designs = None if mels_class is not None else _Designs(parsed.rhs, frame, effects)

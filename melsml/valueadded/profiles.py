@@ -40,29 +40,26 @@ def _slug(label) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", str(label)) or "school"
 
 
-def _caterpillar(table: pd.DataFrame, measure: str, title: str) -> tuple[str, dict, tuple]:
-    """The caterpillar of ``measure`` as base64 PNG, each school's point in
-    pixels from the top left, and the image size."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+def _caterpillar(
+    table: pd.DataFrame, measure: str, title: str, reference
+) -> tuple[str, dict, tuple]:
+    """:func:`melsml.plots.caterpillar` of ``measure`` as base64 PNG, each
+    school's point in pixels from the top left, and the image size."""
     import matplotlib.pyplot as plt
 
-    col = measure
-    frame = table[[col, f"{col}_lower", f"{col}_upper"]].dropna()
-    order = np.argsort(frame[col].to_numpy(), kind="stable")
-    est = frame[col].to_numpy()[order]
-    x = np.arange(1, len(est) + 1)
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=_DPI)
-    ax.vlines(x, frame[f"{col}_lower"].to_numpy()[order], frame[f"{col}_upper"].to_numpy()[order],
-              color="0.7", lw=0.8)  # fmt: skip
-    ax.plot(x, est, "o", ms=2.0, color="black")
-    ax.set_xlabel("schools, by estimate (lowest left)")
-    ax.set_title(title, fontsize=9)
+    from .. import plots
+
+    frame = table[[measure, f"{measure}_lower", f"{measure}_upper"]].dropna()
+    fig = plots.caterpillar(frame, measure, reference=reference, title=title)
+    fig.set_size_inches(5.5, 3.6)
+    fig.set_dpi(_DPI)
     fig.tight_layout()
     fig.canvas.draw()
     width, height = fig.canvas.get_width_height()
-    pix = ax.transData.transform(np.column_stack([x, est]))
+    ax = fig.axes[0]
+    # the caterpillar's points (its first line), schools in the order it sorts them
+    pix = ax.transData.transform(ax.lines[0].get_xydata())
+    order = np.argsort(frame[measure].to_numpy(), kind="stable")
     labels = frame.index.to_numpy()[order]
     points = {
         lab: (float(px), float(height - py)) for lab, (px, py) in zip(labels, pix, strict=True)
@@ -176,18 +173,13 @@ def school_profiles(
         raise MELSInputError(f"no school {unknown[0]!r} in the report")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    refs = table.attrs.get("references", {})
     plots = [
-        (
-            *_caterpillar(
-                table.rename(columns=lambda c: c.removeprefix("mels_")),
-                m,
-                f"School {m}s (MELS), this school in red",
-            ),
-            m,
-        )  # fmt: skip
+        (*_caterpillar(table.rename(columns=lambda c: c.removeprefix("mels_")), m,
+                       f"School {m}s (MELS), this school in red", refs.get(f"mels_{m}")), m)
         for m in ("mean", "variance")
         if f"mels_{m}" in table.columns
-    ]
+    ]  # fmt: skip
     note_html = "".join(f'<p class="note">Note: {html.escape(n)}.</p>' for n in notes or [])
     paths = []
     header = ["method", "measure", "estimate", "95% interval", "rank", "rank interval",
