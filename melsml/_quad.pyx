@@ -220,6 +220,54 @@ cdef void eng_init(Eng* e, int q, int s, const double* Kvv, const double* Kuv,
     e.invd = unit_work + 2 * n_obs
 
 
+cdef inline void group_pass(Eng* e, Py_ssize_t start, Py_ssize_t stop, int const_h,
+                            const double* r0, const double* eta, const double* Z,
+                            bint intervals, bint one) noexcept nogil:
+    """eng_group's pass over the units.  ``intervals``: some units are interval
+    units; ``one``: one location effect and h constant (scalar sums).  Both
+    are constants at eng_group's fast call, which the compiler specialises.
+    The sums are kept in locals (the struct's fields may alias the arrays)."""
+    cdef int q = e.q
+    cdef int a, b
+    cdef Py_ssize_t i
+    cdef double ai, wi, ei, ri, zi
+    cdef double n = 0.0, sumeta = 0.0, A = 0.0, ncens = 0.0, b00 = 0.0, l00 = 0.0
+    cdef double* invd = e.invd
+    cdef const double* wp = e.w
+    cdef const double* cs = e.cs
+    for i in range(start, stop):
+        wi = wp[i] if wp != NULL else 1.0
+        ei = eta[i]
+        ai = wi * exp(-ei)
+        invd[i] = ai
+        if intervals and cs[i] != 0.0:
+            ncens += 1.0
+            e.seta[i] = exp(-0.5 * ei)
+            continue
+        n += wi
+        sumeta += wi * ei
+        if one:
+            ri = r0[i]
+            zi = Z[i]
+            A += ai * ri * ri
+            b00 += ai * zi * ri
+            l00 += ai * zi * zi
+        elif const_h:
+            ri = r0[i]
+            A += ai * ri * ri
+            for a in range(q):
+                e.b0[a] += ai * Z[i * q + a] * ri
+                for b in range(a + 1):
+                    e.lam0[a * q + b] += ai * Z[i * q + a] * Z[i * q + b]
+    e.n = n
+    e.sumeta = sumeta
+    e.A = A
+    e.ncens = ncens
+    if one:
+        e.b0[0] = b00
+        e.lam0[0] = l00
+
+
 cdef void eng_group(Eng* e, Py_ssize_t start, Py_ssize_t stop, int const_h,
                     const double* r0, const double* eta, const double* Z,
                     const double* H) noexcept nogil:
@@ -227,98 +275,23 @@ cdef void eng_group(Eng* e, Py_ssize_t start, Py_ssize_t stop, int const_h,
     per-group sums (and exp(-eta_i), kept for the node loops)."""
     cdef int q = e.q, s = e.s
     cdef int a, b
-    cdef Py_ssize_t i
-    cdef double ai, wi
     e.start = start
     e.stop = stop
-    e.n = 0.0
     e.const_h = const_h
     e.acc_grad = 0
-    e.sumeta = 0.0
-    e.A = 0.0
     for a in range(q * q):
         e.lam0[a] = 0.0
     for a in range(q):
         e.b0[a] = 0.0
     for a in range(s):
         e.h[a] = H[start * s + a]
-    e.ncens = 0.0
-    if const_h and q == 1 and e.cs == NULL:
-        eng_group_11(e, start, stop, r0, eta, Z)
-        return
-    for i in range(start, stop):
-        wi = e.w[i] if e.w != NULL else 1.0
-        e.invd[i] = wi * exp(-eta[i])
-        if e.cs != NULL and e.cs[i] != 0.0:
-            e.ncens += 1.0
-            e.seta[i] = exp(-0.5 * eta[i])
-            continue
-        e.n += wi
-        e.sumeta += wi * eta[i]
-        if const_h:
-            ai = e.invd[i]
-            e.A += ai * r0[i] * r0[i]
-            for a in range(q):
-                e.b0[a] += ai * Z[i * q + a] * r0[i]
-                for b in range(a + 1):
-                    e.lam0[a * q + b] += ai * Z[i * q + a] * Z[i * q + b]
+    if e.cs == NULL and const_h and q == 1:
+        group_pass(e, start, stop, const_h, r0, eta, Z, False, True)  # the common case
+    else:
+        group_pass(e, start, stop, const_h, r0, eta, Z, e.cs != NULL, const_h and q == 1)
     for a in range(q):
         for b in range(a + 1, q):
             e.lam0[a * q + b] = e.lam0[b * q + a]
-
-
-cdef void eng_group_11(Eng* e, Py_ssize_t start, Py_ssize_t stop, const double* r0,
-                       const double* eta, const double* Z) noexcept nogil:
-    """eng_group's pass for one location effect, h constant in the group and no
-    interval units (the random-intercept models): the same sums in the same
-    order, kept in registers (the struct's fields may alias the arrays)."""
-    cdef Py_ssize_t i
-    cdef double* invd = e.invd
-    cdef const double* wp = e.w
-    cdef double n = 0.0, sumeta = 0.0, A = 0.0, b0 = 0.0, lam0 = 0.0
-    cdef double wi, ei, ai, ri, zi
-    for i in range(start, stop):
-        wi = wp[i] if wp != NULL else 1.0
-        ei = eta[i]
-        ai = wi * exp(-ei)
-        invd[i] = ai
-        n += wi
-        sumeta += wi * ei
-        ri = r0[i]
-        zi = Z[i]
-        A += ai * ri * ri
-        b0 += ai * zi * ri
-        lam0 += ai * zi * zi
-    e.n = n
-    e.sumeta = sumeta
-    e.A = A
-    e.b0[0] = b0
-    e.lam0[0] = lam0
-
-
-cdef void unit_grads_11(Eng* e, const double* r0, const double* Z, double kap, double k1,
-                        double k2, double* gmu, double* gws, double* gz) noexcept nogil:
-    """The unit gradients of a group with one location effect, h constant and no
-    interval units, from the posterior moments kap = E[exp(-h'v)],
-    k1 = E[exp(-h'v) u], k2 = E[exp(-h'v) (u^2 + var)] (the general loop's
-    arithmetic, in the same order, kept in registers)."""
-    cdef Py_ssize_t i
-    cdef const double* invd = e.invd
-    cdef const double* wp = e.w
-    cdef double ai, ri, zi, eh, qd, acc
-    for i in range(e.start, e.stop):
-        ai = invd[i]
-        ri = r0[i]
-        zi = Z[i]
-        eh = kap * ri
-        qd = kap * ri * ri
-        eh -= zi * k1
-        qd -= 2.0 * ri * zi * k1
-        acc = k2 * zi
-        qd += zi * acc
-        gz[i] = ai * (ri * k1 - acc)
-        gmu[i] = ai * eh
-        gws[i] = 0.5 * (ai * qd - (wp[i] if wp != NULL else 1.0))
 
 
 cdef double eng_units(Eng* e, const double* shift, const double* r0, const double* Z,
@@ -1017,6 +990,54 @@ cdef Work eng_work(double* p, int q, int d) noexcept nogil:
     return w
 
 
+cdef inline void unit_grads(Eng* e, Work* w, Shared* sh, double kap, bint intervals,
+                            bint one) noexcept nogil:
+    """The unit gradients of a group with h constant, from the posterior
+    moments kap = E[exp(-h'v)], k1 = E[exp(-h'v) u], k2 = E[exp(-h'v) (u u' +
+    var)].  ``intervals``: skip interval units; ``one``: one location effect
+    (scalars); both constants at the common call, which the compiler
+    specialises.  Locals, not the structs' fields, in the loop (aliasing)."""
+    cdef int q = e.q
+    cdef int a, b
+    cdef Py_ssize_t i
+    cdef double ai, ri, zi, eh, qd, acc
+    cdef double k10 = w.k1[0] if q > 0 else 0.0
+    cdef double k20 = w.k2[0] if q > 0 else 0.0
+    cdef const double* r0p = sh.r0
+    cdef const double* zp = sh.Z
+    cdef const double* invd = e.invd
+    cdef const double* csp = e.cs
+    cdef const double* wp = e.w
+    cdef double* gmu = sh.gmu
+    cdef double* gws = sh.gws
+    cdef double* gz = sh.gz
+    for i in range(e.start, e.stop):
+        if intervals and csp[i] != 0.0:
+            continue
+        ai = invd[i]
+        ri = r0p[i]
+        eh = kap * ri
+        qd = kap * ri * ri
+        if one:
+            zi = zp[i]
+            eh -= zi * k10
+            qd -= 2.0 * ri * zi * k10
+            acc = k20 * zi
+            qd += zi * acc
+            gz[i] = ai * (ri * k10 - acc)
+        else:
+            for a in range(q):
+                eh -= zp[i * q + a] * w.k1[a]
+                qd -= 2.0 * ri * zp[i * q + a] * w.k1[a]
+                acc = 0.0
+                for b in range(q):
+                    acc += w.k2[a * q + b] * zp[i * q + b]
+                qd += zp[i * q + a] * acc
+                gz[i * q + a] = ai * (ri * w.k1[a] - acc)
+        gmu[i] = ai * eh
+        gws[i] = 0.5 * (ai * qd - (wp[i] if wp != NULL else 1.0))
+
+
 cdef void eng_one_group(Eng* e, Work* w, Shared* sh, Py_ssize_t j) noexcept nogil:
     """Group j: node placement, the weighted pass over the nodes, the gradients."""
     cdef int q = e.q, s = e.s, d = e.d, m = sh.m
@@ -1214,25 +1235,11 @@ cdef void eng_one_group(Eng* e, Work* w, Shared* sh, Py_ssize_t j) noexcept nogi
                 e.ghi[i] /= tot
                 for a in range(q):
                     sh.gz[i * q + a] /= tot
-    if sh.compute_grad and e.const_h and q == 1 and e.cs == NULL:
-        unit_grads_11(e, sh.r0, sh.Z, kap, w.k1[0], w.k2[0], sh.gmu, sh.gws, sh.gz)
-    elif sh.compute_grad and e.const_h:
-        for i in range(e.start, e.stop):
-            if e.cs != NULL and e.cs[i] != 0.0:
-                continue
-            ai = e.invd[i]
-            eh = kap * sh.r0[i]
-            qd = kap * sh.r0[i] * sh.r0[i]
-            for a in range(q):
-                eh -= sh.Z[i * q + a] * w.k1[a]
-                qd -= 2.0 * sh.r0[i] * sh.Z[i * q + a] * w.k1[a]
-                acc = 0.0
-                for b in range(q):
-                    acc += w.k2[a * q + b] * sh.Z[i * q + b]
-                qd += sh.Z[i * q + a] * acc
-                sh.gz[i * q + a] = ai * (sh.r0[i] * w.k1[a] - acc)
-            sh.gmu[i] = ai * eh
-            sh.gws[i] = 0.5 * (ai * qd - (e.w[i] if e.w != NULL else 1.0))
+    if sh.compute_grad and e.const_h:
+        if e.cs == NULL and q == 1:
+            unit_grads(e, w, sh, kap, False, True)  # the common case
+        else:
+            unit_grads(e, w, sh, kap, e.cs != NULL, q == 1)
     elif sh.compute_grad:
         for i in range(e.start, e.stop):
             if e.cs != NULL and e.cs[i] != 0.0:
