@@ -218,7 +218,7 @@ class DistributedMELS(MELSCore):
         obj = DistributedObjective(self.data, self.layout, self.options, scaling, n_threads)
         return obj, None, scaling.design(self.data.sample)
 
-    def _final_evaluation(self, theta: np.ndarray, std_obj, n_threads):
+    def _final_evaluation(self, theta: np.ndarray, std_obj, n_threads, std_ev, scaling):
         return std_obj.final(theta)
 
     def __repr__(self) -> str:

@@ -35,12 +35,13 @@ class Evaluation:
     centers : (n_groups, m + m*m) node placement: mode and Cholesky scale in the
         standardised scale effects xi (exact-location plan, m = s, v = Kvv xi)
         or in all standardised effects theta (full AGHQ, m = q + s, x = L theta)
-    ex, exx : (n_groups, d), (n_groups, d, d)
+    ex, exx : (n_groups, d), (n_groups, d, d), or None
         Posterior means and second moments of (u, v), d = q + s (with a BS
-        function, u is the standardised location effect theta1).
+        function, u is the standardised location effect theta1); None in an
+        evaluation carried over to other units (:meth:`MELSObjective.rescaled`).
     grad_mu, grad_ws : (n_obs,) gradient in the mean and WS linear predictors
     grad_bs : (n_obs,) gradient in the BS linear predictor, or None
-    grad_random : (n_groups, k_random) per-group score of the random block
+    grad_random : (n_groups, k_random) per-group score of the random block, or None
     grad_thresholds : (n_groups, n_thresholds) per-group score of the thresholds
         (ordinal outcomes), or None
     """
@@ -50,12 +51,12 @@ class Evaluation:
     score: np.ndarray | None
     ll_groups: np.ndarray
     centers: np.ndarray
-    ex: np.ndarray
-    exx: np.ndarray
+    ex: np.ndarray | None
+    exx: np.ndarray | None
     grad_mu: np.ndarray | None
     grad_ws: np.ndarray | None
     grad_bs: np.ndarray | None
-    grad_random: np.ndarray
+    grad_random: np.ndarray | None
     grad_thresholds: np.ndarray | None = None
 
 
@@ -437,6 +438,36 @@ class MELSObjective:
             grad_bs=g_bs if score else None,
             grad_random=grad_random,
             grad_thresholds=grad_thr,
+        )
+
+    def rescaled(self, ev: Evaluation, theta: np.ndarray, log_y_scale: float) -> Evaluation:
+        """``ev``, an evaluation of this objective, carried over to the same model
+        with the outcome multiplied by ``exp(log_y_scale)`` and parameters ``theta``
+        (the same standardised effects, so the same node placement): each unit's
+        log-density falls by ``log_y_scale`` (times its weight).  No score, moments
+        or gradients: the caller reads the log-likelihood and the placement.
+        Outcomes with interval units (probabilities, not densities) are refused."""
+        d = self.design
+        if d.interval_outcome:
+            raise ValueError("rescaled: interval units have no change-of-units term")
+        if self._w is None:
+            weight = d.group_sizes.astype(float)
+        else:
+            weight = np.add.reduceat(self._w, d.group_ptr[:-1])
+        ll = ev.ll_groups - log_y_scale * weight
+        llf = float(ll.sum()) if self._gw is None else float(ll @ self._gw)
+        return Evaluation(
+            theta=np.array(theta, dtype=float),
+            llf=llf,
+            score=None,
+            ll_groups=ll,
+            centers=ev.centers.copy(),
+            ex=None,
+            exx=None,
+            grad_mu=None,
+            grad_ws=None,
+            grad_bs=None,
+            grad_random=None,
         )
 
     def full_points(self, theta: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -200,7 +200,7 @@ class MELSCore:
                 self._as_vector(start_params, "start_params"), self.layout
             )
             theta0 = self._off_the_boundary(theta0, boundary, std_sample)
-        theta_std, hess_std, info = maximize(
+        theta_std, hess_std, info, std_ev = maximize(
             std_obj,
             theta0,
             maxiter=maxiter,
@@ -211,10 +211,11 @@ class MELSCore:
             # instead of 2k, with an O(h) = 1e-5 relative error in the standard
             # errors (tests/test_optimize.py holds them to central ones)
             forward_hessian=True,
+            return_evaluation=True,
         )
         offset, jac = scaling.affine(self.layout)
         theta = offset + jac @ theta_std
-        final = self._final_evaluation(theta, std_obj, n_threads)
+        final = self._final_evaluation(theta, std_obj, n_threads, std_ev, scaling)
         warn_fit(info, stacklevel=4)
         for pos in boundary:
             if abs(theta_std[pos]) < 1e-3:
@@ -269,8 +270,13 @@ class MELSCore:
             )
         return std_obj, coarse, std_design
 
-    def _final_evaluation(self, theta: np.ndarray, std_obj, n_threads):
-        # the standardised effects (and so the node placement) are the same in
-        # both units: start the last placement search from the fit's
-        # the results read its llf and node placement only: no score
+    def _final_evaluation(self, theta: np.ndarray, std_obj, n_threads, std_ev, scaling):
+        """The evaluation at the estimates in the data's units.  The results read
+        its log-likelihood and node placement only.  The standardised effects
+        (and so the node placement) are the same in both units, and the
+        log-likelihood differs by the change of units of the outcome, so it is
+        carried over from the fit's last evaluation; with interval units
+        (probabilities) it is computed afresh, from the fit's placement."""
+        if not self.design.interval_outcome and isinstance(std_obj, MELSObjective):
+            return std_obj.rescaled(std_ev, theta, scaling.log_jacobian_per_obs)
         return self.objective(n_threads).evaluate(theta, centers=std_obj.centers, score=False)

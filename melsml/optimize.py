@@ -148,7 +148,8 @@ def maximize(
     boundary_params: tuple[int, ...] = (),
     coarse: MELSObjective | None = None,
     forward_hessian: bool = False,
-) -> tuple[np.ndarray, np.ndarray, FitInfo]:
+    return_evaluation: bool = False,
+) -> tuple:
     """Maximise the log-likelihood from ``theta0``.
 
     BFGS with the analytic score, its initial inverse Hessian taken from the
@@ -172,6 +173,8 @@ def maximize(
     theta : (k,) the maximiser
     hessian : (k, k) Hessian of the log-likelihood at ``theta``
     info : FitInfo
+    evaluation : Evaluation
+        The objective's evaluation at ``theta`` (with ``return_evaluation``).
     """
     objective.reset_counter()
     if coarse is not None:
@@ -241,6 +244,8 @@ def maximize(
         clear = getattr(obj, "clear_cache", None)
         if clear is not None:
             clear()
+    if return_evaluation:
+        return theta, hess, info, ev
     return theta, hess, info
 
 

@@ -92,3 +92,30 @@ def test_the_map_back_is_exact(data):
     np.testing.assert_allclose(sc.to_original(theta_std, m.layout), theta, atol=1e-14)
     shift = m.design.n_obs * sc.log_jacobian_per_obs
     assert std.loglike(theta_std) - shift == pytest.approx(m.loglike(theta), rel=1e-13)
+
+
+@pytest.mark.parametrize(
+    "weighting",
+    [
+        {},
+        dict(weights="w", weight_type="frequency"),
+        dict(weights="w", weight_type="sampling"),
+        dict(group_weights="gw", weight_type="sampling"),
+    ],
+)
+def test_the_log_likelihood_carried_over_from_the_fit_is_the_data_units_one(data, weighting):
+    # the fit's last (standardised) evaluation, carried over to the data's units,
+    # equals an evaluation in the data's units at the estimates
+    rng = np.random.default_rng(5)
+    gw = rng.uniform(0.5, 2.0, data["school"].nunique())
+    d2 = data.assign(
+        y=data["y"] * 37.0 + 500.0,
+        w=rng.uniform(0.5, 2.0, len(data)),
+        gw=data["school"].map(dict(zip(np.unique(data["school"]), gw, strict=True))),
+    )
+    m = MELS.from_formula("y ~ prior", d2, "school", **SPEC, **weighting)
+    res = m.fit()
+    state = res.fit_state
+    fresh = m.objective().evaluate(state.theta, centers=state.evaluation.centers, score=False)
+    assert res.llf == pytest.approx(fresh.llf, rel=1e-12)
+    np.testing.assert_allclose(state.evaluation.centers, fresh.centers, atol=1e-8)
