@@ -40,7 +40,8 @@ class Evaluation:
         function, u is the standardised location effect theta1); None in an
         evaluation carried over to other units (:meth:`MELSObjective.rescaled`).
     grad_mu, grad_ws : (n_obs,) gradient in the mean and WS linear predictors
-    grad_bs : (n_obs,) gradient in the BS linear predictor, or None
+    grad_z : (n_obs, q) gradient in the rows of the location design Z (with a
+        BS function, sigma_u,ij), or None
     grad_random : (n_groups, k_random) per-group score of the random block, or None
     grad_thresholds : (n_groups, n_thresholds) per-group score of the thresholds
         (ordinal outcomes), or None
@@ -55,7 +56,7 @@ class Evaluation:
     exx: np.ndarray | None
     grad_mu: np.ndarray | None
     grad_ws: np.ndarray | None
-    grad_bs: np.ndarray | None
+    grad_z: np.ndarray | None
     grad_random: np.ndarray | None
     grad_thresholds: np.ndarray | None = None
 
@@ -146,7 +147,20 @@ def scale_first_factor(sigma: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarra
     """
     d = sigma.shape[0]
     perm = list(range(q, d)) + list(range(q))
-    sp = sigma[np.ix_(perm, perm)]
+    sp = sigma[perm][:, perm]
+    s = d - q
+    # LAPACK's factor when every pivot is clear of zero; else column by column
+    try:
+        K = np.linalg.cholesky(sp)
+        regular = bool(np.all(np.diag(K) ** 2 > 1e-13 * np.maximum(np.abs(np.diag(sp)), 1e-300)))
+    except np.linalg.LinAlgError:
+        regular = False
+    if regular:
+        return (
+            np.ascontiguousarray(K[:s, :s]),
+            np.ascontiguousarray(K[s:, :s]),
+            np.ascontiguousarray(K[s:, s:]),
+        )
     K = np.zeros((d, d))
     for j in range(d):
         piv = sp[j, j] - K[j, :j] @ K[j, :j]
@@ -154,7 +168,6 @@ def scale_first_factor(sigma: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarra
             continue
         K[j, j] = np.sqrt(piv)
         K[j + 1 :, j] = (sp[j + 1 :, j] - K[j + 1 :, :j] @ K[j, :j]) / K[j, j]
-    s = d - q
     return (
         np.ascontiguousarray(K[:s, :s]),
         np.ascontiguousarray(K[s:, :s]),
@@ -409,7 +422,6 @@ class MELSObjective:
             grad_thr = threshold_scores(
                 d.y, -g_mu - g_hi, g_hi, p["thresholds"], self._group, d.n_groups
             )
-        g_bs = 0.5 * z[:, 0] * g_z[:, 0] if st.bs else None
         grad = None
         if score:
             if fused:
@@ -421,8 +433,11 @@ class MELSObjective:
             blocks = [g_beta]
             if grad_thr is not None:
                 blocks.append(grad_thr.sum(axis=0))
-            if st.bs:
-                blocks.append(rmatvec(self._x_bs, g_bs, self._blas))
+            if st.bs and self._bs_constant:
+                # one BS coefficient, sigma_u the same on every row
+                blocks.append(np.array([0.5 * z[0, 0] * g_z[:, 0].sum()]))
+            elif st.bs:
+                blocks.append(rmatvec(self._x_bs, 0.5 * z[:, 0] * g_z[:, 0], self._blas))
             blocks += [g_tau, grad_random.sum(axis=0)]
             grad = np.concatenate(blocks)
         return Evaluation(
@@ -435,7 +450,7 @@ class MELSObjective:
             exx=exx,
             grad_mu=g_mu if score else None,
             grad_ws=g_ws if score else None,
-            grad_bs=g_bs if score else None,
+            grad_z=g_z if score else None,
             grad_random=grad_random,
             grad_thresholds=grad_thr,
         )
@@ -466,7 +481,7 @@ class MELSObjective:
             exx=None,
             grad_mu=None,
             grad_ws=None,
-            grad_bs=None,
+            grad_z=None,
             grad_random=None,
         )
 
@@ -522,8 +537,10 @@ class MELSObjective:
         blocks = [np.add.reduceat(d.x_mean * ev.grad_mu[:, None], starts, axis=0)]
         if ev.grad_thresholds is not None:
             blocks.append(ev.grad_thresholds)
-        if ev.grad_bs is not None:
-            blocks.append(np.add.reduceat(d.x_bs * ev.grad_bs[:, None], starts, axis=0))
+        if self.layout.structure.bs:
+            # the gradient in the BS linear predictor: sigma_u,ij g_z,ij / 2
+            g_bs = 0.5 * self._z(self.layout.unpack(theta))[:, 0] * ev.grad_z[:, 0]
+            blocks.append(np.add.reduceat(d.x_bs * g_bs[:, None], starts, axis=0))
         blocks += [
             np.add.reduceat(d.x_ws * ev.grad_ws[:, None], starts, axis=0),
             ev.grad_random,

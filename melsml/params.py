@@ -29,6 +29,7 @@ diagonal.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -67,15 +68,17 @@ class BlockLayout:
     def block_names(self) -> list[tuple[str, tuple[str, ...]]]:  # pragma: no cover
         raise NotImplementedError
 
-    @property
+    # the layouts are frozen: their sizes and slices are worked out once (they are
+    # read at every likelihood evaluation)
+    @cached_property
     def sizes(self) -> dict[str, int]:
         return {b: len(names) for b, names in self.block_names()}
 
-    @property
+    @cached_property
     def k_params(self) -> int:
         return sum(self.sizes.values())
 
-    @property
+    @cached_property
     def slices(self) -> dict[str, slice]:
         out, start = {}, 0
         for b, k in self.sizes.items():
@@ -199,26 +202,30 @@ class ParamLayout(BlockLayout):
         mat = np.zeros((d, d))
         if self.structure.bs:
             mat[0, 0] = 1.0
-        vals = np.asarray(theta, dtype=float)[self.slices["random"]]
-        for t, v in zip(self.targets, vals, strict=True):
-            if t != "tau_q":
-                mat[t] = v
+        keep, rows, cols = self._chol_entries
+        mat[rows, cols] = np.asarray(theta, dtype=float)[self.slices["random"]][keep]
         return mat
+
+    @cached_property
+    def _chol_entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Positions in the random block of the entries of L, and their rows and
+        columns."""
+        keep = [c for c, t in enumerate(self.targets) if t != "tau_q"]
+        rows = [self.targets[c][0] for c in keep]
+        cols = [self.targets[c][1] for c in keep]
+        return np.array(keep, dtype=int), np.array(rows, dtype=int), np.array(cols, dtype=int)
 
     def chol_gradient(self, dL: np.ndarray, d_tau_q=None) -> np.ndarray:
         """Gradient in the random block from a gradient in the entries of L.
 
         ``dL`` has shape (..., d, d); the result (..., k_random)."""
         dL = np.asarray(dL)
-        cols = []
-        for t in self.targets:
-            if t == "tau_q":
-                cols.append(np.zeros(dL.shape[:-2]) if d_tau_q is None else d_tau_q)
-            else:
-                cols.append(dL[..., t[0], t[1]])
-        if not cols:
-            return np.zeros((*dL.shape[:-2], 0))
-        return np.stack(cols, axis=-1)
+        keep, rows, cols = self._chol_entries
+        out = np.zeros((*dL.shape[:-2], len(self.targets)))
+        out[..., keep] = dL[..., rows, cols]
+        if len(keep) < len(self.targets) and d_tau_q is not None:
+            out[..., self.targets.index("tau_q")] = d_tau_q
+        return out
 
     @property
     def boundary_positions(self) -> tuple[int, ...]:

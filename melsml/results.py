@@ -282,7 +282,7 @@ class MELSResults(LikelihoodResults):
         )
         self.model.design = stripped
         ev = self._evaluation
-        ev = replace(ev, grad_mu=None, grad_ws=None, grad_bs=None)
+        ev = replace(ev, grad_mu=None, grad_ws=None, grad_z=None)
         self._evaluation = ev
         self.fit_state = replace(self.fit_state, design=stripped, evaluation=ev)
         self._std = replace(self._std, objective=None)
