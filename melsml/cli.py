@@ -306,13 +306,65 @@ def _cmd_va_dfe(args: argparse.Namespace) -> int:
     return 0
 
 
+P8_ELEMENTS = ("english", "maths", "ebacc", "open")
+
+
+def _progress8_of(path: str, args: argparse.Namespace):
+    """Progress 8 of a pupil file with the CLI's column options (element columns
+    a8_english, a8_maths, a8_ebacc and a8_open are used when present)."""
+    from .valueadded import progress8
+
+    pupils = read_table(path)
+    pupil = args.pupil if args.pupil in pupils.columns else None
+    elements = {e: f"{args.a8}_{e}" for e in P8_ELEMENTS if f"{args.a8}_{e}" in pupils.columns}
+    return progress8(
+        pupils,
+        a8=args.a8,
+        prior_group=args.prior_group,
+        school=args.school_column,
+        pupil=pupil,
+        elements=elements,
+        limit_negative=not args.no_limit,
+        return_pupils=True,
+    )
+
+
+def _cmd_va_p8(args: argparse.Namespace) -> int:
+    res = _progress8_of(args.pupils, args)
+    shown = ["cohort", "n", "coverage", "a8_mean", "p8", "p8_lower", "p8_upper", "p8_rank"]
+    shown += [c for c in res.schools.columns if c == "n_limited"]
+    with pd.option_context(
+        "display.width", 120, "display.max_columns", 20, "display.max_rows", 400
+    ):
+        print(f"Progress 8 (estimated Attainment 8: {res.schools.attrs['estimates']})")
+        print(res.schools[shown].to_string(float_format=lambda v: f"{v:.2f}"))
+    inc = res.pupils["included"]
+    print(
+        f"\npupils: {len(inc)}; in Progress 8: {int(inc.sum())}; without key stage 2 "
+        f"results: {int((~inc).sum())}; national SD of pupil scores "
+        f"{res.national_sd['p8']:.3f}"
+    )
+    if "p8_limited" in res.pupils:
+        print(f"extremely negative scores limited: {int(res.pupils['p8_limited'].sum())}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        res.pupils.to_csv(out / "p8_pupils.csv", index=False)
+        res.schools.to_csv(out / "p8_schools.csv")
+        res.estimates.to_csv(out / "p8_estimates.csv")
+        print(f"wrote p8_pupils.csv, p8_schools.csv and p8_estimates.csv to {out}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from . import plots
     from .valueadded import compare_schools, dfe_value_added, mixedlm_va
 
-    dfe = None
+    dfe = p8 = None
     if args.pupils:
         dfe = dfe_value_added(read_table(args.pupils), median_line=args.median_line)
+    if args.p8:
+        p8 = _progress8_of(args.p8, args)
     if args.data:
         data = read_table(args.data)
         formula, groups, ws = args.formula, args.groups, args.ws
@@ -324,8 +376,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
         data = inc[["school", "ks3_aps", "capped_score"]].copy()
         formula, groups = "capped_score ~ ks3_aps", "school"
         ws = args.ws if args.ws != "~ 1" else "~ ks3_aps"
+    elif p8 is not None:
+        # MELS on the Progress 8 pupils: Attainment 8 by prior-attainment group
+        inc = p8.pupils[p8.pupils["included"]]
+        data = pd.DataFrame(
+            {"school": inc["school"], "prior_group": inc["prior_group"], "a8": inc["a8_points"]}
+        )
+        formula, groups, ws = "a8 ~ C(prior_group)", "school", args.ws
     else:
-        raise CLIError("give a DATA file, --pupils PUPILS.csv, or both")
+        raise CLIError("give a DATA file, --pupils PUPILS.csv, --p8 PUPILS.csv, or a mix")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _progress(f"fitting MELS: {formula}, WS {ws}, groups {groups} ...")
@@ -333,7 +392,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     _progress("fitting the MixedLM baseline ...")
     base = mixedlm_va(formula, data, groups, re_formula=args.re)
     mels = res.school_effects()
-    report = compare_schools(mels=mels, mixedlm=base, dfe=dfe)
+    report = compare_schools(
+        mels=mels, mixedlm=base, dfe=dfe, p8=p8.schools if p8 is not None else None
+    )
     report.table.to_csv(out / "schools.csv")
     report.separation.to_csv(out / "separation.csv")
     report.rank_correlations.to_csv(out / "rank_correlations.csv")
@@ -347,6 +408,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
         dfe_ranks = report.table[["dfe_rank"]].dropna().rename(columns={"dfe_rank": "mean_rank"})
         figures["ranks_dfe_vs_mels.png"] = plots.rank_scatter(
             dfe_ranks, mels, labels=("DfE median line", "MELS")
+        )
+    if p8 is not None:
+        p8_ranks = report.table[["p8_rank"]].dropna().rename(columns={"p8_rank": "mean_rank"})
+        figures["ranks_p8_vs_mels.png"] = plots.rank_scatter(
+            p8_ranks, mels, labels=("Progress 8", "MELS")
         )
     written = ["schools.csv", "separation.csv", "rank_correlations.csv", "mels_summary.txt"]
     uncertainty, more_figures = _rank_uncertainty(res, args.seed)
@@ -494,6 +560,23 @@ def _cmd_mixwild(args: argparse.Namespace) -> int:
     return 0
 
 
+def _p8_columns(parser: argparse.ArgumentParser) -> None:
+    """The Progress 8 pupil file's column options."""
+    parser.add_argument("--a8", default="a8", help="Attainment 8 column (default a8)")
+    parser.add_argument("--prior-group", default="ks2_group", help="prior-attainment group column")
+    parser.add_argument(
+        "--school-column", default="school", help="school column of the Progress 8 file"
+    )
+    parser.add_argument(
+        "--pupil", default="pupil", help="pupil identifier column (named in errors)"
+    )
+    parser.add_argument(
+        "--no-limit",
+        action="store_true",
+        help="do not limit extremely negative pupil scores (the rule from 2018)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="melsml",
@@ -584,10 +667,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dfe.add_argument("--out", help="folder for dfe_pupils.csv and dfe_schools.csv")
     dfe.set_defaults(func=_cmd_va_dfe)
+    p8 = va_sub.add_parser(
+        "p8",
+        help="Progress 8 from pupil records",
+        description=(
+            "Progress 8 (DfE secondary accountability measures, February 2020 guide): "
+            "estimated Attainment 8 per key stage 2 prior-attainment group (national "
+            "means from the file), pupil scores (A8 - estimate) / 10, the 2018 limit on "
+            "extremely negative scores, and school scores with 95%% confidence "
+            "intervals.  One row per pupil; columns a8, ks2_group (empty: no key "
+            "stage 2 results) and school (names configurable); element columns "
+            "a8_english, a8_maths, a8_ebacc, a8_open are used when present."
+        ),
+    )
+    p8.add_argument("pupils", help="pupil file (one row per pupil)")
+    _p8_columns(p8)
+    p8.add_argument("--out", help="folder for p8_pupils.csv, p8_schools.csv, p8_estimates.csv")
+    p8.set_defaults(func=_cmd_va_p8)
 
-    rep = sub.add_parser("report", help="school report: MELS, MixedLM and DfE side by side")
+    rep = sub.add_parser(
+        "report", help="school report: MELS, MixedLM, DfE 2003 and Progress 8 side by side"
+    )
     rep.add_argument("data", nargs="?", help="pupil-level CSV for MELS and MixedLM")
     rep.add_argument("--pupils", help="pupil records CSV for the DfE measure")
+    rep.add_argument("--p8", metavar="PUPILS", help="pupil file for Progress 8 (see va p8)")
+    _p8_columns(rep)
     rep.add_argument("--formula", help='mean function, e.g. "y ~ prior"')
     rep.add_argument("--groups", help="schools column")
     rep.add_argument("--ws", default="~ 1", help="WS log-variance function")

@@ -323,3 +323,45 @@ def test_power_command_writes_its_table_and_curve(tmp_path, capsys):
     assert list(table["n_schools"]) == [15, 30] and (table["n_sims"] == 2).all()
     assert (out / "power.png").stat().st_size > 1000
     assert "4/4" in capsys.readouterr().err
+
+
+def test_va_p8_and_report_with_progress8(tmp_path, capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from melsml.valueadded import progress8, synthetic_progress8_pupils
+
+    pupils = synthetic_progress8_pupils(n_schools=20, seed=4)
+    path = tmp_path / "p8.csv"
+    pupils.to_csv(path, index=False)
+    out = tmp_path / "p8"
+    assert main(["va", "p8", str(path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Progress 8 (estimated Attainment 8: national means from the data)" in printed
+    assert "extremely negative scores limited:" in printed
+    schools = pd.read_csv(out / "p8_schools.csv", index_col="school")
+    elements = {e: f"a8_{e}" for e in ("english", "maths", "ebacc", "open")}
+    direct = progress8(pupils, pupil="pupil", elements=elements)
+    np.testing.assert_allclose(schools["p8"], direct["p8"].loc[schools.index])
+    assert {"p8_english", "p8_open_upper"} <= set(schools.columns)
+    assert main(["va", "p8", str(path), "--no-limit", "--out", str(out)]) == 0
+    assert "p8_limited" not in pd.read_csv(out / "p8_pupils.csv").columns
+    # Progress 8 beside MixedLM and MELS (of Attainment 8 by prior group)
+    rep = tmp_path / "rep"
+    school = str(pupils["school"].iloc[0])
+    assert main(["report", "--p8", str(path), "--out", str(rep), "--school", school]) == 0
+    table = pd.read_csv(rep / "schools.csv", index_col="school")
+    assert {"p8", "p8_lower", "p8_rank", "mixedlm_mean", "mels_variance"} <= set(table.columns)
+    corr = pd.read_csv(rep / "rank_correlations.csv", index_col=0)
+    assert corr.loc["p8", "mels_mean"] > 0.9
+    assert (rep / "ranks_p8_vs_mels.png").exists()
+    page = (rep / "profiles" / f"school_{school}.html").read_text()
+    assert "Progress 8" in page
+    # a malformed record is named
+    bad = pupils.assign(a8=pupils["a8"].astype(object))
+    bad.loc[3, "a8"] = "absent"
+    bad.to_csv(path, index=False)
+    capsys.readouterr()
+    assert main(["va", "p8", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "pupil 4: Attainment 8 'absent'" in err and len(err.strip().splitlines()) == 1

@@ -103,6 +103,7 @@ def _measure_rows(row: pd.Series, ranks: pd.Series | None) -> list[list[str]]:
     for method, prefix, measures in (
         ("MELS", "mels_", ("mean", "variance")),
         ("MixedLM", "mixedlm_", ("mean",)),
+        ("Progress 8", "", ("p8",)),
     ):
         for m in measures:
             key = prefix + m

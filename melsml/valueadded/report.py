@@ -1,4 +1,5 @@
-"""School reports: DfE median-line VA, MixedLM VA and MELS school means and variances."""
+"""School reports: DfE median-line VA, Progress 8, MixedLM VA and MELS school means and
+variances."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def compare_schools(
     mels: pd.DataFrame | None = None,
     mixedlm: pd.DataFrame | None = None,
     dfe: DfEResult | pd.DataFrame | None = None,
+    p8: pd.DataFrame | None = None,
 ) -> SchoolReport:
     """Put the measures of each school side by side.
 
@@ -45,14 +47,17 @@ def compare_schools(
         :func:`melsml.valueadded.mixedlm_va` output.
     dfe : DfEResult or its ``schools`` table, optional
         :func:`melsml.valueadded.dfe_value_added` output.
+    p8 : DataFrame, optional
+        :func:`melsml.valueadded.progress8` output (its ``schools`` table).
 
     Returns
     -------
     SchoolReport
         ``table``: per school ``dfe_va`` (published, 100-based), ``dfe_rank``,
-        the MixedLM ``mixedlm_*`` and MELS ``mels_mean_*``/``mels_variance_*``
-        estimates, intervals, ranks (1 = best: the highest mean, the lowest
-        variance) and ``*_separated`` flags;
+        Progress 8 ``p8`` with its interval, rank and flag, the MixedLM
+        ``mixedlm_*`` and MELS ``mels_mean_*``/``mels_variance_*`` estimates,
+        intervals, ranks (1 = best: the highest mean, the lowest variance) and
+        ``*_separated`` flags;
         ``separation``: per measure the number and share of schools whose
         interval excludes the average; ``rank_correlations``: Spearman
         correlations between the measures' school rankings.
@@ -63,15 +68,17 @@ def compare_schools(
         d = pd.DataFrame({"dfe_va": schools["va_published"], "dfe_coverage": schools["coverage"]})
         d["dfe_rank"] = d["dfe_va"].rank(method="min", ascending=False)  # 1 = highest
         parts.append(d)
+    if p8 is not None:
+        parts.append(p8[[c for c in ["p8_n", *_columns("p8")] if c in p8.columns]])
     if mixedlm is not None:
         parts.append(_prefixed(mixedlm, "mixedlm_", _columns("mean")))
     if mels is not None:
         parts.append(_prefixed(mels, "mels_", ["n", *_columns("mean"), *_columns("variance")]))
     if not parts:
-        raise ValueError("compare_schools() needs at least one of mels, mixedlm, dfe")
+        raise ValueError("compare_schools() needs at least one of mels, mixedlm, dfe, p8")
     table = pd.concat(parts, axis=1, join="outer")
     table.index.name = "school"
-    refs = {"mixedlm_mean": 0.0, "mels_mean": 0.0}
+    refs = {"mixedlm_mean": 0.0, "mels_mean": 0.0, "p8": 0.0}
     if mels is not None:
         refs["mels_variance"] = float(mels.attrs.get("variance_reference", np.nan))
         if "variance_note" in mels.attrs:
