@@ -15,7 +15,13 @@ import pandas as pd
 import statsmodels.formula.api as smf
 
 from melsml import MELS, compare, mixwild, plots, simulate_london
-from melsml.valueadded import dfe_value_added, example_pupils_path, mixedlm_va
+from melsml.valueadded import (
+    dfe_value_added,
+    example_pupils_path,
+    mixedlm_va,
+    progress8,
+    synthetic_progress8_pupils,
+)
 
 HERE = Path(__file__).parent
 OUT = HERE / "_generated"
@@ -467,6 +473,33 @@ def validation() -> None:
         f"Across the {len(base)} example schools the Spearman correlation between the DfE "
         f"median-line VA and the MixedLM school effect is "
         f"{dfe.schools['va_score'].corr(base['mean'], method='spearman'):.2f}.\n",
+    )
+    progress_8()
+
+
+def progress_8() -> None:
+    """Progress 8 of the synthetic pupil file, beside MELS of Attainment 8."""
+    pupils = synthetic_progress8_pupils()
+    elements = {e: f"a8_{e}" for e in ("english", "maths", "ebacc", "open")}
+    p8 = progress8(pupils, pupil="pupil", elements=elements, return_pupils=True)
+    cols = ["cohort", "n", "a8_mean", "p8", "p8_lower", "p8_upper", "p8_rank", "n_limited"]
+    write("p8_schools.md", md_table(p8.schools.head(6)[cols], "{:.3g}"))
+    inc = p8.pupils[p8.pupils["included"]]
+    data = pd.DataFrame(
+        {"school": inc["school"], "group": inc["prior_group"], "a8": inc["a8_points"]}
+    )
+    res = MELS.from_formula("a8 ~ C(group)", data, "school").fit()
+    mels = res.school_effects()
+    rho_mean = p8.schools["p8"].corr(mels["mean"], method="spearman")
+    rho_var = p8.schools["p8"].corr(mels["variance"], method="spearman")
+    limited = int(inc["p8_limited"].sum())
+    write(
+        "p8_vs_mels.md",
+        f"Across the {len(mels)} schools the Spearman correlation between Progress 8 and "
+        f"the MELS school mean of Attainment 8 (given the prior-attainment group) is "
+        f"{rho_mean:.3f}; with the MELS school variance it is {rho_var:.2f}.  "
+        f"{limited} of the {len(inc)} pupils in the measure had their score limited "
+        f"(the national SD of pupil scores is {p8.national_sd['p8']:.3f}).\n",
     )
 
 
