@@ -1689,3 +1689,173 @@ def engine_points_full(
                     logpsi[j, k] -= 0.5 * points[j, k, a] * points[j, k, a]
                     x[j, k, a] = ep.x[a]
         free(buf)
+
+
+# ---- the closed-form Hessian's passes over the units (melsml.hessian) -----------
+
+cdef inline void design_row(const double* X, const double* XB, const double* W,
+                            Py_ssize_t n, int p, int kb, int k, Py_ssize_t i,
+                            double* dv) noexcept nogil:
+    """Unit i's row of the coefficients' design: x_i (mu), xb_i / 2 (zeta), s_i (eta)."""
+    cdef int c
+    for c in range(p):
+        dv[c] = X[c * n + i]
+    for c in range(kb):
+        dv[p + c] = 0.5 * XB[c * n + i]
+    for c in range(k):
+        dv[p + kb + c] = W[c * n + i]
+
+
+def hessian_sums(
+    const double[::1] r,
+    const double[::1] a,
+    const double[::1] z,
+    const double[::1, :] X,
+    const double[::1, :] XB,
+    const double[::1, :] W,
+    const Py_ssize_t[::1] group_ptr,
+    double[:, ::1] sums,
+    double[:, :, ::1] jac,
+    const double[::1] w=None,
+    int n_threads=0,
+):
+    """Each school's sums N, A, b, l (``sums``, (n_groups, 4)) and the gradients
+    of A, b, l and S = sum w eta in the coefficients (beta, alpha, tau)
+    (``jac``, (n_groups, 4, p + kb + k)), from the units' residuals r_i = y_i -
+    x_i'beta, weights a_i = w_i exp(-s_i'tau) and z_i (exp(xb_i'alpha / 2) with
+    a BS design ``XB``, else the data and XB without columns): A = sum a r^2,
+    b = sum a z r, l = sum a z^2."""
+    cdef Py_ssize_t n = r.shape[0], n_groups = group_ptr.shape[0] - 1, j, i
+    cdef int p = X.shape[1], k = W.shape[1], kb = XB.shape[1], c, e, u
+    cdef int kl = p + kb + k
+    cdef double ai, ri, wi, az, ar, zi, s0, s1, s2, s3
+    cdef double* J
+    if (X.shape[0] != n or W.shape[0] != n or z.shape[0] != n or XB.shape[0] != n
+            or a.shape[0] != n or sums.shape[0] != n_groups or sums.shape[1] != 4
+            or jac.shape[0] != n_groups or jac.shape[1] != 4 or jac.shape[2] != kl
+            or (w is not None and w.shape[0] != n)):
+        raise ValueError("hessian_sums: shapes do not match")
+    cdef const double* wp = &w[0] if w is not None else NULL
+    cdef const double* Xp = &X[0, 0] if p > 0 else NULL
+    cdef const double* Wp = &W[0, 0] if k > 0 else NULL
+    cdef const double* XBp = &XB[0, 0] if kb > 0 else NULL
+    cdef double d
+    cdef int nt = n_threads if n_threads > 0 else melsml_max_threads()
+    with nogil, parallel(num_threads=nt):
+        for j in prange(n_groups, schedule="dynamic"):
+            J = &jac[j, 0, 0]
+            for u in range(4 * kl):
+                J[u] = 0.0
+            s0 = 0.0
+            s1 = 0.0
+            s2 = 0.0
+            s3 = 0.0
+            for i in range(group_ptr[j], group_ptr[j + 1]):
+                ai = a[i]
+                ri = r[i]
+                zi = z[i]
+                wi = wp[i] if wp != NULL else 1.0
+                az = ai * zi
+                ar = ai * ri
+                s0 = s0 + wi
+                s1 = s1 + ar * ri
+                s2 = s2 + az * ri
+                s3 = s3 + az * zi
+                # rows A, b, l, S of jac: d(A, b, l, S) / d(mu, zeta, eta) of the
+                # unit times its design row (x_i, xb_i / 2, s_i)
+                for c in range(p):
+                    d = Xp[c * n + i]
+                    J[c] += -2.0 * ar * d
+                    J[kl + c] += -az * d
+                for c in range(kb):
+                    d = 0.5 * XBp[c * n + i]
+                    J[kl + p + c] += az * ri * d
+                    J[2 * kl + p + c] += 2.0 * az * zi * d
+                for c in range(k):
+                    d = Wp[c * n + i]
+                    e = p + kb + c
+                    J[e] += -ar * ri * d
+                    J[kl + e] += -az * ri * d
+                    J[2 * kl + e] += -az * zi * d
+                    J[3 * kl + e] += wi * d
+            sums[j, 0] = s0
+            sums[j, 1] = s1
+            sums[j, 2] = s2
+            sums[j, 3] = s3
+
+
+def hessian_gram(
+    const double[::1] r,
+    const double[::1] a,
+    const double[::1] z,
+    const double[::1, :] X,
+    const double[::1, :] XB,
+    const double[::1, :] W,
+    const Py_ssize_t[::1] group_ptr,
+    const double[:, ::1] gamma,
+    double[:, ::1] out,
+    int n_threads=0,
+):
+    """Each school's sum over its units of D_i' H_i D_i, its upper triangle
+    (``out``, (n_groups, kl * kl), row-major; the rest left 0): H_i = sum_c gamma_jc
+    H_i^c, the Hessians of unit i's terms of A, b and l in (mu, zeta, eta)
+    weighted by the school's ``gamma`` ((n_groups, 3)), D_i the design rows
+    (x_i for mu = x'beta, xb_i / 2 for zeta, s_i for eta = s'tau); r, a and z
+    as :func:`hessian_sums`.  The caller sums the schools in a fixed order."""
+    cdef Py_ssize_t n = r.shape[0], n_groups = group_ptr.shape[0] - 1, j, i
+    cdef int p = X.shape[1], k = W.shape[1], kb = XB.shape[1], c, e, u
+    cdef int kl = p + kb + k
+    cdef double ai, ri, az, gA, gb, gl, zi
+    cdef double* h
+    cdef double* O
+    cdef double* dv
+    if (X.shape[0] != n or W.shape[0] != n or z.shape[0] != n or XB.shape[0] != n
+            or a.shape[0] != n or gamma.shape[0] != n_groups or gamma.shape[1] != 3
+            or out.shape[0] != n_groups or out.shape[1] != kl * kl):
+        raise ValueError("hessian_gram: shapes do not match")
+    cdef const double* Xp = &X[0, 0] if p > 0 else NULL
+    cdef const double* Wp = &W[0, 0] if k > 0 else NULL
+    cdef const double* XBp = &XB[0, 0] if kb > 0 else NULL
+    cdef int nt = n_threads if n_threads > 0 else melsml_max_threads()
+    with nogil, parallel(num_threads=nt):
+        # each thread: its own unit Hessian and design row
+        h = <double*> malloc(6 * sizeof(double))
+        dv = <double*> malloc(kl * sizeof(double))
+        for j in prange(n_groups, schedule="dynamic"):
+            O = &out[j, 0]
+            for u in range(kl * kl):
+                O[u] = 0.0
+            gA = gamma[j, 0]
+            gb = gamma[j, 1]
+            gl = gamma[j, 2]
+            for i in range(group_ptr[j], group_ptr[j + 1]):
+                ai = a[i]
+                ri = r[i]
+                zi = z[i]
+                az = ai * zi
+                # the unit's Hessian in (mu, zeta, eta), weighted by the school's gamma
+                h[0] = 2.0 * gA * ai
+                h[1] = -gb * az
+                h[2] = 2.0 * gA * ai * ri + gb * az
+                h[3] = gb * az * ri + 4.0 * gl * az * zi
+                h[4] = -gb * az * ri - 2.0 * gl * az * zi
+                h[5] = gA * ai * ri * ri + gb * az * ri + gl * az * zi
+                design_row(Xp, XBp, Wp, n, p, kb, k, i, dv)
+                # blocks of the upper triangle, by the pair of slots
+                for c in range(p):
+                    for e in range(c, p):
+                        O[c * kl + e] += h[0] * dv[c] * dv[e]
+                    for e in range(p, p + kb):
+                        O[c * kl + e] += h[1] * dv[c] * dv[e]
+                    for e in range(p + kb, kl):
+                        O[c * kl + e] += h[2] * dv[c] * dv[e]
+                for c in range(p, p + kb):
+                    for e in range(c, p + kb):
+                        O[c * kl + e] += h[3] * dv[c] * dv[e]
+                    for e in range(p + kb, kl):
+                        O[c * kl + e] += h[4] * dv[c] * dv[e]
+                for c in range(p + kb, kl):
+                    for e in range(c, kl):
+                        O[c * kl + e] += h[5] * dv[c] * dv[e]
+        free(dv)
+        free(h)

@@ -415,7 +415,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             p8_ranks, mels, labels=("Progress 8", "MELS")
         )
     written = ["schools.csv", "separation.csv", "rank_correlations.csv", "mels_summary.txt"]
-    uncertainty, more_figures = _rank_uncertainty(res, args.seed)
+    uncertainty, more_figures = _rank_uncertainty(res, args.seed, mels)
     figures.update(more_figures)
     for name, table in uncertainty.items():
         table.to_csv(out / f"{name}.csv")
@@ -484,7 +484,7 @@ def _profiles_and_workbook(args, out: Path, report, uncertainty: dict, note) -> 
     return written
 
 
-def _rank_uncertainty(res, seed: int) -> tuple[dict, dict]:
+def _rank_uncertainty(res, seed: int, effects) -> tuple[dict, dict]:
     """Rank intervals, comparative intervals and variance flags ({name: table}),
     and the rank-interval plots ({file name: figure}); models beyond MixWILD's
     (random slopes) have none."""
@@ -494,7 +494,7 @@ def _rank_uncertainty(res, seed: int) -> tuple[dict, dict]:
     if not res.model.layout.mixwild_view:
         return {}, {}
     _progress("ranking 1000 posterior draws of the schools' effects ...")
-    ranks = rank_intervals(res, n_draws=1000, seed=seed)
+    ranks = rank_intervals(res, n_draws=1000, seed=seed, effects=effects)
     tables = {"rank_intervals": ranks, "comparative_intervals": comparative_intervals(res)}
     figures = {"rank_intervals_mean.png": plots.rank_intervals(ranks, "mean")}
     if res.model.layout.s:

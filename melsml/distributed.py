@@ -32,6 +32,7 @@ from .formula import (
     scale_design_facts,
     take_groups,
 )
+from .hessian import closed_form_hessian
 from .identify import check_outcome
 from .likelihood import MELSObjective
 from .params import ParamLayout
@@ -200,6 +201,15 @@ def score_outer_part(part: Part, theta: np.ndarray) -> np.ndarray | None:
         return None
     g = part.objective.score_groups(theta)
     return g.T @ g
+
+
+def hessian_part(part: Part, theta: np.ndarray) -> np.ndarray | bool:
+    """The part's Hessian in closed form; False where its model has none (the
+    Hessian is a sum over schools, and every school lies in one part)."""
+    if part.objective is None:
+        return True  # no schools: nothing to add
+    hess = closed_form_hessian(part.objective, theta)
+    return False if hess is None else hess
 
 
 def final_part(part: Part, theta: np.ndarray, layout, options) -> PartialSum | None:
@@ -537,20 +547,33 @@ class DistributedObjective:
             pure=False,
         )
         self.n_evals = 0
+        self._last: tuple[bytes, DistributedEvaluation] | None = None
 
     def reset_counter(self) -> None:
         self.n_evals = 0
 
+    def clear_cache(self) -> None:
+        """Forget the kept evaluation."""
+        self._last = None
+
     def evaluate(self, theta: np.ndarray, *, score: bool = True, adapt: bool = True, centers=None):
-        """Log-likelihood (and score) at ``theta``, summed over the parts."""
+        """Log-likelihood (and score) at ``theta``, summed over the parts; called
+        again at the same ``theta`` (the optimiser's last point, say), the
+        previous evaluation is returned without a round trip to the workers."""
         theta = np.asarray(theta, dtype=float)
+        key = theta.tobytes()
+        if adapt and self._last is not None and self._last[0] == key:
+            if self._last[1].score is not None or not score:
+                return self._last[1]
         client = self.data.client
         futures = client.map(
             evaluate_part, self._parts, theta=theta, score=score, adapt=adapt, pure=False
         )
         total: PartialSum = tree_sum(client, futures)
         self.n_evals += 1
-        return DistributedEvaluation(theta, total.llf, total.score if score else None)
+        ev = DistributedEvaluation(theta.copy(), total.llf, total.score if score else None)
+        self._last = (key, ev) if adapt else None
+        return ev
 
     def loglike(self, theta: np.ndarray) -> float:
         return self.evaluate(theta, score=False).llf
@@ -563,6 +586,15 @@ class DistributedObjective:
         client = self.data.client
         futures = client.map(score_outer_part, self._parts, theta=np.asarray(theta), pure=False)
         return tree_sum(client, futures)
+
+    def hessian(self, theta: np.ndarray) -> np.ndarray | None:
+        """The Hessian in closed form, summed over the parts in a fixed order, or
+        None where the model has none (see :mod:`melsml.hessian`)."""
+        parts = self.map_parts(hessian_part, theta=np.asarray(theta, dtype=float))
+        if any(h is False for h in parts):
+            return None
+        k = self.layout.k_params
+        return sum((h for h in parts if h is not True), np.zeros((k, k)))
 
     def final(self, theta: np.ndarray) -> DistributedEvaluation:
         """Evaluate at the estimates in the data's units, each part keeping its

@@ -10,6 +10,7 @@ import numpy as np
 from scipy import optimize
 
 from .exceptions import BoundaryWarning, ConvergenceWarning
+from .hessian import closed_form_hessian
 from .likelihood import MELSObjective
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,10 @@ class FitInfo:
     newton_decrement : g' (-H)^-1 g at the estimate (predicted llf gain x 2)
     hessian_pd : the negative Hessian is positive definite
     message : what the optimiser said
+    method : the optimiser
+    hessian : how the Hessian was found: "closed form" (the common model:
+        one location and one scale effect, see :mod:`melsml.hessian`) or
+        "differences of the score"
     """
 
     converged: bool
@@ -40,6 +45,7 @@ class FitInfo:
     hessian_pd: bool
     message: str
     method: str
+    hessian: str = "differences of the score"
 
 
 def numerical_hessian(
@@ -188,8 +194,20 @@ def maximize(
         theta, more, message, _ = _bfgs(objective, theta, maxiter, gtol, hess_inv)
         n_iter += more
     ev = objective.evaluate(theta)
+    how = []
 
     def hessian_at(theta, ev):
+        # in closed form where the model allows (one pass over the data),
+        # else from differences of the score (k or 2k evaluations)
+        if isinstance(objective, MELSObjective):
+            hess = closed_form_hessian(objective, theta)
+        else:  # an objective spread over a cluster sums its parts' Hessians
+            hook = getattr(objective, "hessian", None)
+            hess = hook(theta) if hook is not None else None
+        if hess is not None:
+            how.append("closed form")
+            return hess
+        how.append("differences of the score")
         return numerical_hessian(objective, theta, ev.score if forward_hessian else None)
 
     hess = hessian_at(theta, ev)
@@ -237,6 +255,7 @@ def maximize(
         hessian_pd=hessian_pd,
         message=message,
         method="BFGS + Newton",
+        hessian=how[-1],
     )
     logger.info("fit: llf=%.6f, %d iterations, %d evaluations", ev.llf, n_iter, objective.n_evals)
     for obj in (objective, coarse):

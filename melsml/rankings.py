@@ -57,6 +57,7 @@ def rank_intervals(
     seed=None,
     alpha: float = 0.05,
     ws_reference=None,
+    effects: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Each school's rank with an interval, for its mean and its variance.
 
@@ -64,7 +65,9 @@ def rank_intervals(
     are drawn ``n_draws`` times from their exact posterior
     (:func:`melsml.stage2.effect_draws`); each draw is ranked (1 = the
     highest mean, the lowest variance); the interval is the equal-tailed
-    ``1 - alpha`` quantile range of a school's ranks.
+    ``1 - alpha`` quantile range of a school's ranks.  ``effects``: the
+    results' ``school_effects(ws_reference=ws_reference)`` when already at
+    hand (their ranks are the published ones; computed when not given).
 
     Returns
     -------
@@ -82,7 +85,7 @@ def rank_intervals(
     n_draws = int(draws["draw"].max()) + 1
     probs = [alpha / 2, 0.5, 1 - alpha / 2]
     # the published ranks: of the exact posterior means (school_effects)
-    published = res.school_effects(ws_reference=ws_reference)
+    published = res.school_effects(ws_reference=ws_reference) if effects is None else effects
     cols: dict[str, np.ndarray] = {}
     measures = {"mean": draws["u"].to_numpy().reshape(n_groups, n_draws)}
     if "omega" in draws:

@@ -43,6 +43,9 @@ def test_rank_intervals_cover_the_true_ranks(london):
     assert (ri["mean_rank_median"] <= ri["mean_rank_upper"]).all()
     np.testing.assert_array_equal(ri["mean_rank"], res.school_effects()["mean_rank"])
     assert "note" not in ri.attrs
+    # given the school effects at hand, the same table
+    again = rank_intervals(res, n_draws=1000, seed=1, effects=res.school_effects())
+    pd.testing.assert_frame_equal(again, ri)
 
 
 def test_comparative_intervals_are_goldstein_healy(london):
