@@ -1805,7 +1805,7 @@ def hessian_gram(
     cdef Py_ssize_t n = r.shape[0], n_groups = group_ptr.shape[0] - 1, j, i
     cdef int p = X.shape[1], k = W.shape[1], kb = XB.shape[1], c, e, u
     cdef int kl = p + kb + k
-    cdef double ai, ri, az, gA, gb, gl, zi
+    cdef double ai, ri, az, gA, gb, gl, zi, hd
     cdef double* h
     cdef double* O
     cdef double* dv
@@ -1843,19 +1843,22 @@ def hessian_gram(
                 design_row(Xp, XBp, Wp, n, p, kb, k, i, dv)
                 # blocks of the upper triangle, by the pair of slots
                 for c in range(p):
+                    hd = dv[c]
                     for e in range(c, p):
-                        O[c * kl + e] += h[0] * dv[c] * dv[e]
+                        O[c * kl + e] += h[0] * hd * dv[e]
                     for e in range(p, p + kb):
-                        O[c * kl + e] += h[1] * dv[c] * dv[e]
+                        O[c * kl + e] += h[1] * hd * dv[e]
                     for e in range(p + kb, kl):
-                        O[c * kl + e] += h[2] * dv[c] * dv[e]
+                        O[c * kl + e] += h[2] * hd * dv[e]
                 for c in range(p, p + kb):
+                    hd = dv[c]
                     for e in range(c, p + kb):
-                        O[c * kl + e] += h[3] * dv[c] * dv[e]
+                        O[c * kl + e] += h[3] * hd * dv[e]
                     for e in range(p + kb, kl):
-                        O[c * kl + e] += h[4] * dv[c] * dv[e]
+                        O[c * kl + e] += h[4] * hd * dv[e]
                 for c in range(p + kb, kl):
+                    hd = h[5] * dv[c]
                     for e in range(c, kl):
-                        O[c * kl + e] += h[5] * dv[c] * dv[e]
+                        O[c * kl + e] += hd * dv[e]
         free(dv)
         free(h)

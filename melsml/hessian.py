@@ -215,12 +215,17 @@ def unit_passes(obj: MELSObjective, p: dict, g0: int, g1: int) -> tuple[dict, np
     d = obj.design
     st = obj.layout.structure
     rows = slice(int(d.group_ptr[g0]), int(d.group_ptr[g1]))
-    r = d.y[rows] - matvec(obj._x_mean[rows], p["beta"], obj._blas)
-    a = np.exp(-matvec(obj._x_ws[rows], p["tau"], obj._blas))
+    r = matvec(obj._x_mean[rows], p["beta"], obj._blas)
+    np.subtract(d.y[rows], r, out=r)
+    a = matvec(obj._x_ws[rows], -p["tau"], obj._blas)
+    np.exp(a, out=a)
     w = obj._w[rows] if obj._w is not None else None
     if w is not None:
         a *= w
-    z = obj._z(p)[rows, 0] if st.bs else obj._x_re[rows, 0]
+    if st.bs:  # sigma_u of the chunk's units
+        z = np.exp(0.5 * matvec(obj._x_bs[rows], p["alpha"], obj._blas))
+    else:
+        z = obj._x_re[rows, 0]
     return dict(
         r=r,
         a=a,
