@@ -62,8 +62,8 @@ def start_values(design: DesignMatrices, layout: ParamLayout, link: str = "probi
             tau = _ols(d.x_ws[multi], target[multi])
         else:
             tau = _ols(d.x_ws, target)
-        del target
     else:
+        target = None
         tau = _ols(d.x_ws, constant=np.log(s2_within))
 
     if not layout.structure.bs:
@@ -72,7 +72,9 @@ def start_values(design: DesignMatrices, layout: ParamLayout, link: str = "probi
     var_omega, tau_l = 0.1, 0.0
     big = sizes > 2
     if big.sum() >= 3:
-        scaled_w = np.exp(-(d.x_ws @ tau))
+        scaled_w = np.matmul(d.x_ws, tau, out=target)
+        np.negative(scaled_w, out=scaled_w)
+        np.exp(scaled_w, out=scaled_w)  # in place: the target is not needed again
         scaled_w *= sq
         s2_g = np.add.reduceat(scaled_w, d.group_ptr[:-1])[big] / (sizes[big] - 1.0)
         log_s2 = np.log(s2_g + 1e-12)
@@ -103,9 +105,10 @@ def _random_start(
     """
     st = layout.structure
     q = st.q
-    sd_z = design.x_re.std(axis=0)
-    h = design.x_scale
-    sd_h = h.std(axis=0)
+    # the SDs of slope columns only (intercepts need none)
+    slopes = any(t != "Intercept" for t in (*st.location, *st.scale))
+    sd_z = design.x_re.std(axis=0) if slopes else np.ones(q)
+    sd_h = design.x_scale.std(axis=0) if slopes else np.ones(st.s)
     values = []
     for t in layout.targets:
         if t == "tau_q":
