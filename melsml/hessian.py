@@ -17,8 +17,10 @@ Hessian of log f_j plus the posterior covariance of its gradient.  The
 posterior expectations are taken over the fit's adaptive Gauss-Hermite nodes,
 as the score's are (Fisher's identity), so this is the quadrature estimate of
 the exact Hessian; it replaces k score evaluations (forward differences) by
-one pass over the data.  Other models return None: their Hessian comes from
-differences of the score.
+two compiled passes over the data (the sums and their first derivatives,
+then their second derivatives weighted by each school's posterior means)
+and a few operations per school and node.  Other models return None: their
+Hessian comes from differences of the score.
 """
 
 from __future__ import annotations
