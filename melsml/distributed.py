@@ -203,11 +203,12 @@ def score_outer_part(part: Part, theta: np.ndarray) -> np.ndarray | None:
     return g.T @ g
 
 
-def hessian_part(part: Part, theta: np.ndarray) -> np.ndarray | bool:
-    """The part's Hessian in closed form; False where its model has none (the
-    Hessian is a sum over schools, and every school lies in one part)."""
+def hessian_part(part: Part, theta: np.ndarray) -> np.ndarray | bool | None:
+    """The part's Hessian in closed form (the Hessian is a sum over schools, and
+    every school lies in one part); False where its model has none, None for a
+    part without schools."""
     if part.objective is None:
-        return True  # no schools: nothing to add
+        return None
     hess = closed_form_hessian(part.objective, theta)
     return False if hess is None else hess
 
@@ -594,7 +595,7 @@ class DistributedObjective:
         if any(h is False for h in parts):
             return None
         k = self.layout.k_params
-        return sum((h for h in parts if h is not True), np.zeros((k, k)))
+        return sum(parts, np.zeros((k, k)))
 
     def final(self, theta: np.ndarray) -> DistributedEvaluation:
         """Evaluate at the estimates in the data's units, each part keeping its

@@ -28,9 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _quad
-from .likelihood import MELSObjective, matvec
-
-_LOG2PI = np.log(2.0 * np.pi)
+from .likelihood import MELSObjective
 
 
 def supported(obj: MELSObjective) -> bool:
@@ -211,27 +209,23 @@ def closed_form_hessian(obj: MELSObjective, theta: np.ndarray) -> np.ndarray | N
 
 
 def unit_passes(obj: MELSObjective, p: dict, g0: int, g1: int) -> tuple[dict, np.ndarray | None]:
-    """The compiled passes' inputs for schools g0 to g1 - 1 (keyword arguments
-    of :func:`melsml._quad.hessian_sums` and ``hessian_gram``): the residuals r,
-    the weights a = w exp(-eta) and z of their units."""
+    """The compiled passes' inputs for schools g0 to g1 - 1: keyword arguments
+    of :func:`melsml._quad.hessian_sums` and ``hessian_gram`` (the residuals r,
+    the weights a = w exp(-eta) and z of their units, and the designs), and
+    the units' weights w (None: all 1)."""
     d = obj.design
     st = obj.layout.structure
     rows = slice(int(d.group_ptr[g0]), int(d.group_ptr[g1]))
-    r = matvec(obj._x_mean[rows], p["beta"], obj._blas)
-    np.subtract(d.y[rows], r, out=r)
-    a = matvec(obj._x_ws[rows], -p["tau"], obj._blas)
+    r, a = obj.linear_predictors(p, rows)
+    np.negative(a, out=a)
     np.exp(a, out=a)
     w = obj._w[rows] if obj._w is not None else None
     if w is not None:
         a *= w
-    if st.bs:  # sigma_u of the chunk's units
-        z = np.exp(0.5 * matvec(obj._x_bs[rows], p["alpha"], obj._blas))
-    else:
-        z = obj._x_re[rows, 0]
     return dict(
         r=r,
         a=a,
-        z=np.ascontiguousarray(z),
+        z=np.ascontiguousarray(obj._z(p, rows)[:, 0]),
         X=np.asfortranarray(obj._x_mean[rows]),
         XB=np.asfortranarray(obj._x_bs[rows]) if st.bs else np.zeros((len(r), 0), order="F"),
         W=np.asfortranarray(obj._x_ws[rows]),

@@ -279,8 +279,7 @@ class MELSObjective:
         if fused:
             r0, eta = np.empty(n), np.empty(n)
         else:
-            r0 = np.ascontiguousarray(self.design.y - matvec(self._x_mean, p["beta"], self._blas))
-            eta = np.ascontiguousarray(matvec(self._x_ws, p["tau"], self._blas))
+            r0, eta = self.linear_predictors(p)
         return p, dict(
             r0=r0,
             eta=eta,
@@ -321,13 +320,24 @@ class MELSObjective:
             g_hi=np.zeros(r0.size),
         )
 
-    def _z(self, p) -> np.ndarray:
-        """Location design: sigma_u,ij from the BS function, or the ``re_formula`` design."""
+    def linear_predictors(
+        self, p: dict, rows: slice = slice(None)
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The residual r0 = y - X beta and the WS linear predictor eta = W tau of
+        the units ``rows``, at the parameters ``p`` (unpacked)."""
+        r0 = matvec(self._x_mean[rows], p["beta"], self._blas)
+        np.subtract(self.design.y[rows], r0, out=r0)
+        return r0, matvec(self._x_ws[rows], p["tau"], self._blas)
+
+    def _z(self, p, rows: slice = slice(None)) -> np.ndarray:
+        """Location design of the units ``rows``: sigma_u,ij from the BS function,
+        or the ``re_formula`` design."""
         if not self.layout.structure.bs:
-            return self._x_re
+            return self._x_re[rows]
         if self._bs_constant:
-            return np.full((self.design.n_obs, 1), np.exp(0.5 * p["alpha"][0]))
-        return np.exp(0.5 * matvec(self._x_bs, p["alpha"], self._blas))[:, None]
+            n = self.design.y[rows].shape[0]
+            return np.full((n, 1), np.exp(0.5 * p["alpha"][0]))
+        return np.exp(0.5 * matvec(self._x_bs[rows], p["alpha"], self._blas))[:, None]
 
     def evaluate(
         self,

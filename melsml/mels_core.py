@@ -207,9 +207,10 @@ class MELSCore:
             tol=tol,
             boundary_params=boundary,
             coarse=coarse,
-            # the Hessian from forward differences of the score: k evaluations
-            # instead of 2k, with an O(h) = 1e-5 relative error in the standard
-            # errors (tests/test_optimize.py holds them to central ones)
+            # where the Hessian has no closed form (melsml.hessian), from forward
+            # differences of the score: k evaluations instead of 2k, with an
+            # O(h) = 1e-5 relative error in the standard errors
+            # (tests/test_optimize.py holds them to central ones)
             forward_hessian=True,
             return_evaluation=True,
         )

@@ -105,9 +105,9 @@ def _numeric(data: pd.DataFrame, col: str, pupil_ids, upper: float, what: str) -
 def _read_estimates(estimates, measures: list[str]) -> pd.DataFrame:
     """A user's table of estimates: indexed by prior-attainment group, a column per
     measure ('a8' and the elements used), optionally 'limit_<measure>' columns."""
-    table = estimates.to_frame("a8") if isinstance(estimates, pd.Series) else estimates.copy()
-    if not isinstance(table, pd.DataFrame):
+    if not isinstance(estimates, (pd.DataFrame, pd.Series)):
         raise MELSInputError("estimates must be a DataFrame (or Series) indexed by prior group")
+    table = estimates.to_frame("a8") if isinstance(estimates, pd.Series) else estimates.copy()
     lacking = [m for m in measures if m not in table.columns]
     if lacking:
         raise MELSInputError(
