@@ -76,6 +76,16 @@ def test_model_3_from_spread_partitions_equals_the_fit_in_memory(client, data):
     assert isinstance(model, DistributedMELS)
     assert model.design.n_dropped == 40 == mem.model.design.n_dropped
     _assert_same_fit(mem, res)
+    # the parts' closed-form Hessians, summed, as in memory
+    assert res.fit_info.hessian == mem.fit_info.hessian == "closed form"
+    # an evaluation at the previous point is reused without a round trip
+    obj = res._std.objective
+    theta = res._std.theta
+    first = obj.evaluate(theta)
+    count = obj.n_evals
+    assert obj.evaluate(theta) is first and obj.n_evals == count
+    obj.evaluate(theta + 1e-9)
+    assert obj.n_evals == count + 1
     _assert_same_fit(mem, res, "robust")
     # school effects and random effects: computed on the workers, ranked over all
     se_mem, se = mem.school_effects(), res.school_effects()
